@@ -1,0 +1,150 @@
+"""Command line: ``python -m normshape_core train | evaluate | grid | diagnose | reproduce``.
+
+Invalid input exits with status 2 and one clear line, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from typing import List, Optional
+
+from .config import ConfigError, TrainConfig
+
+BOOL_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool)}
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit status 2."""
+
+    def error(self, message):  # noqa: D401
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _default_text(name: str, default) -> str:
+    from .presets import DATASET_PRESETS
+
+    if default is not None:
+        return f"default: {default}"
+    per = {d: p.get(name) for d, p in DATASET_PRESETS.items() if p.get(name) is not None}
+    if name == "step_size":
+        return "default: eps/4 (cifar10: 2/255)"
+    if not per:
+        return "default: none"
+    vals = set(map(str, per.values()))
+    if len(vals) == 1:
+        return f"default: {vals.pop()}"
+    return "default per dataset: " + ", ".join(f"{d} {v:.4g}" if isinstance(v, float) else f"{d} {v}"
+                                               for d, v in per.items())
+
+
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} ({_default_text(f.name, f.default)})".replace("%", "%%")
+        if f.name in BOOL_FIELDS:
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=help_text)
+            continue
+        typ = {"Optional[float]": float, "float": float, "Optional[int]": int,
+               "int": int}.get(str(f.type), str)
+        p.add_argument(flag, dest=f.name, type=typ, default=None, help=help_text,
+                       metavar=f.name.upper())
+    p.add_argument("--preset", default=None, help="start from a named preset (cifar10-paper: the "
+                   "paper's CIFAR-10 setting); flags given override it (default: none)")
+    p.add_argument("--out", default="runs", help="parent folder of the run folder (default: runs)")
+    p.add_argument("--name", default=None, help="run folder name (default: built from settings)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the run folder "
+                   "from its last saved epoch (default: off)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    from .presets import TRAIN_PRESETS
+
+    values = {}
+    if args.preset:
+        if args.preset not in TRAIN_PRESETS:
+            raise ConfigError(f"unknown preset {args.preset!r}; choose one of: "
+                              f"{', '.join(TRAIN_PRESETS)}")
+        values.update(TRAIN_PRESETS[args.preset])
+    for f in dataclasses.fields(TrainConfig):
+        v = getattr(args, f.name)
+        if v is not None:
+            values[f.name] = v
+    return TrainConfig(**values).resolved()
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .config import sanitize_name
+    from .training import train
+
+    cfg = config_from_args(args)
+    run_dir = Path(args.out) / sanitize_name(args.name or cfg.run_name())
+    if (run_dir / "model.json").exists() and not args.resume:
+        raise ConfigError(f"{run_dir} already holds a finished checkpoint; choose --name, "
+                          f"another --out, or remove it")
+    if args.resume and not (run_dir / "state.json").exists():
+        print(f"note: nothing to resume in {run_dir}; starting from scratch", file=sys.stderr)
+    result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    for k, v in result.final_metrics.items():
+        print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
+    print(f"checkpoint: {result.checkpoint}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m normshape_core",
+                           description="Batch-Norm Shaping in adversarial training: train, "
+                                       "evaluate, grid (Table IV), diagnose, reproduce.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    p = sub.add_parser("train", help="train one run and write its checkpoint")
+    add_train_args(p)
+    p.set_defaults(func=cmd_train)
+    try:  # evaluation-side commands, when present
+        from . import evaluation, diagnostics
+        pe = sub.add_parser("evaluate", help="robustness table of a checkpoint")
+        evaluation.add_evaluate_args(pe)
+        pe.set_defaults(func=evaluation.cli_evaluate)
+        pg = sub.add_parser("grid", help="Table IV: training ratio x inference ratio")
+        evaluation.add_grid_args(pg)
+        pg.set_defaults(func=evaluation.cli_grid)
+        pd = sub.add_parser("diagnose", help="the confounding measurements of a checkpoint")
+        diagnostics.add_diagnose_args(pd)
+        pd.set_defaults(func=diagnostics.cli_diagnose)
+    except (ImportError, AttributeError):
+        pass
+    try:
+        from . import reproduce
+        pr = sub.add_parser("reproduce", help="train and evaluate the paper's set of models")
+        reproduce.add_reproduce_args(pr)
+        pr.set_defaults(func=reproduce.cli_reproduce)
+    except (ImportError, AttributeError):
+        pass
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .checkpoints import CheckpointError
+    from .data import DatasetUnavailable
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        rc = args.func(args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except DatasetUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; resume with the same command and --resume", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

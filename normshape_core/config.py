@@ -1,0 +1,237 @@
+"""Validated settings, one dataclass per concern, each field with its help text.
+
+``help`` lives in each field's metadata, so the CLI (``python -m normshape_core train
+--help``) and the app's forms document themselves from here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Dict, Optional
+
+import torch
+
+METHODS = ("natural", "pgd", "trades")
+SHAPING_MODES = ("none", "train", "attack+train")
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "cosine", "multistep")
+
+
+class ConfigError(ValueError):
+    """An invalid setting; the message is one line meant for the user."""
+
+
+def _f(default, help: str, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """Ratio adv:clean as in the paper's Table IV: ``1:3`` = one adversarial part per three
+    clean parts (the paper's n = 3); ``1:0`` = all adversarial."""
+
+    adv: int
+    clean: int
+
+    @classmethod
+    def parse(cls, text: "str | Ratio", *, allow_zero_clean: bool = True) -> "Ratio":
+        if isinstance(text, Ratio):
+            r = text
+        else:
+            m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(text))
+            if not m:
+                raise ConfigError(
+                    f"ratio {text!r} is not of the form ADV:CLEAN with whole numbers, e.g. 1:3")
+            r = cls(int(m.group(1)), int(m.group(2)))
+        if r.adv < 1:
+            raise ConfigError(f"ratio {r} has no adversarial part: the first number must be >= 1")
+        if not allow_zero_clean and r.clean < 1:
+            raise ConfigError(f"ratio {r} has no clean part: shaping needs at least one")
+        return r
+
+    @property
+    def parts(self) -> int:
+        return self.adv + self.clean
+
+    def split(self, batch_size: int) -> "tuple[int, int]":
+        """(clean count, adversarial count) of a shaped batch of ``batch_size`` samples."""
+        if batch_size % self.parts:
+            raise ConfigError(
+                f"batch size {batch_size} does not split into {self.parts} equal parts for "
+                f"ratio {self}; use a multiple of {self.parts}")
+        n_adv = batch_size * self.adv // self.parts
+        return batch_size - n_adv, n_adv
+
+    def __str__(self) -> str:
+        return f"{self.adv}:{self.clean}"
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. ``None`` means: the dataset preset's value."""
+
+    dataset: str = _f("moons", "dataset name (moons, spirals, digits, fashion_mnist, mnist, cifar10)")
+    model: Optional[str] = _f(None, "model name (mlp, small_cnn, preact_resnet18, wide_resnet); "
+                                    "default: the dataset preset's")
+    model_width: Optional[int] = _f(None, "width multiplier of the model (hidden units, channels "
+                                          "or WRN width); default: the model's own")
+    model_depth: Optional[int] = _f(None, "depth of the model (MLP layers, WRN depth 6k+4); "
+                                          "default: the model's own")
+    method: str = _f("pgd", "training objective: natural, pgd (Madry PGD-AT), trades")
+    shaping: str = _f("none", "shaping mode: none (adv only, plain PGD), train (shaping in "
+                              "training), attack+train (shaping in attack and training)")
+    ratio: str = _f("1:3", "ratio adv:clean of a shaped batch, e.g. 1:3 (paper's n = 3)")
+    eps: Optional[float] = _f(None, "L-inf perturbation bound in input units ([0, 1] scale)")
+    step_size: Optional[float] = _f(None, "attack step size in input units; default eps/4")
+    steps: Optional[int] = _f(None, "attack steps K of PGD / TRADES crafting in training")
+    random_start: bool = _f(True, "start each attack from a uniform random point in the eps-ball")
+    trades_beta: float = _f(6.0, "TRADES trade-off weight beta of the KL term")
+    trades_kl_in_loss: bool = _f(True, "keep TRADES' KL term in the training loss; off = the "
+                                       "paper's variant (KL for crafting only, CE for training)")
+    polluted_running_stats: bool = _f(False, "let attack steps update running statistics, as the "
+                                             "TensorFlow code the paper built on did (teaching only)")
+    batch_size: Optional[int] = _f(None, "training batch size B")
+    epochs: Optional[int] = _f(None, "training epochs (ignored when max_steps is set)")
+    max_steps: Optional[int] = _f(None, "stop after this many training steps (paper: 80000)")
+    n_train: Optional[int] = _f(None, "use only the first N training samples (seeded shuffle)")
+    optimizer: Optional[str] = _f(None, "optimiser: sgd (momentum) or adam")
+    lr: Optional[float] = _f(None, "learning rate")
+    momentum: float = _f(0.9, "SGD momentum")
+    weight_decay: Optional[float] = _f(None, "weight decay")
+    lr_schedule: Optional[str] = _f(None, "learning-rate schedule: constant, cosine, multistep "
+                                          "(x0.1 at 50% and 75% of the steps)")
+    eval_samples: int = _f(500, "test samples for the end-of-epoch clean/robust check")
+    seed: int = _f(0, "seed for weights, data order, attack starts and reference pools")
+    device: str = _f("auto", "device: auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps")
+    data_root: Optional[str] = _f(None, "folder with dataset files (torchvision layout or the "
+                                        "original idx/binary files); default: standard places")
+
+    # ---------------------------------------------------------------- derived
+    def resolved(self) -> "TrainConfig":
+        """A copy with every ``None`` filled from the dataset preset, then validated."""
+        from .presets import dataset_preset
+
+        preset = dataset_preset(self.dataset)
+        values = dataclasses.asdict(self)
+        for k, v in preset.items():
+            if values.get(k) is None:
+                values[k] = v
+        if values["step_size"] is None and values["eps"] is not None:
+            values["step_size"] = values["eps"] / 4
+        cfg = TrainConfig(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        from .data import DATASETS
+        from .models import MODELS
+
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
+                              f"{', '.join(DATASETS)}")
+        if self.model is not None and self.model not in MODELS:
+            raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+        if self.shaping not in SHAPING_MODES:
+            raise ConfigError(f"unknown shaping mode {self.shaping!r}; choose one of: "
+                              f"{', '.join(SHAPING_MODES)}")
+        if self.method == "natural" and self.shaping != "none":
+            raise ConfigError("natural training has no attack to shape: use --shaping none")
+        ratio = Ratio.parse(self.ratio, allow_zero_clean=self.shaping == "none")
+        for name in ("eps", "step_size", "lr", "weight_decay"):
+            v = getattr(self, name)
+            if v is not None and (v != v or v < 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {v}")
+        if self.eps is not None and self.eps > 1:
+            raise ConfigError(f"eps {self.eps} is larger than the whole [0, 1] input range")
+        if self.method != "natural" and self.eps is not None and self.eps == 0:
+            raise ConfigError(f"method {self.method} needs eps > 0")
+        for name in ("steps", "batch_size", "epochs", "max_steps", "n_train", "eval_samples",
+                     "model_width", "model_depth"):
+            v = getattr(self, name)
+            if v is not None and v < (0 if name in ("eval_samples",) else 1):
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {v}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: "
+                              f"{', '.join(OPTIMIZERS)}")
+        if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose one of: "
+                              f"{', '.join(LR_SCHEDULES)}")
+        if self.trades_beta < 0:
+            raise ConfigError(f"trades-beta must be >= 0, got {self.trades_beta}")
+        if self.batch_size is not None and self.shaping != "none":
+            if self.batch_size < ratio.parts:
+                raise ConfigError(f"batch size {self.batch_size} is smaller than the {ratio.parts} "
+                                  f"parts of ratio {ratio}")
+            ratio.split(self.batch_size)
+        parse_device(self.device)
+
+    @property
+    def ratio_obj(self) -> Ratio:
+        return Ratio.parse(self.ratio)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"unknown training settings: {', '.join(sorted(unknown))}")
+        return cls(**d)
+
+    def run_name(self) -> str:
+        """A name built from the settings that matter, so runs sort and compare by themselves."""
+        parts = [self.dataset, self.model or "", self.method]
+        if self.method != "natural":
+            parts.append("adv-only" if self.shaping == "none" else
+                         "shape-" + self.shaping.replace("+", "-") + "-r" +
+                         str(self.ratio).replace(":", "-"))
+            if self.eps is not None:
+                parts.append(f"eps{self.eps:g}")
+            if self.method == "trades" and not self.trades_kl_in_loss:
+                parts.append("nokl")
+            if self.polluted_running_stats:
+                parts.append("polluted")
+        parts.append(f"s{self.seed}")
+        return sanitize_name("-".join(p for p in parts if p))
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the settings that change the result (device and data root excluded)."""
+        d = self.to_dict()
+        for k in ("device", "data_root"):
+            d.pop(k, None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sanitize_name(name: str) -> str:
+    """A file-system-safe name: letters, digits, '.', '_' and '-' only, no leading dot."""
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    return out[:120] or "run"
+
+
+def parse_device(spec: str = "auto") -> torch.device:
+    """cuda, else mps, else cpu for ``auto``; an explicit choice is checked."""
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {spec!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {spec!r} asked for, but no CUDA GPU is available; use --device cpu")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                  and torch.backends.mps.is_available()):
+        raise ConfigError("device 'mps' asked for, but MPS is not available; use --device cpu")
+    return dev

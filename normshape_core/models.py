@@ -1,0 +1,202 @@
+"""Models with BatchNorm, and the registry that maps names to constructors.
+
+Every model takes inputs in [0, 1] and normalises inside (``InputNormalize``), so an
+attack's eps is in input units. Add a model: write a constructor
+``f(input_shape, num_classes, **kwargs) -> nn.Module`` and register it in ``MODELS``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Dict, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InputNormalize(nn.Module):
+    """(x - mean) / std with fixed per-channel constants (buffers, saved with the weights)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], ndim: int):
+        super().__init__()
+        shape = (1, -1) + (1,) * (ndim - 2)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).reshape(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).reshape(shape))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+class MLP(nn.Module):
+    """Fully connected net for 2-D points: [Linear - BN - ReLU] x depth, then Linear."""
+
+    def __init__(self, input_shape, num_classes, hidden: int = 64, depth: int = 3,
+                 mean=(0.5,), std=(0.25,)):
+        super().__init__()
+        d = int(torch.tensor(input_shape).prod())
+        mean = list(mean) * d if len(mean) == 1 else list(mean)
+        std = list(std) * d if len(std) == 1 else list(std)
+        self.norm = InputNormalize(mean, std, ndim=2)
+        layers = []
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+            d = hidden
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(d, num_classes)
+
+    def forward_features(self, x):
+        return self.features(self.norm(x.flatten(1)))
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+class SmallCNN(nn.Module):
+    """Two conv blocks [Conv3x3 - BN - ReLU - MaxPool], then FC - BN - ReLU - FC.
+
+    Works for 8x8 digits and 28x28 / 32x32 images (adaptive pooling before the FC).
+    """
+
+    def __init__(self, input_shape, num_classes, channels: int = 32, hidden: int = 128,
+                 mean=(0.5,), std=(0.25,)):
+        super().__init__()
+        c, h, w = input_shape
+        mean = list(mean) * c if len(mean) == 1 else list(mean)
+        std = list(std) * c if len(std) == 1 else list(std)
+        self.norm = InputNormalize(mean, std, ndim=4)
+        self.conv = nn.Sequential(
+            nn.Conv2d(c, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(channels, 2 * channels, 3, padding=1, bias=False), nn.BatchNorm2d(2 * channels),
+            nn.ReLU(), nn.MaxPool2d(2) if min(h, w) >= 16 else nn.Identity(),
+            nn.AdaptiveAvgPool2d(4),
+        )
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(2 * channels * 16, hidden, bias=False),
+                                nn.BatchNorm1d(hidden), nn.ReLU())
+        self.head = nn.Linear(hidden, num_classes)
+
+    def forward_features(self, x):
+        return self.fc(self.conv(self.norm(x)))
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+class PreActBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes, planes, stride=1, drop=0.0):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride, bias=False)
+
+    def forward(self, x):
+        out = F.relu(self.bn1(x))
+        sc = self.shortcut(out) if self.shortcut is not None else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + sc
+
+
+class PreActResNet18(nn.Module):
+    """PreAct ResNet-18 (He et al. 2016), widths 64-128-256-512."""
+
+    def __init__(self, input_shape, num_classes, width: int = 64,
+                 mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)):
+        super().__init__()
+        c = input_shape[0]
+        if len(mean) != c:
+            mean, std = [0.5] * c, [0.25] * c
+        self.norm = InputNormalize(mean, std, ndim=4)
+        self.conv1 = nn.Conv2d(c, width, 3, 1, 1, bias=False)
+        layers, in_planes = [], width
+        for i, stride in enumerate([1, 2, 2, 2]):
+            planes = width * (2 ** i)
+            layers += [PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)]
+            in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.head = nn.Linear(in_planes, num_classes)
+
+    def forward_features(self, x):
+        out = self.layers(self.conv1(self.norm(x)))
+        out = F.relu(self.bn(out))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+class WideResNet(nn.Module):
+    """Wide ResNet (Zagoruyko & Komodakis) with pre-activation blocks.
+
+    ``depth=34, width=10`` is the w32-10 style model of Madry et al.'s CIFAR-10 challenge
+    (the paper's model); ``depth`` must satisfy (depth - 4) % 6 == 0.
+    """
+
+    def __init__(self, input_shape, num_classes, depth: int = 34, width: int = 10,
+                 mean=(0.4914, 0.4822, 0.4465), std=(0.2471, 0.2435, 0.2616)):
+        super().__init__()
+        if (depth - 4) % 6 != 0:
+            raise ValueError(f"wide ResNet depth must be 6k+4 (e.g. 16, 28, 34), got {depth}")
+        n = (depth - 4) // 6
+        c = input_shape[0]
+        if len(mean) != c:
+            mean, std = [0.5] * c, [0.25] * c
+        self.norm = InputNormalize(mean, std, ndim=4)
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        self.conv1 = nn.Conv2d(c, widths[0], 3, 1, 1, bias=False)
+        blocks, in_planes = [], widths[0]
+        for i, stride in enumerate([1, 2, 2]):
+            for j in range(n):
+                blocks.append(PreActBlock(in_planes, widths[i + 1], stride if j == 0 else 1))
+                in_planes = widths[i + 1]
+        self.blocks = nn.Sequential(*blocks)
+        self.bn = nn.BatchNorm2d(in_planes)
+        self.head = nn.Linear(in_planes, num_classes)
+
+    def forward_features(self, x):
+        out = F.relu(self.bn(self.blocks(self.conv1(self.norm(x)))))
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    constructor: Callable[..., nn.Module]
+    description: str
+    input_kind: str  # "points" (flat vectors) or "images" (C, H, W)
+
+
+MODELS: Dict[str, ModelSpec] = {
+    "mlp": ModelSpec("mlp", MLP, "MLP with BN for 2-D points (hidden 64, depth 3)", "points"),
+    "small_cnn": ModelSpec("small_cnn", SmallCNN, "2-conv CNN with BN for digits and 28x28 images",
+                           "images"),
+    "preact_resnet18": ModelSpec("preact_resnet18", PreActResNet18, "PreAct ResNet-18", "images"),
+    "wide_resnet": ModelSpec("wide_resnet", WideResNet,
+                             "Wide ResNet (depth 34, width 10 = Madry et al.'s CIFAR-10 model)",
+                             "images"),
+}
+
+
+def build_model(name: str, input_shape: Tuple[int, ...], num_classes: int,
+                **kwargs) -> nn.Module:
+    """Build a registered model for data of ``input_shape`` with ``num_classes`` classes."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    spec = MODELS[name]
+    if spec.input_kind == "images" and len(input_shape) != 3:
+        raise ValueError(f"model {name!r} needs images (C, H, W); this dataset gives "
+                         f"inputs of shape {tuple(input_shape)}: use 'mlp'")
+    if spec.input_kind == "points" and len(input_shape) != 1:
+        # An MLP can still take flattened images; allowed.
+        pass
+    return spec.constructor(tuple(input_shape), int(num_classes), **kwargs)

@@ -1,0 +1,381 @@
+"""One training loop with pluggable objectives and the paper's three training modes.
+
+Methods: ``natural``, ``pgd`` (Madry PGD-AT), ``trades`` (Zhang et al. 2019).
+Shaping modes (the paper's Tables I-II rows):
+- ``none``: adv only. The whole batch is attacked, each PGD step through the adversarial
+  batch's own statistics (frozen BN), and the model is trained on the adversarial batch.
+- ``train``: shaping in training. The whole batch is attacked as in ``none``; the trained
+  batch is n clean parts + the adversarial version of the last part (ratio adv:clean).
+- ``attack+train``: the method (Eq. 5). Only the last part is perturbed; every attack step
+  forwards the whole mixed batch with frozen BN and takes the gradient w.r.t. the
+  adversarial part only.
+In every mode the training forward is the only forward that updates running statistics
+(unless ``polluted_running_stats`` reproduces the original TensorFlow behaviour).
+
+The loop knows nothing of who watches it: ``trainer.add_callback("on_step", fn)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .attacks import pgd_linf
+from .config import ConfigError, Ratio, TrainConfig, parse_device
+from .data import Dataset, load_dataset
+from .models import build_model
+from .norms import NormMode, attack_norm_mode, bn_modules, norm_mode
+
+EVENTS = ("on_step", "on_epoch_end", "on_train_end")
+
+
+class StopTraining(Exception):
+    """Raised by a callback to stop a run cleanly after the current step."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.manual_seed(seed)
+
+
+@dataclass
+class CraftedBatch:
+    """The batch a training step trains on, and which rows of it are adversarial."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    n_clean: int  # rows [0, n_clean) are clean, the rest adversarial
+    clean_probs: Optional[torch.Tensor] = None  # TRADES: clean prediction of the adv rows
+
+
+def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
+    kw: Dict[str, Any] = {}
+    if cfg.model_width is not None:
+        kw["hidden" if cfg.model == "mlp" else ("channels" if cfg.model == "small_cnn"
+                                                 else "width")] = cfg.model_width
+    if cfg.model_depth is not None:
+        if cfg.model not in ("mlp", "wide_resnet"):
+            raise ConfigError(f"model {cfg.model} has a fixed depth; drop --model-depth")
+        kw["depth"] = cfg.model_depth
+    return kw
+
+
+def lr_factor(schedule: str, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1] of the run."""
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    if schedule == "multistep":  # Madry et al.: x0.1 at 50% and 75% (40k / 60k of 80k)
+        return 1.0 if progress < 0.5 else (0.1 if progress < 0.75 else 0.01)
+    raise ConfigError(f"unknown lr schedule {schedule!r}")
+
+
+class Trainer:
+    """Adversarial training with optional norm shaping. See the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, dataset: Optional[Dataset] = None):
+        self.cfg = cfg = cfg.resolved()
+        self.device = parse_device(cfg.device)
+        if cfg.max_steps is None and cfg.epochs is None:
+            raise ConfigError("set --epochs or --max-steps")
+        seed_everything(cfg.seed)
+        if dataset is None:
+            dataset = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed)
+        if dataset.name != cfg.dataset:
+            raise ConfigError(f"dataset {dataset.name!r} given for a {cfg.dataset!r} run")
+        if cfg.n_train is not None:
+            if cfg.n_train > len(dataset.x_train):
+                raise ConfigError(f"n-train {cfg.n_train} is larger than the {len(dataset.x_train)}"
+                                  f" training samples of {cfg.dataset}")
+            dataset = dataset.subset(n_train=cfg.n_train, seed=cfg.seed)
+        self.data = dataset
+        if cfg.batch_size > len(dataset.x_train):
+            raise ConfigError(f"batch size {cfg.batch_size} is larger than the "
+                              f"{len(dataset.x_train)} training samples")
+        self.ratio = Ratio.parse(cfg.ratio)
+        if cfg.shaping != "none":
+            self.n_clean, self.n_adv = self.ratio.split(cfg.batch_size)
+        else:
+            self.n_clean, self.n_adv = 0, cfg.batch_size
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model, dataset.input_shape, dataset.num_classes,
+                                 **model_kwargs(cfg)).to(self.device)
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                       weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
+                                        weight_decay=cfg.weight_decay)
+        self.g_data = torch.Generator().manual_seed(cfg.seed)
+        self.g_attack = torch.Generator().manual_seed(cfg.seed + 1)
+        self.steps_per_epoch = len(dataset.x_train) // cfg.batch_size
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.step = 0
+        self.epoch = 0
+        self.history: List[Dict[str, Any]] = []
+        self.callbacks: Dict[str, List[Callable]] = {e: [] for e in EVENTS}
+        self._prev_running: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+
+    # ------------------------------------------------------------------ callbacks
+    def add_callback(self, event: str, fn: Callable[["Trainer", Dict[str, Any]], None]) -> None:
+        if event not in self.callbacks:
+            raise ValueError(f"unknown event {event!r}; choose one of {EVENTS}")
+        self.callbacks[event].append(fn)
+
+    def _fire(self, event: str, payload: Dict[str, Any]) -> None:
+        for fn in self.callbacks[event]:
+            fn(self, payload)
+
+    # ------------------------------------------------------------------ crafting
+    def craft(self, x: torch.Tensor, y: torch.Tensor) -> CraftedBatch:
+        """Build the batch to train on, per method and shaping mode (see module docstring)."""
+        cfg, model = self.cfg, self.model
+        if cfg.method == "natural":
+            return CraftedBatch(x, y, n_clean=len(x))
+        trades = cfg.method == "trades"
+        loss = "kl" if trades else "ce"
+        kw = dict(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps,
+                  random_start=cfg.random_start, loss=loss, generator=self.g_attack)
+        k = self.n_clean
+        with norm_mode(model, attack_norm_mode(cfg.polluted_running_stats)):
+            if cfg.shaping == "attack+train":
+                clean = x[:k]
+                clean_probs = None
+                if trades:
+                    with torch.no_grad():
+                        clean_probs = F.softmax(model(x)[k:], dim=1)
+                x_adv = pgd_linf(lambda xa: model(torch.cat([clean, xa]))[k:], x[k:], y[k:],
+                                 target_probs=clean_probs, **kw)
+                return CraftedBatch(torch.cat([clean, x_adv]), y, k, clean_probs)
+            clean_probs = None
+            if trades:
+                with torch.no_grad():
+                    clean_probs = F.softmax(model(x), dim=1)
+            x_adv = pgd_linf(model, x, y, target_probs=clean_probs, **kw)
+        if cfg.shaping == "none":
+            return CraftedBatch(x_adv, y, 0, clean_probs)
+        return CraftedBatch(torch.cat([x[:k], x_adv[k:]]), y, k,
+                            None if clean_probs is None else clean_probs[k:])
+
+    # ------------------------------------------------------------------ one step
+    def loss(self, batch: CraftedBatch, x_clean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The training loss; the forward of ``batch.x`` here is the one that updates PN."""
+        cfg, model = self.cfg, self.model
+        with norm_mode(model, NormMode.BN_UPDATE):
+            logits = model(batch.x)
+        if cfg.method != "trades" or not cfg.trades_kl_in_loss:
+            return F.cross_entropy(logits, batch.y), logits
+        k = batch.n_clean
+        if cfg.shaping == "none":
+            # TRADES as published: CE on the clean batch + beta * KL(adv || clean), each
+            # forward in train mode with its own batch statistics.
+            with norm_mode(model, NormMode.BN_UPDATE):
+                clean_logits = model(x_clean)
+            ce = F.cross_entropy(clean_logits, batch.y)
+            kl = F.kl_div(F.log_softmax(logits, 1), F.softmax(clean_logits, 1),
+                          reduction="batchmean")
+            return ce + cfg.trades_beta * kl, logits
+        # Shaped TRADES: CE on the clean rows of the mixed batch; KL between the adversarial
+        # rows and their clean versions (taken with the clean batch's statistics, frozen BN,
+        # so the mixed batch stays the only forward that updates running statistics).
+        with norm_mode(model, NormMode.FROZEN_BN):
+            clean_ref = model(x_clean)[k:]
+        ce = F.cross_entropy(logits[:k], batch.y[:k])
+        kl = F.kl_div(F.log_softmax(logits[k:], 1), F.softmax(clean_ref, 1), reduction="batchmean")
+        return ce + cfg.trades_beta * kl, logits
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, Any]:
+        cfg = self.cfg
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, self.step / max(1, self.total_steps))
+        batch = self.craft(x, y)
+        loss, logits = self.loss(batch, x)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        with torch.no_grad():
+            correct = (logits.argmax(1) == batch.y).float()
+            k = batch.n_clean
+            m: Dict[str, Any] = {"step": self.step, "epoch": self.epoch,
+                                 "train/loss": float(loss), "train/lr": self.opt.param_groups[0]["lr"]}
+            if cfg.method == "natural":
+                m["train/clean_acc"] = float(correct.mean())
+            else:
+                m["train/adv_acc"] = float(correct[k:].mean())
+                if k > 0:
+                    m["train/clean_acc"] = float(correct[:k].mean())
+            m.update(self._running_stats_drift())
+        return m
+
+    def _running_stats_drift(self) -> Dict[str, float]:
+        """Relative change of the running mean / variance in this step, averaged over layers."""
+        cur = [(b.running_mean.detach().clone(), b.running_var.detach().clone())
+               for b in bn_modules(self.model)]
+        out: Dict[str, float] = {}
+        if self._prev_running is not None and cur:
+            dm = [float((c[0] - p[0]).norm() / (p[0].norm() + 1e-8)) for c, p in zip(cur, self._prev_running)]
+            dv = [float((c[1] - p[1]).norm() / (p[1].norm() + 1e-8)) for c, p in zip(cur, self._prev_running)]
+            out = {"bn/running_mean_drift": sum(dm) / len(dm),
+                   "bn/running_var_drift": sum(dv) / len(dv)}
+        self._prev_running = cur
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def quick_eval(self) -> Dict[str, float]:
+        """End-of-epoch check on ``eval_samples`` test samples: clean accuracy classified with
+        PN, and PGD robust accuracy crafted with PN and classified with PN."""
+        cfg, model, data = self.cfg, self.model, self.data
+        n = min(cfg.eval_samples, len(data.x_test))
+        if n == 0:
+            return {}
+        x = data.x_test[:n].to(self.device)
+        y = data.y_test[:n].to(self.device)
+        out: Dict[str, float] = {}
+        with norm_mode(model, NormMode.PN):
+            with torch.no_grad():
+                out["test/clean_acc_pn"] = float((model(x).argmax(1) == y).float().mean())
+            if cfg.method != "natural" or cfg.eps:
+                steps = max(cfg.steps, 10)
+                g = torch.Generator().manual_seed(cfg.seed + 2)
+                x_adv = pgd_linf(model, x, y, eps=cfg.eps, step_size=cfg.eps / 4, steps=steps,
+                                 random_start=True, generator=g)
+                with torch.no_grad():
+                    out[f"test/robust_acc_pgd{steps}_pn_pn"] = float(
+                        (model(x_adv).argmax(1) == y).float().mean())
+        return out
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, out_dir: Optional[str | Path] = None, resume: bool = False,
+            progress: bool = False) -> "TrainResult":
+        """Train to the end; with ``out_dir``, write metrics.jsonl, a resumable state at every
+        epoch end and the final checkpoint. ``resume`` continues from the saved state."""
+        from .checkpoints import (load_training_state, save_checkpoint, save_training_state)
+
+        cfg = self.cfg
+        run_dir = Path(out_dir) if out_dir is not None else None
+        metrics_path = None
+        if run_dir is not None:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            metrics_path = run_dir / "metrics.jsonl"
+            if resume and (run_dir / "state.json").exists():
+                load_training_state(run_dir, self)
+                self._truncate_metrics(metrics_path)
+            elif metrics_path.exists():
+                metrics_path.unlink()
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
+                       desc=f"{cfg.method}/{cfg.shaping}", dynamic_ncols=True)
+        x_all, y_all = self.data.x_train, self.data.y_train
+        t0 = time.time()
+        stopped = False
+        try:
+            while self.step < self.total_steps:
+                perm = torch.randperm(len(x_all), generator=self.g_data)
+                for i in range(self.steps_per_epoch):
+                    if self.step >= self.total_steps:
+                        break
+                    idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                    m = self.train_step(x_all[idx].to(self.device), y_all[idx].to(self.device))
+                    m["time/elapsed_s"] = time.time() - t0
+                    self._log(metrics_path, m)
+                    if bar is not None:
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{m['train/loss']:.3f}",
+                                        acc=f"{m.get('train/adv_acc', m.get('train/clean_acc', 0)):.2f}")
+                    self._fire("on_step", m)
+                self.epoch += 1
+                e = {"step": self.step, "epoch": self.epoch, "time/elapsed_s": time.time() - t0}
+                e.update(self.quick_eval())
+                self._log(metrics_path, e)
+                if bar is not None:
+                    bar.write(f"epoch {self.epoch}: " + ", ".join(
+                        f"{k}={v:.3f}" for k, v in e.items() if k.startswith("test/")))
+                if run_dir is not None:
+                    save_training_state(run_dir, self)
+                self._fire("on_epoch_end", e)
+        except StopTraining:
+            stopped = True
+        finally:
+            if bar is not None:
+                bar.close()
+        final = self.history[-1] if self.history and any(
+            k.startswith("test/") for k in self.history[-1]) else {**self.quick_eval()}
+        final = {k: v for k, v in final.items() if k.startswith("test/")}
+        final["train/seconds"] = time.time() - t0
+        final["train/steps"] = self.step
+        path = None
+        if run_dir is not None and not stopped:
+            path = save_checkpoint(run_dir, self.model, self.checkpoint_meta(final))
+        result = TrainResult(self.model, final, path, stopped, self.history)
+        self._fire("on_train_end", {"final": final, "checkpoint": str(path) if path else None,
+                                    "stopped": stopped})
+        return result
+
+    def checkpoint_meta(self, final_metrics: Dict[str, Any]) -> Dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "run_name": self.cfg.run_name(),
+            "dataset": self.cfg.dataset,
+            "input_shape": list(self.data.input_shape),
+            "num_classes": self.data.num_classes,
+            "classes": self.data.classes,
+            "n_train": len(self.data.x_train),
+            "final_metrics": final_metrics,
+            "steps": self.step,
+            "epochs": self.epoch,
+        }
+
+    def _log(self, path: Optional[Path], m: Dict[str, Any]) -> None:
+        self.history.append(m)
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+
+    def _truncate_metrics(self, path: Path) -> None:
+        """After a resume, drop log lines of the steps that will be redone."""
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if row.get("step", 0) <= self.step:
+                kept.append(row)
+        self.history = kept
+        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    final_metrics: Dict[str, Any]
+    checkpoint: Optional[Path]
+    stopped: bool = False
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig, out_dir: Optional[str | Path] = None, *, dataset: Optional[Dataset] = None,
+          resume: bool = False, progress: bool = False,
+          callbacks: Optional[Dict[str, List[Callable]]] = None) -> TrainResult:
+    """Train one run. With ``out_dir``, the run lives in ``out_dir`` (checkpoint, metrics)."""
+    trainer = Trainer(cfg, dataset)
+    for event, fns in (callbacks or {}).items():
+        for fn in fns:
+            trainer.add_callback(event, fn)
+    return trainer.fit(out_dir, resume=resume, progress=progress)
