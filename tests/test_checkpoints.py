@@ -169,7 +169,7 @@ def test_killed_cli_run_resumes_and_finishes(tmp_path):
     cmd = [sys.executable, "-m", "normshape_core", "train", "--dataset", "moons", "--method",
            "pgd", "--epochs", "40", "--steps", "3", "--out", str(tmp_path), "--name", "k",
            "--quiet"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = tmp_path / "k" / "state.json"
     deadline = time.time() + 120

@@ -1,4 +1,5 @@
 """The CLI: every flag documented with its default; invalid input -> one line, exit 2."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import pytest
 from normshape_core.__main__ import main
 
 ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def test_help_documents_every_setting_with_its_default(capsys):
@@ -46,7 +48,7 @@ def test_train_through_the_real_entry_point(tmp_path):
     out = subprocess.run([sys.executable, "-m", "normshape_core", "train", "--dataset", "moons",
                           "--method", "pgd", "--shaping", "attack+train", "--ratio", "1:3",
                           "--eps", "0.1", "--epochs", "2", "--seed", "3", "--out", str(tmp_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert out.returncode == 0, out.stderr
     line = [l for l in out.stdout.splitlines() if l.startswith("checkpoint: ")][-1]
     path = Path(line.split(": ", 1)[1])
@@ -55,5 +57,5 @@ def test_train_through_the_real_entry_point(tmp_path):
     again = subprocess.run([sys.executable, "-m", "normshape_core", "train", "--dataset", "moons",
                             "--method", "pgd", "--shaping", "attack+train", "--eps", "0.1",
                             "--epochs", "2", "--seed", "3", "--out", str(tmp_path)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=300)
+                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=ENV)
     assert again.returncode == 2 and "already holds a finished checkpoint" in again.stderr

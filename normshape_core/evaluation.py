@@ -1,0 +1,737 @@
+"""Robustness evaluation that names both sides: the norms an attack was crafted with and the
+inference mode the defender classified with (DESIGN.md, "Evaluation must be honest").
+
+``evaluate`` crafts each attack once per crafting norms and classifies the same examples
+under every inference mode where that is valid, exactly as the paper's Tables I/II: PN-crafted
+examples are classified with PN, BN and shaped inference; the shaping attack's examples too;
+the adaptive attacks (Table III) are crafted against one shaped classifier and classified by
+it only. Robust accuracy is over all n test samples (a sample misclassified when clean counts
+as not robust). Layouts: ``table_like_paper`` (Tables I/II), ``table_iii``, ``table_iv``.
+``sanity_warnings`` flags what makes a number suspect (randomised classifier, PN-crafted much
+weaker than adaptive, zero gradients, PGD weaker than FGSM). ``evaluate_checkpoint`` caches
+results beside the checkpoint, keyed by the weights' SHA-256 and the settings.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import pandas as pd
+import torch
+
+from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, L2_MINIMAL, LINF, Attack, make_attack,
+                      parse_attack_names, zero_gradient_fraction)
+from .config import ConfigError, Ratio, parse_device
+from .shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
+                      make_reference_pool, parse_classifier)
+
+ROW_KEYS = ("attack", "crafted_with", "classified_with", "ratio", "group_size", "clean_acc",
+            "robust_acc", "n", "eps", "seconds", "median_l2", "randomized")
+DEFAULT_GAP_THRESHOLD = 0.10
+CACHE_FORMAT = "normshape-evaluation-cache"
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class EvalSettings:
+    """Everything that changes an evaluation's numbers (hashed for the results cache)."""
+
+    attacks: List[str] = field(default_factory=lambda: ["pgd"])
+    classify: List[str] = field(default_factory=lambda: ["pn", "bn", "shaped:1:9"])
+    craft: List[str] = field(default_factory=lambda: ["pn"])
+    """norms the standard attacks craft with: pn (the paper's Tables I/II), bn"""
+    n_test: Optional[int] = None
+    eps: float = 8 / 255
+    step_size: Optional[float] = None
+    """PGD-type step size; None: eps / 4"""
+    steps: int = 20
+    restarts: int = 1
+    apgd_steps: int = 100
+    fgsm_eps: Optional[float] = None
+    """FGSM's eps; None: eps (the paper used twice the training eps)"""
+    cw_steps: int = 100
+    group_size: Optional[int] = None
+    """test samples per shaped batch; None: batches of 100 samples as in the paper"""
+    batch_size: int = 100
+    reference_pool_size: int = 1000
+    fresh_references: bool = False
+    eot_draws: int = 8
+    seed: int = 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ====================================================================== helpers
+def _ratio_of(clf: Classifier) -> Optional[str]:
+    return str(clf.ratio) if isinstance(clf, ShapedClassifier) else None
+
+
+def _group_of(clf: Classifier) -> Optional[int]:
+    return clf.group_size if isinstance(clf, ShapedClassifier) else None
+
+
+def parse_classify(specs: Union[str, Sequence[str]]) -> List[str]:
+    """``"pn,bn,shaped:1:9"`` -> validated specs (ratios checked, repeats dropped)."""
+    items = specs.split(",") if isinstance(specs, str) else list(specs)
+    out: List[str] = []
+    for raw in items:
+        s = raw.strip().lower()
+        if not s:
+            continue
+        if s in ("pn", "bn"):
+            pass
+        elif s.startswith("shaped:"):
+            Ratio.parse(s.split(":", 1)[1])
+        else:
+            raise ConfigError(f"unknown inference mode {raw!r}; use pn, bn or shaped:ADV:CLEAN "
+                              f"(e.g. shaped:1:9)")
+        if s not in out:
+            out.append(s)
+    if not out:
+        raise ConfigError("no inference mode given (use e.g. --classify pn,bn,shaped:1:9)")
+    return out
+
+
+def _make_progress(progress, total: int):
+    """(update(desc), close()) for a callback, tqdm (progress=True) or nothing."""
+    if progress is None or progress is False:
+        return (lambda desc: None), (lambda: None)
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, unit="step", desc="evaluate", dynamic_ncols=True, leave=False)
+
+        def update(desc):
+            bar.set_description_str(desc[:40])
+            bar.update(1)
+
+        return update, bar.close
+    done = [0]
+
+    def update(desc):
+        done[0] += 1
+        progress(done[0], total, desc)
+
+    return update, (lambda: None)
+
+
+@dataclass
+class _Job:
+    attack: Attack
+    target: Classifier
+    valid: List[int]  # indices of the classifiers that classify this job's examples
+
+
+# ====================================================================== evaluate
+def evaluate(model: torch.nn.Module, dataset, attacks: Union[str, Sequence[str]] = ("pgd",),
+             classify: Union[str, Sequence[str]] = ("pn", "bn", "shaped:1:9"), *,
+             n_test: Optional[int] = None, eps: float = 8 / 255,
+             step_size: Optional[float] = None, steps: int = 20, restarts: int = 1,
+             apgd_steps: int = 100, fgsm_eps: Optional[float] = None, cw_steps: int = 100,
+             craft: Union[str, Sequence[str]] = ("pn",), group_size: Optional[int] = None,
+             batch_size: int = 100, reference_pool_size: int = 1000,
+             fresh_references: bool = False, eot_draws: int = 8, seed: int = 0,
+             device: Optional[Union[str, torch.device]] = None,
+             progress: Union[None, bool, ProgressFn] = None,
+             gap_threshold: float = DEFAULT_GAP_THRESHOLD) -> pd.DataFrame:
+    """One row per (attack, crafted_with, classified_with, ratio, group_size) with clean_acc
+    (that classifier on the clean subset), robust_acc, n, eps, seconds, median_l2 (C&W,
+    DeepFool) and randomized. ``df.attrs["warnings"]``: sanity warnings (list of str);
+    ``df.attrs["settings"]``: the settings used.
+
+    The test subset: the first ``n_test`` of a seeded permutation of the test set, processed
+    in batches of ``batch_size`` (BN inference and the shaping attack use the batch, as the
+    paper's batches of 100). Reference pool: ``reference_pool_size`` clean training samples
+    drawn with ``seed``; the EOT attacker draws its own pool with another seed.
+    """
+    settings = EvalSettings(
+        attacks=parse_attack_names(attacks), classify=parse_classify(classify),
+        craft=_parse_craft(craft), n_test=n_test, eps=float(eps), step_size=step_size,
+        steps=int(steps), restarts=int(restarts), apgd_steps=int(apgd_steps),
+        fgsm_eps=fgsm_eps, cw_steps=int(cw_steps), group_size=group_size,
+        batch_size=int(batch_size), reference_pool_size=int(reference_pool_size),
+        fresh_references=bool(fresh_references), eot_draws=int(eot_draws), seed=int(seed))
+    return _evaluate(model, dataset, settings, device=device, progress=progress,
+                     gap_threshold=gap_threshold)
+
+
+def _parse_craft(craft) -> List[str]:
+    items = craft.split(",") if isinstance(craft, str) else list(craft)
+    out = []
+    for c in items:
+        c = c.strip().lower()
+        if c not in ("pn", "bn"):
+            raise ConfigError(f"unknown crafting norms {c!r}; use pn or bn")
+        if c not in out:
+            out.append(c)
+    return out or ["pn"]
+
+
+def _validate(settings: EvalSettings, dataset) -> None:
+    n_all = len(dataset.x_test)
+    if settings.n_test is not None:
+        if settings.n_test < 1:
+            raise ConfigError(f"n-test must be >= 1, got {settings.n_test}")
+        if settings.n_test > n_all:
+            raise ConfigError(f"n-test {settings.n_test} is larger than the {n_all} test samples "
+                              f"of {dataset.name}")
+    if not (0 < settings.eps <= 1):
+        raise ConfigError(f"eps must be in (0, 1], got {settings.eps}")
+    if settings.batch_size < 2:
+        raise ConfigError(f"batch size must be >= 2 (BN needs a batch), got {settings.batch_size}")
+    if settings.group_size is not None and settings.group_size < 1:
+        raise ConfigError(f"group size must be >= 1, got {settings.group_size}")
+    if any(a in ADAPTIVE_ATTACKS for a in settings.attacks) and not any(
+            c.startswith("shaped") for c in settings.classify):
+        raise ConfigError("the adaptive attacks target shaped inference: add a shaped:ADV:CLEAN "
+                          "inference mode to --classify")
+
+
+def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=None,
+              gap_threshold: float = DEFAULT_GAP_THRESHOLD) -> pd.DataFrame:
+    _validate(settings, dataset)
+    device = parse_device(str(device)) if device is not None else next(
+        model.parameters()).device
+    model = model.to(device)
+    s = settings
+    data = dataset.subset(n_test=s.n_test, seed=s.seed) if s.n_test is not None else dataset
+    x_all, y_all = data.x_test, data.y_test
+    n = len(x_all)
+
+    pool = make_reference_pool(dataset, s.reference_pool_size, s.seed).to(device)
+    classifiers: List[Classifier] = [
+        parse_classifier(spec, model, pool, group_size=s.group_size, seed=s.seed,
+                         fresh_references=s.fresh_references) for spec in s.classify]
+    shaped_idx = [i for i, c in enumerate(classifiers) if isinstance(c, ShapedClassifier)]
+    all_idx = list(range(len(classifiers)))
+
+    common = dict(eps=s.eps, step_size=s.step_size, steps=s.steps, restarts=s.restarts,
+                  seed=s.seed, eot_draws=s.eot_draws)
+    jobs: List[_Job] = []
+    for name in s.attacks:
+        if name in ADAPTIVE_ATTACKS:
+            attacker_pool = (make_reference_pool(dataset, s.reference_pool_size,
+                                                 s.seed + 1_000_003).to(device)
+                             if name == "adaptive_eot" else None)
+            for i in shaped_idx:
+                jobs.append(_Job(make_attack(name, reference_pool=attacker_pool, **common),
+                                 classifiers[i], [i]))
+            continue
+        kw = dict(common)
+        if name == "fgsm" and s.fgsm_eps is not None:
+            kw["eps"] = s.fgsm_eps
+        if name == "apgd":
+            kw["steps"] = s.apgd_steps
+        if name == "cw":
+            kw["steps"] = s.cw_steps
+        attack = make_attack(name, **kw)
+        if name == "shaping":  # crafts through its own 1:3 batches: once
+            jobs.append(_Job(attack, PNClassifier(model), all_idx))
+            continue
+        for c in s.craft:
+            target = PNClassifier(model) if c == "pn" else BNClassifier(model)
+            jobs.append(_Job(attack, target, all_idx))
+
+    n_batches = math.ceil(n / s.batch_size)
+    update, close = _make_progress(progress, n_batches * (1 + len(jobs)))
+    clean_correct = [0] * len(classifiers)
+    robust_correct = [[0] * len(classifiers) for _ in jobs]
+    seconds = [[0.0] * len(classifiers) for _ in jobs]
+    l2s: List[List[torch.Tensor]] = [[] for _ in jobs]
+    crafted_with: List[Optional[str]] = [None] * len(jobs)
+    linf_violation: Dict[str, float] = {}
+    zero_grads: Dict[str, float] = {}
+    try:
+        for b in range(n_batches):
+            xb = x_all[b * s.batch_size:(b + 1) * s.batch_size].to(device)
+            yb = y_all[b * s.batch_size:(b + 1) * s.batch_size].to(device)
+            counted = torch.ones(len(xb), dtype=torch.bool, device=device)
+            if len(xb) < 2 and b > 0:  # a last batch of one sample has no BN statistics:
+                xb = x_all[-2:].to(device)  # batch it with its predecessor, count it once
+                yb = y_all[-2:].to(device)
+                counted = torch.tensor([False, True], device=device)
+            for i in shaped_idx:
+                classifiers[i].reference_offset = b
+            with torch.no_grad():
+                for i, clf in enumerate(classifiers):
+                    clean_correct[i] += int(((clf(xb).argmax(1) == yb) & counted).sum())
+            update("clean")
+            for j, job in enumerate(jobs):
+                if b == 0:
+                    view = job.attack.crafting_view(job.target, xb)
+                    label = job.attack.crafted_with(view)
+                    if label not in zero_grads:
+                        zero_grads[label] = zero_gradient_fraction(view, xb, yb)
+                res = job.attack.run(job.target, xb, yb)
+                crafted_with[j] = res.crafted_with
+                if job.attack.threat_model == LINF:
+                    over = float((res.x_adv - xb).abs().max()) - job.attack.settings.eps
+                    if over > 1e-6:
+                        linf_violation[job.attack.name] = max(over, linf_violation.get(
+                            job.attack.name, 0.0))
+                if res.success is not None:
+                    l2s[j].append(res.l2(xb)[res.success & counted].cpu())
+                for i in job.valid:
+                    t0 = time.perf_counter()
+                    with torch.no_grad():
+                        pred = classifiers[i](res.x_adv).argmax(1)
+                    robust_correct[j][i] += int(((pred == yb) & counted).sum())
+                    seconds[j][i] += res.seconds + time.perf_counter() - t0
+                update(job.attack.name)
+    finally:
+        close()
+
+    rows = []
+    for j, job in enumerate(jobs):
+        minimal = job.attack.threat_model == L2_MINIMAL
+        med = float("nan")
+        if minimal and l2s[j]:
+            cat = torch.cat(l2s[j])
+            med = float(cat.median()) if len(cat) else float("nan")
+        for i in job.valid:
+            clf = classifiers[i]
+            rows.append({
+                "attack": job.attack.name, "crafted_with": crafted_with[j],
+                "classified_with": clf.describe(), "ratio": _ratio_of(clf),
+                "group_size": _group_of(clf), "clean_acc": clean_correct[i] / n,
+                "robust_acc": robust_correct[j][i] / n, "n": n,
+                "eps": float("nan") if minimal else float(job.attack.settings.eps),
+                "seconds": round(seconds[j][i], 3), "median_l2": med,
+                "randomized": bool(clf.randomized)})
+    df = _typed(pd.DataFrame(rows, columns=list(ROW_KEYS)))
+    warnings = sanity_warnings(df, gap_threshold=gap_threshold, zero_gradients=zero_grads)
+    for name, over in linf_violation.items():
+        warnings.append(f"{name}: perturbations exceed eps by {over:.2e} (a bug: report it)")
+    df.attrs["warnings"] = warnings
+    df.attrs["settings"] = s.to_dict()
+    df.attrs["zero_gradients"] = zero_grads
+    return df
+
+
+# ====================================================================== sanity warnings
+def sanity_warnings(df: pd.DataFrame, *, gap_threshold: float = DEFAULT_GAP_THRESHOLD,
+                    zero_gradients: Optional[Mapping[str, float]] = None,
+                    fgsm_tolerance: float = 0.02) -> List[str]:
+    """AutoAttack-style checks on an evaluation's rows; each warning is one line.
+
+    - a randomised classifier (fresh references per call): numbers vary between runs, and
+      only EOT attacks fit it;
+    - PN-crafted attacks much weaker than the adaptive attack on the same shaped classifier
+      (gap > ``gap_threshold``): the PN-crafted number overstates robustness;
+    - zero input gradients for some samples under some crafting norms;
+    - PGD weaker than FGSM at the same crafting / inference (more restarts or steps needed).
+    """
+    out: List[str] = []
+    if len(df) == 0:
+        return out
+    if "randomized" in df:
+        for name in df.loc[df["randomized"].astype(bool), "classified_with"].unique():
+            out.append(f"{name} draws fresh references per call: the classifier is randomised, "
+                       f"its numbers vary between runs; trust EOT attacks (adaptive_eot) on it")
+    adaptive = df[df["attack"].isin(ADAPTIVE_ATTACKS)]
+    linf_pn = df[(df["crafted_with"] == "PN") & df["attack"].isin(("fgsm", "pgd", "apgd"))]
+    for clf_name in adaptive["classified_with"].unique():
+        pn_rows = linf_pn[linf_pn["classified_with"] == clf_name]
+        ad_rows = adaptive[adaptive["classified_with"] == clf_name]
+        if pn_rows.empty:
+            continue
+        pn_best = pn_rows.loc[pn_rows["robust_acc"].idxmin()]
+        ad_best = ad_rows.loc[ad_rows["robust_acc"].idxmin()]
+        gap = float(pn_best["robust_acc"] - ad_best["robust_acc"])
+        if gap > gap_threshold:
+            out.append(
+                f"under {clf_name}, PN-crafted {pn_best['attack']} leaves robust acc "
+                f"{pn_best['robust_acc']:.3f} but the adaptive attack ({ad_best['crafted_with']}) "
+                f"leaves {ad_best['robust_acc']:.3f}: a gap of {gap:.3f} > {gap_threshold:.2f}. "
+                f"The PN-crafted number overstates robustness (gradient masking / transfer gap); "
+                f"report the adaptive one")
+    for label, frac in (zero_gradients or {}).items():
+        if frac > 0:
+            out.append(f"crafting with {label}: {frac:.1%} of samples have an exactly zero input "
+                       f"gradient, so gradient attacks cannot move them (saturated or masked "
+                       f"loss); their robust accuracy is not evidence of robustness")
+    keys = ["crafted_with", "classified_with"]
+    fg = df[df["attack"] == "fgsm"].set_index(keys)["robust_acc"]
+    pg = df[df["attack"] == "pgd"].set_index(keys)["robust_acc"]
+    for key in fg.index.intersection(pg.index):
+        if float(pg[key]) > float(fg[key]) + fgsm_tolerance and _same_eps(df, key):
+            out.append(f"PGD (robust acc {float(pg[key]):.3f}) is weaker than FGSM "
+                       f"({float(fg[key]):.3f}) crafted with {key[0]}, classified with {key[1]}: "
+                       f"the iterative attack is stuck; use more restarts or steps")
+    return out
+
+
+def _same_eps(df, key) -> bool:
+    rows = df[(df["crafted_with"] == key[0]) & (df["classified_with"] == key[1]) &
+              df["attack"].isin(("fgsm", "pgd"))]
+    return rows["eps"].nunique() <= 1
+
+
+# ====================================================================== layouts
+def _ordered(values) -> List[Any]:
+    seen: List[Any] = []
+    for v in values:
+        if v not in seen:
+            seen.append(v)
+    return seen
+
+
+def table_like_paper(df: pd.DataFrame) -> pd.DataFrame:
+    """Tables I/II: rows (attack, crafted with), columns (inference mode, Acc | R.Acc).
+    Adaptive attacks are left to ``table_iii``."""
+    d = df[~df["attack"].isin(ADAPTIVE_ATTACKS)]
+    if d.empty:
+        return pd.DataFrame()
+    modes = _ordered(d["classified_with"])
+    index = _ordered(zip(d["attack"], d["crafted_with"]))
+    long = d.rename(columns={"clean_acc": "Acc", "robust_acc": "R.Acc"}).melt(
+        id_vars=["attack", "crafted_with", "classified_with"], value_vars=["Acc", "R.Acc"],
+        var_name="metric")
+    out = long.pivot_table(index=["attack", "crafted_with"],
+                           columns=["classified_with", "metric"], values="value",
+                           aggfunc="first")
+    out = out.reindex(index=pd.MultiIndex.from_tuples(index),
+                      columns=pd.MultiIndex.from_product([modes, ["Acc", "R.Acc"]]))
+    out.index.names = ["attack", "crafted with"]
+    out.columns.names = ["classified with", ""]
+    return out
+
+
+def table_iii(dfs: Union[pd.DataFrame, Mapping[str, pd.DataFrame]]) -> pd.DataFrame:
+    """Table III: robust accuracy under the adaptive attacks (rows: the attacker's knowledge)
+    next to PN-crafted PGD, per shaped classifier; a mapping {model name: df} gives one column
+    group per model, like the paper's PGD+Shaping / TRADES+Shaping columns."""
+    if isinstance(dfs, pd.DataFrame):
+        dfs = {"": dfs}
+    parts = []
+    for model_name, df in dfs.items():
+        shaped = df[df["ratio"].notna()]
+        d = shaped[shaped["attack"].isin(ADAPTIVE_ATTACKS) |
+                   ((shaped["attack"] == "pgd") & (shaped["crafted_with"] == "PN"))].copy()
+        d["model"] = model_name
+        parts.append(d)
+    d = pd.concat(parts) if parts else pd.DataFrame(columns=list(ROW_KEYS) + ["model"])
+    label = {"pgd": "PGD (transfer)", "adaptive_eot": "slightly weaker attack",
+             "adaptive_exact": "adaptive attack"}
+    d["row"] = [f"{label.get(a, a)} [crafted with {c}]"
+                for a, c in zip(d["attack"], d["crafted_with"])]
+    columns = ["classified_with"] if len(dfs) == 1 else ["model", "classified_with"]
+    out = d.pivot_table(index="row", columns=columns, values="robust_acc", aggfunc="first",
+                        sort=False)
+    return out
+
+
+def _ratio_key(r: str) -> Tuple[float, int]:
+    p = Ratio.parse(r)
+    return (p.clean / p.adv, p.adv)
+
+
+def table_iv(dfs_by_training_ratio: Mapping[str, pd.DataFrame], attack: str = "pgd",
+             crafted_with: str = "PN") -> pd.DataFrame:
+    """Table IV: rows training ratio, columns inference ratio adv:clean, values robust accuracy
+    under ``attack`` crafted with ``crafted_with`` and classified with shaped inference."""
+    rows = {}
+    for training, df in dfs_by_training_ratio.items():
+        d = df[(df["attack"] == attack) & (df["crafted_with"] == crafted_with) &
+               df["ratio"].notna()]
+        rows[training] = {r: a for r, a in zip(d["ratio"], d["robust_acc"])}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out.columns):
+        out = out[sorted(out.columns, key=_ratio_key)]
+    out.index.name = "training ratio"
+    out.columns.name = "inference ratio adv:clean"
+    return out
+
+
+def format_table(df: pd.DataFrame, digits: int = 3) -> str:
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        return df.round(digits).to_string()
+
+
+# ====================================================================== checkpoints + cache
+def cache_path_for(checkpoint: Union[str, Path]) -> Path:
+    """The evaluation cache beside a checkpoint: ``<weights stem>.eval.json``."""
+    from .checkpoints import resolve_paths
+
+    weights, _ = resolve_paths(checkpoint)
+    return weights.with_name(weights.stem + ".eval.json")
+
+
+def _cache_key(weights_sha256: str, settings: EvalSettings) -> str:
+    return hashlib.sha256(f"{weights_sha256}:{settings.fingerprint()}".encode()).hexdigest()[:24]
+
+
+def _read_cache(path: Path) -> Dict[str, Any]:
+    try:
+        obj = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {"format": CACHE_FORMAT, "entries": {}}
+    if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
+        return {"format": CACHE_FORMAT, "entries": {}}
+    obj.setdefault("entries", {})
+    return obj
+
+
+def _json_safe(v):
+    if v is None or v is pd.NA:
+        return None
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if hasattr(v, "item"):
+        return _json_safe(v.item())
+    return v
+
+
+def rows_of(df: pd.DataFrame) -> List[Dict[str, Any]]:
+    """Rows as JSON-ready dicts (NaN -> null)."""
+    return [{k: _json_safe(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+
+
+def _typed(df: pd.DataFrame) -> pd.DataFrame:
+    for k in ("clean_acc", "robust_acc", "eps", "seconds", "median_l2"):
+        df[k] = df[k].astype(float)
+    df["group_size"] = df["group_size"].astype("Int64")
+    df["n"] = df["n"].astype(int)
+    df["randomized"] = df["randomized"].astype(bool)
+    df["ratio"] = df["ratio"].astype(object).where(df["ratio"].notna(), None)
+    return df
+
+
+def _df_from_rows(rows: List[Dict[str, Any]]) -> pd.DataFrame:
+    return _typed(pd.DataFrame(rows, columns=list(ROW_KEYS)))
+
+
+def load_for_evaluation(checkpoint: Union[str, Path], dataset_name: Optional[str] = None,
+                        device: Optional[str] = None):
+    """(model, meta, dataset) for a checkpoint; the dataset is the one it was trained on,
+    loaded as the trainer loads it. A different ``dataset_name`` is a ConfigError."""
+    from .checkpoints import CheckpointError, load_checkpoint
+    from .data import load_dataset
+
+    try:
+        model, meta = load_checkpoint(checkpoint, device=parse_device(device or "auto"))
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
+    cfg = meta.get("config", {})
+    trained_on = cfg.get("dataset") or meta.get("dataset")
+    if dataset_name is not None and dataset_name != trained_on:
+        raise ConfigError(f"checkpoint {checkpoint} was trained on {trained_on!r}, not "
+                          f"{dataset_name!r}")
+    dataset = load_dataset(trained_on, root=cfg.get("data_root"), seed=cfg.get("seed", 0))
+    return model, meta, dataset
+
+
+def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[str] = None,
+                        device: Optional[str] = None, use_cache: bool = True,
+                        progress: Union[None, bool, ProgressFn] = None,
+                        gap_threshold: float = DEFAULT_GAP_THRESHOLD,
+                        **settings) -> Tuple[pd.DataFrame, Dict[str, Any]]:
+    """``evaluate`` on a checkpoint's model and dataset; ``eps`` defaults to the training eps.
+    Results are cached in ``<weights stem>.eval.json`` beside the checkpoint, keyed by the
+    weights' SHA-256 and the settings' hash, and reused when both match. Returns (df, meta);
+    ``df.attrs["cached"]`` says whether the numbers came from the cache."""
+    from .checkpoints import atomic_write_json
+
+    model, meta, dataset = load_for_evaluation(checkpoint, dataset_name, device)
+    cfg = meta.get("config", {})
+    if settings.get("eps") is None:
+        settings["eps"] = cfg.get("eps") or 8 / 255
+    values = EvalSettings().to_dict()
+    unknown = set(settings) - set(values)
+    if unknown:
+        raise TypeError(f"unknown evaluation settings: {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in settings.items() if v is not None})
+    s = EvalSettings(**values)
+    s.attacks = parse_attack_names(s.attacks)
+    s.classify = parse_classify(s.classify)
+    s.craft = _parse_craft(s.craft)
+    _validate(s, dataset)
+    path = cache_path_for(checkpoint)
+    key = _cache_key(meta["weights_sha256"], s)
+    if use_cache:
+        entry = _read_cache(path)["entries"].get(key)
+        if entry is not None:
+            df = _df_from_rows(entry["rows"])
+            df.attrs.update(warnings=list(entry.get("warnings", [])), settings=entry["settings"],
+                            cached=True)
+            return df, meta
+    df = _evaluate(model, dataset, s, device=device, progress=progress,
+                   gap_threshold=gap_threshold)
+    df.attrs["cached"] = False
+    if use_cache:
+        cache = _read_cache(path)
+        cache["entries"][key] = {"weights_sha256": meta["weights_sha256"],
+                                 "settings": s.to_dict(), "rows": rows_of(df),
+                                 "warnings": df.attrs["warnings"],
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_json(path, cache)
+    return df, meta
+
+
+def training_label(meta: Dict[str, Any]) -> str:
+    """Table IV's row label: the training ratio adv:clean (or the training mode)."""
+    c = meta.get("config", {})
+    if c.get("method") == "natural":
+        return "natural"
+    if c.get("shaping") in (None, "none"):
+        return "adv only"
+    return str(c.get("ratio")) + ("" if c.get("shaping") == "attack+train" else
+                                  f" ({c.get('shaping')})")
+
+
+# ====================================================================== CLI
+def document_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Append "(default: ...)" to every optional flag's help that does not state it."""
+    for action in parser._actions:
+        if not action.option_strings or action.default is argparse.SUPPRESS:
+            continue
+        text = action.help or ""
+        if "default" not in text:
+            action.help = (text + " " if text else "") + "(default: %(default)s)"
+    return parser
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n-test", type=int, default=None, help="test samples (seeded subset; "
+                   "default: the whole test set)")
+    p.add_argument("--eps", type=float, default=None, help="L-inf bound (default: the "
+                   "checkpoint's training eps)")
+    p.add_argument("--steps", type=int, default=20, help="PGD steps")
+    p.add_argument("--restarts", type=int, default=1, help="PGD / APGD restarts")
+    p.add_argument("--seed", type=int, default=0, help="seed of the test subset, attack starts "
+                   "and reference draws")
+    p.add_argument("--group-size", type=int, default=None, help="test samples per shaped batch "
+                   "(1 = per-sample Eq. 6; default: batches of 100 samples as in the paper)")
+    p.add_argument("--batch-size", type=int, default=100, help="test batch size (the paper: 100)")
+    p.add_argument("--reference-pool", type=int, default=1000, dest="reference_pool_size",
+                   help="size of the reference pool drawn from the training set")
+    p.add_argument("--fresh-references", action="store_true", help="draw new references at "
+                   "every call (randomised classifier) instead of a seeded fixed draw")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--dataset", default=None, help="expected dataset; a checkpoint of another "
+                   "dataset is an error")
+    p.add_argument("--json", default=None, help="write the rows as JSON to this file")
+    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the "
+                   "results cache beside the checkpoint")
+
+
+def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``python -m normshape_core evaluate``."""
+    parser.add_argument("checkpoint", help="run folder, .safetensors or .json of a checkpoint")
+    parser.add_argument("--attacks", default="fgsm,pgd,apgd,cw,deepfool,shaping,adaptive",
+                        help="comma-separated: " + ", ".join(list(ATTACKS) + ["adaptive"]))
+    parser.add_argument("--classify", default="pn,bn,shaped:1:9",
+                        help="inference modes: pn, bn, shaped:ADV:CLEAN (comma-separated)")
+    parser.add_argument("--craft", default="pn", help="norms the standard attacks craft with: "
+                        "pn (paper), bn, or pn,bn")
+    parser.add_argument("--fgsm-eps", type=float, default=None, help="FGSM's eps (default: "
+                        "--eps; the paper used twice the training eps)")
+    parser.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE iterations")
+    parser.add_argument("--cw-steps", type=int, default=100, help="C&W Adam steps per "
+                        "binary-search step")
+    parser.add_argument("--eot-draws", type=int, default=8, help="reference draws per step of "
+                        "the EOT adaptive attack")
+    parser.add_argument("--gap-threshold", type=float, default=DEFAULT_GAP_THRESHOLD,
+                        help="warn when PN-crafted robust acc exceeds the adaptive one by more")
+    _add_common(parser)
+    return document_defaults(parser)
+
+
+def _settings_from_args(args, **extra) -> Dict[str, Any]:
+    keys = ("n_test", "eps", "steps", "restarts", "seed", "group_size", "batch_size",
+            "reference_pool_size", "fresh_references", "fgsm_eps", "apgd_steps", "cw_steps",
+            "eot_draws")
+    out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
+    out.update(extra)
+    return out
+
+
+def _print_warnings(warnings: Sequence[str]) -> None:
+    for w in warnings:
+        print(f"warning: {w}")
+
+
+def cli_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate CHECKPOINT``: print Tables I/II (and III), warnings; write --json rows."""
+    from .checkpoints import atomic_write_json
+
+    attacks = parse_attack_names(args.attacks)
+    classify = parse_classify(args.classify)
+    df, meta = evaluate_checkpoint(
+        args.checkpoint, dataset_name=args.dataset, device=args.device,
+        use_cache=not args.no_cache, progress=True, gap_threshold=args.gap_threshold,
+        **_settings_from_args(args, attacks=attacks, classify=classify,
+                              craft=_parse_craft(args.craft)))
+    name = meta.get("run_name", str(args.checkpoint))
+    print(f"{name}: n={int(df['n'].iloc[0]) if len(df) else 0}, eps={df['eps'].max():g}"
+          + (" (cached)" if df.attrs.get("cached") else ""))
+    main = table_like_paper(df)
+    if len(main):
+        print(format_table(main))
+    if df["attack"].isin(ADAPTIVE_ATTACKS).any():
+        print("\nadaptive attacks (Table III):")
+        print(format_table(table_iii(df)))
+    _print_warnings(df.attrs.get("warnings", []))
+    if args.json:
+        atomic_write_json(args.json, rows_of(df))
+    return 0
+
+
+def add_grid_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Arguments of ``python -m normshape_core grid`` (Table IV)."""
+    parser.add_argument("checkpoints", nargs="+", help="checkpoints, one per training ratio")
+    parser.add_argument("--inference-ratios", default="1:0,1:1,1:3,1:9,1:19,1:49",
+                        help="inference ratios adv:clean (comma-separated)")
+    parser.add_argument("--attack", default="pgd", help="attack of the grid (paper: PGD)")
+    _add_common(parser)
+    return document_defaults(parser)
+
+
+def parse_ratio_list(text: str) -> List[str]:
+    out = []
+    for part in str(text).split(","):
+        if part.strip():
+            out.append(str(Ratio.parse(part.strip())))
+    if not out:
+        raise ConfigError("no inference ratio given (e.g. --inference-ratios 1:0,1:3,1:9)")
+    return out
+
+
+def cli_grid(args: argparse.Namespace) -> int:
+    """``grid CHECKPOINT...``: Table IV, rows training ratio, columns inference ratio."""
+    from .checkpoints import atomic_write_json
+
+    ratios = parse_ratio_list(args.inference_ratios)
+    (attack,) = parse_attack_names(args.attack)[:1]
+    if attack in ADAPTIVE_ATTACKS:
+        raise ConfigError("the grid uses one attack crafted once; choose fgsm, pgd or apgd")
+    dfs: Dict[str, pd.DataFrame] = {}
+    json_rows: List[Dict[str, Any]] = []
+    for ckpt in args.checkpoints:
+        df, meta = evaluate_checkpoint(
+            ckpt, dataset_name=args.dataset, device=args.device, use_cache=not args.no_cache,
+            progress=True, **_settings_from_args(args, attacks=[attack],
+                                                 classify=[f"shaped:{r}" for r in ratios]))
+        label = training_label(meta)
+        if label in dfs:
+            label = f"{label} [{Path(ckpt).name}]"
+        dfs[label] = df
+        for r in rows_of(df):
+            json_rows.append({"training_ratio": label, "checkpoint": str(ckpt), **r})
+        _print_warnings(df.attrs.get("warnings", []))
+    print(format_table(table_iv(dfs, attack=attack)))
+    if args.json:
+        atomic_write_json(args.json, json_rows)
+    return 0
