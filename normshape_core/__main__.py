@@ -78,17 +78,24 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from . import distributed
     from .config import sanitize_name
     from .training import train
 
     cfg = config_from_args(args)
     run_dir = Path(args.out) / sanitize_name(args.name or cfg.run_name())
+    main_rank = distributed.is_main()  # under torchrun only rank 0 prints (and writes)
     if (run_dir / "model.json").exists() and not args.resume:
         raise ConfigError(f"{run_dir} already holds a finished checkpoint; choose --name, "
                           f"another --out, or remove it")
-    if args.resume and not (run_dir / "state.json").exists():
+    if args.resume and not (run_dir / "state.json").exists() and main_rank:
         print(f"note: nothing to resume in {run_dir}; starting from scratch", file=sys.stderr)
-    result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    try:
+        result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+    finally:
+        distributed.cleanup()  # leave torchrun's process group; nothing on one process
+    if not main_rank:
+        return 0
     for k, v in result.final_metrics.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     print(f"checkpoint: {result.checkpoint}")

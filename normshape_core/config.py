@@ -108,6 +108,11 @@ class TrainConfig:
     device: str = _f("auto", "device: auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps")
     data_root: Optional[str] = _f(None, "folder with dataset files (torchvision layout or the "
                                         "original idx/binary files); default: standard places")
+    sync_bn: bool = _f(False, "under torchrun: SyncBatchNorm, BN statistics of the global batch "
+                              "(all ranks; it has the exact ratio adv:clean too, since every "
+                              "rank's batch has it) instead of each rank's local batch of B/W")
+    dist_backend: str = _f("auto", "under torchrun: process-group backend, auto (nccl on GPUs, "
+                                   "gloo on CPU), nccl or gloo")
 
     # ---------------------------------------------------------------- derived
     def resolved(self) -> "TrainConfig":
@@ -169,6 +174,9 @@ class TrainConfig:
                                   f"parts of ratio {ratio}")
             ratio.split(self.batch_size)
         parse_device(self.device)
+        if self.dist_backend not in ("auto", "nccl", "gloo"):
+            raise ConfigError(f"unknown dist backend {self.dist_backend!r}; choose one of: "
+                              f"auto, nccl, gloo")
 
     @property
     def ratio_obj(self) -> Ratio:
@@ -202,10 +210,13 @@ class TrainConfig:
         return sanitize_name("-".join(p for p in parts if p))
 
     def fingerprint(self) -> str:
-        """SHA-256 of the settings that change the result (device and data root excluded)."""
+        """SHA-256 of the settings that change the result (device, data root and dist
+        backend excluded; sync_bn only when on, so earlier runs keep their fingerprint)."""
         d = self.to_dict()
-        for k in ("device", "data_root"):
+        for k in ("device", "data_root", "dist_backend"):
             d.pop(k, None)
+        if not d.get("sync_bn"):
+            d.pop("sync_bn", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

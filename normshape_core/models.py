@@ -39,7 +39,7 @@ class MLP(nn.Module):
         self.norm = InputNormalize(mean, std, ndim=2)
         layers = []
         for _ in range(depth):
-            layers += [nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU()]
+            layers += [nn.Linear(d, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU()]
             d = hidden
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(d, num_classes)

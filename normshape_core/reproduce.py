@@ -26,7 +26,7 @@ REPRO_SETTINGS: Dict[str, Dict[str, Any]] = {
     "moons": dict(eps=0.12, epochs=30),
     "spirals": dict(eps=0.04, epochs=40),
     "digits": dict(eps=0.3, epochs=30),
-    "fashion_mnist": dict(eps=0.1, epochs=3, n_train=20000),
+    "fashion_mnist": dict(eps=0.1, epochs=3, n_train=10000, model_width=16),
 }
 # Evaluation sizes: every test sample for the small sets, a fixed subset for images.
 REPRO_N_TEST = {"moons": 1000, "spirals": 1000, "digits": 397, "fashion_mnist": 1000}
@@ -94,3 +94,395 @@ def train_set(dataset: str, out: Path, *, seed: int = 0, specs: Optional[List[Ru
         train(cfg, run_dir, dataset=data, resume=True, progress=progress)
         log(f"[{i}/{len(specs)}] {spec.key}: {time.time() - t0:.1f} s")
     return runs
+
+
+# ====================================================================== evaluation
+MAIN_KEYS = ["natural", "pgd/adv-only", "pgd/shaping-in-training",
+             "pgd/shaping-in-attack+training", "trades/adv-only", "trades/shaping-in-training",
+             "trades/shaping-in-attack+training"]
+TABLE_ATTACKS = ["pgd", "cw", "fgsm", "deepfool", "shaping"]
+TABLE_CLASSIFY = ["bn", "pn", "shaped:1:9"]
+ATTACK_LABELS = {"pgd": "PGD-20", "cw": "C&W-L2", "fgsm": "FGSM", "deepfool": "DeepFool",
+                 "shaping": "Shaping attack"}
+TABLE_IV_TRAINING = {"1:1": "pgd/shaping-in-attack+training@1:1",
+                     "1:2": "pgd/shaping-in-attack+training@1:2",
+                     "1:3": "pgd/shaping-in-attack+training",
+                     "1:7": "pgd/shaping-in-attack+training@1:7"}
+TABLE_IV_INFERENCE = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
+SHAPED_KEYS = {"PGD+Shaping": "pgd/shaping-in-attack+training",
+               "TRADES+Shaping": "trades/shaping-in-attack+training"}
+POLLUTED_KEY = "pgd/shaping-in-attack+training/polluted"
+
+
+def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
+                 n_test: Optional[int] = None, device: Optional[str] = None,
+                 log=print) -> Dict[str, Any]:
+    """Evaluate the trained set; every robust number names crafted-with / classified-with."""
+    from .checkpoints import read_meta
+    from .evaluation import evaluate_checkpoint, rows_of
+
+    n_test = n_test or REPRO_N_TEST.get(dataset, 1000)
+    results: Dict[str, Any] = {"dataset": dataset, "seed": seed, "n_test": n_test, "runs": {}}
+    plan = ([(k, TABLE_ATTACKS, TABLE_CLASSIFY) for k in MAIN_KEYS] +
+            [(k, ["adaptive"], ["shaped:1:9"]) for k in SHAPED_KEYS.values()] +
+            [(k, ["pgd"], [f"shaped:{r}" for r in TABLE_IV_INFERENCE])
+             for k in TABLE_IV_TRAINING.values()] +
+            [(POLLUTED_KEY, ["pgd"], ["pn", "shaped:1:9"])])
+    for i, (key, attacks, classify) in enumerate(plan, 1):
+        if key not in runs:
+            continue
+        t0 = time.time()
+        df, meta = evaluate_checkpoint(runs[key], dataset_name=dataset, device=device,
+                                       attacks=attacks, classify=classify, n_test=n_test,
+                                       seed=seed, progress=False)
+        entry = results["runs"].setdefault(key, {"checkpoint": str(runs[key]),
+                                                 "weights_sha256": meta["weights_sha256"],
+                                                 "config": meta["config"], "rows": []})
+        entry["rows"].extend(rows_of(df))
+        entry.setdefault("warnings", []).extend(df.attrs.get("warnings", []))
+        log(f"[eval {i}/{len(plan)}] {key}: {', '.join(attacks)} x {', '.join(classify)} "
+            f"({'cached' if df.attrs.get('cached') else f'{time.time() - t0:.1f} s'})")
+    results["diagnostics"] = diagnose_set(runs, dataset, seed=seed, device=device)
+    log("[diagnostics] done")
+    return results
+
+
+def diagnose_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0, n: int = 256,
+                 device: Optional[str] = None) -> Dict[str, Any]:
+    """The paper's confounding measurements on its own choice of model: an adversarially
+    trained (adv only) model, FGSM / PGD on training inputs."""
+    import torch
+
+    from .checkpoints import load_checkpoint
+    from .data import load_dataset
+    from .diagnostics import diagnose
+
+    out: Dict[str, Any] = {}
+    data = load_dataset(dataset, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_train), generator=g)[:n]
+    x, y = data.x_train[idx], data.y_train[idx]
+    for key in ("pgd/adv-only", "pgd/shaping-in-attack+training"):
+        if key not in runs:
+            continue
+        model, meta = load_checkpoint(runs[key], device or "cpu")
+        cfg = meta["config"]
+        d = diagnose(model, x.to(next(model.parameters()).device),
+                     y.to(next(model.parameters()).device), eps=cfg["eps"],
+                     step_size=cfg["step_size"], steps=cfg["steps"], seed=seed)
+        for r in d.get("moving_target", {}).values():
+            r.pop("points", None)  # per-step points and frames are for the app, not the report
+            r.pop("frame", None)
+        out[key] = d
+    return out
+
+
+# ====================================================================== report
+def _rows(results: Dict[str, Any], key: str) -> List[Dict[str, Any]]:
+    return results["runs"].get(key, {}).get("rows", [])
+
+
+def _find(rows, attack, classified, crafted=None, ratio=None):
+    for r in rows:
+        if r["attack"] != attack or r["classified_with"] != classified:
+            continue
+        if crafted is not None and r["crafted_with"] != crafted:
+            continue
+        if ratio is not None and r.get("ratio") != ratio:
+            continue
+        return r
+    return None
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or v != v else f"{v:.3f}"
+
+
+def paper_tables_markdown(results: Dict[str, Any], method: str) -> str:
+    """Table I (pgd) / II (trades) layout: training mode x attack, (Acc, R.Acc) per
+    inference mode; every robust column names crafted-with and classified-with norms."""
+    modes = [("adv-only", "Adv. only"), ("shaping-in-training", "Shaping in training"),
+             ("shaping-in-attack+training", "Shaping in attack+training")]
+    cls = [("BN", "BN"), ("PN", "PN"), ("shaped 1:9", "BN+Shaping 1:9")]
+    head = ("| training | attack (crafted with) | " +
+            " | ".join(f"Acc [{c}] | R.Acc [{c}]" for _, c in cls) + " |")
+    lines = [head, "|" + "---|" * (2 + 2 * len(cls))]
+    for suffix, label in modes:
+        rows = _rows(results, f"{method}/{suffix}")
+        if not rows:
+            continue
+        for a in TABLE_ATTACKS:
+            crafted = next((r["crafted_with"] for r in rows if r["attack"] == a), None)
+            if crafted is None:
+                continue
+            cells = []
+            for clabel, _ in cls:
+                r = _find(rows, a, clabel if clabel != "shaped 1:9" else _shaped_label(rows, "1:9"),
+                          crafted)
+                cells += [_fmt(r and r["clean_acc"]), _fmt(r and r["robust_acc"])]
+            lines.append(f"| {label} | {ATTACK_LABELS[a]} ({crafted}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _shaped_label(rows, ratio: str) -> str:
+    for r in rows:
+        if r.get("ratio") == ratio:
+            return r["classified_with"]
+    return f"shaped {ratio}"
+
+
+def natural_row_markdown(results: Dict[str, Any]) -> str:
+    rows = _rows(results, "natural")
+    lines = ["| model | attack (crafted with) | Acc [PN] | R.Acc [PN] | Acc [BN+Shaping 1:9] | "
+             "R.Acc [BN+Shaping 1:9] |", "|---|---|---|---|---|---|"]
+    for a in TABLE_ATTACKS:
+        pn = _find(rows, a, "PN")
+        sh = _find(rows, a, _shaped_label(rows, "1:9"))
+        if pn is None:
+            continue
+        lines.append(f"| natural | {ATTACK_LABELS[a]} ({pn['crafted_with']}) | {_fmt(pn['clean_acc'])} | "
+                     f"{_fmt(pn['robust_acc'])} | {_fmt(sh and sh['clean_acc'])} | "
+                     f"{_fmt(sh and sh['robust_acc'])} |")
+    return "\n".join(lines)
+
+
+def table_iii_markdown(results: Dict[str, Any]) -> str:
+    lines = ["| attack (crafted with), classified with BN+Shaping 1:9 | " +
+             " | ".join(SHAPED_KEYS) + " |", "|---|" + "---|" * len(SHAPED_KEYS)]
+    labels = [("adaptive_eot", "slightly weaker attack: own references from the training set, EOT"),
+              ("adaptive_exact", "adaptive attack: the defender's exact references"),
+              ("pgd", "PGD crafted with PN (for comparison)")]
+    for attack, label in labels:
+        cells = []
+        crafted = ""
+        for key in SHAPED_KEYS.values():
+            rows = _rows(results, key)
+            r = _find(rows, attack, _shaped_label(rows, "1:9"), "PN" if attack == "pgd" else None)
+            if r is not None:
+                crafted = r["crafted_with"]
+            cells.append(_fmt(r and r["robust_acc"]))
+        lines.append(f"| {label} ({crafted}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def table_iv_values(results: Dict[str, Any]) -> Dict[str, Dict[str, Optional[float]]]:
+    out: Dict[str, Dict[str, Optional[float]]] = {}
+    for training, key in TABLE_IV_TRAINING.items():
+        rows = _rows(results, key)
+        if not rows:
+            continue
+        out[training] = {}
+        for inf in TABLE_IV_INFERENCE:
+            r = _find(rows, "pgd", _shaped_label(rows, inf), "PN", ratio=inf)
+            out[training][inf] = r and r["robust_acc"]
+    return out
+
+
+def table_iv_markdown(results: Dict[str, Any]) -> str:
+    vals = table_iv_values(results)
+    lines = ["| training adv:clean \\ inference adv:clean | " + " | ".join(TABLE_IV_INFERENCE) +
+             " |", "|---|" + "---|" * len(TABLE_IV_INFERENCE)]
+    for training, row in vals.items():
+        lines.append(f"| {training} | " + " | ".join(_fmt(row[i]) for i in TABLE_IV_INFERENCE) +
+                     " |")
+    return "\n".join(lines)
+
+
+def confounding_markdown(results: Dict[str, Any]) -> str:
+    d = results.get("diagnostics", {})
+    lines = ["| measurement | paper | ours: PGD-AT (adv only) | ours: PGD + shaping |",
+             "|---|---|---|---|"]
+    def get(key, *path):
+        v = d.get(key, {})
+        for p in path:
+            v = v.get(p, {}) if isinstance(v, dict) else {}
+        return v if isinstance(v, (int, float)) else None
+    specs = [("II: logit error, clean-batch BN vs adversarial batch's own BN (FGSM, one "
+              "training step)", "+63%", ("confounding_ii", "relative_difference")),
+             ("III: PGD perturbation L2, crafted with PN vs BN", "+17%",
+              ("confounding_iii", "pn_vs_bn")),
+             ("III: PGD perturbation L2, shaped batch 1:3 vs plain PGD (BN)", "+41%",
+              ("confounding_iii", "shaping_vs_bn"))]
+    for label, paper, path in specs:
+        a = get("pgd/adv-only", *path)
+        b = get("pgd/shaping-in-attack+training", *path)
+        lines.append(f"| {label} | {paper} | {_pct(a)} | {_pct(b)} |")
+    for mode in ("PN", "BN"):
+        a = get("pgd/adv-only", "confounding_iii", "modes", mode, "straightness")
+        b = get("pgd/shaping-in-attack+training", "confounding_iii", "modes", mode, "straightness")
+        lines.append(f"| III: path straightness \\|x(K)-x\\| / sum of steps, crafted with {mode} "
+                     f"| - | {_fmt(a)} | {_fmt(b)} |")
+    for r in ("1:0", "1:3"):
+        a = get("pgd/adv-only", "moving_target", r, "summary", "step_drift_mean")
+        b = get("pgd/shaping-in-attack+training", "moving_target", r, "summary", "step_drift_mean")
+        lines.append(f"| II: moving target, mean BN drift per PGD step, batch {r} | - | "
+                     f"{_fmt(a)} | {_fmt(b)} |")
+    return "\n".join(lines)
+
+
+def _pct(v) -> str:
+    return "-" if v is None or v != v else f"{v * 100:+.0f}%"
+
+
+def verdicts(results: Dict[str, Any]) -> List[Tuple[str, str, str]]:
+    """(claim, verdict, the numbers behind it), reached from the numbers whichever way."""
+    out = []
+    for method, label in (("pgd", "PGD-AT"), ("trades", "TRADES")):
+        base = _rows(results, f"{method}/adv-only")
+        shaped = _rows(results, f"{method}/shaping-in-attack+training")
+        if not base or not shaped:
+            continue
+        b = _find(base, "pgd", "PN", "PN")
+        s = _find(shaped, "pgd", _shaped_label(shaped, "1:9"), "PN")
+        gain = s["clean_acc"] - b["clean_acc"]
+        out.append((f"clean accuracy: {label} + shaping (BN+Shaping 1:9) above {label} (PN)",
+                    _verdict(gain, 0.01),
+                    f"{s['clean_acc']:.3f} vs {b['clean_acc']:.3f} ({gain:+.3f}; paper "
+                    f"{'0.942 vs 0.869' if method == 'pgd' else '0.944 vs 0.888'})"))
+        rg = s["robust_acc"] - b["robust_acc"]
+        out.append((f"robustness under PN-crafted PGD: {label} + shaping (classified BN+Shaping "
+                    f"1:9) above {label} (classified PN)", _verdict(rg, 0.02),
+                    f"{s['robust_acc']:.3f} vs {b['robust_acc']:.3f} ({rg:+.3f}; paper "
+                    f"{'0.816 vs 0.470' if method == 'pgd' else '0.817 vs 0.462'})"))
+        a = _find(shaped, "adaptive_exact", _shaped_label(shaped, "1:9"))
+        if a is not None:
+            d = a["robust_acc"] - b["robust_acc"]
+            out.append((f"adaptive attack (exact references) on {label} + shaping at least as "
+                        f"robust as {label} under PN-crafted PGD", _verdict(d, -0.02, lo=-0.02),
+                        f"{a['robust_acc']:.3f} vs {b['robust_acc']:.3f} ({d:+.3f}; paper "
+                        f"{'0.508 vs 0.470' if method == 'pgd' else '0.505 vs 0.462'})"))
+    iv = table_iv_values(results)
+    if iv:
+        def row(t):
+            return [v for v in iv.get(t, {}).values() if v is not None]
+        if row("1:1"):
+            spread = max(row("1:1")) - min(row("1:1"))
+            out.append(("Table IV: training 1:1 flat across inference ratios (spread <= 0.05)",
+                        "reproduced" if spread <= 0.05 else "not reproduced",
+                        f"spread {spread:.3f} (paper 0.002)"))
+        means = {t: sum(row(t)) / len(row(t)) for t in iv if row(t)}
+        if means:
+            best = max(means, key=means.get)
+            out.append(("Table IV: training 1:3 best overall (mean over inference ratios)",
+                        "reproduced" if best == "1:3" else "not reproduced",
+                        ", ".join(f"{t}: {m:.3f}" for t, m in means.items()) +
+                        " (paper 1:3: 0.706 mean, best)"))
+        if "1:7" in iv and iv["1:7"].get("1:0") is not None:
+            r7 = iv["1:7"]
+            best7 = max(v for v in r7.values() if v is not None)
+            drop = best7 - r7["1:0"]
+            out.append(("Table IV: training 1:7 weak at inference 1:0 (at least 0.10 below its "
+                        "best)", "reproduced" if drop >= 0.10 else "not reproduced",
+                        f"1:0 {r7['1:0']:.3f} vs best {best7:.3f} (paper 0.039 vs 0.781)"))
+    return out
+
+
+def _verdict(delta: float, threshold: float, lo: Optional[float] = None) -> str:
+    lo = -threshold if lo is None else lo - 0.03
+    if delta >= threshold:
+        return "reproduced"
+    if delta <= lo:
+        return "not reproduced (reversed)"
+    return "not reproduced (no clear difference)"
+
+
+def verdicts_markdown(results: Dict[str, Any]) -> str:
+    lines = ["| claim | verdict | numbers |", "|---|---|---|"]
+    for claim, verdict, numbers in verdicts(results):
+        lines.append(f"| {claim} | **{verdict}** | {numbers} |")
+    return "\n".join(lines)
+
+
+def polluted_markdown(results: Dict[str, Any]) -> str:
+    lines = ["| model | Acc [PN] | R.Acc PGD (PN) [PN] | Acc [BN+Shaping 1:9] | "
+             "R.Acc PGD (PN) [BN+Shaping 1:9] |", "|---|---|---|---|---|"]
+    for key, label in (("pgd/shaping-in-attack+training", "frozen BN in attack steps (ours)"),
+                       (POLLUTED_KEY, "attack steps update running statistics (paper's code)")):
+        rows = _rows(results, key)
+        pn = _find(rows, "pgd", "PN", "PN")
+        sh = _find(rows, "pgd", _shaped_label(rows, "1:9"), "PN")
+        lines.append(f"| {label} | {_fmt(pn and pn['clean_acc'])} | {_fmt(pn and pn['robust_acc'])}"
+                     f" | {_fmt(sh and sh['clean_acc'])} | {_fmt(sh and sh['robust_acc'])} |")
+    return "\n".join(lines)
+
+
+def dataset_section(results: Dict[str, Any]) -> str:
+    """The generated part of REPRODUCTION.md for one dataset (tests compare it verbatim)."""
+    ds = results["dataset"]
+    cfg = next(iter(results["runs"].values()))["config"] if results["runs"] else {}
+    return "\n\n".join([
+        f"<!-- generated:{ds} -->",
+        f"### {ds}: settings",
+        f"model `{cfg.get('model')}`, eps {cfg.get('eps'):g}, step {cfg.get('step_size'):g}, "
+        f"{cfg.get('steps')} attack steps in training, batch 64 (1:2: 63), "
+        f"{cfg.get('epochs')} epochs, seed {results['seed']}; evaluation on "
+        f"{results['n_test']} test samples, PGD-20 / APGD / C&W-L2 / DeepFool / FGSM at the "
+        f"training eps, shaped inference with a 1,000-sample reference pool from the training "
+        f"set, batches of 100 as in the paper." if cfg else "",
+        f"### {ds}: natural training", natural_row_markdown(results),
+        f"### {ds}: Table I layout (PGD-based training)", paper_tables_markdown(results, "pgd"),
+        f"### {ds}: Table II layout (TRADES-based training, the paper's variant: KL for "
+        f"crafting only)", paper_tables_markdown(results, "trades"),
+        f"### {ds}: Table III layout (adaptive attacks)", table_iii_markdown(results),
+        f"### {ds}: Table IV layout (robust accuracy, PGD crafted with PN, classified with "
+        f"BN+Shaping at the inference ratio)", table_iv_markdown(results),
+        f"### {ds}: confounding measurements", confounding_markdown(results),
+        f"### {ds}: polluted running statistics (the paper's PN column explained)",
+        polluted_markdown(results),
+        f"### {ds}: verdicts", verdicts_markdown(results),
+        f"<!-- end generated:{ds} -->"])
+
+
+def load_results(path: Path) -> Dict[str, Any]:
+    return json.loads(Path(path).read_text())
+
+
+# ====================================================================== CLI
+def add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="moons, spirals, digits or fashion_mnist "
+                   "(any registered dataset works; these have reproduction settings)")
+    p.add_argument("--out", default=None, help="folder of the runs and results (default: "
+                   "checkpoints/DATASET)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    p.add_argument("--n-test", type=int, default=None, help="test samples evaluated (default: "
+                   "moons 1000, digits 397, fashion_mnist 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs of every run "
+                   "(default: the reproduction setting)")
+    p.add_argument("--only", default=None, help="comma-separated run keys to train and "
+                   "evaluate (default: the whole set: " + ", ".join(s.key for s in PAPER_SET) + ")")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads; the numbers are "
+                   "reproducible for a fixed thread count (default: 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--skip-eval", action="store_true", help="train only (default: off)")
+
+
+def cli_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoints import atomic_write_json
+
+    torch.set_num_threads(max(1, args.threads))
+    out = Path(args.out or Path("checkpoints") / args.dataset)
+    specs = PAPER_SET
+    if args.only:
+        keys = [k.strip() for k in args.only.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in {s.key for s in PAPER_SET}]
+        if unknown:
+            raise ConfigError(f"unknown run key(s) {', '.join(unknown)}; choose from: "
+                              f"{', '.join(s.key for s in PAPER_SET)}")
+        specs = [s for s in PAPER_SET if s.key in keys]
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    t0 = time.time()
+    runs = train_set(args.dataset, out, seed=args.seed, specs=specs, overrides=overrides,
+                     device=args.device, progress=True)
+    if args.skip_eval:
+        print(f"trained {len(runs)} runs in {out} ({time.time() - t0:.0f} s)")
+        return 0
+    results = evaluate_set(runs, args.dataset, seed=args.seed, n_test=args.n_test,
+                           device=None if args.device == "auto" else args.device)
+    results["threads"] = args.threads
+    results["overrides"] = overrides
+    atomic_write_json(out / "results.json", results)
+    print(dataset_section(results))
+    print(f"results: {out / 'results.json'} ({time.time() - t0:.0f} s)")
+    return 0

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import distributed
 from .attacks import pgd_linf
-from .config import ConfigError, Ratio, TrainConfig, parse_device
+from .config import ConfigError, Ratio, TrainConfig
 from .data import Dataset, load_dataset
 from .models import build_model
 from .norms import NormMode, attack_norm_mode, bn_modules, norm_mode
@@ -86,12 +87,17 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, dataset: Optional[Dataset] = None):
         self.cfg = cfg = cfg.resolved()
-        self.device = parse_device(cfg.device)
+        # Under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK or cpu).
+        self.dist = distributed.setup(cfg.device, cfg.dist_backend)
+        self.dist.same_on_all_ranks(cfg.fingerprint(), "the ranks were started with different "
+                                    "settings; launch every node with the same command")
+        self.device = self.dist.device
         if cfg.max_steps is None and cfg.epochs is None:
             raise ConfigError("set --epochs or --max-steps")
         seed_everything(cfg.seed)
         if dataset is None:
-            dataset = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed)
+            dataset = self.dist.local_main_first(  # one download per node, not one per rank
+                lambda: load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed))
         if dataset.name != cfg.dataset:
             raise ConfigError(f"dataset {dataset.name!r} given for a {cfg.dataset!r} run")
         if cfg.n_train is not None:
@@ -104,13 +110,19 @@ class Trainer:
             raise ConfigError(f"batch size {cfg.batch_size} is larger than the "
                               f"{len(dataset.x_train)} training samples")
         self.ratio = Ratio.parse(cfg.ratio)
+        # batch_size is the global batch; each rank's local batch is a shaped batch of its own
+        # with the exact ratio (one process: local = global).
+        self.local_batch_size = self.dist.local_batch_size(
+            cfg.batch_size, self.ratio if cfg.shaping != "none" else None)
         if cfg.shaping != "none":
-            self.n_clean, self.n_adv = self.ratio.split(cfg.batch_size)
+            self.n_clean, self.n_adv = self.ratio.split(self.local_batch_size)
         else:
-            self.n_clean, self.n_adv = 0, cfg.batch_size
+            self.n_clean, self.n_adv = 0, self.local_batch_size
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, dataset.input_shape, dataset.num_classes,
                                  **model_kwargs(cfg)).to(self.device)
+        if cfg.sync_bn and self.dist.active:
+            self.model = distributed.convert_sync_bn(self.model, self.device)
         if cfg.optimizer == "sgd":
             self.opt = torch.optim.SGD(self.model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                        weight_decay=cfg.weight_decay)
@@ -119,6 +131,9 @@ class Trainer:
                                         weight_decay=cfg.weight_decay)
         self.g_data = torch.Generator().manual_seed(cfg.seed)
         self.g_attack = torch.Generator().manual_seed(cfg.seed + 1)
+        # DDP for the training forward only; attacks and evaluation use the bare module.
+        self.train_model = self.dist.wrap(self.model)
+        self.last_composition: Tuple[int, int] = (0, 0)  # (n_clean, n_adv) of the last step
         self.steps_per_epoch = len(dataset.x_train) // cfg.batch_size
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.step = 0
@@ -146,7 +161,7 @@ class Trainer:
         trades = cfg.method == "trades"
         loss = "kl" if trades else "ce"
         kw = dict(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps,
-                  random_start=cfg.random_start, loss=loss, generator=self.g_attack)
+                  random_start=cfg.random_start, loss=loss, generator=self._attack_generator())
         k = self.n_clean
         with norm_mode(model, attack_norm_mode(cfg.polluted_running_stats)):
             if cfg.shaping == "attack+train":
@@ -168,12 +183,19 @@ class Trainer:
         return CraftedBatch(torch.cat([x[:k], x_adv[k:]]), y, k,
                             None if clean_probs is None else clean_probs[k:])
 
+    def _attack_generator(self) -> torch.Generator:
+        """Random starts of the training attack. Under torchrun each rank draws its own,
+        from (seed, step, rank) alone: independent across ranks, nothing to save for resume."""
+        if not self.dist.active:
+            return self.g_attack
+        return self.dist.rank_generator(self.cfg.seed + 1, self.step)
+
     # ------------------------------------------------------------------ one step
     def loss(self, batch: CraftedBatch, x_clean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """The training loss; the forward of ``batch.x`` here is the one that updates PN."""
         cfg, model = self.cfg, self.model
         with norm_mode(model, NormMode.BN_UPDATE):
-            logits = model(batch.x)
+            logits = self.train_model(batch.x)  # through DDP under torchrun: gradients sync
         if cfg.method != "trades" or not cfg.trades_kl_in_loss:
             return F.cross_entropy(logits, batch.y), logits
         k = batch.n_clean
@@ -200,6 +222,7 @@ class Trainer:
         for g in self.opt.param_groups:
             g["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, self.step / max(1, self.total_steps))
         batch = self.craft(x, y)
+        self.last_composition = (batch.n_clean, len(batch.x) - batch.n_clean)
         loss, logits = self.loss(batch, x)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -235,25 +258,29 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     def quick_eval(self) -> Dict[str, float]:
         """End-of-epoch check on ``eval_samples`` test samples: clean accuracy classified with
-        PN, and PGD robust accuracy crafted with PN and classified with PN."""
+        PN, and PGD robust accuracy crafted with PN and classified with PN. Under torchrun
+        the samples are split over ranks (a collective: every rank calls it)."""
         cfg, model, data = self.cfg, self.model, self.data
         n = min(cfg.eval_samples, len(data.x_test))
         if n == 0:
             return {}
-        x = data.x_test[:n].to(self.device)
-        y = data.y_test[:n].to(self.device)
+        lo, hi = distributed.shard_bounds(n)  # under torchrun: this rank's share (PN: exact)
+        x = data.x_test[lo:hi].to(self.device)
+        y = data.y_test[lo:hi].to(self.device)
         out: Dict[str, float] = {}
         with norm_mode(model, NormMode.PN):
             with torch.no_grad():
-                out["test/clean_acc_pn"] = float((model(x).argmax(1) == y).float().mean())
+                correct = distributed.gather_rows(model(x).argmax(1) == y, n)
+                out["test/clean_acc_pn"] = float(correct.float().mean())
             if cfg.method != "natural" or cfg.eps:
                 steps = max(cfg.steps, 10)
-                g = torch.Generator().manual_seed(cfg.seed + 2)
+                g = (self.dist.rank_generator(cfg.seed + 2, 0) if self.dist.active
+                     else torch.Generator().manual_seed(cfg.seed + 2))
                 x_adv = pgd_linf(model, x, y, eps=cfg.eps, step_size=cfg.eps / 4, steps=steps,
                                  random_start=True, generator=g)
                 with torch.no_grad():
-                    out[f"test/robust_acc_pgd{steps}_pn_pn"] = float(
-                        (model(x_adv).argmax(1) == y).float().mean())
+                    correct = distributed.gather_rows(model(x_adv).argmax(1) == y, n)
+                    out[f"test/robust_acc_pgd{steps}_pn_pn"] = float(correct.float().mean())
         return out
 
     # ------------------------------------------------------------------ the loop
@@ -261,21 +288,28 @@ class Trainer:
             progress: bool = False) -> "TrainResult":
         """Train to the end; with ``out_dir``, write metrics.jsonl, a resumable state at every
         epoch end and the final checkpoint. ``resume`` continues from the saved state."""
-        from .checkpoints import (load_training_state, save_checkpoint, save_training_state)
+        from .checkpoints import (WEIGHTS_NAME, load_training_state, save_checkpoint,
+                                  save_training_state)
 
         cfg = self.cfg
         run_dir = Path(out_dir) if out_dir is not None else None
-        metrics_path = None
+        metrics_path = rank_log = None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
             metrics_path = run_dir / "metrics.jsonl"
-            if resume and (run_dir / "state.json").exists():
-                load_training_state(run_dir, self)
+            resumed = resume and (run_dir / "state.json").exists()
+            self.dist.same_on_all_ranks(resumed, f"not every rank sees the saved state in "
+                                        f"{run_dir}: put --out on a filesystem all nodes share")
+            if resumed:
+                load_training_state(run_dir, self)  # every rank loads the same state
                 self._truncate_metrics(metrics_path)
-            elif metrics_path.exists():
+            elif metrics_path.exists() and self.dist.is_main:
                 metrics_path.unlink()
+            # under torchrun: rank{r}.jsonl, each rank's own shaped-batch composition per step
+            rank_log = distributed.prepare_rank_logs(run_dir, self.dist,
+                                                     self.step if resumed else None)
         bar = None
-        if progress:
+        if progress and self.dist.is_main:
             from tqdm.auto import tqdm
             bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
                        desc=f"{cfg.method}/{cfg.shaping}", dynamic_ncols=True)
@@ -289,7 +323,15 @@ class Trainer:
                     if self.step >= self.total_steps:
                         break
                     idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
+                    lo, hi = self.dist.batch_rows(len(idx))  # this rank's slice (all: 1 process)
+                    idx = idx[lo:hi]
                     m = self.train_step(x_all[idx].to(self.device), y_all[idx].to(self.device))
+                    distributed.append_jsonl(rank_log, {
+                        "step": self.step, "epoch": self.epoch, "rank": self.dist.rank,
+                        "world_size": self.dist.world_size, "rows": [lo, hi],
+                        "n_clean": self.last_composition[0], "n_adv": self.last_composition[1],
+                        "train/loss": m["train/loss"]})
+                    m = self.dist.reduce_metrics(m)  # metrics of the global batch
                     m["time/elapsed_s"] = time.time() - t0
                     self._log(metrics_path, m)
                     if bar is not None:
@@ -298,6 +340,7 @@ class Trainer:
                                         acc=f"{m.get('train/adv_acc', m.get('train/clean_acc', 0)):.2f}")
                     self._fire("on_step", m)
                 self.epoch += 1
+                self.dist.average_running_stats(self.model)  # one PN for all ranks
                 e = {"step": self.step, "epoch": self.epoch, "time/elapsed_s": time.time() - t0}
                 e.update(self.quick_eval())
                 self._log(metrics_path, e)
@@ -305,13 +348,16 @@ class Trainer:
                     bar.write(f"epoch {self.epoch}: " + ", ".join(
                         f"{k}={v:.3f}" for k, v in e.items() if k.startswith("test/")))
                 if run_dir is not None:
-                    save_training_state(run_dir, self)
+                    if self.dist.is_main:
+                        save_training_state(run_dir, self)
+                    self.dist.barrier()
                 self._fire("on_epoch_end", e)
         except StopTraining:
             stopped = True
         finally:
             if bar is not None:
                 bar.close()
+        self.dist.average_running_stats(self.model)
         final = self.history[-1] if self.history and any(
             k.startswith("test/") for k in self.history[-1]) else {**self.quick_eval()}
         final = {k: v for k, v in final.items() if k.startswith("test/")}
@@ -319,7 +365,12 @@ class Trainer:
         final["train/steps"] = self.step
         path = None
         if run_dir is not None and not stopped:
-            path = save_checkpoint(run_dir, self.model, self.checkpoint_meta(final))
+            if self.dist.is_main:
+                save_checkpoint(run_dir, self.model, self.checkpoint_meta(final))
+            self.dist.barrier()
+            path = run_dir / WEIGHTS_NAME
+            for leftover in ("state.safetensors", "state.json"):  # resume state: done with it
+                (run_dir / leftover).unlink(missing_ok=True)
         result = TrainResult(self.model, final, path, stopped, self.history)
         self._fire("on_train_end", {"final": final, "checkpoint": str(path) if path else None,
                                     "stopped": stopped})
@@ -337,11 +388,12 @@ class Trainer:
             "final_metrics": final_metrics,
             "steps": self.step,
             "epochs": self.epoch,
+            "world_size": self.dist.world_size,
         }
 
     def _log(self, path: Optional[Path], m: Dict[str, Any]) -> None:
         self.history.append(m)
-        if path is not None:
+        if path is not None and self.dist.is_main:
             with open(path, "a") as f:
                 f.write(json.dumps(m) + "\n")
 
@@ -358,7 +410,10 @@ class Trainer:
             if row.get("step", 0) <= self.step:
                 kept.append(row)
         self.history = kept
-        path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        if self.dist.is_main:  # every rank keeps the history; rank 0 rewrites the file, atomically
+            from .checkpoints import atomic_write_bytes
+
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
 
 
 @dataclass
