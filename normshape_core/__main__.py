@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
         pr = sub.add_parser("reproduce", help="train and evaluate the paper's set of models")
         reproduce.add_reproduce_args(pr)
         pr.set_defaults(func=reproduce.cli_reproduce)
+        pp = sub.add_parser("report", help="rewrite REPRODUCTION.md's generated tables from "
+                                           "the results files")
+        reproduce.add_report_args(pp)
+        pp.set_defaults(func=reproduce.cli_report)
     except (ImportError, AttributeError):
         pass
     return parser

@@ -118,6 +118,23 @@ def package_versions() -> Dict[str, str]:
             "safetensors": safetensors.__version__, "python": platform.python_version()}
 
 
+def read_jsonl(path: str | Path, max_step: Optional[int] = None) -> List[Dict[str, Any]]:
+    """Rows of a JSONL log, skipping a line cut by a kill; with ``max_step``, only the rows
+    of steps <= max_step (after a resume, the steps that will be redone are dropped)."""
+    rows: List[Dict[str, Any]] = []
+    path = Path(path)
+    if not path.exists():
+        return rows
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if max_step is None or row.get("step", 0) <= max_step:
+            rows.append(row)
+    return rows
+
+
 # ------------------------------------------------------------------ save / load
 def resolve_paths(path: str | Path) -> Tuple[Path, Path]:
     """(weights, metadata) for a run folder, a .safetensors file or a .json file."""

@@ -439,15 +439,10 @@ def prepare_rank_logs(run_dir: Path, ctx: DistContext, resume_step: Optional[int
             if resume_step is None:
                 p.unlink()
                 continue
-            kept = []
-            for line in p.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut by the kill
-                if row.get("step", 0) <= resume_step:
-                    kept.append(line + "\n")
-            p.write_text("".join(kept))
+            from .checkpoints import read_jsonl
+
+            kept = read_jsonl(p, max_step=resume_step)
+            p.write_text("".join(json.dumps(row) + "\n" for row in kept))
     ctx.barrier()
     return rank_log_path(run_dir, ctx.rank)
 

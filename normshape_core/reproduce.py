@@ -116,6 +116,7 @@ POLLUTED_KEY = "pgd/shaping-in-attack+training/polluted"
 
 def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
                  n_test: Optional[int] = None, device: Optional[str] = None,
+                 table_attacks: Optional[List[str]] = None, diagnostics: bool = True,
                  log=print) -> Dict[str, Any]:
     """Evaluate the trained set; every robust number names crafted-with / classified-with."""
     from .checkpoints import read_meta
@@ -123,7 +124,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
 
     n_test = n_test or REPRO_N_TEST.get(dataset, 1000)
     results: Dict[str, Any] = {"dataset": dataset, "seed": seed, "n_test": n_test, "runs": {}}
-    plan = ([(k, TABLE_ATTACKS, TABLE_CLASSIFY) for k in MAIN_KEYS] +
+    plan = ([(k, table_attacks or TABLE_ATTACKS, TABLE_CLASSIFY) for k in MAIN_KEYS] +
             [(k, ["adaptive"], ["shaped:1:9"]) for k in SHAPED_KEYS.values()] +
             [(k, ["pgd"], [f"shaped:{r}" for r in TABLE_IV_INFERENCE])
              for k in TABLE_IV_TRAINING.values()] +
@@ -142,8 +143,9 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
         entry.setdefault("warnings", []).extend(df.attrs.get("warnings", []))
         log(f"[eval {i}/{len(plan)}] {key}: {', '.join(attacks)} x {', '.join(classify)} "
             f"({'cached' if df.attrs.get('cached') else f'{time.time() - t0:.1f} s'})")
-    results["diagnostics"] = diagnose_set(runs, dataset, seed=seed, device=device)
-    log("[diagnostics] done")
+    if diagnostics:
+        results["diagnostics"] = diagnose_set(runs, dataset, seed=seed, device=device)
+        log("[diagnostics] done")
     return results
 
 
@@ -485,4 +487,41 @@ def cli_reproduce(args: argparse.Namespace) -> int:
     atomic_write_json(out / "results.json", results)
     print(dataset_section(results))
     print(f"results: {out / 'results.json'} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def update_report(md_path: Path, results_paths: List[Path]) -> str:
+    """Replace (or append) each dataset's generated block in REPRODUCTION.md."""
+    import re
+
+    text = md_path.read_text() if md_path.exists() else "# Reproduction\n"
+    for path in results_paths:
+        results = load_results(path)
+        ds = results["dataset"]
+        block = dataset_section(results)
+        pattern = re.compile(rf"<!-- generated:{re.escape(ds)} -->.*?<!-- end generated:"
+                             rf"{re.escape(ds)} -->", re.S)
+        if pattern.search(text):
+            text = pattern.sub(lambda _: block, text)
+        else:
+            text = text.rstrip("\n") + "\n\n" + block + "\n"
+    from .checkpoints import atomic_write_bytes
+
+    atomic_write_bytes(md_path, text.encode())
+    return text
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoints", default="checkpoints", help="folder whose */results.json "
+                   "are reported (default: checkpoints)")
+    p.add_argument("--out", default="REPRODUCTION.md", help="report to update (default: "
+                   "REPRODUCTION.md)")
+
+
+def cli_report(args: argparse.Namespace) -> int:
+    paths = sorted(Path(args.checkpoints).glob("*/results.json"))
+    if not paths:
+        raise ConfigError(f"no */results.json under {args.checkpoints}: run reproduce first")
+    update_report(Path(args.out), paths)
+    print(f"updated {args.out} from {len(paths)} results files")
     return 0

@@ -401,14 +401,9 @@ class Trainer:
         """After a resume, drop log lines of the steps that will be redone."""
         if not path.exists():
             return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by the kill
-            if row.get("step", 0) <= self.step:
-                kept.append(row)
+        from .checkpoints import read_jsonl
+
+        kept = read_jsonl(path, max_step=self.step)
         self.history = kept
         if self.dist.is_main:  # every rank keeps the history; rank 0 rewrites the file, atomically
             from .checkpoints import atomic_write_bytes
