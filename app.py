@@ -1,0 +1,145 @@
+"""normshape: an interactive lab for Batch-Norm Shaping in adversarial training.
+
+``streamlit run app.py``. This file is the router (``st.navigation``) and the Home page; the
+other pages live in ``app_pages/``. Pages are thin: widgets and plots over ``normshape_core``.
+
+Why not ``pages/``: Streamlit treats a ``pages/`` folder next to the main script as a v1
+multipage app until some session has run ``st.navigation``; on a freshly started server, a
+shared deep link such as ``/compare`` would then run the page file alone, without this router
+(no sidebar toggle, wrong navigation). Any other folder name avoids that.
+"""
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+import normshape_ui as ui
+
+st.set_page_config(page_title="normshape: Batch-Norm Shaping lab", page_icon=":material/tune:",
+                   layout="wide")
+
+
+def home() -> None:
+    st.title("normshape: a lab for Batch-Norm Shaping")
+    ui.explain(
+        "Adversarial training with BatchNorm mixes two sets of statistics: **BN**, the "
+        "statistics of the batch being processed, and **PN**, the running (population) "
+        "statistics used at test time. Zhang & Ma (ICTAI 2022) argue that the difference "
+        "between the two confounds adversarial training in three ways, and propose **norm "
+        "shaping**: every batch, in attack, training and inference, is a *shaped batch* in "
+        "which clean samples dominate (ratio adv:clean such as 1:3), and inference classifies "
+        "each sample with the BN of a batch that mixes it with clean reference samples "
+        "(*shaped inference*). This lab lets you train small models, look at the statistics "
+        "and decision boundaries, and measure each claim yourself, with every robustness "
+        "number naming the norms it was crafted with and classified with.")
+
+    st.subheader("The three confoundings")
+    c1, c2, c3 = st.columns(3)
+    with c1, st.container(border=True):
+        st.markdown("**I. PN and BN differences degrade accuracy.** Adversarial training "
+                    "computes its running statistics on adversarial batches, so at test time "
+                    "clean inputs are normalised with statistics of another distribution. "
+                    "Batches in which clean samples dominate keep the statistics those of "
+                    "clean data, and so keep clean accuracy.")
+    with c2, st.container(border=True):
+        st.markdown("**II. The moving target hinders robustness.** While an all-adversarial "
+                    "batch is perturbed, its own statistics move at every PGD step, so the "
+                    "decision boundary the attack aims at moves too, and training patches a "
+                    "boundary that was not the one attacked. In a shaped batch the unchanged "
+                    "clean parts hold the statistics, and the target still.")
+    with c3, st.container(border=True):
+        st.markdown("**III. Norm differences weaken BN attacks.** Crafted through moving batch "
+                    "statistics, PGD zig-zags and builds a smaller perturbation than when "
+                    "crafted with the constant PN, so training sees weaker attacks than "
+                    "evaluation uses. Shaped batches straighten the path.")
+
+    st.subheader("Checkpoints found")
+    ckpts = ui.checkpoints()
+    if not ckpts:
+        ui.no_checkpoints_message()
+    else:
+        rows = []
+        for c in ckpts:
+            cfg, fm = c.config, c.meta.get("final_metrics", {})
+            row = {"checkpoint": c.id, "dataset": cfg["dataset"], "method": cfg["method"],
+                   "shaping mode": "-" if cfg["method"] == "natural" else
+                   {"none": "adv only", "train": "shaping in training",
+                    "attack+train": "shaping in attack+training"}[cfg["shaping"]],
+                   "ratio adv:clean": cfg["ratio"] if cfg["shaping"] != "none" and
+                   cfg["method"] != "natural" else "-",
+                   "eps": cfg["eps"]}
+            for k, v in fm.items():
+                if k.startswith("test/"):
+                    row[ui.metric_label(k)] = v
+            row["model"] = cfg["model"]
+            row["created"] = str(c.meta.get("created", ""))[:16].replace("T", " ")
+            rows.append(row)
+        df = pd.DataFrame(rows)
+        # Short headers on screen; the full names (both norms) in each header's help.
+        acc_cols = {k: st.column_config.NumberColumn(
+            k.replace("crafted PN, classified PN", "PN -> PN").replace("classified ", ""),
+            help=k, format="%.3f", width=105)
+            for k in df.columns if k.startswith(("clean acc", "robust acc"))}
+        acc_cols["checkpoint"] = st.column_config.TextColumn("checkpoint", width=250)
+        acc_cols["shaping mode"] = st.column_config.TextColumn(width=150)
+        acc_cols["ratio adv:clean"] = st.column_config.TextColumn("ratio", width=50,
+                                                                  help="ratio adv:clean")
+        for k, w in (("dataset", 85), ("method", 60), ("eps", 45)):
+            acc_cols[k] = st.column_config.Column(width=w)
+        st.dataframe(df, hide_index=True, column_config=acc_cols, key="home_inventory",
+                     height=min(36 * (len(df) + 1) + 4, 640))
+        st.caption("Accuracies are the trainer's end-of-training check on up to 500 test "
+                   "samples: clean accuracy classified with PN, and PGD robust accuracy with "
+                   "the examples crafted with PN and classified with PN. The Compare page "
+                   "evaluates each checkpoint under every pairing of norms.")
+    for err in ui.checkpoint_errors():
+        st.warning(f"Skipped an unreadable checkpoint: {err}")
+    st.caption(f"Device in use: {ui.device_text()}. Checkpoint folders: "
+               + ", ".join(f"`{d}`" for d in ui.checkpoint_dirs()) + ".")
+
+    st.subheader("Where to go next")
+    nxt = [("app_pages/train.py", "Train", "train a run in the background, watch its curves"),
+           ("app_pages/confoundings.py", "Confoundings", "a guided lesson for each of I, II, III"),
+           ("app_pages/moving_target.py", "Moving target", "BN statistics step by step in PGD"),
+           ("app_pages/ratios.py", "Ratios", "training x inference ratios (Table IV)"),
+           ("app_pages/decision_boundaries.py", "Decision boundaries",
+            "PN against shaped inference, in input space"),
+           ("app_pages/compare.py", "Compare", "two to four checkpoints (Tables I-III)")]
+    cols = st.columns(3)
+    for i, (path, title, what) in enumerate(nxt):
+        with cols[i % 3]:
+            st.page_link(path, label=f"**{title}**")
+            st.caption(what)
+
+
+PAGES = [
+    st.Page(home, title="Home", icon=":material/home:", url_path="home", default=True),
+    st.Page("app_pages/train.py", title="Train", icon=":material/model_training:",
+            url_path="train"),
+    st.Page("app_pages/ratios.py", title="Ratios", icon=":material/grid_on:", url_path="ratios"),
+    st.Page("app_pages/moving_target.py", title="Moving target", icon=":material/moving:",
+            url_path="moving-target"),
+    st.Page("app_pages/decision_boundaries.py", title="Decision boundaries",
+            icon=":material/scatter_plot:", url_path="decision-boundaries"),
+    st.Page("app_pages/compare.py", title="Compare", icon=":material/compare_arrows:",
+            url_path="compare"),
+    st.Page("app_pages/confoundings.py", title="Confoundings", icon=":material/school:",
+            url_path="confoundings"),
+]
+
+page = st.navigation(PAGES)
+ui.warm_umap_in_background()
+with st.sidebar:
+    st.toggle("Presentation mode", key="present", bind="query-params",
+              help="Hide the settings and enlarge the figures (the choice is in the URL, so a "
+                   "shared link opens the same view).")
+    st.caption("PN = population norms (running statistics); BN = batch norms. Colours on "
+               "every page: "
+               f"<span style='color:{ui.PN_COLOR}'>■ PN</span> "
+               f"<span style='color:{ui.BN_COLOR}'>■ BN / shaped inference</span>",
+               unsafe_allow_html=True)
+try:
+    page.run()
+except ui.USER_ERRORS as e:  # a checkpoint or dataset that cannot be used: say so, go on
+    st.error(f"This cannot be shown: {e}")
+    st.caption("Choose another checkpoint or setting; the rest of the app keeps working.")

@@ -1,0 +1,128 @@
+"""Ratios: robust accuracy over training ratio x inference ratio, like the paper's Table IV."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import normshape_ui as ui
+from normshape_core.evaluation import table_iv, training_label
+
+INFERENCE_RATIOS = ui.INFERENCE_RATIOS
+# The paper's Table IV (CIFAR-10, PGD+shaping, PGD crafted with PN, classified with BN+shaping).
+PAPER_TABLE_IV = pd.DataFrame(
+    [[0.477, 0.478, 0.476, 0.476, 0.477, 0.476],
+     [0.385, 0.837, 0.835, 0.753, 0.668, 0.573],
+     [0.281, 0.692, 0.820, 0.817, 0.813, 0.815],
+     [0.039, 0.138, 0.706, 0.781, 0.776, 0.779]],
+    index=["1:1", "1:2", "1:3", "1:7"], columns=INFERENCE_RATIOS)
+CRAFTING = {"PN": "PN: PGD through the running statistics (the paper's Table IV)",
+            "BN (exact refs)": "BN through the defender's exact shaped batches (adaptive attack)"}
+
+
+def heatmap(table: pd.DataFrame, title: str, key: str) -> None:
+    z = table.values.astype(float)
+    text = [[("" if pd.isna(v) else f"{v:.3f}") for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[f"1:{c.split(':')[1]}" for c in table.columns], y=list(table.index),
+        text=text, texttemplate="%{text}", colorscale="Oranges", zmin=0, zmax=1,
+        colorbar=dict(title="robust acc."),
+        hovertemplate="training %{y}, inference %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(xaxis_title="inference ratio adv:clean (shaped inference)",
+                      yaxis_title="training ratio adv:clean", yaxis_autorange="reversed",
+                      xaxis_type="category", yaxis_type="category")
+    ui.show(fig, key=key, title=title, height=380, legend=False)
+
+
+st.title("Ratios: training x inference (Table IV)")
+ui.explain("Each row is a model trained with PGD + shaping in attack and training at one ratio "
+           "adv:clean; each column classifies the attacked test samples with shaped inference "
+           "at one ratio (1:0 = no clean references: the adversarial test batch's own BN). "
+           "The paper finds that the inference ratio must hold at least as many clean parts as "
+           "the training ratio, and that 1:1 training gains nothing from shaping. Missing "
+           "cells are computed on demand and kept.")
+
+candidates = [c for c in ui.checkpoints() if c.config["method"] != "natural"]
+if not candidates:
+    ui.no_checkpoints_message("adversarially trained checkpoints")
+    st.stop()
+
+with ui.settings_block():
+    c1, c2, c3 = st.columns(3)
+    # Default: the dataset with the most training ratios to compare.
+    datasets = sorted({c.dataset for c in candidates},
+                      key=lambda d: (-sum(c.dataset == d and c.config["shaping"] == "attack+train"
+                                          for c in candidates), d))
+    dataset = c1.selectbox("Dataset", datasets, key="ratios_dataset", bind="query-params")
+    methods = sorted({c.config["method"] for c in candidates if c.dataset == dataset})
+    method = c2.selectbox("Training method", methods, key="ratios_method", bind="query-params")
+    crafted = c3.selectbox("Attack crafted with", list(CRAFTING), key="ratios_crafted",
+                           bind="query-params",
+                           help="; ".join(f"{k}: {v}" for k, v in CRAFTING.items()))
+    rows = {}
+    for c in candidates:
+        if c.dataset == dataset and c.config["method"] == method and \
+                c.config["shaping"] in ("attack+train", "none"):
+            label = training_label(c.meta)
+            if c.config.get("polluted_running_stats"):
+                label += " (polluted PN)"
+            rows.setdefault(label if label != "adv only" else "adv only (1:0)", c)
+    labels = sorted(rows, key=lambda r: (r.startswith("adv"), int(r.split(":")[1].split()[0])
+                                         if ":" in r and not r.startswith("adv") else 0,
+                                         "polluted" in r))
+    c1, c2 = st.columns(2)
+    train_sel = c1.multiselect("Training ratios (one checkpoint each)", labels,
+                               default=[r for r in labels if "polluted" not in r],
+                               key="ratios_train", bind="query-params",
+                               help="'polluted PN': trained with attack steps updating the "
+                                    "running statistics, as the paper's TensorFlow code did")
+    inf_sel = c2.multiselect("Inference ratios adv:clean", INFERENCE_RATIOS,
+                             default=INFERENCE_RATIOS, key="ratios_infer", bind="query-params")
+    c1, c2, c3 = st.columns(3)
+    n_test = c1.select_slider("Test samples", [100, 200, 500, 1000], value=200, key="ratios_n",
+                              bind="query-params")
+    steps = c2.select_slider("PGD steps", [10, 20, 50], value=20, key="ratios_steps",
+                             bind="query-params")
+    show_paper = c3.toggle("Show the paper's Table IV", value=True, key="ratios_paper",
+                           bind="query-params")
+
+train_sel = [t for t in labels if t in train_sel]
+inf_sel = [r for r in INFERENCE_RATIOS if r in inf_sel]
+if not train_sel or not inf_sel:
+    st.info("Choose at least one training ratio and one inference ratio.")
+    st.stop()
+
+attack = "pgd" if crafted == "PN" else "adaptive_exact"
+dfs = {}
+for label in train_sel:
+    ck = rows[label]
+    n = min(n_test, ui.test_set_size(ck.dataset))
+    dfs[label] = ui.shaped_grid_row(ck, inf_sel, attack, **ui.grid_settings(n, steps))
+table = table_iv(dfs, attack=attack, crafted_with=crafted)
+table = table.reindex(index=train_sel, columns=inf_sel)
+
+eps = rows[train_sel[0]].config["eps"]
+title = (f"{dataset}, {method.upper()} + shaping: robust accuracy<br><sup>PGD-{steps}, eps "
+         f"{eps:g}, crafted with {crafted}, classified with shaped inference</sup>")
+cols = st.columns(2) if show_paper else [st.container()]
+with cols[0]:
+    heatmap(table, title, key="ratios_heatmap")
+    st.caption(f"{n_test} test samples per cell (or the whole test set when smaller). Inference "
+               "1:0 = no clean references: the attacked test batch's own BN. Shaped batches of "
+               "100 samples as in the paper; references drawn from the training set, seed 0.")
+if show_paper:
+    with cols[1]:
+        heatmap(PAPER_TABLE_IV, "Paper, Table IV: robust accuracy<br><sup>CIFAR-10, PGD crafted "
+                "with PN, classified with shaped inference</sup>",
+                key="ratios_paper_heatmap")
+        st.caption("Zhang & Ma (ICTAI 2022), Table IV: wide ResNet, 80,000 steps. Their PGD "
+                   "comes from CleverHans, crafted with PN.")
+
+best = table.stack().astype(float)
+if len(best):
+    (tr, inf), val = best.idxmax(), best.max()
+    st.markdown(f"Here the best cell is training **{tr}**, inference **{inf}** with robust "
+                f"accuracy **{val:.3f}**; the spread over the grid is "
+                f"{best.max() - best.min():.3f}.")
+st.download_button("Download the grid (CSV)", table.to_csv().encode(), "table_iv.csv",
+                   "text/csv", key="ratios_csv")

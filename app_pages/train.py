@@ -1,0 +1,187 @@
+"""Train: start a run in its own background process, watch it live, stop it."""
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+import normshape_ui as ui
+from normshape_core import jobs
+from normshape_core.config import ConfigError, TrainConfig
+from normshape_core.data import DATASETS, dataset_status
+from normshape_core.models import MODELS
+from normshape_core.presets import DATASET_PRESETS
+
+HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
+SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES, the whole batch adversarial)",
+                  "train": "shaping in training (whole batch attacked, trained as a shaped batch)",
+                  "attack+train": "shaping in attack + training (the method, Eq. 5)"}
+
+st.title("Train")
+ui.explain("Start a run: it trains in its own process, so it goes on while you change pages, "
+           "rerun or refresh the browser, and several runs can go at once. The curves below "
+           "refresh by themselves. A finished run's checkpoint appears on every page.")
+
+if "owner" not in st.session_state:  # who started a run (kept in job.json, never a path)
+    st.session_state.owner = secrets.token_hex(4)
+
+
+def run_form() -> None:
+    c1, c2, c3 = st.columns(3)
+    dataset = c1.selectbox("Dataset", list(DATASETS), key="train_dataset", bind="query-params",
+                           help=HELP["dataset"])
+    method = c2.selectbox("Method", ["natural", "pgd", "trades"], index=1, key="train_method",
+                          bind="query-params", help=HELP["method"])
+    shaping = c3.selectbox("Shaping mode", list(SHAPING_LABELS), index=2, key="train_shaping",
+                           bind="query-params", disabled=method == "natural",
+                           help="; ".join(f"{k}: {v}" for k, v in SHAPING_LABELS.items()))
+    if not DATASETS[dataset].offline:
+        st.caption(dataset_status(dataset))
+    p = DATASET_PRESETS[dataset]
+    k = f"_{dataset}"  # per-dataset widget state: switching the dataset loads its preset
+    with st.form("train_form", border=False):
+        c = st.columns(4)
+        model = c[0].selectbox("Model", list(MODELS), index=list(MODELS).index(p["model"]),
+                               key="train_model" + k, help=HELP["model"])
+        ratio = c[1].text_input("Ratio adv:clean", "1:3", key="train_ratio" + k,
+                                help=HELP["ratio"], disabled=method == "natural")
+        eps = c[2].number_input("eps (L-inf, input units [0, 1])", 0.0, 1.0, float(p["eps"]),
+                                step=0.01, format="%.4f", key="train_eps" + k, help=HELP["eps"])
+        step_size = c[3].number_input("Attack step size (input units)", 0.0, 1.0,
+                                      float(p.get("step_size") or p["eps"] / 4), step=0.005,
+                                      format="%.4f", key="train_step" + k, help=HELP["step_size"])
+        c = st.columns(4)
+        steps = c[0].number_input("Attack steps K", 1, 100, int(p["steps"]), key="train_k" + k,
+                                  help=HELP["steps"])
+        epochs = c[1].number_input("Epochs", 1, 500, int(p.get("epochs") or 1),
+                                   key="train_epochs" + k, help=HELP["epochs"])
+        batch = c[2].number_input("Batch size", 2, 4096, int(p["batch_size"]), key="train_bs" + k,
+                                  help=HELP["batch_size"])
+        lr = c[3].number_input("Learning rate", 0.0, 10.0, float(p["lr"]), step=0.001,
+                               format="%.4f", key="train_lr" + k, help=HELP["lr"])
+        c = st.columns(4)
+        seed = c[0].number_input("Seed", 0, 2 ** 31 - 1, 0, key="train_seed" + k, help=HELP["seed"])
+        name = c[1].text_input("Run name (optional)", "", key="train_name" + k, max_chars=60,
+                               help="Names the run folder (letters, digits, '.', '_', '-'; "
+                                    "anything else becomes '_'). Default: built from the settings.")
+        submitted = st.form_submit_button("Start training", type="primary")
+    if not submitted:
+        return
+    cfg = TrainConfig(dataset=dataset, model=model, method=method,
+                      shaping="none" if method == "natural" else shaping,
+                      ratio=ratio.strip() or "1:3", eps=float(eps), step_size=float(step_size),
+                      steps=int(steps), epochs=int(epochs), batch_size=int(batch), lr=float(lr),
+                      seed=int(seed))
+    try:
+        status = jobs.start_job(cfg, ui.runs_dir(), label=name.strip() or None,
+                                owner=st.session_state.owner, threads=ui.worker_threads(),
+                                max_active=ui.max_active_runs(), cwd=ui.APP_ROOT)
+    except (ConfigError, jobs.JobError) as e:
+        st.error(f"Not started: {e}")
+        return
+    st.session_state.train_run = status.name  # show the new run below
+    st.success(f"Started **{status.name}** in its own process.")
+
+
+def curves(rows, status: jobs.JobStatus, key: str) -> None:
+    df = pd.DataFrame([r for r in rows if "train/loss" in r])
+    ev = pd.DataFrame([r for r in rows if any(k.startswith("test/") for k in r)])
+    if df.empty:
+        st.caption("Waiting for the first training step ...")
+        return
+    window = max(1, len(df) // 40)
+    smooth = (lambda s: s.rolling(window, min_periods=1).mean()) if window > 1 else (lambda s: s)
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        fig = go.Figure(go.Scatter(x=df["step"], y=smooth(df["train/loss"]), name="training loss",
+                                   line=dict(color="#333333")))
+        fig.update_layout(xaxis_title="training step", yaxis_title="training loss")
+        ui.show(fig, key=f"{key}_loss", title="Training loss<br><sup>of the trained batch "
+                "(TRADES: its objective)</sup>", height=400, legend=False)
+    with c2:
+        fig = go.Figure()
+        if "train/adv_acc" in df:
+            fig.add_scatter(x=df["step"], y=smooth(df["train/adv_acc"]),
+                            name="adversarial rows (train)", line=dict(color=ui.WRONG_COLOR))
+        if "train/clean_acc" in df:
+            fig.add_scatter(x=df["step"], y=smooth(df["train/clean_acc"]),
+                            name="clean rows (train)", line=dict(color=ui.CLEAN_COLOR))
+        for col in [c for c in ev.columns if c.startswith("test/")]:
+            robust = "robust" in col
+            fig.add_scatter(x=ev["step"], y=ev[col], mode="lines+markers",
+                            name=f"test {ui.metric_label(col)}".replace(" acc.", ""),
+                            line=dict(color=ui.PN_COLOR, dash="dash" if robust else "solid"))
+        fig.update_layout(xaxis_title="training step", yaxis_title="accuracy (fraction)",
+                          yaxis_range=[0, 1.02], legend=dict(orientation="h", y=-0.4))
+        ui.show(fig, key=f"{key}_acc", title="Accuracy<br><sup>train rows with BN of the batch; "
+                "test at epoch ends with PN</sup>", height=400)
+    with c3:
+        fig = go.Figure()
+        for col, dash, label in (("bn/running_mean_drift", "solid", "running mean"),
+                                 ("bn/running_var_drift", "dot", "running variance")):
+            if col in df:
+                fig.add_scatter(x=df["step"], y=smooth(df[col]), name=label,
+                                line=dict(color=ui.PN_COLOR, dash=dash))
+        fig.update_layout(xaxis_title="training step", yaxis_type="log",
+                          yaxis_title="relative change per step",
+                          legend=dict(orientation="h", y=-0.4))
+        ui.show(fig, key=f"{key}_drift", title="Running-statistics (PN) drift<br><sup>relative "
+                "change per step, mean over BN layers</sup>", height=400)
+    if window > 1:
+        st.caption(f"Training curves are smoothed over {window} steps.")
+
+
+def runs_panel() -> None:
+    all_jobs = jobs.list_jobs(ui.runs_dir())
+    active_names = {j.name for j in all_jobs if j.active}
+    seen = st.session_state.setdefault("train_seen_active", set())
+    if seen - active_names:  # a run ended since the last refresh: refresh the whole page
+        st.session_state.train_seen_active = set(active_names)
+        st.rerun(scope="app")
+    st.session_state.train_seen_active = set(active_names)
+    if not all_jobs:
+        st.info("No runs yet. Start one above: moons with the preset settings takes about ten "
+                "seconds on two CPU cores.")
+        return
+    for j in [j for j in all_jobs if j.active]:
+        with st.container(border=True):
+            c1, c2 = st.columns([5, 1])
+            c1.progress(j.progress, text=f"**{j.name}**: {j.describe()}")
+            if c2.button("Stop", key=f"stop_{j.name}", help="Stop after the current step "
+                         "(a stopped run writes no checkpoint)"):
+                jobs.stop_job(j.run_dir)
+                st.toast(f"Stopping {j.name} ...")
+    names = [j.name for j in all_jobs]
+    default = st.session_state.get("train_run")
+    if default not in names:
+        st.session_state.train_run = names[0]
+    name = st.selectbox("Run to show", names, key="train_run")
+    j = next(j for j in all_jobs if j.name == name)
+    if j.state == "failed" or j.state == "lost":
+        st.error(f"This run {j.describe()}")
+        with st.expander("Worker log (last lines)"):
+            st.code(jobs.read_log_tail(j.run_dir) or "(empty)", language=None)
+    elif j.state == "finished":
+        fm = {ui.metric_label(k): f"{v:.3f}" for k, v in j.final_metrics.items()
+              if k.startswith("test/")}
+        st.success(f"Finished in {jobs.format_seconds(j.elapsed_s)}. Checkpoint: "
+                   f"`{j.checkpoint}` (now listed on every page). "
+                   + "; ".join(f"{k}: {v}" for k, v in fm.items()))
+    elif j.state == "stopped":
+        st.warning(f"This run was {j.describe()}.")
+    cfg = j.config
+    st.caption("Settings: " + ", ".join(f"{k}={cfg.get(k)}" for k in (
+        "dataset", "model", "method", "shaping", "ratio", "eps", "step_size", "steps", "epochs",
+        "batch_size", "lr", "seed")))
+    curves(jobs.read_metrics(j.run_dir), j, key=f"curves_{j.name}")
+
+
+with ui.settings_block("New run"):
+    run_form()
+
+st.subheader("Runs")
+any_active = any(j.active for j in jobs.list_jobs(ui.runs_dir()))
+st.fragment(run_every=1.0 if any_active else None)(runs_panel)()

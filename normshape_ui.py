@@ -1,0 +1,568 @@
+"""What every page of the app shares: colours, where checkpoints live, cached loading, the
+checkpoint picker, the presentation toggle and figure styling.
+
+The seam between Streamlit and the core: models are cached with ``st.cache_resource`` (and
+handed out as private copies, since a norm-mode switch flips module flags and two sessions
+run in two threads), results with ``st.cache_data`` keyed by the weights' SHA-256 and the
+settings. No science here.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import streamlit as st
+
+APP_ROOT = Path(__file__).resolve().parent
+
+# ---------------------------------------------------------------- colours (every page)
+PN_COLOR = "#1f6fb4"       # PN: population norms (running statistics)
+BN_COLOR = "#e07020"       # BN: batch norms, shaped inference included
+CLEAN_COLOR = "#2a9d57"    # the clean batch's statistics (a reference line)
+# Classes: ten distinct colours, none of them PN's blue or BN's orange.
+CLASS_COLORS = ["#7b3294", "#008837", "#e6ab02", "#e7298a", "#666666", "#17becf", "#bcbd22",
+                "#8c564b", "#c2a5cf", "#111111"]
+REGION_COLORS = ["#e3d3ee", "#cfe9d6"]  # light fills of the two classes of a 2-D set
+WRONG_COLOR = "#d62728"    # a misclassified (adversarial) example, as in the paper's Fig. 1
+
+
+def norm_color(label: str) -> str:
+    """PN's colour for anything classified or crafted with PN, BN's for batch norms
+    (BN, frozen BN, shaped inference, shaping attack)."""
+    return PN_COLOR if str(label).strip().upper().startswith("PN") else BN_COLOR
+
+
+# ---------------------------------------------------------------- folders
+def _env_dirs(var: str, default: Sequence[str]) -> List[Path]:
+    raw = os.environ.get(var)
+    items = [p for p in raw.split(os.pathsep) if p.strip()] if raw else list(default)
+    return [(Path(p) if Path(p).is_absolute() else APP_ROOT / p) for p in items]
+
+
+def runs_dir() -> Path:
+    """Where the Train page puts new runs (``NORMSHAPE_RUNS_DIR``, default ``runs``)."""
+    return _env_dirs("NORMSHAPE_RUNS_DIR", ["runs"])[0]
+
+
+def checkpoint_dirs() -> List[Path]:
+    """Folders searched for checkpoints: ``NORMSHAPE_CHECKPOINT_DIRS`` (os.pathsep-separated,
+    default ``checkpoints`` and ``runs``), plus the runs folder so new runs always show."""
+    dirs = _env_dirs("NORMSHAPE_CHECKPOINT_DIRS", ["checkpoints", "runs"])
+    if runs_dir() not in dirs:
+        dirs.append(runs_dir())
+    return dirs
+
+
+def _set_threads() -> None:
+    """Tiny models on a machine with few cores run fastest on one torch thread (threads spin
+    against each other and against the background runs); ``NORMSHAPE_APP_THREADS`` overrides."""
+    import torch
+
+    n = os.environ.get("NORMSHAPE_APP_THREADS") or ("1" if (os.cpu_count() or 1) <= 4 else "")
+    if n and int(n) > 0 and torch.get_num_threads() != int(n):
+        torch.set_num_threads(int(n))
+
+
+_set_threads()
+
+
+def max_upload_mb() -> int:
+    """Largest accepted upload per file (``NORMSHAPE_MAX_UPLOAD_MB``, default 256: a wide
+    ResNet-34-10 is about 185 MB)."""
+    return int(os.environ.get("NORMSHAPE_MAX_UPLOAD_MB", "256"))
+
+
+MAX_META_BYTES = 1 << 20
+
+
+def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload") -> Path:
+    """Validate an uploaded checkpoint and store it under ``<runs>/uploads/``; returns its
+    folder. Raises ValueError (CheckpointError included) with a one-line reason.
+
+    Nothing is unpickled: the metadata is JSON, the weights safetensors checked against the
+    SHA-256 in the metadata and loaded into the model the metadata describes. The folder name
+    is sanitised; paths inside the metadata (``data_root``) are dropped."""
+    import json as _json
+    import secrets
+    import shutil
+
+    from normshape_core.checkpoints import atomic_write_json, load_checkpoint
+    from normshape_core.config import sanitize_name
+
+    if len(weights) > max_upload_mb() * (1 << 20):
+        raise ValueError(f"weights file is larger than {max_upload_mb()} MB")
+    if weights[:2] == b"PK" or weights[:1] == b"\x80":
+        raise ValueError("the weights file is a pickle / torch.save file; pickles can run "
+                         "code and are never opened here. Save the weights with safetensors.")
+    if len(meta) > MAX_META_BYTES:
+        raise ValueError("metadata file is larger than 1 MB: not a normshape model.json")
+    try:
+        meta_obj = _json.loads(meta.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ValueError(f"metadata is not valid JSON ({e})") from None
+    if not isinstance(meta_obj, dict) or not isinstance(meta_obj.get("config"), dict):
+        raise ValueError("metadata is not a normshape checkpoint (no training config)")
+    meta_obj["config"]["data_root"] = None  # never follow a path that came with an upload
+    meta_obj["config"]["device"] = "auto"
+    meta_obj["weights_file"] = "model.safetensors"
+    root = runs_dir() / "uploads"
+    root.mkdir(parents=True, exist_ok=True)
+    incoming = root / f".incoming-{secrets.token_hex(4)}"
+    incoming.mkdir()
+    try:
+        (incoming / "model.safetensors").write_bytes(weights)
+        atomic_write_json(incoming / "model.json", meta_obj)
+        load_checkpoint(incoming)  # raises CheckpointError: format, SHA-256, shapes
+        name = sanitize_name(str(meta_obj.get("run_name") or Path(filename).stem))[:80]
+        dest = root / f"{name}-{str(meta_obj['weights_sha256'])[:8]}"
+        if (dest / "model.json").exists():  # the same weights were uploaded before
+            shutil.rmtree(incoming)
+            return dest
+        os.replace(incoming, dest)
+        return dest
+    except BaseException:
+        shutil.rmtree(incoming, ignore_errors=True)
+        raise
+
+
+def max_active_runs() -> int:
+    return int(os.environ.get("NORMSHAPE_MAX_RUNS", "4"))
+
+
+def worker_threads() -> int:
+    return int(os.environ.get("NORMSHAPE_JOB_THREADS", "1"))
+
+
+# ---------------------------------------------------------------- checkpoints
+@dataclass(frozen=True)
+class Ckpt:
+    """A checkpoint as the pages see it: a short unique id (for pickers and URLs), the run
+    folder and its metadata."""
+
+    id: str
+    path: str
+    sha: str
+    meta: Dict[str, Any]
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return self.meta["config"]
+
+    @property
+    def dataset(self) -> str:
+        return self.config["dataset"]
+
+    @property
+    def is_2d(self) -> bool:
+        return list(self.meta.get("input_shape", [])) == [2]
+
+    def tag(self) -> str:
+        """A few words for a figure title: method, training mode, ratio."""
+        c = self.config
+        if c["method"] == "natural":
+            return "natural"
+        mode = {"none": "adv only", "train": "shaping in training",
+                "attack+train": "shaping"}[c["shaping"]]
+        if c["shaping"] != "none":
+            mode += f" {c['ratio']}"
+        polluted = ", polluted PN" if c.get("polluted_running_stats") else ""
+        return f"{c['method'].upper()} {mode}{polluted}"
+
+    def short(self) -> str:
+        """dataset / method / training mode / ratio, in the paper's words."""
+        c = self.config
+        if c["method"] == "natural":
+            mode = "natural"
+        else:
+            mode = {"none": "adv only", "train": "shaping in training",
+                    "attack+train": "shaping in attack+training"}[c["shaping"]]
+            if c["shaping"] != "none":
+                mode += f" {c['ratio']}"
+            mode = f"{c['method'].upper()}, {mode}"
+        return f"{c['dataset']}: {mode}, eps {c['eps']:g}"
+
+
+def _signature(dirs: Sequence[Path]) -> Tuple:
+    """Cheap fingerprint of the checkpoint folders: each model.json path and mtime."""
+    sig = []
+    for d in dirs:
+        if d.is_dir():
+            for p in d.rglob("model.json"):
+                try:
+                    sig.append((str(p), p.stat().st_mtime_ns))
+                except OSError:
+                    pass
+    return tuple(sorted(sig))
+
+
+@st.cache_data(show_spinner=False)
+def _scan(dirs: Tuple[str, ...], signature: Tuple) -> Tuple[List[Ckpt], List[str]]:
+    from normshape_core.checkpoints import find_checkpoints
+
+    infos, errors = find_checkpoints(*dirs)
+    ckpts: List[Ckpt] = []
+    seen: Dict[str, int] = {}
+    for info in infos:
+        base = info.path.name
+        seen[base] = seen.get(base, 0) + 1
+        cid = base if seen[base] == 1 else f"{info.path.parent.name}/{base}"
+        ckpts.append(Ckpt(cid, str(info.path), info.meta["weights_sha256"], info.meta))
+    return ckpts, [str(e) for e in errors]
+
+
+def checkpoints() -> List[Ckpt]:
+    """Every valid checkpoint in the checkpoint folders (rescanned only when one changes)."""
+    dirs = checkpoint_dirs()
+    ckpts, _ = _scan(tuple(map(str, dirs)), _signature(dirs))
+    return ckpts
+
+
+def checkpoint_errors() -> List[str]:
+    dirs = checkpoint_dirs()
+    return _scan(tuple(map(str, dirs)), _signature(dirs))[1]
+
+
+def checkpoint_by_id(cid: str) -> Optional[Ckpt]:
+    return next((c for c in checkpoints() if c.id == cid), None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _load_model(path: str, sha: str):
+    from normshape_core.checkpoints import load_checkpoint
+
+    return load_checkpoint(path)
+
+
+def load_model(ck: "Ckpt | str", sha: Optional[str] = None):
+    """(model, meta) of a checkpoint (or of a path and its weights' SHA-256): a private copy
+    of the cached model (norm-mode switches flip module flags; a copy keeps two sessions
+    from seeing each other's modes). PN mode (eval)."""
+    path, sha = (ck.path, ck.sha) if isinstance(ck, Ckpt) else (str(ck), sha)
+    model, meta = _load_model(path, sha)
+    return copy.deepcopy(model), meta
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_dataset(name: str):
+    """The dataset (shared, read-only tensors)."""
+    from normshape_core.data import load_dataset as _load
+
+    return _load(name, seed=0)
+
+
+def device_text() -> str:
+    import torch
+
+    from normshape_core.config import parse_device
+
+    dev = parse_device("auto")
+    extra = ""
+    if dev.type == "cuda":
+        extra = f" ({torch.cuda.get_device_name(0)})"
+    return f"{dev.type}{extra}, {torch.get_num_threads()} torch threads"
+
+
+def _user_errors() -> Tuple[type, ...]:
+    from normshape_core.checkpoints import CheckpointError
+    from normshape_core.config import ConfigError
+    from normshape_core.data import DatasetUnavailable
+
+    return (CheckpointError, ConfigError, DatasetUnavailable)
+
+
+#: Errors that are the data's fault, not the app's: shown as a message, never a traceback.
+USER_ERRORS = _user_errors()
+
+
+@st.cache_resource(show_spinner=False)
+def warm_umap_in_background():
+    """Compile UMAP's numba code once per server process in a background thread (no
+    Streamlit calls in it), so the first UMAP map a user asks for takes about a second
+    instead of 15-20 s. ``NORMSHAPE_WARM_UMAP=0`` turns it off."""
+    import threading
+
+    if os.environ.get("NORMSHAPE_WARM_UMAP", "1") == "0":
+        return None
+
+    def work():
+        import numpy as np
+
+        from normshape_core.projections import embed_2d
+
+        try:
+            embed_2d(np.random.default_rng(0).normal(size=(40, 8)).astype("float32"), "umap")
+        except Exception:  # the page will report a real failure when it is asked for
+            pass
+
+    t = threading.Thread(target=work, name="normshape-umap-warmup", daemon=True)
+    t.start()
+    return t
+
+
+# ---------------------------------------------------------------- heavy results
+class ResultStore:
+    """A bounded, thread-safe memo of heavy results, shared by all sessions of this server
+    (one per process, from ``st.cache_resource``). Keys always hold the weights' SHA-256 and
+    every setting that changes the result. Values are treated as read-only by the pages.
+
+    Why not ``st.cache_data`` here: a live progress bar updated from inside a cached function
+    would be recorded and replayed by Streamlit on every cache hit; this memo keeps the bar
+    outside the cache. Light results use ``st.cache_data`` directly.
+    """
+
+    def __init__(self, max_entries: int = 512):
+        import threading
+        from collections import OrderedDict
+
+        self._data: "OrderedDict[Tuple, Any]" = OrderedDict()
+        self._lock = threading.Lock()
+        self.max_entries = max_entries
+
+    def get(self, key: Tuple) -> Any:
+        with self._lock:
+            if key not in self._data:
+                return None
+            self._data.move_to_end(key)
+            return self._data[key]
+
+    def put(self, key: Tuple, value: Any) -> None:
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self.max_entries:
+                self._data.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def result_store() -> ResultStore:
+    return ResultStore()
+
+
+def cached_result(key: Tuple, compute, label: str):
+    """``compute(progress)`` once per key (progress(done, total, what) drives a progress bar
+    shown only while computing); later calls, from any session, return the stored value."""
+    store = result_store()
+    hit = store.get(key)
+    if hit is not None:
+        return hit
+    bar = st.progress(0.0, text=f"{label} ...")
+
+    def progress(done: int, total: int, what: str = "") -> None:
+        frac = min(1.0, done / max(total, 1))
+        bar.progress(frac, text=f"{label}: {what} ({done}/{total})" if what else label)
+
+    try:
+        value = compute(progress)
+    finally:
+        bar.empty()
+    store.put(key, value)
+    return value
+
+
+def evaluation(ck: "Ckpt", label: Optional[str] = None, **settings):
+    """``evaluation.evaluate_checkpoint`` on a checkpoint, memoised by (weights' SHA-256,
+    settings) here and on disk beside the checkpoint (when its folder is writable)."""
+    import json as _json
+
+    from normshape_core.evaluation import evaluate_checkpoint
+
+    key = ("evaluation", ck.sha, _json.dumps(settings, sort_keys=True, default=str))
+
+    def compute(progress):
+        try:
+            df, _ = evaluate_checkpoint(ck.path, progress=progress, **settings)
+        except OSError:  # read-only checkpoint folder: evaluate without the disk cache
+            df, _ = evaluate_checkpoint(ck.path, progress=progress,
+                                        use_cache=False, **settings)
+        return df
+
+    return cached_result(key, compute, label or f"Evaluating {ck.id}")
+
+
+def shaped_grid_row(ck: "Ckpt", ratios: Sequence[str], attack: str = "pgd", **settings):
+    """Rows of ``evaluation`` for one checkpoint classified with shaped inference at each
+    ratio: each (checkpoint, ratio) cell is kept on its own, and only the missing cells are
+    computed, all in one evaluation (the attack is crafted once for them)."""
+    import json as _json
+
+    import pandas as pd
+
+    store = result_store()
+    base = ("shaped-cell", ck.sha, attack, _json.dumps(settings, sort_keys=True, default=str))
+    missing = [r for r in ratios if store.get(base + (r,)) is None]
+    if missing:
+        df = evaluation(ck, label=f"{ck.id}: inference ratios {', '.join(missing)}",
+                        attacks=[attack], classify=[f"shaped:{r}" for r in missing], **settings)
+        for r in missing:
+            store.put(base + (r,), df[df["ratio"] == r])
+    return pd.concat([store.get(base + (r,)) for r in ratios], ignore_index=True)
+
+
+# ---------------------------------------------------------------- the pages' default evaluations
+# One place for the settings of the evaluations the pages show first, so that
+# ``python -m normshape_ui warm`` can compute them beside the shipped checkpoints (the
+# evaluation module's disk cache, keyed by weights' SHA-256 and settings) and a first view
+# reads numbers instead of computing them.
+INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
+COMPARE_ATTACKS = ["pgd", "fgsm", "shaping", "adaptive_exact"]
+
+
+def compare_settings(attacks: Sequence[str], ratio: str, n_test: int, also_bn: bool) -> Dict:
+    return dict(attacks=list(attacks), classify=["pn", "bn", f"shaped:{ratio}"],
+                n_test=int(n_test), craft=["pn", "bn"] if also_bn else ["pn"])
+
+
+def clean_accuracy_settings(n_test: int) -> Dict:
+    return dict(attacks=["fgsm"], classify=["pn", "bn", "shaped:1:9"], n_test=int(n_test))
+
+
+def grid_settings(n_test: int, steps: int) -> Dict:
+    return dict(n_test=int(n_test), steps=int(steps))
+
+
+def test_set_size(dataset: str) -> int:
+    return len(load_dataset(dataset).x_test)
+
+
+# ---------------------------------------------------------------- page furniture
+def presenting() -> bool:
+    """The presentation toggle (sidebar, in the URL as ``present``)."""
+    return bool(st.session_state.get("present", False))
+
+
+def settings_block(label: str = "Settings"):
+    """Where a page puts its settings: a bordered box, or a closed expander when presenting."""
+    if presenting():
+        return st.expander(f"{label} (hidden in presentation mode)", expanded=False)
+    return st.container(border=True)
+
+
+def explain(text: str) -> None:
+    """An explanatory paragraph; kept short when presenting (shown as a caption)."""
+    if presenting():
+        st.caption(text)
+    else:
+        st.markdown(text)
+
+
+def style(fig, *, title: Optional[str] = None, height: int = 420, legend: bool = True):
+    """Common look of every figure: title, readable fonts, room for the legend; larger when
+    presenting."""
+    scale = 1.35 if presenting() else 1.0
+    top = 95 if title and "<br>" in title else 60
+    fig.update_layout(template="plotly_white", height=int(height * scale),
+                      font=dict(size=int(13 * scale)), margin=dict(l=60, r=20, t=top, b=55),
+                      showlegend=legend, legend=dict(font=dict(size=int(12 * scale))))
+    if title is not None:
+        fig.update_layout(title=dict(text=title, font=dict(size=int(16 * scale))))
+    return fig
+
+
+def show(fig, key: str, **style_kw) -> None:
+    st.plotly_chart(style(fig, **style_kw), key=key, width="stretch", theme=None,
+                    config={"displaylogo": False})
+
+
+def checkpoint_picker(label: str, key: str, *, only_2d: Optional[bool] = None,
+                      predicate=None, prefer=None, help: Optional[str] = None) -> Optional[Ckpt]:
+    """A selectbox of checkpoints bound to the URL (``?key=<id>``); shows a short description.
+    ``only_2d``: True for 2-D datasets only, False for images only; ``prefer``: a sort key,
+    the smallest comes first (the default choice)."""
+    options = [c for c in checkpoints()
+               if (only_2d is None or c.is_2d == only_2d) and (predicate is None or predicate(c))]
+    if prefer is not None:
+        options.sort(key=prefer)
+    if not options:
+        return None
+    ids = [c.id for c in options]
+    by_id = {c.id: c for c in options}
+    # Plain ids as options: a bound widget keeps the option's text in the URL.
+    cid = st.selectbox(label, ids, key=key, bind="query-params", help=help)
+    ck = by_id.get(cid)
+    if ck is not None:
+        st.caption(ck.short())
+    return ck
+
+
+def prefer_2d_adversarial(c: Ckpt):
+    """Sort key: 2-D sets first, then plain adversarial training (adv only), then shaped."""
+    cfg = c.config
+    return (not c.is_2d, bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+            cfg["method"] != "pgd", cfg["shaping"] != "none", c.id)
+
+
+def prefer_2d_shaped(c: Ckpt):
+    """Sort key: 2-D sets first, then PGD + shaping in attack and training at 1:3."""
+    cfg = c.config
+    return (not c.is_2d, bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+            cfg["method"] != "pgd", cfg["shaping"] != "attack+train", cfg["ratio"] != "1:3",
+            c.id)
+
+
+def no_checkpoints_message(what: str = "checkpoints") -> None:
+    dirs = ", ".join(f"`{d}`" for d in checkpoint_dirs())
+    st.info(f"No {what} found in {dirs}. Train one on the **Train** page (a moons run takes "
+            "about ten seconds), or point `NORMSHAPE_CHECKPOINT_DIRS` at a folder of run folders.")
+
+
+# ---------------------------------------------------------------- metric names
+def metric_label(key: str) -> str:
+    """``test/robust_acc_pgd10_pn_pn`` -> ``robust acc. PGD-10 (crafted PN, classified PN)``."""
+    k = key.split("/", 1)[-1]
+    if k.startswith("clean_acc_"):
+        return f"clean acc. (classified {k[len('clean_acc_'):].upper()})"
+    if k.startswith("robust_acc_"):
+        parts = k[len("robust_acc_"):].split("_")
+        if len(parts) == 3:
+            attack, crafted, classified = parts
+            name = attack.upper().replace("PGD", "PGD-") if attack[3:].isdigit() else attack
+            return (f"robust acc. {name} (crafted {crafted.upper()}, "
+                    f"classified {classified.upper()})")
+    return k.replace("_", " ")
+
+
+# ---------------------------------------------------------------- warm the disk caches
+def warm(dirs: Optional[Sequence[str]] = None) -> None:
+    """Compute the pages' default evaluations for every checkpoint (``python -m
+    normshape_ui warm [DIR ...]``); results land in each checkpoint's ``model.eval.json``."""
+    import sys
+
+    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.data import load_dataset as _load
+    from normshape_core.evaluation import evaluate_checkpoint
+
+    infos, errors = find_checkpoints(*(dirs or [str(d) for d in checkpoint_dirs()]))
+    for e in errors:
+        print(f"skipped: {e}", file=sys.stderr)
+    sizes: Dict[str, int] = {}
+    for info in infos:
+        cfg = info.meta["config"]
+        ds = cfg["dataset"]
+        if ds not in sizes:
+            sizes[ds] = len(_load(ds, seed=0).x_test)
+        n200, n500 = min(200, sizes[ds]), min(500, sizes[ds])
+        jobs_ = [compare_settings(COMPARE_ATTACKS, "1:9", n200, False),
+                 clean_accuracy_settings(n500)]
+        if cfg["method"] != "natural" and cfg["shaping"] in ("none", "attack+train"):
+            jobs_.append(dict(attacks=["pgd"], classify=[f"shaped:{r}" for r in
+                                                         INFERENCE_RATIOS],
+                              **grid_settings(n200, 20)))
+        for settings in jobs_:
+            try:
+                df, _ = evaluate_checkpoint(info.path, **settings)
+                print(f"{info.path.name}: {settings['attacks']} x {settings['classify']}: "
+                      f"{'cached' if df.attrs.get('cached') else 'computed'}")
+            except Exception as e:  # one bad checkpoint must not stop the others
+                print(f"{info.path.name}: failed: {e}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] != "warm":
+        print("usage: python -m normshape_ui warm [CHECKPOINT_DIR ...]", file=sys.stderr)
+        sys.exit(2)
+    warm(sys.argv[2:] or None)

@@ -1,0 +1,263 @@
+"""The Streamlit app through ``streamlit.testing.v1.AppTest``: every page renders on real
+checkpoints without exception, widgets change what is shown, the URL carries the main
+choices, a run started on the Train page ends up on every page, uploads are validated."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from _app_checkpoints import checkpoint_root
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = str(ROOT / "app.py")
+TIMEOUT = 120  # first views compute (evaluations, PGD traces) on two shared cores
+
+
+@pytest.fixture(scope="module")
+def ckpt_root():
+    return checkpoint_root()
+
+
+@pytest.fixture
+def app(ckpt_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ckpt_root))
+    monkeypatch.setenv("NORMSHAPE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("NORMSHAPE_JOB_THREADS", "1")
+    # The app sets torch's thread count once per process; keep the test process's own.
+    import torch
+    monkeypatch.setenv("NORMSHAPE_APP_THREADS", str(torch.get_num_threads()))
+
+    def make(page=None, query=None):
+        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+        for k, v in (query or {}).items():
+            at.query_params[k] = v
+        at.run()
+        if page:
+            at.switch_page(page)
+            at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        return at
+
+    return make
+
+
+def figures(at):
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def array(v):
+    """A plotly JSON array: a list, or plotly's typed-array encoding {dtype, bdata, shape}."""
+    import base64
+
+    import numpy as np
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        shape = v.get("shape")
+        return a.reshape([int(n) for n in str(shape).split(",")]) if shape else a
+    return np.asarray(v, dtype=float)
+
+
+def texts(at):
+    return " ".join([m.value for m in at.markdown] + [c.value for c in at.caption] +
+                    [i.value for i in at.info] + [s.value for s in at.success])
+
+
+PAGES = ["app_pages/train.py", "app_pages/ratios.py", "app_pages/moving_target.py",
+         "app_pages/decision_boundaries.py", "app_pages/compare.py",
+         "app_pages/confoundings.py"]
+
+
+def test_home_lists_the_checkpoints_with_their_norms_named(app, ckpt_root):
+    at = app()
+    assert at.title[0].value.startswith("normshape")
+    df = at.dataframe[0].value
+    assert set(df["checkpoint"]) == {p.name for p in ckpt_root.iterdir()}
+    assert "clean acc. (classified PN)" in df.columns
+    assert "robust acc. PGD-10 (crafted PN, classified PN)" in df.columns
+    assert {"dataset", "model", "method", "shaping mode", "ratio adv:clean", "created"} <= set(
+        df.columns)
+    assert "Device in use" in texts(at)
+    assert "I. PN and BN differences degrade accuracy" in texts(at)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_renders_and_a_plain_rerun_recomputes_nothing(app, page):
+    at = app(page)
+    assert not at.error, [e.value for e in at.error]
+    if page != "app_pages/train.py":
+        assert figures(at), "a page without a figure"
+        for fig in figures(at):  # every figure has a title and labelled axes
+            lay = fig["layout"]
+            assert lay.get("title", {}).get("text"), page
+            assert lay.get("xaxis", {}).get("title", {}).get("text"), page
+    t0 = time.perf_counter()
+    at.run()
+    assert time.perf_counter() - t0 < 5, "a plain rerun recomputed something"
+    assert not at.exception
+
+
+def test_image_checkpoints_render_on_the_image_pages(app):
+    q = {"db_ckpt": "digits-natural", "db_map": "PCA"}
+    at = app("app_pages/decision_boundaries.py", query=q)
+    titles = [f["layout"]["title"]["text"] for f in figures(at)]
+    assert any(t.startswith("Classified with PN") for t in titles)
+    assert any("BN of its test batch" in t for t in titles)
+    assert any(t.startswith("PCA of penultimate features") for t in titles)
+    at = app("app_pages/moving_target.py", query={"mt_ckpt": "digits-pgd-shaped-1-3"})
+    assert len(figures(at)) == 2  # no decision boundary for images
+
+
+def test_a_different_inference_ratio_changes_the_heatmap(app):
+    at = app("app_pages/ratios.py")
+    heat = figures(at)[0]["data"][0]
+    z_before = array(heat["z"])
+    assert heat["type"] == "heatmap"
+    assert heat["x"] == ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
+    assert set(heat["y"]) == {"1:1", "1:3", "adv only (1:0)"}
+    at.multiselect(key="ratios_infer").set_value(["1:0", "1:9"]).run()
+    assert not at.exception
+    heat2 = figures(at)[0]["data"][0]
+    assert heat2["x"] == ["1:0", "1:9"]
+    # the kept cells are the same numbers (computed once, reused)
+    z = array(heat2["z"])
+    assert z.shape == (3, 2) and ((z >= 0) & (z <= 1)).all()
+    assert (z[:, 1] == z_before[:, heat["x"].index("1:9")]).all()
+    paper = array(figures(at)[1]["data"][0]["z"])
+    assert paper[2, 2] == pytest.approx(0.820)  # the paper's own Table IV beside it
+
+
+def test_the_url_carries_the_main_choices(app):
+    at = app("app_pages/ratios.py", query={"ratios_infer": ["1:3", "1:49"],
+                                           "ratios_paper": "false"})
+    assert figures(at)[0]["data"][0]["x"] == ["1:3", "1:49"]
+    assert len(figures(at)) == 1  # the paper's table hidden through the URL
+    at = app("app_pages/moving_target.py", query={"mt_step": "3", "mt_comp": "1:1"})
+    assert at.slider(key="mt_step").value == 3
+    assert at.selectbox(key="mt_comp").value == "1:1"
+
+
+def test_moving_target_step_slider_moves_the_boundary(app):
+    at = app("app_pages/moving_target.py", query={"mt_ckpt": "moons-pgd-adv-only"})
+    titles = [f["layout"]["title"]["text"] for f in figures(at)]
+    assert any("decision boundary at PGD step 10" in t for t in titles)
+    before = figures(at)
+    at.slider(key="mt_step").set_value(2).run()
+    after = figures(at)
+    assert any("decision boundary at PGD step 2" in f["layout"]["title"]["text"] for f in after)
+    assert before[2]["data"] != after[2]["data"]
+    assert "times" in texts(at)  # the sentence reading the damping
+
+
+def test_decision_boundaries_change_with_the_shaped_ratio(app):
+    at = app("app_pages/decision_boundaries.py",
+             query={"db_ckpt": "moons-pgd-shaped-1-3", "db_map": "PCA"})
+    right = figures(at)[1]
+    assert right["layout"]["title"]["text"] == "Classified with shaped inference 1:9"
+    at.selectbox(key="db_ratio").set_value("1:1").run()
+    right2 = figures(at)[1]
+    assert right2["layout"]["title"]["text"] == "Classified with shaped inference 1:1"
+    assert right["data"][0]["z"] != right2["data"][0]["z"]
+    # PN's colour on the left, BN's on the right, on every page
+    import normshape_ui as ui
+    assert figures(at)[0]["data"][1]["line"]["color"] == ui.PN_COLOR
+    assert right2["data"][1]["line"]["color"] == ui.BN_COLOR
+
+
+def test_compare_tables_name_both_norms_and_follow_the_selection(app):
+    at = app("app_pages/compare.py")
+    table = at.dataframe[0].value
+    keys = ["accuracy", "attack", "crafted with", "classified with"]
+    assert list(table.columns) == keys + ["moons-natural", "moons-pgd-adv-only",
+                                          "moons-pgd-shaped-1-3"]
+    robust = table[table["accuracy"] == "robust"]
+    assert len(robust) and robust["crafted with"].isin(
+        ["PN", "shaping 1:3 (BN)", "BN (exact refs)"]).all()
+    assert set(table["classified with"]) == {"PN", "BN", "shaped 1:9 (g=10)"}
+    assert at.get("download_button")
+    at.multiselect(key="cmp").set_value(["moons-natural", "moons-pgd-shaped-1-1"]).run()
+    assert list(at.dataframe[0].value.columns) == keys + ["moons-natural",
+                                                          "moons-pgd-shaped-1-1"]
+    settings = at.dataframe[-1].value
+    assert set(settings.loc["method"]) == {"natural", "pgd"}
+
+
+def test_confounding_lessons_read_their_numbers(app):
+    for lesson, needle in (("I", "clean accuracy"), ("II", "logit error"),
+                           ("III", "perturbations")):
+        at = app("app_pages/confoundings.py", query={"lesson": lesson})
+        assert not at.error
+        assert needle in " ".join(i.value for i in at.info), lesson
+        assert "Here" in " ".join(i.value for i in at.info)
+
+
+def test_presentation_mode_hides_settings_and_enlarges_figures(app):
+    at = app("app_pages/moving_target.py")
+    h = figures(at)[0]["layout"]["height"]
+    assert not at.expander
+    at = app("app_pages/moving_target.py", query={"present": "true"})
+    assert at.expander and "presentation mode" in at.expander[0].label
+    assert figures(at)[0]["layout"]["height"] > h
+
+
+def test_a_run_started_on_train_finishes_and_appears_everywhere(app, tmp_path):
+    at = app("app_pages/train.py")
+    at.number_input(key="train_epochs_moons").set_value(1)
+    at.text_input(key="train_name_moons").set_value("my run/../x")
+    at.button[0].click()  # the form's submit button
+    at.run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("my_run_.._x-")
+    from normshape_core import jobs
+    assert jobs.wait_for(runs[0], timeout=120).state == "finished"
+    at.run()
+    assert "Finished in" in texts(at)
+    home = app()
+    assert runs[0].name in set(home.dataframe[0].value["checkpoint"])
+    cmp = app("app_pages/compare.py")
+    assert runs[0].name in cmp.multiselect(key="cmp").options
+
+
+def test_a_failed_run_shows_its_error_and_the_app_keeps_working(app, tmp_path):
+    from normshape_core import jobs
+    run = jobs.new_run_dir(tmp_path / "runs", "broken")
+    (run / "job.json").write_text(json.dumps({"name": run.name, "config": {"dataset": "moons"},
+                                              "created": "2099-01-01T00:00:00+00:00"}))
+    (run / "status.json").write_text(json.dumps({"state": "failed",
+                                                 "error": "RuntimeError: out of memory"}))
+    (run / "worker.log").write_text("Traceback (most recent call last): ...\n")
+    at = app("app_pages/train.py")
+    assert any("out of memory" in e.value for e in at.error)
+    assert not at.exception
+    app()  # other pages still fine
+
+
+def test_upload_is_validated_before_use(app, ckpt_root, tmp_path):
+    src = ckpt_root / "moons-natural"
+    weights, meta = (src / "model.safetensors").read_bytes(), (src / "model.json").read_bytes()
+    at = app("app_pages/compare.py")
+    up = at.file_uploader(key="cmp_upload")
+    up.set_value([("model.safetensors", weights[:-10], "application/octet-stream"),
+                  ("model.json", meta, "application/json")]).run()
+    assert any("Not accepted" in e.value for e in at.error)
+    assert not (tmp_path / "runs" / "uploads").exists() or not any(
+        p.name.startswith("moons") for p in (tmp_path / "runs" / "uploads").iterdir())
+    pickle_like = b"\x80\x04\x95" + b"\x00" * 100
+    at.file_uploader(key="cmp_upload").set_value(
+        [("model.safetensors", pickle_like, "application/octet-stream"),
+         ("model.json", meta, "application/json")]).run()
+    assert any("pickle" in e.value for e in at.error)
+    at.file_uploader(key="cmp_upload").set_value(
+        [("model.safetensors", weights, "application/octet-stream"),
+         ("model.json", meta, "application/json")]).run()
+    assert not at.exception
+    assert any("Accepted" in s.value for s in at.success)
+    stored = [p for p in (tmp_path / "runs" / "uploads").iterdir() if not p.name.startswith(".")]
+    assert len(stored) == 1 and (stored[0] / "model.json").exists()
+    meta_stored = json.loads((stored[0] / "model.json").read_text())
+    assert meta_stored["config"]["data_root"] is None
+    assert stored[0].name in set(app().dataframe[0].value["checkpoint"])

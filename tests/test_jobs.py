@@ -1,0 +1,124 @@
+"""Background training runs: own process, state on disk, stop, failure, isolation."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from normshape_core import jobs
+from normshape_core.config import ConfigError, TrainConfig
+
+TINY = dict(dataset="moons", method="pgd", shaping="attack+train", ratio="1:3", epochs=1,
+            eval_samples=100)
+
+
+def test_two_runs_started_at_once_train_in_their_own_processes_and_leave_checkpoints(
+        tmp_path):
+    a = jobs.start_job(TINY, tmp_path, owner="session-a", threads=1)
+    b = jobs.start_job(TrainConfig(**TINY), tmp_path, owner="session-b", threads=1)
+    assert a.state in ("queued", "running") and a.run_dir != b.run_dir
+    assert a.run_dir.parent == tmp_path and a.pid not in (None, os.getpid(), b.pid)
+    for status, owner in ((a, "session-a"), (b, "session-b")):
+        done = jobs.wait_for(status.run_dir, timeout=180)
+        assert done.state == "finished", jobs.read_log_tail(status.run_dir)
+        assert done.step == done.total_steps == 15 and done.progress == 1.0
+        assert Path(done.checkpoint).exists() and (status.run_dir / "model.json").exists()
+        assert "test/clean_acc_pn" in done.final_metrics
+        rows = jobs.read_metrics(status.run_dir)
+        assert any("train/loss" in r for r in rows)
+        assert any("bn/running_mean_drift" in r for r in rows)
+        job = json.loads((status.run_dir / "job.json").read_text())
+        assert job["owner"] == owner and job["config"]["epochs"] == 1
+    assert {j.owner for j in jobs.list_jobs(tmp_path)} == {"session-a", "session-b"}
+    # the checkpoints are found by the registry the pages use
+    from normshape_core.checkpoints import find_checkpoints
+    found, errors = find_checkpoints(tmp_path)
+    assert {f.path for f in found} == {a.run_dir, b.run_dir} and not errors
+
+
+def test_stop_ends_the_run_after_its_current_step(tmp_path):
+    status = jobs.start_job({**TINY, "epochs": 400}, tmp_path, threads=1)
+    t0 = time.time()
+    while jobs.job_status(status.run_dir).step < 2:
+        assert time.time() - t0 < 90, jobs.read_log_tail(status.run_dir)
+        time.sleep(0.2)
+    running = jobs.job_status(status.run_dir)
+    assert running.state == "running" and running.eta_s is not None and running.eta_s > 0
+    assert running.total_steps == 400 * 15
+    jobs.stop_job(status.run_dir)
+    done = jobs.wait_for(status.run_dir, timeout=60)
+    assert done.state == "stopped" and done.step < done.total_steps
+    assert not (status.run_dir / "model.json").exists()  # a stopped run writes no checkpoint
+
+
+def test_a_failing_run_reports_its_error_in_one_line(tmp_path):
+    # Valid settings that fail at run time: more training samples asked than moons has.
+    status = jobs.start_job({**TINY, "n_train": 5000}, tmp_path, threads=1)
+    done = jobs.wait_for(status.run_dir, timeout=120)
+    assert done.state == "failed"
+    assert "ConfigError" in done.error and "n-train 5000" in done.error
+    assert "Traceback" in jobs.read_log_tail(status.run_dir)
+    assert "failed" in done.describe()
+
+
+def test_invalid_settings_are_refused_before_any_process_starts(tmp_path):
+    with pytest.raises(ConfigError, match="no adversarial part"):
+        jobs.start_job({**TINY, "ratio": "0:3"}, tmp_path)
+    with pytest.raises(ConfigError):
+        jobs.start_job({**TINY, "unknown_setting": 1}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_folders_are_unique_and_sanitised(tmp_path):
+    a = jobs.new_run_dir(tmp_path, "../../etc/passwd")
+    b = jobs.new_run_dir(tmp_path, "../../etc/passwd")
+    c = jobs.new_run_dir(tmp_path, "a b/c;rm -rf ~")
+    for p in (a, b, c):
+        assert p.parent == tmp_path and p.is_dir()
+        assert "/" not in p.name and " " not in p.name and not p.name.startswith(".")
+    assert len({a, b, c}) == 3
+
+
+def test_limit_of_active_runs(tmp_path):
+    run = jobs.new_run_dir(tmp_path, "busy")
+    (run / "job.json").write_text(json.dumps({"name": run.name, "config": {}, "created": "x"}))
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": os.getpid()}))
+    with pytest.raises(jobs.JobError, match="limit 1"):
+        jobs.start_job(TINY, tmp_path, max_active=1)
+
+
+def test_a_worker_that_died_silently_is_reported_lost(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    run = jobs.new_run_dir(tmp_path, "ghost")
+    (run / "job.json").write_text(json.dumps({"name": run.name, "config": {}, "created": "x"}))
+    (run / "status.json").write_text(json.dumps({"state": "running", "pid": proc.pid,
+                                                 "step": 3, "total_steps": 10}))
+    status = jobs.job_status(run)
+    assert status.state == "lost" and not status.active and "worker.log" in status.error
+
+
+def test_metrics_reader_skips_a_half_written_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "train/loss": 0.5}\n{"step": 2, "tr')
+    assert jobs.read_metrics(tmp_path) == [{"step": 1, "train/loss": 0.5}]
+    assert jobs.read_metrics(tmp_path / "missing") == []
+
+
+def test_time_format():
+    assert jobs.format_seconds(5) == "5 s"
+    assert jobs.format_seconds(125) == "2 min 05 s"
+    assert jobs.format_seconds(3700) == "1 h 01 min"
+    assert jobs.format_seconds(None) == "?"
+
+
+def test_the_core_never_imports_streamlit():
+    code = ("import sys, normshape_core.jobs, normshape_core.projections; "
+            "print('streamlit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
