@@ -264,7 +264,7 @@ def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=N
                 counted = torch.tensor([False, True], device=device)
             for i in shaped_idx:
                 classifiers[i].reference_offset = b
-            with torch.no_grad():
+            with torch.inference_mode():
                 for i, clf in enumerate(classifiers):
                     clean_correct[i] += int(((clf(xb).argmax(1) == yb) & counted).sum())
             update("clean")
@@ -285,7 +285,7 @@ def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=N
                     l2s[j].append(res.l2(xb)[res.success & counted].cpu())
                 for i in job.valid:
                     t0 = time.perf_counter()
-                    with torch.no_grad():
+                    with torch.inference_mode():
                         pred = classifiers[i](res.x_adv).argmax(1)
                     robust_correct[j][i] += int(((pred == yb) & counted).sum())
                     seconds[j][i] += res.seconds + time.perf_counter() - t0
@@ -544,8 +544,19 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     ``df.attrs["cached"]`` says whether the numbers came from the cache."""
     from .checkpoints import atomic_write_json
 
-    model, meta, dataset = load_for_evaluation(checkpoint, dataset_name, device)
+    from .checkpoints import CheckpointError, read_meta, resolve_paths, sha256_file
+
+    # A cache hit needs neither the model nor the dataset: read the metadata only, check the
+    # weights on disk are the ones the metadata (and so the cache key) describes.
+    try:
+        meta = read_meta(checkpoint)
+    except CheckpointError as e:
+        raise ConfigError(str(e)) from None
     cfg = meta.get("config", {})
+    trained_on = cfg.get("dataset") or meta.get("dataset")
+    if dataset_name is not None and dataset_name != trained_on:
+        raise ConfigError(f"checkpoint {checkpoint} was trained on {trained_on!r}, not "
+                          f"{dataset_name!r}")
     if settings.get("eps") is None:
         settings["eps"] = cfg.get("eps") or 8 / 255
     values = EvalSettings().to_dict()
@@ -557,16 +568,18 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     s.attacks = parse_attack_names(s.attacks)
     s.classify = parse_classify(s.classify)
     s.craft = _parse_craft(s.craft)
-    _validate(s, dataset)
     path = cache_path_for(checkpoint)
     key = _cache_key(meta["weights_sha256"], s)
     if use_cache:
         entry = _read_cache(path)["entries"].get(key)
-        if entry is not None:
+        weights = resolve_paths(checkpoint)[0]
+        if entry is not None and weights.exists() and sha256_file(weights) == meta["weights_sha256"]:
             df = _df_from_rows(entry["rows"])
             df.attrs.update(warnings=list(entry.get("warnings", [])), settings=entry["settings"],
                             cached=True)
             return df, meta
+    model, meta, dataset = load_for_evaluation(checkpoint, dataset_name, device)
+    _validate(s, dataset)
     df = _evaluate(model, dataset, s, device=device, progress=progress,
                    gap_threshold=gap_threshold)
     df.attrs["cached"] = False

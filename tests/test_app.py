@@ -261,3 +261,16 @@ def test_upload_is_validated_before_use(app, ckpt_root, tmp_path):
     meta_stored = json.loads((stored[0] / "model.json").read_text())
     assert meta_stored["config"]["data_root"] is None
     assert stored[0].name in set(app().dataframe[0].value["checkpoint"])
+
+
+@pytest.mark.parametrize("page", [None] + PAGES)
+def test_every_page_renders_on_the_shipped_checkpoints(app, page, monkeypatch):
+    """First start as a user has it: the committed checkpoints/ only."""
+    monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ROOT / "checkpoints"))
+    at = app(page)
+    assert not at.error, [e.value for e in at.error]
+    if page is None:
+        names = set(at.dataframe[0].value["checkpoint"])
+        assert any(n.startswith("fashion_mnist-") for n in names), names
+        assert any(n.startswith("digits-") for n in names) and any(
+            n.startswith("moons-") for n in names), names
