@@ -37,6 +37,12 @@ def random_start_linf(x: torch.Tensor, eps: float,
     return (x + noise).clamp_(0.0, 1.0)
 
 
+def linf_bounds(x: torch.Tensor, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(lower, upper): the eps-ball around x intersected with [0, 1], so that
+    ``x_adv.clamp(lower, upper) == project_linf(x_adv, x, eps)`` in one kernel."""
+    return (x - eps).clamp_(0.0, 1.0), (x + eps).clamp_(0.0, 1.0)
+
+
 def pgd_linf(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor, *, eps: float,
              step_size: float, steps: int, random_start: bool = True, loss: str = "ce",
              target_probs: Optional[torch.Tensor] = None,
@@ -48,23 +54,27 @@ def pgd_linf(logits_fn: LogitsFn, x: torch.Tensor, y: torch.Tensor, *, eps: floa
     ``target_probs``, the clean prediction, and the prediction at ``x_adv``).
     Only ``x_adv`` receives gradients; model parameters accumulate nothing.
     ``on_step(i, x_adv)`` is called after each step (diagnostics).
+    Per step: one forward, one backward to the input, and three element-wise kernels (sign,
+    step, projection onto the precomputed bounds of ``linf_bounds``).
     """
-    x = x.detach()
-    x_adv = random_start_linf(x, eps, generator) if random_start else x.clone()
+    if loss not in ("ce", "kl"):
+        raise ValueError(f"unknown PGD loss {loss!r}")
     if loss == "kl" and target_probs is None:
         raise ValueError("loss='kl' needs target_probs (the clean prediction)")
+    x = x.detach()
+    lower, upper = linf_bounds(x, eps)
+    x_adv = random_start_linf(x, eps, generator) if random_start else x.clone()
     for i in range(steps):
         x_adv.requires_grad_(True)
         logits = logits_fn(x_adv)
         if loss == "ce":
             objective = F.cross_entropy(logits, y, reduction="sum")
-        elif loss == "kl":
-            objective = F.kl_div(F.log_softmax(logits, dim=1), target_probs, reduction="sum")
         else:
-            raise ValueError(f"unknown PGD loss {loss!r}")
+            objective = F.kl_div(F.log_softmax(logits, dim=1), target_probs, reduction="sum")
         (grad,) = torch.autograd.grad(objective, x_adv)
         with torch.no_grad():
-            x_adv = project_linf(x_adv.detach() + step_size * grad.sign(), x, eps)
+            x_adv = torch.add(x_adv.detach(), grad.sign(), alpha=step_size)
+            x_adv = torch.clamp(x_adv, lower, upper)
         if on_step is not None:
             on_step(i, x_adv)
     return x_adv.detach()
@@ -115,7 +125,8 @@ def _flat_norm(t: torch.Tensor, p: float = 2) -> torch.Tensor:
 
 
 class Attack:
-    """Base class: ``attack(clf, x, y) -> x_adv``; ``attack.run(clf, x, y) -> AttackResult``.
+    """Base class: ``attack(clf, x, y) -> x_adv``; ``attack.run(clf, x, y) -> AttackResult``
+    (the same examples, with success statistics: two more forwards).
 
     Subclasses set ``name``, ``threat_model``, ``Settings`` (a dataclass with defaults) and
     implement ``craft(fn, x, y) -> (x_adv, stats)`` where ``fn(x_adv) -> logits`` is the view
@@ -160,7 +171,10 @@ class Attack:
                             time.perf_counter() - t0, success)
 
     def __call__(self, clf, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.run(clf, x, y).x_adv
+        """The adversarial examples only (the same as ``run(...).x_adv``), without the two
+        extra forwards ``run`` spends on its statistics."""
+        x, y = x.detach(), y.detach()
+        return self.craft(self.crafting_view(clf, x), x, y)[0].detach()
 
     def describe(self) -> str:
         s = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
@@ -209,6 +223,10 @@ class PGDSettings:
 
 def _pgd_with_restarts(fn, x, y, s: PGDSettings) -> Tuple[torch.Tensor, Dict[str, float]]:
     step = s.step_size if s.step_size is not None else s.eps / 4
+    if max(1, s.restarts) == 1:  # nothing to choose from: no extra forward
+        g = torch.Generator().manual_seed(int(s.seed) * 7919)
+        return pgd_linf(fn, x, y, eps=s.eps, step_size=step, steps=s.steps,
+                        random_start=s.random_start, generator=g), {}
     best = x.clone()
     best_loss = torch.full((len(x),), -math.inf, device=x.device)
     best_wrong = torch.zeros(len(x), dtype=torch.bool, device=x.device)
@@ -409,6 +427,7 @@ class CarliniWagnerL2(Attack):
         best_l2 = torch.full((n,), math.inf, device=x.device)
         best_adv = x.clone()
         w0 = torch.atanh((2 * x - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+        label_mask = None  # [N, C] True at the label, made once at the first forward
         for _ in range(s.binary_search_steps):
             w = w0.clone().requires_grad_(True)
             opt = torch.optim.Adam([w], lr=s.lr)
@@ -419,8 +438,9 @@ class CarliniWagnerL2(Attack):
                 logits = fn(xa)
                 l2sq = ((xa - x) ** 2).flatten(1).sum(1)
                 real = logits.gather(1, y[:, None]).squeeze(1)
-                other = logits.masked_fill(F.one_hot(y, logits.shape[1]).bool(),
-                                           -math.inf).amax(1)
+                if label_mask is None:
+                    label_mask = F.one_hot(y, logits.shape[1]).bool()
+                other = logits.masked_fill(label_mask, -math.inf).amax(1)
                 f_term = (real - other + s.confidence).clamp_min(0)
                 loss = (l2sq + const * f_term).sum()
                 (gw,) = torch.autograd.grad(loss, w)
@@ -458,6 +478,8 @@ class DeepFool(Attack):
     sample once it is misclassified; the total step is scaled by (1 + overshoot) and x_adv
     clipped to [0, 1]. Per-class gradients are gradients of the batch-summed logit, exact
     under PN; under BN they include the (small) cross-sample terms of batch statistics.
+    Through a classifier whose rows are independent (``rows_independent``: PN), each
+    iteration forwards only the samples still classified right, as a per-sample loop would.
 
     Threat model: L2, minimal perturbation (unbounded); stats report ``median_l2``.
     Settings: ``overshoot`` (0.02), ``max_iter`` (50).
@@ -471,30 +493,48 @@ class DeepFool(Attack):
     def craft(self, fn, x, y):
         s = self.settings
         n = len(x)
-        ar = torch.arange(n, device=x.device)
         view = (n,) + (1,) * (x.dim() - 1)
-        with torch.no_grad():
-            clean_right = fn(x).argmax(1) == y
-        active = clean_right.clone()
+        # Rows of a PN classifier are independent: each iteration forwards only the samples
+        # still correctly classified. Under BN every row goes through (batch statistics).
+        independent = bool(getattr(fn, "rows_independent", False))
+        active = torch.ones(n, dtype=torch.bool, device=x.device)
         r_tot = torch.zeros_like(x)
         x_adv = x.clone()
         for _ in range(s.max_iter):
-            xa = x_adv.clone().requires_grad_(True)
-            logits = fn(xa)
-            active &= logits.argmax(1) == y
-            if not bool(active.any()):
+            idx = active.nonzero().squeeze(1) if independent else None
+            if idx is not None and len(idx) == 0:
                 break
+            xa = (x_adv[idx] if independent else x_adv).clone().requires_grad_(True)
+            ya = y[idx] if independent else y
+            logits = fn(xa)
+            right = logits.argmax(1) == ya  # the first iteration: clean_right
+            if independent:
+                active[idx] = right
+                if not bool(right.any()):
+                    break
+                mask = right
+            else:
+                active &= right
+                if not bool(active.any()):
+                    break
+                mask = active
+            ar = torch.arange(len(xa), device=x.device)
             grads = torch.stack([torch.autograd.grad(logits[:, k].sum(), xa, retain_graph=True)[0]
                                  for k in range(logits.shape[1])], dim=1)
             with torch.no_grad():
-                w = grads - grads[ar, y].unsqueeze(1)
-                f = logits - logits[ar, y].unsqueeze(1)
+                w = grads - grads[ar, ya].unsqueeze(1)
+                f = logits - logits[ar, ya].unsqueeze(1)
                 w_norm = w.flatten(2).norm(dim=2) + 1e-8
                 pert = f.abs() / w_norm
-                pert[ar, y] = math.inf
+                pert[ar, ya] = math.inf
                 lab = pert.argmin(1)
-                r_i = ((pert[ar, lab] + 1e-4) / w_norm[ar, lab]).reshape(view) * w[ar, lab]
-                r_tot += r_i * active.reshape(view)
+                r_i = ((pert[ar, lab] + 1e-4) / w_norm[ar, lab]).reshape(
+                    (len(xa),) + view[1:]) * w[ar, lab]
+                r_i = r_i * mask.reshape((len(xa),) + view[1:])
+                if independent:
+                    r_tot[idx] += r_i
+                else:
+                    r_tot += r_i
                 x_adv = (x + (1 + s.overshoot) * r_tot).clamp(0.0, 1.0)
         return x_adv.detach(), {}
 

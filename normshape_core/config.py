@@ -108,6 +108,9 @@ class TrainConfig:
     device: str = _f("auto", "device: auto (cuda, else mps, else cpu), cpu, cuda, cuda:1, mps")
     data_root: Optional[str] = _f(None, "folder with dataset files (torchvision layout or the "
                                         "original idx/binary files); default: standard places")
+    channels_last: bool = _f(False, "store image models channels-last (NHWC): several times "
+                                    "faster on CPU; float results differ from NCHW, so a run "
+                                    "reproduces only with the same setting")
     sync_bn: bool = _f(False, "under torchrun: SyncBatchNorm, BN statistics of the global batch "
                               "(all ranks; it has the exact ratio adv:clean too, since every "
                               "rank's batch has it) instead of each rank's local batch of B/W")
@@ -215,8 +218,9 @@ class TrainConfig:
         d = self.to_dict()
         for k in ("device", "data_root", "dist_backend"):
             d.pop(k, None)
-        if not d.get("sync_bn"):
-            d.pop("sync_bn", None)
+        for k in ("sync_bn", "channels_last"):  # off: earlier runs keep their fingerprint
+            if not d.get(k):
+                d.pop(k, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -64,12 +64,17 @@ class SmallCNN(nn.Module):
         mean = list(mean) * c if len(mean) == 1 else list(mean)
         std = list(std) * c if len(std) == 1 else list(std)
         self.norm = InputNormalize(mean, std, ndim=4)
+        second_pool = min(h, w) >= 16
+        out_hw = (h // 4, w // 4) if second_pool else (h // 2, w // 2)
         self.conv = nn.Sequential(
             nn.Conv2d(c, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
             nn.MaxPool2d(2),
             nn.Conv2d(channels, 2 * channels, 3, padding=1, bias=False), nn.BatchNorm2d(2 * channels),
-            nn.ReLU(), nn.MaxPool2d(2) if min(h, w) >= 16 else nn.Identity(),
-            nn.AdaptiveAvgPool2d(4),
+            nn.ReLU(), nn.MaxPool2d(2) if second_pool else nn.Identity(),
+            # 8x8 digits arrive here at 4x4 already: adaptive pooling to 4x4 would be an identity
+            # that still costs a kernel each way (the backward is slow on CPU). No parameters,
+            # so the state dict is the same either way.
+            nn.Identity() if out_hw == (4, 4) else nn.AdaptiveAvgPool2d(4),
         )
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(2 * channels * 16, hidden, bias=False),
                                 nn.BatchNorm1d(hidden), nn.ReLU())
@@ -187,9 +192,21 @@ MODELS: Dict[str, ModelSpec] = {
 }
 
 
+def use_channels_last(model: nn.Module) -> nn.Module:
+    """Store the 4-D weights channels-last (NHWC), so every conv, BN, ReLU and pooling layer
+    runs on NHWC activations whatever the layout of the input. On CPU this is what makes the
+    small CNN fast: PyTorch's NCHW max / adaptive-average pooling kernels are 10-15x slower
+    than their NHWC ones on these shapes (benchmarks/run.py, BENCHMARKS.md). The values are
+    the same (saved checkpoints are written contiguous, so their bytes do not change)."""
+    return model.to(memory_format=torch.channels_last)
+
+
 def build_model(name: str, input_shape: Tuple[int, ...], num_classes: int,
-                **kwargs) -> nn.Module:
-    """Build a registered model for data of ``input_shape`` with ``num_classes`` classes."""
+                channels_last: bool = False, **kwargs) -> nn.Module:
+    """Build a registered model for data of ``input_shape`` with ``num_classes`` classes.
+    ``channels_last`` stores an image model NHWC (``use_channels_last``): much faster on CPU,
+    but its float results differ from NCHW in the last bits, and adversarial training
+    amplifies such differences, so it is a recorded training setting, off by default."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
     spec = MODELS[name]
@@ -199,4 +216,7 @@ def build_model(name: str, input_shape: Tuple[int, ...], num_classes: int,
     if spec.input_kind == "points" and len(input_shape) != 1:
         # An MLP can still take flattened images; allowed.
         pass
-    return spec.constructor(tuple(input_shape), int(num_classes), **kwargs)
+    model = spec.constructor(tuple(input_shape), int(num_classes), **kwargs)
+    if channels_last and spec.input_kind == "images":
+        model = use_channels_last(model)
+    return model

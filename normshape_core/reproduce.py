@@ -418,7 +418,7 @@ def dataset_section(results: Dict[str, Any]) -> str:
         f"model `{cfg.get('model')}`, eps {cfg.get('eps'):g}, step {cfg.get('step_size'):g}, "
         f"{cfg.get('steps')} attack steps in training, batch 64 (1:2: 63), "
         f"{cfg.get('epochs')} epochs, seed {results['seed']}; evaluation on "
-        f"{results['n_test']} test samples, PGD-20 / APGD / C&W-L2 / DeepFool / FGSM at the "
+        f"{results['n_test']} test samples, PGD-20 / C&W-L2 / DeepFool / FGSM / the shaping attack at the "
         f"training eps, shaped inference with a 1,000-sample reference pool from the training "
         f"set, batches of 100 as in the paper." if cfg else "",
         f"### {ds}: natural training", natural_row_markdown(results),

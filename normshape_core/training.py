@@ -60,7 +60,7 @@ class CraftedBatch:
 
 
 def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
-    kw: Dict[str, Any] = {}
+    kw: Dict[str, Any] = {"channels_last": bool(cfg.channels_last)}
     if cfg.model_width is not None:
         kw["hidden" if cfg.model == "mlp" else ("channels" if cfg.model == "small_cnn"
                                                  else "width")] = cfg.model_width

@@ -88,9 +88,10 @@ def test_committed_checkpoints_load_and_match_their_results(path):
         assert TrainConfig.from_dict(meta["config"]).resolved().run_name()
 
 
-def test_committed_metadata_regenerates_its_checkpoint():
-    """A shipped checkpoint's metadata is enough to train it again, bit for bit (moons)."""
-    meta_path = next((ROOT / "checkpoints" / "moons").glob("*natural*/model.json"))
+@pytest.mark.parametrize("dataset", ["moons", "digits"])
+def test_committed_metadata_regenerates_its_checkpoint(dataset):
+    """A shipped checkpoint's metadata is enough to train it again, bit for bit."""
+    meta_path = next((ROOT / "checkpoints" / dataset).glob("*natural*/model.json"))
     model, meta = load_checkpoint(meta_path.parent)
     again = train(TrainConfig.from_dict(meta["config"]))
     for k, v in model.state_dict().items():

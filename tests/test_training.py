@@ -163,3 +163,17 @@ def test_same_seed_same_weights(moons):
 def test_invalid_settings_are_clear_errors(kw, match):
     with pytest.raises(ConfigError, match=match):
         TrainConfig(**kw).resolved()
+
+
+def test_channels_last_is_an_opt_in_recorded_setting(digits):
+    plain = Trainer(TrainConfig(dataset="digits", method="natural", max_steps=1), dataset=digits)
+    fast = Trainer(TrainConfig(dataset="digits", method="natural", max_steps=1,
+                               channels_last=True), dataset=digits)
+    conv = lambda m: next(p for p in m.parameters() if p.dim() == 4 and p.shape[1] > 1)
+    assert not conv(plain.model).is_contiguous(memory_format=torch.channels_last)
+    assert conv(fast.model).is_contiguous(memory_format=torch.channels_last)
+    assert plain.cfg.fingerprint() != fast.cfg.fingerprint()
+    # off is the default, and leaves the fingerprint of runs made before the setting existed
+    d = plain.cfg.to_dict()
+    d.pop("channels_last")
+    assert TrainConfig.from_dict(d).resolved().fingerprint() == plain.cfg.fingerprint()
