@@ -57,6 +57,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in the run folder "
                    "from its last saved epoch (default: off)")
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: 1 "
+                   "on machines with at most 4 cores, where more threads spin against each "
+                   "other on these small models; else torch's own choice)")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -75,6 +78,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values).resolved()
 
 
+def set_threads(threads: Optional[int]) -> None:
+    import os
+
+    import torch
+
+    if threads is None and (os.cpu_count() or 1) <= 4:
+        threads = 1
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -83,6 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     cfg = config_from_args(args)
+    set_threads(args.threads)
     run_dir = Path(args.out) / sanitize_name(args.name or cfg.run_name())
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints (and writes)
     if (run_dir / "model.json").exists() and not args.resume:
