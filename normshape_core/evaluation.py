@@ -513,6 +513,15 @@ def _df_from_rows(rows: List[Dict[str, Any]]) -> pd.DataFrame:
     return _typed(pd.DataFrame(rows, columns=list(ROW_KEYS)))
 
 
+def _trained_dataset(meta: Dict[str, Any], checkpoint, dataset_name: Optional[str]) -> str:
+    """The dataset a checkpoint was trained on; a different ``dataset_name`` is a ConfigError."""
+    trained_on = meta.get("config", {}).get("dataset") or meta.get("dataset")
+    if dataset_name is not None and dataset_name != trained_on:
+        raise ConfigError(f"checkpoint {checkpoint} was trained on {trained_on!r}, not "
+                          f"{dataset_name!r}")
+    return trained_on
+
+
 def load_for_evaluation(checkpoint: Union[str, Path], dataset_name: Optional[str] = None,
                         device: Optional[str] = None):
     """(model, meta, dataset) for a checkpoint; the dataset is the one it was trained on,
@@ -525,10 +534,7 @@ def load_for_evaluation(checkpoint: Union[str, Path], dataset_name: Optional[str
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
     cfg = meta.get("config", {})
-    trained_on = cfg.get("dataset") or meta.get("dataset")
-    if dataset_name is not None and dataset_name != trained_on:
-        raise ConfigError(f"checkpoint {checkpoint} was trained on {trained_on!r}, not "
-                          f"{dataset_name!r}")
+    trained_on = _trained_dataset(meta, checkpoint, dataset_name)
     dataset = load_dataset(trained_on, root=cfg.get("data_root"), seed=cfg.get("seed", 0))
     return model, meta, dataset
 
@@ -542,9 +548,8 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     Results are cached in ``<weights stem>.eval.json`` beside the checkpoint, keyed by the
     weights' SHA-256 and the settings' hash, and reused when both match. Returns (df, meta);
     ``df.attrs["cached"]`` says whether the numbers came from the cache."""
-    from .checkpoints import atomic_write_json
-
-    from .checkpoints import CheckpointError, read_meta, resolve_paths, sha256_file
+    from .checkpoints import (CheckpointError, atomic_write_json, read_meta, resolve_paths,
+                              sha256_file)
 
     # A cache hit needs neither the model nor the dataset: read the metadata only, check the
     # weights on disk are the ones the metadata (and so the cache key) describes.
@@ -553,10 +558,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
     cfg = meta.get("config", {})
-    trained_on = cfg.get("dataset") or meta.get("dataset")
-    if dataset_name is not None and dataset_name != trained_on:
-        raise ConfigError(f"checkpoint {checkpoint} was trained on {trained_on!r}, not "
-                          f"{dataset_name!r}")
+    _trained_dataset(meta, checkpoint, dataset_name)  # a wrong --dataset is an error
     if settings.get("eps") is None:
         settings["eps"] = cfg.get("eps") or 8 / 255
     values = EvalSettings().to_dict()
