@@ -154,21 +154,20 @@ def lesson_iii(ck, n: int, seed: int) -> None:
     modes = list(r["modes"])
     colors = [ui.PN_COLOR if m == "PN" else ui.BN_COLOR if m == "BN" else SHAPED_DARK
               for m in modes]
+    def bars(key: str) -> go.Figure:
+        vals = [r["modes"][m][key] for m in modes]
+        return go.Figure(go.Bar(x=modes, y=vals, marker_color=colors,
+                                text=[f"{v:.3f}" for v in vals], textposition="outside"))
+
     c1, c2 = st.columns(2)
     with c1:
-        vals = [r["modes"][m]["mean_l2"] for m in modes]
-        fig = go.Figure(go.Bar(x=modes, y=vals,
-                               marker_color=colors, text=[f"{v:.3f}" for v in vals],
-                               textposition="outside"))
+        fig = bars("mean_l2")
         fig.update_layout(yaxis_title="mean L2 size of the perturbation (input units)",
                           xaxis_title="crafted with (the norms of every PGD step)")
         ui.show(fig, key="c3_l2", title=f"Perturbation size, PGD-{r['steps']} eps {r['eps']:g}",
                 height=420, legend=False)
     with c2:
-        vals = [r["modes"][m]["straightness"] for m in modes]
-        fig = go.Figure(go.Bar(x=modes, y=vals,
-                               marker_color=colors, text=[f"{v:.3f}" for v in vals],
-                               textposition="outside"))
+        fig = bars("straightness")
         fig.update_layout(yaxis_title="straightness |x(K)-x(0)| / path length (1 = straight)",
                           xaxis_title="crafted with (the norms of every PGD step)",
                           yaxis_range=[0, 1.1])
