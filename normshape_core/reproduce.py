@@ -37,7 +37,7 @@ REPRO_N_TEST = {"moons": 1000, "spirals": 1000, "digits": 397, "fashion_mnist": 
 # rows per test sample. 0 = not computed.
 REPRO_WORST: Dict[str, Dict[str, int]] = {
     "digits": dict(table_iv_n_test=100),
-    "fashion_mnist": dict(n_test=200, n_target_classes=3, table_iv_n_test=0),
+    "fashion_mnist": dict(n_test=100, n_target_classes=3, table_iv_n_test=0),
 }
 #: the ensemble of every worst-case number in the report
 WORST_ENSEMBLE = "autoattack"
