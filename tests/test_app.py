@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 from _app_checkpoints import checkpoint_root
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
+APP = str(ROOT / "normshape_app" / "app.py")
 TIMEOUT = 120  # first views compute (evaluations, PGD traces) on two shared cores
 
 
@@ -162,7 +162,7 @@ def test_decision_boundaries_change_with_the_shaped_ratio(app):
     assert right2["layout"]["title"]["text"] == "Classified with shaped inference 1:1"
     assert right["data"][0]["z"] != right2["data"][0]["z"]
     # PN's colour on the left, BN's on the right, on every page
-    import normshape_ui as ui
+    from normshape_app import ui
     assert figures(at)[0]["data"][1]["line"]["color"] == ui.PN_COLOR
     assert right2["data"][1]["line"]["color"] == ui.BN_COLOR
 

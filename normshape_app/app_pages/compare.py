@@ -5,7 +5,7 @@ import pandas as pd
 import streamlit as st
 from plotly.subplots import make_subplots
 
-import normshape_ui as ui
+from normshape_app import ui
 from normshape_core import jobs
 from normshape_core.evaluation import table_iii, table_like_paper
 

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import streamlit as st
 
-APP_ROOT = Path(__file__).resolve().parent
+APP_ROOT = Path(__file__).resolve().parents[1]  # the source tree (relative folders)
 
 # ---------------------------------------------------------------- colours (every page)
 PN_COLOR = "#1f6fb4"       # PN: population norms (running statistics)
@@ -403,7 +403,7 @@ def shaped_grid_row(ck: "Ckpt", ratios: Sequence[str], attack: str = "pgd", **se
 
 # ---------------------------------------------------------------- the pages' default evaluations
 # One place for the settings of the evaluations the pages show first, so that
-# ``python -m normshape_ui warm`` can compute them beside the shipped checkpoints (the
+# ``python -m normshape_app.ui warm`` can compute them beside the shipped checkpoints (the
 # evaluation module's disk cache, keyed by weights' SHA-256 and settings) and a first view
 # reads numbers instead of computing them.
 INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
@@ -527,7 +527,7 @@ def metric_label(key: str) -> str:
 # ---------------------------------------------------------------- warm the disk caches
 def warm(dirs: Optional[Sequence[str]] = None) -> None:
     """Compute the pages' default evaluations for every checkpoint (``python -m
-    normshape_ui warm [DIR ...]``); results land in each checkpoint's ``model.eval.json``."""
+    normshape_app.ui warm [DIR ...]``); results land in each checkpoint's ``model.eval.json``."""
     import sys
 
     from normshape_core.checkpoints import find_checkpoints
@@ -563,6 +563,6 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) < 2 or sys.argv[1] != "warm":
-        print("usage: python -m normshape_ui warm [CHECKPOINT_DIR ...]", file=sys.stderr)
+        print("usage: python -m normshape_app.ui warm [CHECKPOINT_DIR ...]", file=sys.stderr)
         sys.exit(2)
     warm(sys.argv[2:] or None)

@@ -5,7 +5,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-import normshape_ui as ui
+from normshape_app import ui
 from normshape_core.evaluation import table_iv, training_label
 
 INFERENCE_RATIOS = ui.INFERENCE_RATIOS

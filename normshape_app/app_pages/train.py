@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-import normshape_ui as ui
+from normshape_app import ui
 from normshape_core import jobs
 from normshape_core.config import ConfigError, TrainConfig
 from normshape_core.data import DATASETS, dataset_status

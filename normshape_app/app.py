@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import normshape_ui as ui
+from normshape_app import ui
 
 st.set_page_config(page_title="normshape: Batch-Norm Shaping lab", page_icon=":material/tune:",
                    layout="wide")
