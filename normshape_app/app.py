@@ -93,9 +93,9 @@ def home() -> None:
                    "the examples crafted with PN and classified with PN. The Compare page "
                    "evaluates each checkpoint under every pairing of norms.")
     for err in ui.checkpoint_errors():
-        st.warning(f"Skipped an unreadable checkpoint: {err}")
-    st.caption(f"Device in use: {ui.device_text()}. Checkpoint folders: "
-               + ", ".join(f"`{d}`" for d in ui.checkpoint_dirs()) + ".")
+        st.warning(f"Skipped an unreadable checkpoint: {ui.public_text(err)}")
+    st.caption(f"Device in use: {ui.device_text()}. Checkpoints from "
+               + ", ".join(ui.folder_label(d) for d in ui.checkpoint_dirs()) + ".")
 
     st.subheader("Where to go next")
     nxt = [("app_pages/train.py", "Train", "train a run in the background, watch its curves"),
@@ -141,5 +141,5 @@ with st.sidebar:
 try:
     page.run()
 except ui.USER_ERRORS as e:  # a checkpoint or dataset that cannot be used: say so, go on
-    st.error(f"This cannot be shown: {e}")
+    st.error(f"This cannot be shown: {ui.public_text(e)}")
     st.caption("Choose another checkpoint or setting; the rest of the app keeps working.")

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import streamlit as st
 
-APP_ROOT = Path(__file__).resolve().parents[1]  # the source tree (relative folders)
+from normshape_app import PACKAGE_DIR
+from normshape_core import userdata
+
+SOURCE_ROOT = PACKAGE_DIR.parent  # the source tree, when the app runs from a checkout
+
 
 # ---------------------------------------------------------------- colours (every page)
 PN_COLOR = "#1f6fb4"       # PN: population norms (running statistics)
@@ -36,24 +41,63 @@ def norm_color(label: str) -> str:
 
 
 # ---------------------------------------------------------------- folders
-def _env_dirs(var: str, default: Sequence[str]) -> List[Path]:
-    raw = os.environ.get(var)
-    items = [p for p in raw.split(os.pathsep) if p.strip()] if raw else list(default)
-    return [(Path(p) if Path(p).is_absolute() else APP_ROOT / p) for p in items]
+def shipped_checkpoints_dir() -> Path:
+    """The checkpoints that come with normshape (read-only inputs, results included): inside
+    the installed package, or ``checkpoints/`` of the source tree."""
+    inside = PACKAGE_DIR / "checkpoints"
+    return inside if inside.is_dir() else SOURCE_ROOT / "checkpoints"
+
+
+def _env_dirs(var: str) -> List[Path]:
+    raw = os.environ.get(var, "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
 def runs_dir() -> Path:
-    """Where the Train page puts new runs (``NORMSHAPE_RUNS_DIR``, default ``runs``)."""
-    return _env_dirs("NORMSHAPE_RUNS_DIR", ["runs"])[0]
+    """Where the Train page puts new runs: ``NORMSHAPE_RUNS_DIR``, default ``runs/`` in the
+    user's folder (``userdata``)."""
+    return (_env_dirs("NORMSHAPE_RUNS_DIR") or [userdata.runs_dir()])[0]
+
+
+def uploads_dir() -> Path:
+    """Where accepted uploads are stored: ``uploads/`` in the user's folder."""
+    return userdata.uploads_dir()
 
 
 def checkpoint_dirs() -> List[Path]:
-    """Folders searched for checkpoints: ``NORMSHAPE_CHECKPOINT_DIRS`` (os.pathsep-separated,
-    default ``checkpoints`` and ``runs``), plus the runs folder so new runs always show."""
-    dirs = _env_dirs("NORMSHAPE_CHECKPOINT_DIRS", ["checkpoints", "runs"])
-    if runs_dir() not in dirs:
-        dirs.append(runs_dir())
+    """Folders searched for checkpoints: ``NORMSHAPE_CHECKPOINT_DIRS`` (os.pathsep-separated;
+    default: the shipped checkpoints), plus the runs and uploads folders so that new runs and
+    uploads always show."""
+    dirs = _env_dirs("NORMSHAPE_CHECKPOINT_DIRS") or [shipped_checkpoints_dir()]
+    for d in (runs_dir(), uploads_dir()):
+        if d not in dirs:
+            dirs.append(d)
     return dirs
+
+
+def folder_label(d: Path) -> str:
+    """What a folder is, for the page: never the server's path."""
+    if d == shipped_checkpoints_dir():
+        return "the shipped checkpoints"
+    if d == runs_dir():
+        return "your runs"
+    if d == uploads_dir():
+        return "your uploads"
+    return f"the folder {d.name!r}"
+
+
+# An absolute path (or ~/...) not inside a word or a URL: /tmp/x/model.json, ~/.local/share/x.
+_PATH = re.compile(r"(?<![\w.:/~])~?(?:/[^\s/:'\"`,;()\[\]]+)+/?")
+
+
+def public_text(message: Any) -> str:
+    """A message fit to show a user: every absolute path of the server becomes its last part
+    (``/tmp/abc/.incoming-1/model.safetensors`` -> ``model.safetensors``)."""
+    def last(m: "re.Match") -> str:
+        parts = [p for p in m.group(0).split("/") if p and p != "~"]
+        return parts[-1] if parts else m.group(0)
+
+    return _PATH.sub(last, str(message))
 
 
 def _set_threads() -> None:
@@ -70,17 +114,30 @@ _set_threads()
 
 
 def max_upload_mb() -> int:
-    """Largest accepted upload per file (``NORMSHAPE_MAX_UPLOAD_MB``, default 256: a wide
-    ResNet-34-10 is about 185 MB)."""
-    return int(os.environ.get("NORMSHAPE_MAX_UPLOAD_MB", "256"))
+    """Largest accepted upload per file, in MB: Streamlit's ``server.maxUploadSize``, set in
+    ``normshape_app/.streamlit/config.toml`` (256: a wide ResNet-34-10 is about 185 MB), so
+    the server, the upload widget and the check below always agree."""
+    return int(st.get_option("server.maxUploadSize"))
 
 
 MAX_META_BYTES = 1 << 20
 
 
-def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload") -> Path:
-    """Validate an uploaded checkpoint and store it under ``<runs>/uploads/``; returns its
-    folder. Raises ValueError (CheckpointError included) with a one-line reason.
+@dataclass(frozen=True)
+class Upload:
+    """An accepted upload: the checkpoint's id on the pages, and whether it was stored (False:
+    the same weights were already there, under ``name``)."""
+
+    name: str
+    stored: bool
+
+
+def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
+                      known: Optional[Dict[str, str]] = None) -> Upload:
+    """Validate an uploaded checkpoint and store it under the uploads folder, unless its
+    weights (SHA-256) are those of a checkpoint already known (``known``: SHA-256 -> id), which
+    is then used as is. Raises ValueError (CheckpointError included) with a one-line reason
+    that names no server path.
 
     Nothing is unpickled: the metadata is JSON, the weights safetensors checked against the
     SHA-256 in the metadata and loaded into the model the metadata describes. The folder name
@@ -89,14 +146,18 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload") -> 
     import secrets
     import shutil
 
-    from normshape_core.checkpoints import atomic_write_json, load_checkpoint
-    from normshape_core.config import sanitize_name
+    from normshape_core.checkpoints import (CheckpointError, atomic_write_json, load_checkpoint,
+                                            sha256_bytes)
+    from normshape_core.config import ConfigError, TrainConfig, sanitize_name
 
     if len(weights) > max_upload_mb() * (1 << 20):
         raise ValueError(f"weights file is larger than {max_upload_mb()} MB")
     if weights[:2] == b"PK" or weights[:1] == b"\x80":
         raise ValueError("the weights file is a pickle / torch.save file; pickles can run "
                          "code and are never opened here. Save the weights with safetensors.")
+    sha = sha256_bytes(weights)
+    if known and sha in known:
+        return Upload(known[sha], stored=False)
     if len(meta) > MAX_META_BYTES:
         raise ValueError("metadata file is larger than 1 MB: not a normshape model.json")
     try:
@@ -105,24 +166,31 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload") -> 
         raise ValueError(f"metadata is not valid JSON ({e})") from None
     if not isinstance(meta_obj, dict) or not isinstance(meta_obj.get("config"), dict):
         raise ValueError("metadata is not a normshape checkpoint (no training config)")
+    try:  # known dataset, model, method, ...: the pages show these values
+        TrainConfig.from_dict(meta_obj["config"]).validate()
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ValueError(f"the training config in the metadata is not valid: {e}") from None
     meta_obj["config"]["data_root"] = None  # never follow a path that came with an upload
     meta_obj["config"]["device"] = "auto"
     meta_obj["weights_file"] = "model.safetensors"
-    root = runs_dir() / "uploads"
+    root = uploads_dir()
     root.mkdir(parents=True, exist_ok=True)
     incoming = root / f".incoming-{secrets.token_hex(4)}"
     incoming.mkdir()
     try:
         (incoming / "model.safetensors").write_bytes(weights)
         atomic_write_json(incoming / "model.json", meta_obj)
-        load_checkpoint(incoming)  # raises CheckpointError: format, SHA-256, shapes
+        try:
+            load_checkpoint(incoming)  # format, SHA-256, shapes
+        except CheckpointError as e:
+            raise ValueError(e.problem) from None  # the problem, without the temporary folder
         name = sanitize_name(str(meta_obj.get("run_name") or Path(filename).stem))[:80]
-        dest = root / f"{name}-{str(meta_obj['weights_sha256'])[:8]}"
+        dest = root / f"{name}-{sha[:8]}"
         if (dest / "model.json").exists():  # the same weights were uploaded before
             shutil.rmtree(incoming)
-            return dest
+            return Upload(dest.name, stored=False)
         os.replace(incoming, dest)
-        return dest
+        return Upload(dest.name, stored=True)
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
@@ -364,7 +432,8 @@ def cached_result(key: Tuple, compute, label: str):
 
 def evaluation(ck: "Ckpt", label: Optional[str] = None, **settings):
     """``evaluation.evaluate_checkpoint`` on a checkpoint, memoised by (weights' SHA-256,
-    settings) here and on disk beside the checkpoint (when its folder is writable)."""
+    settings) here and on disk: read beside the checkpoint (the shipped results) or from the
+    user's folder, written to the user's folder (when it is writable)."""
     import json as _json
 
     from normshape_core.evaluation import evaluate_checkpoint
@@ -374,7 +443,7 @@ def evaluation(ck: "Ckpt", label: Optional[str] = None, **settings):
     def compute(progress):
         try:
             df, _ = evaluate_checkpoint(ck.path, progress=progress, **settings)
-        except OSError:  # read-only checkpoint folder: evaluate without the disk cache
+        except OSError:  # the user's folder is not writable: evaluate without the disk cache
             df, _ = evaluate_checkpoint(ck.path, progress=progress,
                                         use_cache=False, **settings)
         return df
@@ -404,8 +473,8 @@ def shaped_grid_row(ck: "Ckpt", ratios: Sequence[str], attack: str = "pgd", **se
 # ---------------------------------------------------------------- the pages' default evaluations
 # One place for the settings of the evaluations the pages show first, so that
 # ``python -m normshape_app.ui warm`` can compute them beside the shipped checkpoints (the
-# evaluation module's disk cache, keyed by weights' SHA-256 and settings) and a first view
-# reads numbers instead of computing them.
+# evaluation module's disk cache, keyed by weights' SHA-256 and settings, read-only for the
+# app) and a first view reads numbers instead of computing them.
 INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
 COMPARE_ATTACKS = ["pgd", "fgsm", "shaping", "adaptive_exact"]
 
@@ -503,7 +572,7 @@ def prefer_2d_shaped(c: Ckpt):
 
 
 def no_checkpoints_message(what: str = "checkpoints") -> None:
-    dirs = ", ".join(f"`{d}`" for d in checkpoint_dirs())
+    dirs = ", ".join(folder_label(d) for d in checkpoint_dirs())
     st.info(f"No {what} found in {dirs}. Train one on the **Train** page (a moons run takes "
             "about ten seconds), or point `NORMSHAPE_CHECKPOINT_DIRS` at a folder of run folders.")
 
@@ -527,14 +596,15 @@ def metric_label(key: str) -> str:
 # ---------------------------------------------------------------- warm the disk caches
 def warm(dirs: Optional[Sequence[str]] = None) -> None:
     """Compute the pages' default evaluations for every checkpoint (``python -m
-    normshape_app.ui warm [DIR ...]``); results land in each checkpoint's ``model.eval.json``."""
+    normshape_app.ui warm [DIR ...]``, default: the shipped checkpoints); results land beside
+    each checkpoint, in its ``model.eval.json``, where the app reads them."""
     import sys
 
     from normshape_core.checkpoints import find_checkpoints
     from normshape_core.data import load_dataset as _load
-    from normshape_core.evaluation import evaluate_checkpoint
+    from normshape_core.evaluation import BESIDE, evaluate_checkpoint
 
-    infos, errors = find_checkpoints(*(dirs or [str(d) for d in checkpoint_dirs()]))
+    infos, errors = find_checkpoints(*(dirs or [str(shipped_checkpoints_dir())]))
     for e in errors:
         print(f"skipped: {e}", file=sys.stderr)
     sizes: Dict[str, int] = {}
@@ -552,7 +622,7 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
                               **grid_settings(n200, 20)))
         for settings in jobs_:
             try:
-                df, _ = evaluate_checkpoint(info.path, **settings)
+                df, _ = evaluate_checkpoint(info.path, cache_dir=BESIDE, **settings)
                 print(f"{info.path.name}: {settings['attacks']} x {settings['classify']}: "
                       f"{'cached' if df.attrs.get('cached') else 'computed'}")
             except Exception as e:  # one bad checkpoint must not stop the others

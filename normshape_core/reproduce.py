@@ -120,7 +120,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
                  log=print) -> Dict[str, Any]:
     """Evaluate the trained set; every robust number names crafted-with / classified-with."""
     from .checkpoints import read_meta
-    from .evaluation import evaluate_checkpoint, rows_of
+    from .evaluation import BESIDE, evaluate_checkpoint, rows_of
 
     n_test = n_test or REPRO_N_TEST.get(dataset, 1000)
     results: Dict[str, Any] = {"dataset": dataset, "seed": seed, "n_test": n_test, "runs": {}}
@@ -133,9 +133,10 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
         if key not in runs:
             continue
         t0 = time.time()
+        # beside the checkpoints: the shipped results that the app reads
         df, meta = evaluate_checkpoint(runs[key], dataset_name=dataset, device=device,
                                        attacks=attacks, classify=classify, n_test=n_test,
-                                       seed=seed, progress=False)
+                                       seed=seed, progress=False, cache_dir=BESIDE)
         entry = results["runs"].setdefault(key, {"checkpoint": str(runs[key]),
                                                  "weights_sha256": meta["weights_sha256"],
                                                  "config": meta["config"], "rows": []})

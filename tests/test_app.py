@@ -26,6 +26,7 @@ def ckpt_root():
 def app(ckpt_root, tmp_path, monkeypatch):
     monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ckpt_root))
     monkeypatch.setenv("NORMSHAPE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))  # caches and uploads
     monkeypatch.setenv("NORMSHAPE_JOB_THREADS", "1")
     # The app sets torch's thread count once per process; keep the test process's own.
     import torch
@@ -239,27 +240,65 @@ def test_a_failed_run_shows_its_error_and_the_app_keeps_working(app, tmp_path):
 def test_upload_is_validated_before_use(app, ckpt_root, tmp_path):
     src = ckpt_root / "moons-natural"
     weights, meta = (src / "model.safetensors").read_bytes(), (src / "model.json").read_bytes()
+    uploads = tmp_path / "home" / "uploads"
     at = app("app_pages/compare.py")
     up = at.file_uploader(key="cmp_upload")
     up.set_value([("model.safetensors", weights[:-10], "application/octet-stream"),
                   ("model.json", meta, "application/json")]).run()
-    assert any("Not accepted" in e.value for e in at.error)
-    assert not (tmp_path / "runs" / "uploads").exists() or not any(
-        p.name.startswith("moons") for p in (tmp_path / "runs" / "uploads").iterdir())
+    errors = [e.value for e in at.error]
+    assert any("Not accepted" in e for e in errors)
+    assert not any(str(tmp_path) in e or "/tmp" in e or ".incoming" in e for e in errors), errors
+    assert not uploads.exists() or not any(p.name.startswith("moons") for p in uploads.iterdir())
     pickle_like = b"\x80\x04\x95" + b"\x00" * 100
     at.file_uploader(key="cmp_upload").set_value(
         [("model.safetensors", pickle_like, "application/octet-stream"),
          ("model.json", meta, "application/json")]).run()
     assert any("pickle" in e.value for e in at.error)
+    bad = json.loads(meta)
+    bad["config"]["method"] = "**<b>x</b>**"
     at.file_uploader(key="cmp_upload").set_value(
         [("model.safetensors", weights, "application/octet-stream"),
-         ("model.json", meta, "application/json")]).run()
-    assert not at.exception
-    assert any("Accepted" in s.value for s in at.success)
-    stored = [p for p in (tmp_path / "runs" / "uploads").iterdir() if not p.name.startswith(".")]
+         ("model.json", json.dumps(bad).encode(), "application/json")]).run()
+    # these weights are known: recognised by their SHA-256 before the metadata matters
+    assert any("moons-natural" in s.value and "nothing was stored" in s.value
+               for s in at.success), [s.value for s in at.success]
+    assert not uploads.exists() or not [p for p in uploads.iterdir()
+                                        if not p.name.startswith(".")]
+
+
+def test_an_upload_is_stored_once_in_the_user_folder(app, tmp_path):
+    """A checkpoint that is not listed yet is stored under the user's uploads folder (never in
+    the source tree) and listed everywhere; the same weights uploaded again are recognised."""
+    import torch
+
+    from normshape_core.checkpoints import save_checkpoint
+    from normshape_core.config import TrainConfig
+    from normshape_core.models import build_model
+
+    torch.manual_seed(1)
+    cfg = TrainConfig(dataset="moons", model="mlp", method="natural", epochs=1)
+    src = tmp_path / "elsewhere" / "fresh"
+    save_checkpoint(src, build_model("mlp", (2,), 2),
+                    {"config": cfg.to_dict(), "run_name": "fresh", "dataset": "moons",
+                     "input_shape": [2], "num_classes": 2})
+    weights, meta = (src / "model.safetensors").read_bytes(), (src / "model.json").read_bytes()
+    bad = json.loads(meta)
+    bad["config"]["method"] = "**<b>x</b>**"
+    at = app("app_pages/compare.py")
+    at.file_uploader(key="cmp_upload").set_value(
+        [("model.safetensors", weights, "application/octet-stream"),
+         ("model.json", json.dumps(bad).encode(), "application/json")]).run()
+    assert any("training config in the metadata is not valid" in e.value for e in at.error)
+    uploads = tmp_path / "home" / "uploads"
+    for _ in range(2):
+        at.file_uploader(key="cmp_upload").set_value(
+            [("model.safetensors", weights, "application/octet-stream"),
+             ("model.json", meta, "application/json")]).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+    stored = [p for p in uploads.iterdir() if not p.name.startswith(".")]
     assert len(stored) == 1 and (stored[0] / "model.json").exists()
-    meta_stored = json.loads((stored[0] / "model.json").read_text())
-    assert meta_stored["config"]["data_root"] is None
+    assert json.loads((stored[0] / "model.json").read_text())["config"]["data_root"] is None
+    assert any("nothing was stored" in s.value for s in at.success)  # the second time
     assert stored[0].name in set(app().dataframe[0].value["checkpoint"])
 
 

@@ -82,12 +82,16 @@ def upload_section() -> None:
         st.error("Upload exactly one .safetensors file and its .json metadata.")
         return
     try:
-        ck_dir = ui.import_checkpoint(weights[0].getvalue(), metas[0].getvalue(),
-                                      weights[0].name)
+        up = ui.import_checkpoint(weights[0].getvalue(), metas[0].getvalue(), weights[0].name,
+                                  known={c.sha: c.id for c in ui.checkpoints()})
     except ValueError as e:
-        st.error(f"Not accepted: {e}")
+        st.error(f"Not accepted: {ui.public_text(e)}")
         return
-    st.success(f"Accepted and stored as `{ck_dir.name}`: it is now listed on every page.")
+    if up.stored:
+        st.success(f"Accepted and stored as `{up.name}`: it is now listed on every page.")
+    else:
+        st.success(f"Accepted: these weights are those of `{up.name}` (same SHA-256), already "
+                   "listed on every page; nothing was stored again.")
 
 
 st.title("Compare checkpoints")
