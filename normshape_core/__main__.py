@@ -1,4 +1,5 @@
-"""Command line: ``python -m normshape_core train | evaluate | grid | diagnose | reproduce``.
+"""Command line: ``python -m normshape_core train | evaluate | grid | diagnose | reproduce``
+(the installed ``normshape`` command has the same subcommands, plus ``normshape app``).
 
 Invalid input exits with status 2 and one clear line, never a traceback.
 """
@@ -119,11 +120,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m normshape_core",
+def build_parser(prog: str = "python -m normshape_core") -> argparse.ArgumentParser:
+    """The parser of every subcommand; ``parser.subcommands`` is where a front end (the
+    ``normshape`` command) adds its own."""
+    parser = OneLineParser(prog=prog,
                            description="Batch-Norm Shaping in adversarial training: train, "
                                        "evaluate, grid (Table IV), diagnose, reproduce.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    parser.subcommands = sub
     p = sub.add_parser("train", help="train one run and write its checkpoint")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
@@ -154,11 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None,
+         parser: Optional[argparse.ArgumentParser] = None) -> int:
     from .checkpoints import CheckpointError
     from .data import DatasetUnavailable
 
-    parser = build_parser()
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
