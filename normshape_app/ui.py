@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import streamlit as st
 
@@ -88,6 +88,21 @@ def folder_label(d: Path) -> str:
 
 # An absolute path (or ~/...) not inside a word or a URL: /tmp/x/model.json, ~/.local/share/x.
 _PATH = re.compile(r"(?<![\w.:/~])~?(?:/[^\s/:'\"`,;()\[\]]+)+/?")
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` shown as itself where Streamlit renders Markdown (``st.table`` cells and
+    headers, tab labels): every Markdown character escaped, so no name is read as markup."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+def css_text(text: Any) -> str:
+    """``text`` fit for a CSS string (pandas' cell tooltips): no quote, backslash, newline or
+    angle bracket that could end the string or the style block."""
+    return re.sub(r"[\"'\\\n\r<>{}]", " ", str(text))
 
 
 def public_text(message: Any) -> str:
@@ -239,6 +254,10 @@ class Ckpt:
         polluted = ", polluted PN" if c.get("polluted_running_stats") else ""
         return f"{c['method'].upper()} {mode}{polluted}"
 
+    def column_name(self) -> str:
+        """A column header that tells checkpoints apart: run name and training label."""
+        return f"{self.id} ({self.tag()})"
+
     def short(self) -> str:
         """dataset / method / training mode / ratio, in the paper's words."""
         c = self.config
@@ -250,7 +269,12 @@ class Ckpt:
             if c["shaping"] != "none":
                 mode += f" {c['ratio']}"
             mode = f"{c['method'].upper()}, {mode}"
-        return f"{c['dataset']}: {mode}, eps {c['eps']:g}"
+        return f"{c['dataset']}: {mode}, eps {eps_text(c)}"
+
+
+def eps_text(config: Dict[str, Any]) -> str:
+    """A training config's eps (none for a natural run that never set it)."""
+    return "-" if config.get("eps") is None else f"{config['eps']:g}"
 
 
 def _signature(dirs: Sequence[Path]) -> Tuple:
@@ -430,44 +454,162 @@ def cached_result(key: Tuple, compute, label: str):
     return value
 
 
+@dataclass(frozen=True)
+class Part:
+    """One part of a multi-part computation, kept in the result store under ``key``."""
+
+    key: Tuple
+    label: str  # what is running, in words: "moons-mlp-natural-s0: PGD-20"
+    compute: Callable[[Callable[..., None]], Any]  # compute(progress(done, total, what))
+
+
+def _cancel(state_key: str, job: str) -> None:
+    st.session_state[state_key] = job
+
+
+def _progress_text(title: str, k: int, n: int, label: str, done: int, total: int,
+                   elapsed: float, frac: float) -> str:
+    from normshape_core.jobs import format_seconds
+
+    left = (f"about {format_seconds(elapsed * (1 - frac) / frac)} left"
+            if frac > 0.02 and elapsed > 2 else "estimating the time left")
+    step = f", step {done} of {total}" if total > 1 else ""
+    return f"{title}: {k} of {n}, {label}{step}; {left}"
+
+
+def compute_parts(parts: Sequence[Part], title: str, key: str) -> List[Any]:
+    """The value of every part, in order. The parts not stored yet are computed one after the
+    other under one progress bar that says "k of N", what is running and the time left,
+    beside a **Cancel** button. After a cancel the parts computed so far are kept, the page
+    says how many and offers **Continue**, and the script stops there."""
+    import hashlib
+    import time
+
+    store = result_store()
+    values = [store.get(p.key) for p in parts]
+    todo = [i for i, v in enumerate(values) if v is None]
+    if not todo:
+        return values
+    job = hashlib.sha256(repr([p.key for p in parts]).encode()).hexdigest()[:16]
+    state_key = f"{key}_cancelled"
+    if st.session_state.get(state_key) == job:
+        with st.container(border=True):
+            st.warning(f"{title}: stopped. {len(parts) - len(todo)} of {len(parts)} parts are "
+                       f"computed and kept; {len(todo)} are missing.")
+            if st.button("Continue", key=f"{key}_continue", type="primary"):
+                del st.session_state[state_key]
+                st.rerun()
+        st.stop()
+    slot = st.empty()  # emptied when done: no stale bar is left on the page
+    box = slot.container(border=True)
+    bar = box.progress(0.0, text=f"{title}: 1 of {len(todo)} ...")
+    box.button("Cancel", key=f"{key}_cancel", on_click=_cancel, args=(state_key, job),
+               help="Stop after the current step; the parts computed so far are kept")
+    t0, n = time.monotonic(), len(todo)
+    try:
+        for k, i in enumerate(todo, start=1):
+            part = parts[i]
+
+            def progress(done: int, total: int, what: str = "", _k=k, _part=part) -> None:
+                frac = (_k - 1 + min(1.0, done / max(total, 1))) / n
+                bar.progress(frac, text=_progress_text(title, _k, n, _part.label, done, total,
+                                                       time.monotonic() - t0, frac))
+
+            progress(0, 1)
+            values[i] = part.compute(progress)
+            store.put(part.key, values[i])
+    finally:
+        slot.empty()
+    return values
+
+
+def _evaluation_key(ck: "Ckpt", settings: Dict) -> Tuple:
+    import json as _json
+
+    return ("evaluation", ck.sha, _json.dumps(settings, sort_keys=True, default=str))
+
+
+def _evaluate(ck: "Ckpt", settings: Dict, progress) -> Any:
+    from normshape_core.evaluation import evaluate_checkpoint
+
+    try:
+        df, _ = evaluate_checkpoint(ck.path, progress=progress, **settings)
+    except OSError:  # the user's folder is not writable: evaluate without the disk cache
+        df, _ = evaluate_checkpoint(ck.path, progress=progress, use_cache=False, **settings)
+    return df
+
+
 def evaluation(ck: "Ckpt", label: Optional[str] = None, **settings):
     """``evaluation.evaluate_checkpoint`` on a checkpoint, memoised by (weights' SHA-256,
     settings) here and on disk: read beside the checkpoint (the shipped results) or from the
     user's folder, written to the user's folder (when it is writable)."""
-    import json as _json
-
-    from normshape_core.evaluation import evaluate_checkpoint
-
-    key = ("evaluation", ck.sha, _json.dumps(settings, sort_keys=True, default=str))
-
-    def compute(progress):
-        try:
-            df, _ = evaluate_checkpoint(ck.path, progress=progress, **settings)
-        except OSError:  # the user's folder is not writable: evaluate without the disk cache
-            df, _ = evaluate_checkpoint(ck.path, progress=progress,
-                                        use_cache=False, **settings)
-        return df
-
-    return cached_result(key, compute, label or f"Evaluating {ck.id}")
+    return cached_result(_evaluation_key(ck, settings),
+                         lambda progress: _evaluate(ck, settings, progress),
+                         label or f"Evaluating {ck.id}")
 
 
-def shaped_grid_row(ck: "Ckpt", ratios: Sequence[str], attack: str = "pgd", **settings):
-    """Rows of ``evaluation`` for one checkpoint classified with shaped inference at each
-    ratio: each (checkpoint, ratio) cell is kept on its own, and only the missing cells are
-    computed, all in one evaluation (the attack is crafted once for them)."""
+def evaluations_by_attack(cks: Sequence["Ckpt"], attacks: Sequence[str], settings_of,
+                          title: str, key: str, label_of=None) -> Dict[str, Any]:
+    """One evaluation per (checkpoint, attack), each memoised and cached on disk on its own,
+    so that adding an attack computes only that attack; returns each checkpoint's rows in
+    one frame (``attrs["warnings"]``: every part's warnings and the checks across attacks).
+    ``settings_of(ck, attack)``: the evaluation settings; ``label_of(ck, attack)``: what the
+    progress bar says while that part runs."""
+    import pandas as pd
+
+    from normshape_core.evaluation import sanity_warnings
+
+    label_of = label_of or (lambda ck, attack: f"{ck.id}: {attack}")
+    parts = []
+    for ck in cks:
+        for attack in attacks:
+            s = settings_of(ck, attack)
+            parts.append(Part(_evaluation_key(ck, s), label_of(ck, attack),
+                              lambda progress, ck=ck, s=s: _evaluate(ck, s, progress)))
+    values = iter(compute_parts(parts, title, key))
+    out = {}
+    for ck in cks:
+        dfs = [next(values) for _ in attacks]
+        df = pd.concat(dfs, ignore_index=True)
+        warnings = [w for d in dfs for w in d.attrs.get("warnings", [])]
+        warnings += sanity_warnings(df)  # the checks that compare attacks
+        df.attrs = {"warnings": list(dict.fromkeys(warnings))}
+        out[ck.id] = df
+    return out
+
+
+def shaped_grid_rows(cks: Dict[str, "Ckpt"], ratios: Sequence[str], attack: str,
+                     settings_of, title: str, key: str) -> Dict[str, Any]:
+    """Rows of ``evaluation`` for each checkpoint (by label) classified with shaped inference
+    at each ratio. Each (checkpoint, ratio) cell is kept on its own; the missing cells of a
+    checkpoint are computed in one evaluation (the attack crafted once for them), one part of
+    the overall progress per checkpoint."""
     import json as _json
 
     import pandas as pd
 
     store = result_store()
-    base = ("shaped-cell", ck.sha, attack, _json.dumps(settings, sort_keys=True, default=str))
-    missing = [r for r in ratios if store.get(base + (r,)) is None]
-    if missing:
-        df = evaluation(ck, label=f"{ck.id}: inference ratios {', '.join(missing)}",
-                        attacks=[attack], classify=[f"shaped:{r}" for r in missing], **settings)
-        for r in missing:
-            store.put(base + (r,), df[df["ratio"] == r])
-    return pd.concat([store.get(base + (r,)) for r in ratios], ignore_index=True)
+
+    def cell(ck, r):
+        return ("shaped-cell", ck.sha, attack, _json.dumps(settings_of(ck), sort_keys=True,
+                                                          default=str), r)
+
+    parts = []
+    for label, ck in cks.items():
+        missing = [r for r in ratios if store.get(cell(ck, r)) is None]
+        if missing:
+            s = dict(attacks=[attack], classify=[f"shaped:{r}" for r in missing],
+                     **settings_of(ck))
+            parts.append(Part(_evaluation_key(ck, s),
+                              f"training {label} at inference {', '.join(missing)}",
+                              lambda progress, ck=ck, s=s: _evaluate(ck, s, progress)))
+    for part, df in zip(parts, compute_parts(parts, title, key)):
+        ck_sha = part.key[1]
+        ck = next(c for c in cks.values() if c.sha == ck_sha)
+        for r in df["ratio"].unique():
+            store.put(cell(ck, r), df[df["ratio"] == r])
+    return {label: pd.concat([store.get(cell(ck, r)) for r in ratios], ignore_index=True)
+            for label, ck in cks.items()}
 
 
 # ---------------------------------------------------------------- the pages' default evaluations

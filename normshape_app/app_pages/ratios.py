@@ -93,11 +93,10 @@ if not train_sel or not inf_sel:
     st.stop()
 
 attack = "pgd" if crafted == "PN" else "adaptive_exact"
-dfs = {}
-for label in train_sel:
-    ck = rows[label]
-    n = min(n_test, ui.test_set_size(ck.dataset))
-    dfs[label] = ui.shaped_grid_row(ck, inf_sel, attack, **ui.grid_settings(n, steps))
+dfs = ui.shaped_grid_rows(
+    {label: rows[label] for label in train_sel}, inf_sel, attack,
+    lambda ck: ui.grid_settings(min(n_test, ui.test_set_size(ck.dataset)), steps),
+    title="Computing the missing cells", key="ratios_progress")
 table = table_iv(dfs, attack=attack, crafted_with=crafted)
 table = table.reindex(index=train_sel, columns=inf_sel)
 
