@@ -756,8 +756,9 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
         if ds not in sizes:
             sizes[ds] = len(_load(ds, seed=0).x_test)
         n200, n500 = min(200, sizes[ds]), min(500, sizes[ds])
-        jobs_ = [compare_settings(COMPARE_ATTACKS, "1:9", n200, False),
-                 clean_accuracy_settings(n500)]
+        # Compare evaluates each attack on its own: one entry per attack
+        jobs_ = [compare_settings([a], "1:9", n200, False) for a in COMPARE_ATTACKS]
+        jobs_.append(clean_accuracy_settings(n500))
         if cfg["method"] != "natural" and cfg["shaping"] in ("none", "attack+train"):
             jobs_.append(dict(attacks=["pgd"], classify=[f"shaped:{r}" for r in
                                                          INFERENCE_RATIOS],
