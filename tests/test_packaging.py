@@ -139,6 +139,56 @@ def test_wheel_installs_and_the_command_runs_from_another_folder(wheel, tmp_path
     assert info["rows"] == len(list((ROOT / "checkpoints").rglob("model.json")))
 
 
+def _outward_address():
+    """This machine's address on its network (no packet is sent), or None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))
+            ip = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if ip.startswith("127.") else ip
+
+
+def test_normshape_app_serves_the_installed_app_on_localhost_only(wheel, tmp_path):
+    """``normshape app`` from another folder: Streamlit reads the packaged config.toml, so the
+    server answers on the loopback address and not on the machine's network address."""
+    import socket
+    import time
+    import urllib.request
+
+    py = _fresh_venv(tmp_path / "venv")
+    _pip(py, "install", "--no-deps", "--no-index", str(wheel), cwd=tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    log = open(tmp_path / "app.log", "wb")
+    proc = subprocess.Popen([str(_script(py, "normshape")), "app", "--server.port", str(port),
+                             "--server.headless", "true", "--server.fileWatcherType", "none"],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp_path / "app.log").read_text()
+                time.sleep(0.5)
+        else:
+            pytest.fail("normshape app did not answer on 127.0.0.1")
+        outward = _outward_address()
+        if outward:
+            with pytest.raises(OSError):
+                urllib.request.urlopen(f"http://{outward}:{port}/_stcore/health", timeout=2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+        log.close()
+
+
 def test_editable_install_runs_the_sources(tmp_path):
     src = _source_copy(tmp_path / "src")
     py = _fresh_venv(tmp_path / "venv")

@@ -96,3 +96,8 @@ def test_reproduce_writes_its_results_beside_the_checkpoints(tmp_path, monkeypat
     assert (ckpt / "model.eval.json").exists()
     assert not (tmp_path / "home" / "evaluations").exists()
 
+
+
+def test_the_user_folder_is_documented():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "NORMSHAPE_HOME" in readme and "~/.local/share/normshape" in readme
