@@ -713,7 +713,7 @@ def section_app(args, device) -> None:
             ck.mkdir()
         n_ck = len(list(ck.rglob("model.json")))
         env = dict(os.environ, NORMSHAPE_CHECKPOINT_DIRS=str(ck),
-                   NORMSHAPE_RUNS_DIR=str(tmp / "runs"))
+                   NORMSHAPE_RUNS_DIR=str(tmp / "runs"), NORMSHAPE_HOME=str(tmp / "home"))
         pages = app_pages()
         say(f"{n_ck} shipped checkpoints (a copy in a temporary folder); pages: "
             f"{', '.join(pages) or 'home only'}")
