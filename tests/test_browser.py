@@ -182,9 +182,8 @@ LAYOUT = """() => {
   return {width: window.innerWidth, tables: tables};
 }"""
 
-# The tick labels of each axis of the first plotly chart, as boxes.
-TICKS = """() => {
-  const chart = document.querySelectorAll('[data-testid=stPlotlyChart]')[0];
+# The tick labels of each axis of a plotly chart, as boxes.
+TICKS = """(chart) => {
   const out = {};
   for (const layer of chart.querySelectorAll('g.xaxislayer-above, g.yaxislayer-above')) {
     const key = layer.className.baseVal + Object.keys(out).length;
@@ -241,7 +240,12 @@ def test_home_and_compare_fit_a_1024_by_768_screen(server, browser, tmp_path):
                      "moons-pgd-shaped-1-1 (PGD shaping 1:1)",
                      "moons-pgd-shaped-1-3 (PGD shaping 1:3)"):
             assert name in headers, headers
-        ticks = pg.evaluate(TICKS)
+        chart = pg.locator("[data-testid=stPlotlyChart]",
+                           has_text="Clean and robust accuracy of each checkpoint")
+        chart.scroll_into_view_if_needed(timeout=60_000)
+        chart.locator("g.yaxislayer-above").nth(3).wait_for(timeout=60_000)
+        time.sleep(1.0)  # plotly draws, then redraws for the labels' margins
+        ticks = chart.evaluate(TICKS)
         assert len(ticks) >= 8, ticks.keys()  # four panels, an x and a y axis each
         labels = [b["text"] for boxes in ticks.values() for b in boxes]
         assert labels.count("clean (no attack)") == 4 and "PGD-20, crafted PN" in labels
