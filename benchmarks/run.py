@@ -11,7 +11,7 @@ Prints, measured in one run, as ratios (BENCHMARKS.md records a run and what the
 4. how cost grows: epoch time against batch size and ratio, peak RSS of a training run, UMAP
    time against the number of points (first call and later calls);
 5. the app: every page's first view and a cached rerun (AppTest), cold start of
-   ``streamlit run normshape_app/app.py`` to the first rendered page in headless Chromium.
+   ``streamlit run app.py`` to the first rendered page in headless Chromium.
 Uses a GPU when one is present (``--device``). It prints; it never asserts a time (noise on a
 shared machine must not fail CI). Timings interleave the compared functions and take medians
 of paired ratios (``_timing.py``); on CPU each ratio is given for wall time and CPU time.
@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "normshape_app" / "app.py"  # the Streamlit app's main script
+APP = ROOT / "app.py"  # the Streamlit app's main script
 HERE = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -806,7 +806,7 @@ def cold_start(args, env) -> None:
             browser.close()
     if times:
         med = statistics.median(times)
-        say(f"cold start of `streamlit run normshape_app/app.py` to the first rendered page "
+        say(f"cold start of `streamlit run app.py` to the first rendered page "
             f"(headless Chromium): "
             f"{med:.2f} s (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)}); "
             f"server answering HTTP after {statistics.median(health):.2f} s")
@@ -921,7 +921,7 @@ def child_apptest(ck: str, runs: str, pages: List[str]) -> Dict[str, Any]:
     at.run()
     rerun = time.perf_counter() - t0
     err = [str(e.value)[:200] for e in at.exception]
-    out.append({"page": "Home (normshape_app/app.py)", "first_s": first, "rerun_s": rerun,
+    out.append({"page": "Home (app.py)", "first_s": first, "rerun_s": rerun,
                 "error": "; ".join(err) if err else None,
                 "note": "includes the first import of the app's modules"})
     for page in pages:

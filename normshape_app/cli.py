@@ -3,7 +3,7 @@ grid, diagnose, reproduce, report), plus ``normshape app``, which starts the Str
 with Streamlit's own flags passed through (``normshape app --server.port 8502``).
 
 The app's defaults (localhost only, no usage statistics, the upload limit) live in
-``normshape_app/.streamlit/config.toml``, which Streamlit reads as the main script's own
+``.streamlit/config.toml`` beside ``app.py``, which Streamlit reads as the main script's own
 configuration whatever the working folder; flags given here override them.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ this machine only). Every flag is passed to `streamlit run`, for example:
   --server.port 8502           another port
   --server.address 0.0.0.0     serve a class on the local network (see the README)
   --server.headless true       do not open a browser
-Defaults: normshape_app/.streamlit/config.toml; `streamlit run --help` lists every flag.
+Defaults: .streamlit/config.toml beside app.py; `streamlit run --help` lists every flag.
 """
 
 

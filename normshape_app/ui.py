@@ -130,7 +130,7 @@ _set_threads()
 
 def max_upload_mb() -> int:
     """Largest accepted upload per file, in MB: Streamlit's ``server.maxUploadSize``, set in
-    ``normshape_app/.streamlit/config.toml`` (256: a wide ResNet-34-10 is about 185 MB), so
+    ``.streamlit/config.toml`` beside ``app.py`` (256: a wide ResNet-34-10 is about 185 MB), so
     the server, the upload widget and the check below always agree."""
     return int(st.get_option("server.maxUploadSize"))
 

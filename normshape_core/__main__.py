@@ -131,30 +131,24 @@ def build_parser(prog: str = "python -m normshape_core") -> argparse.ArgumentPar
     p = sub.add_parser("train", help="train one run and write its checkpoint")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
-    try:  # evaluation-side commands, when present
-        from . import evaluation, diagnostics
-        pe = sub.add_parser("evaluate", help="robustness table of a checkpoint")
-        evaluation.add_evaluate_args(pe)
-        pe.set_defaults(func=evaluation.cli_evaluate)
-        pg = sub.add_parser("grid", help="Table IV: training ratio x inference ratio")
-        evaluation.add_grid_args(pg)
-        pg.set_defaults(func=evaluation.cli_grid)
-        pd = sub.add_parser("diagnose", help="the confounding measurements of a checkpoint")
-        diagnostics.add_diagnose_args(pd)
-        pd.set_defaults(func=diagnostics.cli_diagnose)
-    except (ImportError, AttributeError):
-        pass
-    try:
-        from . import reproduce
-        pr = sub.add_parser("reproduce", help="train and evaluate the paper's set of models")
-        reproduce.add_reproduce_args(pr)
-        pr.set_defaults(func=reproduce.cli_reproduce)
-        pp = sub.add_parser("report", help="rewrite REPRODUCTION.md's generated tables from "
-                                           "the results files")
-        reproduce.add_report_args(pp)
-        pp.set_defaults(func=reproduce.cli_report)
-    except (ImportError, AttributeError):
-        pass
+    from . import diagnostics, evaluation, reproduce
+
+    pe = sub.add_parser("evaluate", help="robustness table of a checkpoint")
+    evaluation.add_evaluate_args(pe)
+    pe.set_defaults(func=evaluation.cli_evaluate)
+    pg = sub.add_parser("grid", help="Table IV: training ratio x inference ratio")
+    evaluation.add_grid_args(pg)
+    pg.set_defaults(func=evaluation.cli_grid)
+    pd = sub.add_parser("diagnose", help="the confounding measurements of a checkpoint")
+    diagnostics.add_diagnose_args(pd)
+    pd.set_defaults(func=diagnostics.cli_diagnose)
+    pr = sub.add_parser("reproduce", help="train and evaluate the paper's set of models")
+    reproduce.add_reproduce_args(pr)
+    pr.set_defaults(func=reproduce.cli_reproduce)
+    pp = sub.add_parser("report", help="rewrite REPRODUCTION.md's generated tables from "
+                                       "the results files")
+    reproduce.add_report_args(pp)
+    pp.set_defaults(func=reproduce.cli_report)
     return parser
 
 

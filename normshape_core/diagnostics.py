@@ -294,6 +294,9 @@ def add_diagnose_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dataset", default=None, help="expected dataset; a checkpoint of "
                         "another dataset is an error")
+    parser.add_argument("--worst-case", default="autoattack", help="ensemble whose worst case "
+                        "per sample on the same batch is printed beside the moving-target "
+                        "accuracies (through PN and through the batch's own BN); 'none' to skip")
     from .evaluation import document_defaults
 
     return document_defaults(parser)
@@ -347,6 +350,22 @@ def cli_diagnose(args: argparse.Namespace) -> int:
         raise ConfigError("this checkpoint has no training eps; give --eps")
     step_size = args.step_size if args.step_size is not None else cfg.get("step_size")
     steps = args.steps if args.steps is not None else (cfg.get("steps") or 10)
+    for name in ("n", "steps"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {v}")
+    for name in ("eps", "step_size"):
+        v = getattr(args, name)
+        if v is not None and (not math.isfinite(v) or not 0 < v <= 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in (0, 1], "
+                              f"got {v}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    members = None
+    if str(args.worst_case).lower() != "none":
+        from .evaluation import ensemble_spec
+
+        members = ensemble_spec(args.worst_case)
     if args.n < 4 or args.n > len(dataset.x_train):
         raise ConfigError(f"--n must be between 4 and the {len(dataset.x_train)} training samples")
     g = torch.Generator().manual_seed(args.seed)
@@ -361,7 +380,14 @@ def cli_diagnose(args: argparse.Namespace) -> int:
         s = tr["summary"]
         print(f"moving target {r}: BN statistics move {s['step_drift_mean']:.4f} (mean, per step)"
               f", end {s['final_distance_to_clean_mean']:.4f} from the clean batch's; "
-              f"adv acc {s['adv_acc']:.3f}")
+              f"accuracy after PGD-{steps} crafted through this batch (BN), classified "
+              f"with BN: {s['adv_acc']:.3f}")
+    if members is not None:
+        out["worst_case"] = batch_worst_case(model, x, y, members, eps=eps, seed=args.seed)
+        for w in out["worst_case"]:
+            print(f"worst case per sample ({w['ensemble']}) on the same batch, crafted with "
+                  f"{w['crafted_with']}, classified with {w['classified_with']}: "
+                  f"{w['robust_acc']:.3f} (clean {w['clean_acc']:.3f})")
     c2 = out["confounding_ii"]
     print(f"confounding II: logit error with the clean batch's BN {c2['error_with_clean_bn']:.4f}"
           f" vs the adversarial batch's own {c2['error_with_adv_bn']:.4f}: "
@@ -375,6 +401,25 @@ def cli_diagnose(args: argparse.Namespace) -> int:
     if args.json:
         atomic_write_json(args.json, _finite(out))
     return 0
+
+
+def batch_worst_case(model, x, y, spec: str, *, eps: float, seed: int = 0
+                     ) -> List[Dict[str, Any]]:
+    """Worst case per sample of an ensemble on one batch, through PN and through the
+    batch's own BN (frozen BN): the robustness figure beside the diagnostics."""
+    from .evaluation import ensemble_label
+    from .shaping import BNClassifier, PNClassifier
+    from .worst_case import ENSEMBLES, ensemble_members, make_ensemble, worst_case
+
+    names = ensemble_members(spec if spec in ENSEMBLES else spec.split("+"))
+    out = []
+    for clf in (PNClassifier(model), BNClassifier(model)):
+        res = worst_case(clf, make_ensemble(names, eps=eps, seed=seed), x, y, eps=eps)
+        out.append({"ensemble": ensemble_label(spec), "crafted_with": clf.crafting_label,
+                    "classified_with": clf.describe(), "n": len(x),
+                    "clean_acc": float(res.clean_right.float().mean()),
+                    "robust_acc": float(res.robust.float().mean())})
+    return out
 
 
 def _finite(obj):

@@ -32,9 +32,18 @@ from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, L2_MINIMAL, LINF, Attack, make_
 from .config import ConfigError, Ratio, parse_device
 from .shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
                       make_reference_pool, parse_classifier)
+from .worst_case import defender_view, ensemble_members, make_ensemble, worst_case
 
 ROW_KEYS = ("attack", "crafted_with", "classified_with", "ratio", "group_size", "clean_acc",
-            "robust_acc", "n", "eps", "seconds", "median_l2", "randomized")
+            "robust_acc", "n", "eps", "seconds", "median_l2", "randomized", "ensemble",
+            "broken")
+#: the ``attack`` of a worst-case row (its ``ensemble`` column names the members)
+WORST = "worst_case"
+#: warn when the worst case lies this far below the best single attack asked for
+WORST_CASE_GAP = 0.03
+#: warn when a black-box attack breaks more than this fraction of the samples that survived
+#: the gradient attacks before it
+BLACK_BOX_GAP = 0.01
 DEFAULT_GAP_THRESHOLD = 0.10
 CACHE_FORMAT = "normshape-evaluation-cache"
 
@@ -46,6 +55,9 @@ class EvalSettings:
     """Everything that changes an evaluation's numbers (hashed for the results cache)."""
 
     attacks: List[str] = field(default_factory=lambda: ["pgd"])
+    ensembles: List[str] = field(default_factory=list)
+    """worst case per sample over each of these ensembles ("autoattack", "paper" or members
+    joined by "+"), crafted through each classifier's own norms"""
     classify: List[str] = field(default_factory=lambda: ["pn", "bn", "shaped:1:9"])
     craft: List[str] = field(default_factory=lambda: ["pn"])
     """norms the standard attacks craft with: pn (the paper's Tables I/II), bn"""
@@ -65,13 +77,26 @@ class EvalSettings:
     reference_pool_size: int = 1000
     fresh_references: bool = False
     eot_draws: int = 8
+    square_queries: int = 1000
+    """Square's query budget per sample (AutoAttack's standard version: 5000)"""
+    n_target_classes: int = 9
+    """APGD-T's target classes (the top ones other than the label)"""
     seed: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        d = self.to_dict()
+        # Fields added with the worst-case ensembles are hashed only when they matter, so the
+        # cache entries of earlier evaluations (no ensemble) keep their keys.
+        defaults = EvalSettings.__dataclass_fields__
+        for k in ("ensembles", "square_queries", "n_target_classes"):
+            f = defaults[k]
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if d[k] == default:
+                d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ====================================================================== helpers
@@ -105,6 +130,48 @@ def parse_classify(specs: Union[str, Sequence[str]]) -> List[str]:
     return out
 
 
+def split_attacks(names: Union[str, Sequence[str]]) -> Tuple[List[str], List[str]]:
+    """``"pgd,autoattack"`` -> (single attacks, ensembles): ensemble names (``autoattack``,
+    ``paper``) and ``A+B+...`` member lists go to the second list, validated."""
+    from .worst_case import ENSEMBLES, ensemble_members
+
+    items = names.split(",") if isinstance(names, str) else list(names)
+    singles: List[str] = []
+    ensembles: List[str] = []
+    for raw in items:
+        key = str(raw).strip().lower()
+        if not key:
+            continue
+        if key in ENSEMBLES or "+" in key:
+            spec = key if key in ENSEMBLES else "+".join(ensemble_members(key.split("+")))
+            if spec not in ensembles:
+                ensembles.append(spec)
+        else:
+            singles.extend(a for a in parse_attack_names(key) if a not in singles)
+    if not singles and not ensembles:
+        raise ConfigError("no attack given (e.g. --attacks autoattack or --attacks pgd,apgd)")
+    return singles, ensembles
+
+
+def ensemble_spec(name: Union[str, Sequence[str]]) -> str:
+    """An ensemble given as such: its name, or its members (a list, or joined by "+";
+    one attack alone is an ensemble of one) -> the spec kept in the settings."""
+    from .worst_case import ENSEMBLES, ensemble_members
+
+    if isinstance(name, str) and name.strip().lower() in ENSEMBLES:
+        return name.strip().lower()
+    items = name.split("+") if isinstance(name, str) else list(name)
+    return "+".join(ensemble_members(items))
+
+
+def ensemble_label(spec: str) -> str:
+    """``"autoattack"`` -> ``"autoattack: apgd, apgd_t, square"``."""
+    from .worst_case import ENSEMBLES, ensemble_members
+
+    members = ensemble_members(spec if spec in ENSEMBLES else spec.split("+"))
+    return (f"{spec}: " if spec in ENSEMBLES else "") + ", ".join(members)
+
+
 def _make_progress(progress, total: int):
     """(update(desc), close()) for a callback, tqdm (progress=True) or nothing."""
     if progress is None or progress is False:
@@ -128,6 +195,44 @@ def _make_progress(progress, total: int):
     return update, (lambda: None)
 
 
+def _ensemble_jobs(s: EvalSettings, classifiers, dataset, device):
+    """(spec, classifier index, member attacks) for every ensemble x classifier."""
+    from .worst_case import ENSEMBLES
+
+    out = []
+    needs_pool = any("adaptive_eot" in ensemble_members(
+        e if e in ENSEMBLES else e.split("+")) for e in s.ensembles)
+    pool = (make_reference_pool(dataset, s.reference_pool_size, s.seed + 1_000_003).to(device)
+            if needs_pool else None)
+    for spec in s.ensembles:
+        names = ensemble_members(spec if spec in ENSEMBLES else spec.split("+"))
+        members = make_ensemble(names, eps=s.eps, seed=s.seed, steps=s.apgd_steps,
+                                restarts=s.restarts, n_queries=s.square_queries,
+                                n_target_classes=s.n_target_classes, pgd_steps=s.steps,
+                                cw_steps=s.cw_steps, reference_pool=pool,
+                                eot_draws=s.eot_draws)
+        for i in range(len(classifiers)):
+            out.append((spec, i, members))
+    return out
+
+
+def _label_of_view(view) -> str:
+    return getattr(view, "crafting_label", type(view).__name__)
+
+
+def _randomness_check(classifiers, x) -> Dict[str, float]:
+    """AutoAttack's check: classify the same inputs twice; {classifier: max logit change}
+    for the classifiers whose two answers differ."""
+    out = {}
+    with torch.inference_mode():
+        for clf in classifiers:
+            a, b = clf(x), clf(x)
+            diff = float((a - b).abs().max())
+            if diff > 1e-5:
+                out[clf.describe()] = diff
+    return out
+
+
 @dataclass
 class _Job:
     attack: Attack
@@ -144,6 +249,8 @@ def evaluate(model: torch.nn.Module, dataset, attacks: Union[str, Sequence[str]]
              craft: Union[str, Sequence[str]] = ("pn",), group_size: Optional[int] = None,
              batch_size: int = 100, reference_pool_size: int = 1000,
              fresh_references: bool = False, eot_draws: int = 8, seed: int = 0,
+             ensembles: Sequence[str] = (), square_queries: int = 1000,
+             n_target_classes: int = 9,
              device: Optional[Union[str, torch.device]] = None,
              progress: Union[None, bool, ProgressFn] = None,
              gap_threshold: float = DEFAULT_GAP_THRESHOLD) -> pd.DataFrame:
@@ -156,14 +263,26 @@ def evaluate(model: torch.nn.Module, dataset, attacks: Union[str, Sequence[str]]
     in batches of ``batch_size`` (BN inference and the shaping attack use the batch, as the
     paper's batches of 100). Reference pool: ``reference_pool_size`` clean training samples
     drawn with ``seed``; the EOT attacker draws its own pool with another seed.
+
+    ``attacks`` may name ensembles (``autoattack``, ``paper``, ``apgd+square``), as may
+    ``ensembles``: each gives, per classifier, one row per member (``robust_acc``: robust
+    after that member and the ones before it; ``broken``: samples it broke) and a
+    ``worst_case`` row, the defender's verdict on the final examples (``worst_case.py``).
     """
+    singles, found = split_attacks(attacks) if attacks else ([], [])
+    for e in ensembles:
+        spec = ensemble_spec(e)
+        if spec not in found:
+            found.append(spec)
     settings = EvalSettings(
-        attacks=parse_attack_names(attacks), classify=parse_classify(classify),
+        attacks=singles, ensembles=found, classify=parse_classify(classify),
         craft=_parse_craft(craft), n_test=n_test, eps=float(eps), step_size=step_size,
         steps=int(steps), restarts=int(restarts), apgd_steps=int(apgd_steps),
         fgsm_eps=fgsm_eps, cw_steps=int(cw_steps), group_size=group_size,
         batch_size=int(batch_size), reference_pool_size=int(reference_pool_size),
-        fresh_references=bool(fresh_references), eot_draws=int(eot_draws), seed=int(seed))
+        fresh_references=bool(fresh_references), eot_draws=int(eot_draws),
+        square_queries=int(square_queries), n_target_classes=int(n_target_classes),
+        seed=int(seed))
     return _evaluate(model, dataset, settings, device=device, progress=progress,
                      gap_threshold=gap_threshold)
 
@@ -180,7 +299,28 @@ def _parse_craft(craft) -> List[str]:
     return out or ["pn"]
 
 
+def _check_settings(s: EvalSettings) -> None:
+    """Counts >= 1 and finite sizes; one line per problem (ConfigError)."""
+    for name in ("steps", "restarts", "apgd_steps", "cw_steps", "eot_draws", "square_queries",
+                 "n_target_classes", "batch_size", "reference_pool_size"):
+        v = getattr(s, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
+    for name in ("eps", "step_size", "fgsm_eps"):
+        v = getattr(s, name)
+        if v is None and name != "eps":
+            continue
+        if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
+            raise ConfigError(f"{name.replace('_', '-')} must be a finite number in (0, 1], "
+                              f"got {v!r}")
+    if not s.attacks and not s.ensembles:
+        raise ConfigError("no attack given (e.g. --attacks autoattack or --attacks pgd,apgd)")
+    if not isinstance(s.seed, int) or not 0 <= s.seed < 2 ** 31:
+        raise ConfigError(f"seed must be a whole number in [0, 2**31), got {s.seed!r}")
+
+
 def _validate(settings: EvalSettings, dataset) -> None:
+    _check_settings(settings)
     n_all = len(dataset.x_test)
     if settings.n_test is not None:
         if settings.n_test < 1:
@@ -233,8 +373,12 @@ def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=N
         kw = dict(common)
         if name == "fgsm" and s.fgsm_eps is not None:
             kw["eps"] = s.fgsm_eps
-        if name == "apgd":
+        if name.startswith("apgd") or name == "fab_t":
             kw["steps"] = s.apgd_steps
+        if name == "apgd_t":
+            kw["n_target_classes"] = s.n_target_classes
+        if name == "square":
+            kw["n_queries"] = s.square_queries
         if name == "cw":
             kw["steps"] = s.cw_steps
         attack = make_attack(name, **kw)
@@ -245,8 +389,16 @@ def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=N
             target = PNClassifier(model) if c == "pn" else BNClassifier(model)
             jobs.append(_Job(attack, target, all_idx))
 
+    ens_jobs = _ensemble_jobs(s, classifiers, dataset, device)
+    ens_robust = [0] * len(ens_jobs)
+    ens_stage = [[[0, 0, 0.0] for _ in members] for (_, _, members) in ens_jobs]
+    ens_seconds = [0.0] * len(ens_jobs)
+    ens_crafted: List[Optional[str]] = [None] * len(ens_jobs)
+    ens_mismatch = [0] * len(ens_jobs)
+    randomness: Dict[str, float] = {}
+
     n_batches = math.ceil(n / s.batch_size)
-    update, close = _make_progress(progress, n_batches * (1 + len(jobs)))
+    update, close = _make_progress(progress, n_batches * (1 + len(jobs) + len(ens_jobs)))
     clean_correct = [0] * len(classifiers)
     robust_correct = [[0] * len(classifiers) for _ in jobs]
     seconds = [[0.0] * len(classifiers) for _ in jobs]
@@ -291,6 +443,25 @@ def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=N
                     robust_correct[j][i] += int(((pred == yb) & counted).sum())
                     seconds[j][i] += res.seconds + time.perf_counter() - t0
                 update(job.attack.name)
+            if b == 0 and ens_jobs:
+                randomness = _randomness_check(classifiers, xb)
+            for k, (spec, i, members) in enumerate(ens_jobs):
+                t0 = time.perf_counter()
+                res = worst_case(classifiers[i], members, xb, yb, eps=s.eps)
+                ens_seconds[k] += time.perf_counter() - t0
+                ens_crafted[k] = _label_of_view(defender_view(classifiers[i], len(xb)))
+                ens_robust[k] += int((res.robust & counted).sum())
+                ens_mismatch[k] += int(((res.robust != res.bookkept) & counted).sum())
+                by_name = {st.attack: st for st in res.stages}
+                right_now = res.clean_right
+                for m, att in enumerate(members):
+                    st = by_name.get(att.name)
+                    if st is not None:
+                        ens_stage[k][m][0] += int((st.broken_mask & counted).sum())
+                        ens_stage[k][m][2] += st.seconds
+                        right_now = st.right_after
+                    ens_stage[k][m][1] += int((right_now & counted).sum())
+                update(spec)
     finally:
         close()
 
@@ -311,8 +482,30 @@ def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=N
                 "eps": float("nan") if minimal else float(job.attack.settings.eps),
                 "seconds": round(seconds[j][i], 3), "median_l2": med,
                 "randomized": bool(clf.randomized)})
+    for k, (spec, i, members) in enumerate(ens_jobs):
+        clf = classifiers[i]
+        base = {"crafted_with": ens_crafted[k], "classified_with": clf.describe(),
+                "ratio": _ratio_of(clf), "group_size": _group_of(clf),
+                "clean_acc": clean_correct[i] / n, "n": n, "eps": float(s.eps),
+                "median_l2": float("nan"), "randomized": bool(clf.randomized),
+                "ensemble": ensemble_label(spec)}
+        for m, att in enumerate(members):
+            broken, robust_after, secs = ens_stage[k][m]
+            rows.append({**base, "attack": att.name, "robust_acc": robust_after / n,
+                         "seconds": round(secs, 3), "broken": int(broken)})
+        rows.append({**base, "attack": WORST, "robust_acc": ens_robust[k] / n,
+                     "seconds": round(ens_seconds[k], 3), "broken": None})
     df = _typed(pd.DataFrame(rows, columns=list(ROW_KEYS)))
     warnings = sanity_warnings(df, gap_threshold=gap_threshold, zero_gradients=zero_grads)
+    for name, diff in randomness.items():
+        warnings.append(f"{name}: two calls on the same inputs gave logits {diff:.2e} apart: "
+                        f"the classifier is randomised, so any single number is one draw; "
+                        f"evaluate with fixed references or with EOT attacks (adaptive_eot)")
+    for k, bad in enumerate(ens_mismatch):
+        if bad:
+            warnings.append(f"worst case {ens_jobs[k][0]}: the ensemble's bookkeeping and the "
+                            f"defender's re-check disagree on {bad} samples (the re-check is "
+                            f"reported; please report this)")
     for name, over in linf_violation.items():
         warnings.append(f"{name}: perturbations exceed eps by {over:.2e} (a bug: report it)")
     df.attrs["warnings"] = warnings
@@ -363,6 +556,9 @@ def sanity_warnings(df: pd.DataFrame, *, gap_threshold: float = DEFAULT_GAP_THRE
             out.append(f"crafting with {label}: {frac:.1%} of samples have an exactly zero input "
                        f"gradient, so gradient attacks cannot move them (saturated or masked "
                        f"loss); their robust accuracy is not evidence of robustness")
+    out += _worst_case_warnings(df)
+    if "ensemble" in df:
+        df = df[df["ensemble"].isna()]  # the checks below compare single attacks
     keys = ["crafted_with", "classified_with"]
     fg = df[df["attack"] == "fgsm"].set_index(keys)["robust_acc"]
     pg = df[df["attack"] == "pgd"].set_index(keys)["robust_acc"]
@@ -371,6 +567,52 @@ def sanity_warnings(df: pd.DataFrame, *, gap_threshold: float = DEFAULT_GAP_THRE
             out.append(f"PGD (robust acc {float(pg[key]):.3f}) is weaker than FGSM "
                        f"({float(fg[key]):.3f}) crafted with {key[0]}, classified with {key[1]}: "
                        f"the iterative attack is stuck; use more restarts or steps")
+    return out
+
+
+BLACK_BOX_ATTACKS = ("square",)
+
+
+def _worst_case_warnings(df: pd.DataFrame) -> List[str]:
+    """Warnings on the worst-case rows: a black-box attack beating the white-box ones before
+    it (gradient masking), and a worst case far below the best single attack asked for (the
+    single attack would have overstated robustness)."""
+    out: List[str] = []
+    if "ensemble" not in df or not df["ensemble"].notna().any():
+        return out
+    ens = df[df["ensemble"].notna()]
+    singles = df[df["ensemble"].isna() & ~df["attack"].isin(("cw", "deepfool"))]
+    for (label, clf_name), part in ens.groupby(["ensemble", "classified_with"], sort=False):
+        worst = part[part["attack"] == WORST]
+        if worst.empty:
+            continue
+        w = float(worst["robust_acc"].iloc[0])
+        n = int(worst["n"].iloc[0])
+        members = part[part["attack"] != WORST]
+        for _, r in members[members["attack"].isin(BLACK_BOX_ATTACKS)].iterrows():
+            before = members.index[members.index < r.name]
+            if len(before) == 0 or not bool((members.loc[before, "attack"] != r["attack"]).any()):
+                continue
+            broken = int(r["broken"]) if r["broken"] == r["broken"] else 0
+            if broken > max(1, BLACK_BOX_GAP * n):
+                out.append(f"under {clf_name}, the black-box {r['attack']} broke {broken} of "
+                           f"{n} samples that every gradient attack before it ({label}) left "
+                           f"robust: a sign of gradient masking, the gradients mislead the "
+                           f"white-box attacks. Trust the worst case, not any gradient attack "
+                           f"alone; try more restarts (--restarts) and more queries "
+                           f"(--square-queries)")
+        same = singles[singles["classified_with"] == clf_name]
+        if same.empty:
+            continue
+        best = same.loc[same["robust_acc"].idxmin()]
+        gap = float(best["robust_acc"]) - w
+        if gap > WORST_CASE_GAP:
+            out.append(f"under {clf_name}, the worst case ({label}, crafted with "
+                       f"{worst['crafted_with'].iloc[0]}) leaves robust acc {w:.3f}, "
+                       f"{gap * 100:.1f} points below the strongest single attack asked for "
+                       f"({best['attack']} crafted with {best['crafted_with']}: "
+                       f"{float(best['robust_acc']):.3f}): that attack alone overstates "
+                       f"robustness; report the worst case")
     return out
 
 
@@ -391,8 +633,10 @@ def _ordered(values) -> List[Any]:
 
 def table_like_paper(df: pd.DataFrame) -> pd.DataFrame:
     """Tables I/II: rows (attack, crafted with), columns (inference mode, Acc | R.Acc).
-    Adaptive attacks are left to ``table_iii``."""
+    Adaptive attacks are left to ``table_iii``, ensembles to ``table_worst_case``."""
     d = df[~df["attack"].isin(ADAPTIVE_ATTACKS)]
+    if "ensemble" in d:
+        d = d[d["ensemble"].isna()]
     if d.empty:
         return pd.DataFrame()
     modes = _ordered(d["classified_with"])
@@ -419,6 +663,8 @@ def table_iii(dfs: Union[pd.DataFrame, Mapping[str, pd.DataFrame]]) -> pd.DataFr
     parts = []
     for model_name, df in dfs.items():
         shaped = df[df["ratio"].notna()]
+        if "ensemble" in shaped:
+            shaped = shaped[shaped["ensemble"].isna()]
         d = shaped[shaped["attack"].isin(ADAPTIVE_ATTACKS) |
                    ((shaped["attack"] == "pgd") & (shaped["crafted_with"] == "PN"))].copy()
         d["model"] = model_name
@@ -432,6 +678,38 @@ def table_iii(dfs: Union[pd.DataFrame, Mapping[str, pd.DataFrame]]) -> pd.DataFr
     out = d.pivot_table(index="row", columns=columns, values="robust_acc", aggfunc="first",
                         sort=False)
     return out
+
+
+def table_worst_case(df: pd.DataFrame) -> pd.DataFrame:
+    """The headline next to the paper's protocol, one row per (classifier, ensemble): clean
+    accuracy, PGD-20 crafted with PN (the paper's protocol) where it was run, the worst case
+    through the classifier's own norms, and the gap between the two."""
+    if "ensemble" not in df or not df["ensemble"].notna().any():
+        return pd.DataFrame()
+    worst = df[df["attack"] == WORST]
+    out = []
+    for _, w in worst.iterrows():
+        pgd = df[(df["attack"] == "pgd") & (df["crafted_with"] == "PN") &
+                 df["ensemble"].isna() & (df["classified_with"] == w["classified_with"])]
+        p = float(pgd["robust_acc"].iloc[0]) if len(pgd) else float("nan")
+        out.append({"classified with": w["classified_with"], "clean acc": w["clean_acc"],
+                    "PGD-20 crafted with PN (paper)": p,
+                    f"worst case, crafted with own norms": w["robust_acc"],
+                    "crafted with": w["crafted_with"], "ensemble": w["ensemble"],
+                    "overstated by": p - w["robust_acc"] if p == p else float("nan")})
+    return pd.DataFrame(out).set_index("classified with")
+
+
+def describe_worst_row(row: Mapping[str, Any]) -> str:
+    """A worst-case row in words: "worst of 3 attacks (autoattack: apgd, apgd_t, square),
+    crafted through the defender's exact shaped batches, classified with shaped 1:9 (g=10)"."""
+    crafted = row.get("crafted_with") or ""
+    how = {"PN": "crafted with PN", "BN": "crafted through the test batch's own BN"}.get(
+        crafted, "crafted through the defender's exact shaped batches"
+        if "exact" in crafted else f"crafted with {crafted}")
+    label = str(row.get("ensemble") or "")
+    k = len(label.split(":", 1)[-1].split(",")) if label else 0
+    return f"worst of {k} attacks ({label}), {how}, classified with {row.get('classified_with')}"
 
 
 def _ratio_key(r: str) -> Tuple[float, int]:
@@ -526,6 +804,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df["n"] = df["n"].astype(int)
     df["randomized"] = df["randomized"].astype(bool)
     df["ratio"] = df["ratio"].astype(object).where(df["ratio"].notna(), None)
+    df["ensemble"] = df["ensemble"].astype(object).where(df["ensemble"].notna(), None)
+    df["broken"] = pd.to_numeric(df["broken"]).astype("Int64")
     return df
 
 
@@ -590,9 +870,15 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
         raise TypeError(f"unknown evaluation settings: {', '.join(sorted(unknown))}")
     values.update({k: v for k, v in settings.items() if v is not None})
     s = EvalSettings(**values)
-    s.attacks = parse_attack_names(s.attacks)
+    singles, found = split_attacks(s.attacks) if s.attacks else ([], [])
+    for e in s.ensembles:
+        spec = ensemble_spec(e)
+        if spec not in found:
+            found.append(spec)
+    s.attacks, s.ensembles = singles, found
     s.classify = parse_classify(s.classify)
     s.craft = _parse_craft(s.craft)
+    _check_settings(s)
     path = cache_path_for(checkpoint, cache_dir, meta["weights_sha256"])
     key = _cache_key(meta["weights_sha256"], s)
     if use_cache:
@@ -648,6 +934,12 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "checkpoint's training eps)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps")
     p.add_argument("--restarts", type=int, default=1, help="PGD / APGD restarts")
+    p.add_argument("--square-queries", type=int, default=1000, help="Square's queries per "
+                   "sample in an ensemble (AutoAttack's standard version: 5000)")
+    p.add_argument("--target-classes", type=int, default=9, dest="n_target_classes",
+                   help="APGD-T's target classes (the top ones other than the label)")
+    p.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD-CE, "
+                   "APGD-DLR and each APGD-T target")
     p.add_argument("--seed", type=int, default=0, help="seed of the test subset, attack starts "
                    "and reference draws")
     p.add_argument("--group-size", type=int, default=None, help="test samples per shaped batch "
@@ -669,21 +961,30 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``python -m normshape_core evaluate``."""
     parser.add_argument("checkpoint", help="run folder, .safetensors or .json of a checkpoint")
-    parser.add_argument("--attacks", default="fgsm,pgd,apgd,cw,deepfool,shaping,adaptive",
-                        help="comma-separated: " + ", ".join(list(ATTACKS) + ["adaptive"]))
+    parser.add_argument("--attacks", default="pgd,autoattack",
+                        help="comma-separated attacks (" + ", ".join(list(ATTACKS) +
+                                                                   ["adaptive"]) +
+                        ") and ensembles: autoattack (APGD-CE, APGD-T, Square), paper (PGD, "
+                        "C&W, FGSM, DeepFool, shaping) or members joined by + (apgd+square). "
+                        "An attack is crafted with --craft norms and classified with every "
+                        "--classify mode (the paper's protocol); an ensemble gives the worst "
+                        "case per sample through each classifier's own norms (PN, BN, exact "
+                        "shaped batches)")
     parser.add_argument("--classify", default="pn,bn,shaped:1:9",
                         help="inference modes: pn, bn, shaped:ADV:CLEAN (comma-separated)")
     parser.add_argument("--craft", default="pn", help="norms the standard attacks craft with: "
                         "pn (paper), bn, or pn,bn")
     parser.add_argument("--fgsm-eps", type=float, default=None, help="FGSM's eps (default: "
                         "--eps; the paper used twice the training eps)")
-    parser.add_argument("--apgd-steps", type=int, default=100, help="APGD-CE iterations")
     parser.add_argument("--cw-steps", type=int, default=100, help="C&W Adam steps per "
                         "binary-search step")
     parser.add_argument("--eot-draws", type=int, default=8, help="reference draws per step of "
                         "the EOT adaptive attack")
     parser.add_argument("--gap-threshold", type=float, default=DEFAULT_GAP_THRESHOLD,
                         help="warn when PN-crafted robust acc exceeds the adaptive one by more")
+    parser.add_argument("--eps-sweep", action="store_true", help="also run the first "
+                        "ensemble (or attack) at 1/2, 2 and 4 times eps on the first test "
+                        "batch and warn if robust accuracy does not fall with eps")
     _add_common(parser)
     return document_defaults(parser)
 
@@ -691,7 +992,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 def _settings_from_args(args, **extra) -> Dict[str, Any]:
     keys = ("n_test", "eps", "steps", "restarts", "seed", "group_size", "batch_size",
             "reference_pool_size", "fresh_references", "fgsm_eps", "apgd_steps", "cw_steps",
-            "eot_draws")
+            "eot_draws", "square_queries", "n_target_classes")
     out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     out.update(extra)
     return out
@@ -706,12 +1007,13 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     """``evaluate CHECKPOINT``: print Tables I/II (and III), warnings; write --json rows."""
     from .checkpoints import atomic_write_json
 
-    attacks = parse_attack_names(args.attacks)
+    attacks, ensembles = split_attacks(args.attacks)
     classify = parse_classify(args.classify)
+    _check_json_target(args.json)
     df, meta = evaluate_checkpoint(
         args.checkpoint, dataset_name=args.dataset, device=args.device,
         use_cache=not args.no_cache, progress=True, gap_threshold=args.gap_threshold,
-        **_settings_from_args(args, attacks=attacks, classify=classify,
+        **_settings_from_args(args, attacks=attacks, ensembles=ensembles, classify=classify,
                               craft=_parse_craft(args.craft)))
     name = meta.get("run_name", str(args.checkpoint))
     print(f"{name}: n={int(df['n'].iloc[0]) if len(df) else 0}, eps={df['eps'].max():g}"
@@ -722,10 +1024,105 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     if df["attack"].isin(ADAPTIVE_ATTACKS).any():
         print("\nadaptive attacks (Table III):")
         print(format_table(table_iii(df)))
-    _print_warnings(df.attrs.get("warnings", []))
+    worst = table_worst_case(df)
+    if len(worst):
+        print("\nworst case per sample (the headline) beside the paper's protocol:")
+        print(format_table(worst.drop(columns=["ensemble"])))
+        print(ensemble_log(df))
+    warnings = list(df.attrs.get("warnings", []))
+    if args.eps_sweep:
+        sweep, sweep_warnings = eps_sweep_checkpoint(
+            args.checkpoint, attack=(ensembles or attacks)[0], classify=classify,
+            device=args.device, **{k: v for k, v in _settings_from_args(args).items()
+                                   if k in ("eps", "steps", "restarts", "seed", "group_size",
+                                            "batch_size", "reference_pool_size",
+                                            "apgd_steps", "square_queries",
+                                            "n_target_classes")})
+        print("\neps sweep (first test batch):")
+        print(format_table(sweep))
+        warnings += sweep_warnings
+    _print_warnings(warnings)
     if args.json:
         atomic_write_json(args.json, rows_of(df))
     return 0
+
+
+def _check_json_target(path) -> None:
+    """A --json target must be writable before any work starts."""
+    if not path:
+        return
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if p.is_dir():
+        raise ConfigError(f"--json {path} is a folder; give a file name")
+    if not parent.is_dir():
+        raise ConfigError(f"--json {path}: the folder {parent} does not exist")
+    import os
+
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"--json {path} is not writable")
+
+
+def ensemble_log(df: pd.DataFrame) -> str:
+    """Which attack of each ensemble broke how many samples (AutoAttack's log)."""
+    lines = []
+    ens = df[df["ensemble"].notna()] if "ensemble" in df else df.iloc[:0]
+    for (label, clf_name), part in ens.groupby(["ensemble", "classified_with"], sort=False):
+        n = int(part["n"].iloc[0])
+        steps = [f"{r['attack']} broke {int(r['broken'])} -> {r['robust_acc']:.3f}"
+                 for _, r in part.iterrows() if r["attack"] != WORST]
+        w = part[part["attack"] == WORST].iloc[0]
+        lines.append(f"  {describe_worst_row(w)}: clean {w['clean_acc']:.3f}; "
+                     + "; ".join(steps) + f"; re-checked by the defender: "
+                     f"{w['robust_acc']:.3f} (n={n}, {w['seconds']:.0f} s)")
+    return "\n".join(lines)
+
+
+def eps_sweep(model, dataset, attack: str, classify: Sequence[str], *, eps: float,
+              factors: Sequence[float] = (0.5, 1.0, 2.0, 4.0), n: int = 100,
+              tolerance: float = 0.01, **settings) -> Tuple[pd.DataFrame, List[str]]:
+    """Robust accuracy of one attack or ensemble at ``eps * factor`` (capped at 1) on the
+    first ``n`` test samples, per classifier. Warns where robust accuracy does not fall as
+    eps grows (beyond ``tolerance``), or stays above chance at the largest eps of at least
+    0.5: signs that the attack, not the model, is what holds the number up."""
+    singles, ens = split_attacks([attack])
+    rows = []
+    for f in factors:
+        e = min(1.0, eps * f)
+        df = evaluate(model, dataset, singles, classify, ensembles=ens, eps=e,
+                      n_test=min(n, len(dataset.x_test)), craft="pn", **settings)
+        pick = df[df["attack"] == WORST] if ens else df
+        for _, r in pick.iterrows():
+            rows.append({"eps": e, "classified with": r["classified_with"],
+                         "crafted with": r["crafted_with"], "robust acc": r["robust_acc"]})
+    table = pd.DataFrame(rows)
+    warnings = []
+    chance = 1.0 / max(2, int(dataset.num_classes) if hasattr(dataset, "num_classes") else 2)
+    for (clf_name, crafted), part in table.groupby(["classified with", "crafted with"],
+                                                   sort=False):
+        accs = list(part.sort_values("eps")["robust acc"])
+        epss = list(part.sort_values("eps")["eps"])
+        for a, b, ea, eb in zip(accs, accs[1:], epss, epss[1:]):
+            if b > a + tolerance:
+                warnings.append(f"under {clf_name} (crafted with {crafted}) robust accuracy "
+                                f"rises from {a:.3f} at eps {ea:g} to {b:.3f} at eps {eb:g}: a "
+                                f"stronger attacker does worse, so the attack is failing "
+                                f"(masked gradients, too few steps); do not trust its numbers")
+                break
+        if epss[-1] >= 0.5 and accs[-1] > chance + tolerance:
+            warnings.append(f"under {clf_name} (crafted with {crafted}) robust accuracy is "
+                            f"still {accs[-1]:.3f} at eps {epss[-1]:g}, above chance "
+                            f"({chance:.2f}): an attack this large should break nearly "
+                            f"everything; the attack is failing")
+    return table.set_index(["classified with", "crafted with", "eps"]), warnings
+
+
+def eps_sweep_checkpoint(checkpoint, *, attack: str, classify: Sequence[str], device=None,
+                         eps: Optional[float] = None, **settings):
+    model, meta, dataset = load_for_evaluation(checkpoint, None, device)
+    if eps is None:
+        eps = meta.get("config", {}).get("eps") or 8 / 255
+    return eps_sweep(model, dataset, attack, classify, eps=eps, **settings)
 
 
 def add_grid_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -733,7 +1130,10 @@ def add_grid_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("checkpoints", nargs="+", help="checkpoints, one per training ratio")
     parser.add_argument("--inference-ratios", default="1:0,1:1,1:3,1:9,1:19,1:49",
                         help="inference ratios adv:clean (comma-separated)")
-    parser.add_argument("--attack", default="pgd", help="attack of the grid (paper: PGD)")
+    parser.add_argument("--attack", default="pgd", help="attack of the grid: pgd (the paper's "
+                        "protocol: crafted with PN) or fgsm / apgd, or an ensemble (autoattack, "
+                        "apgd+square): the worst case through each shaped classifier's exact "
+                        "shaped batches")
     _add_common(parser)
     return document_defaults(parser)
 
@@ -753,15 +1153,21 @@ def cli_grid(args: argparse.Namespace) -> int:
     from .checkpoints import atomic_write_json
 
     ratios = parse_ratio_list(args.inference_ratios)
-    (attack,) = parse_attack_names(args.attack)[:1]
+    singles, ensembles = split_attacks(args.attack)
+    if len(singles) + len(ensembles) != 1:
+        raise ConfigError("the grid takes one attack or one ensemble (e.g. --attack pgd or "
+                          "--attack autoattack)")
+    attack = singles[0] if singles else None
     if attack in ADAPTIVE_ATTACKS:
-        raise ConfigError("the grid uses one attack crafted once; choose fgsm, pgd or apgd")
+        raise ConfigError("the grid uses one attack crafted once; choose fgsm, pgd or apgd, "
+                          "or an ensemble (autoattack)")
+    _check_json_target(args.json)
     dfs: Dict[str, pd.DataFrame] = {}
     json_rows: List[Dict[str, Any]] = []
     for ckpt in args.checkpoints:
         df, meta = evaluate_checkpoint(
             ckpt, dataset_name=args.dataset, device=args.device, use_cache=not args.no_cache,
-            progress=True, **_settings_from_args(args, attacks=[attack],
+            progress=True, **_settings_from_args(args, attacks=singles, ensembles=ensembles,
                                                  classify=[f"shaped:{r}" for r in ratios]))
         label = training_label(meta)
         if label in dfs:
@@ -770,7 +1176,13 @@ def cli_grid(args: argparse.Namespace) -> int:
         for r in rows_of(df):
             json_rows.append({"training_ratio": label, "checkpoint": str(ckpt), **r})
         _print_warnings(df.attrs.get("warnings", []))
-    print(format_table(table_iv(dfs, attack=attack)))
+    if ensembles:
+        print(f"worst case per sample ({ensemble_label(ensembles[0])}), crafted through each "
+              f"classifier's exact shaped batches, classified with shaped inference:")
+        print(format_table(table_iv(dfs, attack=WORST, crafted_with="BN (exact refs)")))
+    else:
+        print(f"{attack} crafted with PN, classified with shaped inference:")
+        print(format_table(table_iv(dfs, attack=attack)))
     if args.json:
         atomic_write_json(args.json, json_rows)
     return 0

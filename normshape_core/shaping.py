@@ -421,6 +421,35 @@ class FixedReferenceView(Classifier):
     def describe(self) -> str:
         return self.shaped.describe() + " (pinned refs)"
 
+    def row_groups(self) -> torch.Tensor:
+        """[n] the shaped batch (group index) each of the n rows is classified in: rows of
+        one group share BN statistics, rows of different groups never interact."""
+        n, g = self.refs.n, self.shaped.group_size
+        ids = torch.arange(n) // g
+        n_full = self.refs.full.shape[0]
+        if (self.refs.tail is not None and n - n_full * g == 1 and len(self.refs.tail) == 0
+                and n_full):
+            ids[-1] = n_full - 1  # 1:0: a lone last row is classified with the last group
+        return ids
+
+    def restricted(self, groups: torch.Tensor) -> "FixedReferenceView":
+        """The same exact shaped batches for a subset of the groups (sorted group indices of
+        ``row_groups``), on the rows of those groups in their order: each selected group keeps
+        its references, so its rows get exactly the logits they get in the full call."""
+        groups = torch.as_tensor(groups, dtype=torch.long).sort().values
+        n_full, g = self.refs.full.shape[0], self.shaped.group_size
+        ids = self.row_groups()
+        if ids[-1] == n_full - 1 and self.refs.n > n_full * g:  # merged lone row: no subsetting
+            if len(groups) != int(ids.max()) + 1:
+                raise ValueError("a 1:0 view with a merged last row cannot be restricted")
+            return self
+        full_sel = groups[groups < n_full]
+        tail_sel = bool((groups == n_full).any()) and self.refs.tail is not None
+        n_rows = len(full_sel) * g + (self.refs.n - n_full * g if tail_sel else 0)
+        sub = ReferenceDraw(self.refs.full[full_sel], self.refs.tail if tail_sel else None,
+                            n_rows)
+        return FixedReferenceView(self.shaped, sub)
+
 
 def parse_classifier(spec: str, model: nn.Module, reference_pool: Optional[torch.Tensor] = None,
                      *, group_size: Optional[int] = None, seed: int = 0,

@@ -14,7 +14,7 @@ from streamlit.testing.v1 import AppTest
 from _app_checkpoints import checkpoint_root
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "normshape_app" / "app.py")
+APP = str(ROOT / "app.py")
 TIMEOUT = 120  # first views compute (evaluations, PGD traces) on two shared cores
 
 

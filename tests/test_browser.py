@@ -1,4 +1,4 @@
-"""A real browser on the real server: ``streamlit run normshape_app/app.py`` on a free port,
+"""A real browser on the real server: ``streamlit run app.py`` on a free port,
 driven by Playwright (from PyPI) with Debian's Chromium, headless. Visits every page, starts a tiny
 training run on the Train page, waits for it to finish, finds its checkpoint on the Compare
 page, saves a screenshot of each page and fails on any exception text shown.
@@ -58,7 +58,7 @@ def server(tmp_path_factory):
            "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "normshape_app/app.py",
+        [sys.executable, "-m", "streamlit", "run", "app.py",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

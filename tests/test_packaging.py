@@ -86,9 +86,10 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_core_the_app_and_the_shipped_checkpoints(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"normshape_core/__main__.py", "normshape_core/userdata.py", "normshape_app/app.py",
-            "normshape_app/ui.py", "normshape_app/cli.py", "normshape_app/app_pages/compare.py",
-            "normshape_app/.streamlit/config.toml"} <= names
+    assert {"normshape_core/__main__.py", "normshape_core/userdata.py", "normshape_core/attacks/apgd_t.py",
+            "normshape_app/ui.py", "normshape_app/cli.py", "normshape_app/bundle/app.py",
+            "normshape_app/bundle/app_pages/compare.py",
+            "normshape_app/bundle/.streamlit/config.toml"} <= names
     shipped = {p.relative_to(ROOT / "checkpoints").as_posix()
                for p in (ROOT / "checkpoints").rglob("*") if p.is_file()}
     assert shipped and {"normshape_app/checkpoints/" + p for p in shipped} <= names
@@ -234,7 +235,7 @@ def test_pyproject_dependencies_match_the_tested_pins():
 def test_streamlit_defaults_are_safe_and_the_upload_limits_agree():
     """localhost only, no usage statistics, and the upload limit of the widget (which reads
     Streamlit's option: the browser test sees "256MB" on the served page)."""
-    cfg = tomllib.loads((ROOT / "normshape_app" / ".streamlit" / "config.toml").read_text())
+    cfg = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] in ("localhost", "127.0.0.1")
     assert cfg["browser"]["gatherUsageStats"] is False
     assert cfg["server"]["maxUploadSize"] == 256

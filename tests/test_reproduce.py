@@ -20,7 +20,7 @@ def _small_repro(out: Path):
     runs = train_set("moons", out, specs=SMALL, overrides={"epochs": 10}, progress=False,
                      log=lambda *_: None)
     return evaluate_set(runs, "moons", n_test=400, table_attacks=["pgd"], diagnostics=False,
-                        log=lambda *_: None)
+                        worst=dict(n_test=100, table_iv_n_test=50), log=lambda *_: None)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,32 @@ def test_small_reproduction_shows_the_moons_effects(small):
     claims = {c: v for c, v, _ in verdicts(small)}
     key = next(c for c in claims if c.startswith("clean accuracy: PGD-AT"))
     assert claims[key] == "reproduced"
+
+
+def test_small_reproduction_has_the_worst_case_beside_the_paper_protocol(small):
+    """Every robust number of Tables I-III also as the worst case through the classifier's
+    own norms, on the same samples as a PGD-20 row, never above it; Table IV's worst case
+    on its own sample count; the verdicts are re-derived on the worst case."""
+    assert small["n_test_worst"] == 100 and small["n_test_table_iv_worst"] == 50
+    for key in ("natural", "pgd/adv-only", "pgd/shaping-in-attack+training"):
+        rows = small["runs"][key]["rows"]
+        worst = [r for r in rows if r["attack"] == "worst_case" and r["n"] == 100]
+        assert {w["classified_with"] for w in worst} >= {"PN", "BN", "shaped 1:9 (g=10)"}
+        for w in worst:
+            pgd = next(r for r in rows if r["attack"] == "pgd" and r["n"] == 100 and
+                       r["crafted_with"] == "PN" and r["classified_with"] == w["classified_with"])
+            assert w["robust_acc"] <= pgd["robust_acc"] + 1e-9, (key, w, pgd)
+            assert w["crafted_with"] == {"PN": "PN", "BN": "BN"}.get(w["classified_with"],
+                                                                    "BN (exact refs)")
+    iv = [r for r in small["runs"]["pgd/shaping-in-attack+training"]["rows"]
+          if r["attack"] == "worst_case" and r["n"] == 50]
+    assert {r["ratio"] for r in iv} == {"1:0", "1:1", "1:3", "1:9", "1:19", "1:49"}
+    claims = [c for c, _, _ in verdicts(small)]
+    assert any(c.startswith("robustness, worst case per sample") for c in claims)
+    assert any(c.startswith("no gradient masking") for c in claims)
+    assert any(c.startswith("Table IV (worst case") for c in claims)
+    text = dataset_section(small)
+    assert "worst case per sample beside the paper's protocol" in text
 
 
 def test_reproduce_again_gives_the_same_numbers(small, tmp_path):
