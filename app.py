@@ -106,6 +106,10 @@ def inventory_rows(ckpts) -> pd.DataFrame:
         for k, v in fm.items():
             if k.startswith("test/"):
                 row[ui.metric_label(k)] = v
+        worst = ui.shipped_worst_cases().get(c.sha, {})
+        row["robust acc. worst case (crafted PN, classified PN)"] = worst.get("PN")
+        row["robust acc. worst case (exact shaped batches, classified shaped 1:9)"] = \
+            worst.get("shaped 1:9")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -132,9 +136,13 @@ def inventory(ckpts) -> None:
                      .format("{:.3f}", subset=[ui.md_escape(k) for k in acc], na_rep="-")
                      .format(ui.md_escape, subset=[ui.md_escape(k) for k in text])
                      .set_tooltips(tips.rename(columns=ui.md_escape), props=TOOLTIP_CSS))
-    st.caption("Accuracies are the trainer's end-of-training check on up to 500 test "
-               "samples: clean accuracy classified with PN, and PGD robust accuracy with "
-               "the examples crafted with PN and classified with PN. *Polluted PN*: trained "
+    st.caption("Clean accuracy and PGD-10 robust accuracy are the trainer's end-of-training "
+               "check on up to 500 test samples, examples crafted with PN and classified with "
+               "PN. The **worst case** is the headline: per sample, the worst of APGD-CE, "
+               "APGD-T, FAB-T and Square (autoattack), each classifier attacked through its own "
+               "norms (PN; the defender's exact shaped batches for shaped inference), from the "
+               "reproduction's results (REPRODUCTION.md); '-' where not computed: the Compare "
+               "page computes it for any checkpoint. *Polluted PN*: trained "
                "with attack steps updating the running statistics, as the paper's TensorFlow "
                "code did. Hover a checkpoint for its settings, model and date; the Compare page "
                "evaluates each checkpoint under every pairing of norms.")

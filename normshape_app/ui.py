@@ -618,12 +618,63 @@ def shaped_grid_rows(cks: Dict[str, "Ckpt"], ratios: Sequence[str], attack: str,
 # evaluation module's disk cache, keyed by weights' SHA-256 and settings, read-only for the
 # app) and a first view reads numbers instead of computing them.
 INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
-COMPARE_ATTACKS = ["pgd", "fgsm", "shaping", "adaptive_exact"]
+COMPARE_ATTACKS = ["autoattack", "pgd", "fgsm", "shaping", "adaptive_exact"]
+
+
+def compare_default_attacks(cks: Sequence["Ckpt"]) -> List[str]:
+    """Compare's default attacks: the worst case (autoattack) whenever the reproduction has
+    computed it for every chosen checkpoint (it is then read, not recomputed); otherwise the
+    paper's attacks, and the page offers the worst case (minutes of compute on CPU)."""
+    known = shipped_worst_cases()
+    if cks and all("PN" in known.get(ck.sha, {}) for ck in cks):
+        return list(COMPARE_ATTACKS)
+    return [a for a in COMPARE_ATTACKS if a != "autoattack"]
 
 
 def compare_settings(attacks: Sequence[str], ratio: str, n_test: int, also_bn: bool) -> Dict:
     return dict(attacks=list(attacks), classify=["pn", "bn", f"shaped:{ratio}"],
                 n_test=int(n_test), craft=["pn", "bn"] if also_bn else ["pn"])
+
+
+@st.cache_data(show_spinner=False)
+def _results_worst(path: str, mtime: float) -> Dict[str, Dict[str, float]]:
+    import json as _json
+
+    out: Dict[str, Dict[str, float]] = {}
+    try:
+        results = _json.loads(Path(path).read_text())
+        n_worst = results.get("n_test_worst", results.get("n_test"))
+        for entry in results.get("runs", {}).values():
+            for r in entry.get("rows", []):
+                if r.get("attack") == "worst_case" and r.get("n") == n_worst and \
+                        r.get("ratio") in (None, "1:9"):
+                    key = "shaped 1:9" if r.get("ratio") == "1:9" else r["classified_with"]
+                    out.setdefault(entry["weights_sha256"], {})[key] = r["robust_acc"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return out
+
+
+def shipped_worst_cases() -> Dict[str, Dict[str, float]]:
+    """{weights SHA-256: {"PN" | "BN" | "shaped 1:9": worst-case robust accuracy}} from the
+    reproduction's ``results.json`` files of the shipped checkpoints."""
+    out: Dict[str, Dict[str, float]] = {}
+    for p in sorted(shipped_checkpoints_dir().glob("*/results.json")):
+        for sha, v in _results_worst(str(p), p.stat().st_mtime).items():
+            out.setdefault(sha, {}).update(v)
+    return out
+
+
+def worst_case_settings(dataset: str, ratio: str = "1:9") -> Dict:
+    """The worst case (autoattack) as the reproduction computes it for this dataset (its
+    test samples and APGD-T targets), so the shipped checkpoints' results are read, not
+    recomputed."""
+    from normshape_core.reproduce import worst_case_settings as repro
+
+    s = repro(dataset)
+    s["n_test"] = min(s["n_test"], test_set_size(dataset))
+    classify = ["bn", "pn", f"shaped:{ratio}"]
+    return dict(attacks=[], ensembles=[s.pop("ensemble")], classify=classify, **s)
 
 
 def clean_accuracy_settings(n_test: int) -> Dict:
@@ -757,7 +808,9 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
             sizes[ds] = len(_load(ds, seed=0).x_test)
         n200, n500 = min(200, sizes[ds]), min(500, sizes[ds])
         # Compare evaluates each attack on its own: one entry per attack
-        jobs_ = [compare_settings([a], "1:9", n200, False) for a in COMPARE_ATTACKS]
+        # (the worst case is the reproduction's: `normshape reproduce` computes it)
+        jobs_ = [compare_settings([a], "1:9", n200, False) for a in COMPARE_ATTACKS
+                 if a != "autoattack"]
         jobs_.append(clean_accuracy_settings(n500))
         if cfg["method"] != "natural" and cfg["shaping"] in ("none", "attack+train"):
             jobs_.append(dict(attacks=["pgd"], classify=[f"shaped:{r}" for r in

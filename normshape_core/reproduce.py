@@ -37,10 +37,23 @@ REPRO_N_TEST = {"moons": 1000, "spirals": 1000, "digits": 397, "fashion_mnist": 
 # rows per test sample. 0 = not computed.
 REPRO_WORST: Dict[str, Dict[str, int]] = {
     "digits": dict(table_iv_n_test=100),
-    "fashion_mnist": dict(n_test=200, n_target_classes=3, table_iv_n_test=0),
+    "fashion_mnist": dict(n_test=100, n_target_classes=3, table_iv_n_test=0),
 }
 #: the ensemble of every worst-case number in the report
 WORST_ENSEMBLE = "autoattack"
+
+
+def worst_case_settings(dataset: str, n_test: Optional[int] = None) -> Dict[str, Any]:
+    """The evaluation settings of the reproduction's worst case on ``dataset`` (ensemble,
+    test samples, seed, APGD-T targets): the app asks for the same, so it reads the shipped
+    results instead of recomputing them."""
+    budget = REPRO_WORST.get(dataset, {})
+    n = n_test or REPRO_N_TEST.get(dataset, 1000)
+    out: Dict[str, Any] = dict(ensemble=WORST_ENSEMBLE, n_test=min(n, budget.get("n_test") or n),
+                               seed=0)
+    if "n_target_classes" in budget:
+        out["n_target_classes"] = budget["n_target_classes"]
+    return out
 
 
 @dataclass(frozen=True)

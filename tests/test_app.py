@@ -96,7 +96,10 @@ def test_home_lists_the_checkpoints_with_their_norms_named(app, ckpt_root):
     assert set(df["checkpoint"]) == {p.name for p in ckpt_root.iterdir()}
     assert list(df.columns) == ["checkpoint", "training", "polluted PN", "eps",
                                 "clean acc. (classified PN)",
-                                "robust acc. PGD-10 (crafted PN, classified PN)"]
+                                "robust acc. PGD-10 (crafted PN, classified PN)",
+                                "robust acc. worst case (crafted PN, classified PN)",
+                                "robust acc. worst case (exact shaped batches, classified "
+                                "shaped 1:9)"]
     row = df.set_index("checkpoint").loc["moons-pgd-shaped-1-3"]
     assert row["training"] == "PGD, shaping in attack+training 1:3"
     assert row["polluted PN"] == "no" and 0 <= row["clean acc. (classified PN)"] <= 1
