@@ -128,27 +128,24 @@ def build_parser(prog: str = "python -m normshape_core") -> argparse.ArgumentPar
                                        "evaluate, grid (Table IV), diagnose, reproduce.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     parser.subcommands = sub
-    p = sub.add_parser("train", help="train one run and write its checkpoint")
-    add_train_args(p)
-    p.set_defaults(func=cmd_train)
     from . import diagnostics, evaluation, reproduce
 
-    pe = sub.add_parser("evaluate", help="robustness table of a checkpoint")
-    evaluation.add_evaluate_args(pe)
-    pe.set_defaults(func=evaluation.cli_evaluate)
-    pg = sub.add_parser("grid", help="Table IV: training ratio x inference ratio")
-    evaluation.add_grid_args(pg)
-    pg.set_defaults(func=evaluation.cli_grid)
-    pd = sub.add_parser("diagnose", help="the confounding measurements of a checkpoint")
-    diagnostics.add_diagnose_args(pd)
-    pd.set_defaults(func=diagnostics.cli_diagnose)
-    pr = sub.add_parser("reproduce", help="train and evaluate the paper's set of models")
-    reproduce.add_reproduce_args(pr)
-    pr.set_defaults(func=reproduce.cli_reproduce)
-    pp = sub.add_parser("report", help="rewrite REPRODUCTION.md's generated tables from "
-                                       "the results files")
-    reproduce.add_report_args(pp)
-    pp.set_defaults(func=reproduce.cli_report)
+    commands = [  # name, help, add the arguments, run
+        ("train", "train one run and write its checkpoint", add_train_args, cmd_train),
+        ("evaluate", "robustness table of a checkpoint", evaluation.add_evaluate_args,
+         evaluation.cli_evaluate),
+        ("grid", "Table IV: training ratio x inference ratio", evaluation.add_grid_args,
+         evaluation.cli_grid),
+        ("diagnose", "the confounding measurements of a checkpoint",
+         diagnostics.add_diagnose_args, diagnostics.cli_diagnose),
+        ("reproduce", "train and evaluate the paper's set of models",
+         reproduce.add_reproduce_args, reproduce.cli_reproduce),
+        ("report", "rewrite REPRODUCTION.md's generated tables from the results files",
+         reproduce.add_report_args, reproduce.cli_report)]
+    for name, help_text, add_args, run in commands:
+        p = sub.add_parser(name, help=help_text)
+        add_args(p)
+        p.set_defaults(func=run)
     return parser
 
 
