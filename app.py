@@ -13,7 +13,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-import normshape_ui as ui
+from normshape_app import ui
 
 st.set_page_config(page_title="normshape: Batch-Norm Shaping lab", page_icon=":material/tune:",
                    layout="wide")
@@ -58,44 +58,13 @@ def home() -> None:
     if not ckpts:
         ui.no_checkpoints_message()
     else:
-        rows = []
-        for c in ckpts:
-            cfg, fm = c.config, c.meta.get("final_metrics", {})
-            row = {"checkpoint": c.id, "dataset": cfg["dataset"], "method": cfg["method"],
-                   "shaping mode": "-" if cfg["method"] == "natural" else
-                   {"none": "adv only", "train": "shaping in training",
-                    "attack+train": "shaping in attack+training"}[cfg["shaping"]],
-                   "ratio adv:clean": cfg["ratio"] if cfg["shaping"] != "none" and
-                   cfg["method"] != "natural" else "-",
-                   "eps": cfg["eps"]}
-            for k, v in fm.items():
-                if k.startswith("test/"):
-                    row[ui.metric_label(k)] = v
-            row["model"] = cfg["model"]
-            row["created"] = str(c.meta.get("created", ""))[:16].replace("T", " ")
-            rows.append(row)
-        df = pd.DataFrame(rows)
-        # Short headers on screen; the full names (both norms) in each header's help.
-        acc_cols = {k: st.column_config.NumberColumn(
-            k.replace("crafted PN, classified PN", "PN -> PN").replace("classified ", ""),
-            help=k, format="%.3f", width=105)
-            for k in df.columns if k.startswith(("clean acc", "robust acc"))}
-        acc_cols["checkpoint"] = st.column_config.TextColumn("checkpoint", width=250)
-        acc_cols["shaping mode"] = st.column_config.TextColumn(width=150)
-        acc_cols["ratio adv:clean"] = st.column_config.TextColumn("ratio", width=50,
-                                                                  help="ratio adv:clean")
-        for k, w in (("dataset", 85), ("method", 60), ("eps", 45)):
-            acc_cols[k] = st.column_config.Column(width=w)
-        st.dataframe(df, hide_index=True, column_config=acc_cols, key="home_inventory",
-                     height=min(36 * (len(df) + 1) + 4, 640))
-        st.caption("Accuracies are the trainer's end-of-training check on up to 500 test "
-                   "samples: clean accuracy classified with PN, and PGD robust accuracy with "
-                   "the examples crafted with PN and classified with PN. The Compare page "
-                   "evaluates each checkpoint under every pairing of norms.")
+        inventory(ckpts)
     for err in ui.checkpoint_errors():
-        st.warning(f"Skipped an unreadable checkpoint: {err}")
-    st.caption(f"Device in use: {ui.device_text()}. Checkpoint folders: "
-               + ", ".join(f"`{d}`" for d in ui.checkpoint_dirs()) + ".")
+        st.warning(f"Skipped an unreadable checkpoint: {ui.public_text(err)}")
+    folders = [ui.folder_label(d) for d in ui.checkpoint_dirs()]
+    st.caption(f"Device in use: {ui.device_text()}. Checkpoints are read from "
+               + (", ".join(folders[:-1]) + " and " if len(folders) > 1 else "")
+               + folders[-1] + ".")
 
     st.subheader("Where to go next")
     nxt = [("app_pages/train.py", "Train", "train a run in the background, watch its curves"),
@@ -110,6 +79,73 @@ def home() -> None:
         with cols[i % 3]:
             st.page_link(path, label=f"**{title}**")
             st.caption(what)
+
+
+TRAINING = {"none": "adv only", "train": "shaping in training",
+            "attack+train": "shaping in attack+training"}
+#: pandas' tooltip box: drawn just above the hovered cell, wrapped to a readable width.
+TOOLTIP_CSS = ("visibility: hidden; position: absolute; z-index: 10; width: 26rem; "
+               "transform: translate(0, calc(-100% - 0.4rem)); background-color: #31333f; "
+               "color: #ffffff; padding: 0.3rem 0.6rem; border-radius: 0.3rem; "
+               "font-size: 0.8rem; line-height: 1.3; white-space: normal;")
+
+
+def inventory_rows(ckpts) -> pd.DataFrame:
+    """One row per checkpoint: its full id, how it was trained (polluted running statistics
+    said in a column of their own) and the trainer's end-of-training accuracies."""
+    rows = []
+    for c in ckpts:
+        cfg, fm = c.config, c.meta.get("final_metrics", {})
+        natural = cfg["method"] == "natural"
+        training = "natural" if natural else f"{cfg['method'].upper()}, {TRAINING[cfg['shaping']]}"
+        if not natural and cfg["shaping"] != "none":
+            training += f" {cfg['ratio']}"
+        row = {"checkpoint": c.id, "dataset": cfg["dataset"], "training": training,
+               "polluted PN": "yes" if cfg.get("polluted_running_stats") else "no",
+               "eps": ui.eps_text(cfg)}
+        for k, v in fm.items():
+            if k.startswith("test/"):
+                row[ui.metric_label(k)] = v
+        worst = ui.shipped_worst_cases().get(c.sha, {})
+        row["robust acc. worst case (crafted PN, classified PN)"] = worst.get("PN")
+        row["robust acc. worst case (exact shaped batches, classified shaped 1:9)"] = \
+            worst.get("shaped 1:9")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def inventory(ckpts) -> None:
+    """The checkpoints as HTML tables (``st.table``), one tab per dataset: cells and headers
+    wrap, so at 1024 px every id is whole and the accuracy columns are on screen; hovering
+    an id shows it with its settings. Every name is shown as text, never as Markdown."""
+    df = inventory_rows(ckpts)
+    datasets = list(dict.fromkeys(df["dataset"]))
+    tabs = st.tabs([f"{ui.md_escape(d)} ({(df['dataset'] == d).sum()})" for d in datasets])
+    acc = [k for k in df.columns if k.startswith(("clean acc", "robust acc"))]
+    by_id = {c.id: c for c in ckpts}
+    for tab, d in zip(tabs, datasets):
+        part = df[df["dataset"] == d].drop(columns="dataset").reset_index(drop=True)
+        tips = pd.DataFrame("", index=part.index, columns=part.columns)
+        tips["checkpoint"] = [ui.css_text(
+            f"{cid}: {by_id[cid].short()}, model {by_id[cid].config['model']}, created "
+            f"{str(by_id[cid].meta.get('created', '?'))[:16].replace('T', ' ')}")
+            for cid in part["checkpoint"]]
+        text = [k for k in part.columns if k not in acc]
+        with tab:
+            st.table(part.rename(columns=ui.md_escape).style.hide(axis="index")
+                     .format("{:.3f}", subset=[ui.md_escape(k) for k in acc], na_rep="–")
+                     .format(ui.md_escape, subset=[ui.md_escape(k) for k in text])
+                     .set_tooltips(tips.rename(columns=ui.md_escape), props=TOOLTIP_CSS))
+    st.caption("Clean accuracy and PGD-10 robust accuracy are the trainer's end-of-training "
+               "check on up to 500 test samples, examples crafted with PN and classified with "
+               "PN. The **worst case** is the headline: per sample, the worst of APGD-CE, "
+               "APGD-T, FAB-T and Square (autoattack), each classifier attacked through its own "
+               "norms (PN; the defender's exact shaped batches for shaped inference), from the "
+               "reproduction's results (REPRODUCTION.md); '–' where not computed: the Compare "
+               "page computes it for any checkpoint. *Polluted PN*: trained "
+               "with attack steps updating the running statistics, as the paper's TensorFlow "
+               "code did. Hover a checkpoint for its settings, model and date; the Compare page "
+               "evaluates each checkpoint under every pairing of norms.")
 
 
 PAGES = [
@@ -141,5 +177,5 @@ with st.sidebar:
 try:
     page.run()
 except ui.USER_ERRORS as e:  # a checkpoint or dataset that cannot be used: say so, go on
-    st.error(f"This cannot be shown: {e}")
+    st.error(f"This cannot be shown: {ui.public_text(e)}")
     st.caption("Choose another checkpoint or setting; the rest of the app keeps working.")

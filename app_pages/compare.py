@@ -1,21 +1,39 @@
 """Compare: two to four checkpoints side by side, laid out like the paper's Tables I-III."""
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import streamlit as st
 from plotly.subplots import make_subplots
 
-import normshape_ui as ui
+from normshape_app import ui
 from normshape_core import jobs
-from normshape_core.evaluation import table_iii, table_like_paper
+from normshape_core.evaluation import WORST, table_iii, table_like_paper
 
-ATTACKS = ["pgd", "fgsm", "apgd", "cw", "deepfool", "shaping", "adaptive_exact", "adaptive_eot"]
-ATTACK_HELP = ("pgd/fgsm/apgd: L-inf, crafted with PN (and BN when asked); cw, deepfool: minimal "
-               "L2 attacks; shaping: the paper's shaping attack (BN, 1:3 batches of test samples);"
-               " adaptive_exact: crafted through the defender's exact shaped batches (Table III); "
-               "adaptive_eot: the attacker's own references, EOT (Table III, weaker)")
+ATTACKS = ["autoattack", "pgd", "fgsm", "apgd", "apgd_t", "square", "cw", "deepfool", "shaping",
+           "adaptive_exact", "adaptive_eot"]
+ATTACK_HELP = ("autoattack: the headline, the worst case per sample over APGD-CE, APGD-T, "
+               "FAB-T and Square, each classifier attacked through its own norms (PN; the test "
+               "batch's BN; the exact shaped batches), on the reproduction's test samples; "
+               "pgd/fgsm/apgd/apgd_t/square: L-inf, crafted with PN (and BN when asked); cw, "
+               "deepfool: minimal L2 attacks; shaping: the paper's shaping attack (BN, 1:3 "
+               "batches of test samples); adaptive_exact: crafted through the defender's exact "
+               "shaped batches (Table III); adaptive_eot: the attacker's own references, EOT "
+               "(Table III, weaker)")
 # Colours of each checkpoint's curves: none of them is PN's or BN's colour.
 CKPT_COLORS = ["#6a3d9a", "#1b9e77", "#8c564b", "#e7298a"]
+
+
+# How each attack is named on this page (the norms it crafts with are in the name where they
+# are part of the attack).
+ATTACK_NAMES = {"autoattack": "worst case (autoattack)", "pgd": "PGD-20", "fgsm": "FGSM",
+                "apgd": "APGD-CE", "apgd_t": "APGD-T", "square": "Square", "cw": "C&W-L2",
+                "deepfool": "DeepFool", "shaping": "shaping attack (BN 1:3)",
+                "adaptive_exact": "adaptive (exact refs)",
+                "adaptive_eot": "adaptive (EOT, own refs)"}
+CLEAN = "clean (no attack)"
+MEASURE, CLASSIFIED = "attack, crafted with", "classified with"
 
 
 def norm_colour(classified_with: str) -> str:
@@ -24,23 +42,26 @@ def norm_colour(classified_with: str) -> str:
     return ui.norm_color(classified_with)
 
 
-def short_norms(crafted_with: str) -> str:
-    return (crafted_with.replace("BN (exact refs)", "exact refs")
-            .replace("shaping 1:3 (BN)", "BN 1:3").replace("BN (own refs, EOT 8)", "own refs"))
-
-
-KEY_COLUMNS = ["accuracy", "attack", "crafted with", "classified with"]
+def measure_name(attack: str, crafted_with: str, ensemble=None) -> str:
+    """``PGD-20, crafted PN``; the shaping and adaptive attacks carry their norms in the name;
+    the worst case is crafted through each classifier's own norms."""
+    if attack == WORST:
+        return f"worst case ({str(ensemble).split(':')[0]}), crafted with its own norms"
+    name = ATTACK_NAMES.get(attack, attack)
+    return name if attack == "shaping" or attack.startswith("adaptive") else \
+        f"{name}, crafted {crafted_with}"
 
 
 def measures(df: pd.DataFrame) -> pd.Series:
-    """One value per named measure: every number says crafted-with and classified-with."""
+    """One value per (measure, classified with): every number says crafted-with and
+    classified-with."""
     out = {}
     for clf, acc in df.groupby("classified_with", sort=False)["clean_acc"].first().items():
-        out[("clean", "-", "-", clf)] = acc
-    for _, r in df.iterrows():
-        eps = "" if pd.isna(r["eps"]) else f" (eps {r['eps']:g})"
-        out[("robust", f"{r['attack']}{eps}", r["crafted_with"], r["classified_with"])] = \
-            r["robust_acc"]
+        out[(CLEAN, clf)] = acc
+    ens = df["ensemble"].notna() if "ensemble" in df else pd.Series(False, index=df.index)
+    for _, r in df[~ens | (df["attack"] == WORST)].iterrows():  # an ensemble: its worst case
+        out[(measure_name(r["attack"], r["crafted_with"], r.get("ensemble")),
+             r["classified_with"])] = r["robust_acc"]
     return pd.Series(out)
 
 
@@ -66,6 +87,64 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def side_by_side(table: pd.DataFrame, names) -> None:
+    """The table as an HTML table (``st.table``): headers and cells wrap, so at any width every
+    header is whole and every accuracy column on screen. Names are shown as text, never as
+    Markdown."""
+    shown = table.rename(columns={c: ui.md_escape(names[c]) for c in names})
+    cols = [ui.md_escape(names[c]) for c in names]
+    st.table(shown.style.hide(axis="index")
+             .apply(highlight_best, columns=cols, axis=1)
+             .format("{:.3f}", subset=cols, na_rep="–")
+             .format(ui.md_escape, subset=[MEASURE, CLASSIFIED]))
+
+
+def bar_chart(results, names) -> None:
+    """One panel per checkpoint, stacked, with horizontal bars: the measure names sit on the
+    y axis, where they never overlap, and each panel has the page's whole width. The colour
+    key is in the subtitle (a legend would sit on the panels at small widths)."""
+    chosen = list(results)
+    rows = {cid: measures(results[cid]) for cid in chosen}
+    order = list(dict.fromkeys(m for cid in chosen for m, _ in rows[cid].index))
+    classifiers = list(dict.fromkeys(c for cid in chosen for _, c in rows[cid].index))
+    titles = [wrap(names[c]) for c in chosen]
+    panel = 18 * len(order) * len(classifiers) + 40  # px of bars per checkpoint
+    gap = 40 + 17 * max(t.count("<br>") + 1 for t in titles)  # px for a panel's title
+    height = min(2400, 110 + (panel + gap) * len(chosen))
+    fig = make_subplots(rows=len(chosen), cols=1, shared_xaxes=True,
+                        vertical_spacing=gap / (height - 110), subplot_titles=titles)
+    for i, cid in enumerate(chosen, start=1):
+        values = rows[cid]
+        for clf in classifiers[::-1]:  # grouped horizontal bars stack upwards: PN on top
+            d = values[[k for k in values.index if k[1] == clf]]
+            fig.add_bar(y=[m for m, _ in d.index], x=list(d.values), orientation="h",
+                        name=f"classified with {clf}", legendgroup=clf, showlegend=False,
+                        marker_color=norm_colour(clf),
+                        hovertemplate="%{y}: %{x:.3f}<extra>" + f"classified with {clf}"
+                                      + "</extra>", row=i, col=1)
+        fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], automargin=True,
+                         row=i, col=1)
+    fig.update_xaxes(range=[0, 1], dtick=0.2, showticklabels=True)
+    fig.update_xaxes(title_text="accuracy (fraction)", row=len(chosen), col=1)
+    fig.update_annotations(font_size=13)
+    fig.update_layout(barmode="group", bargap=0.22)
+    key = " ".join(f"<span style='color:{norm_colour(c)}'>■ {c}</span>" for c in classifiers)
+    ui.show(fig, key="cmp_bars", height=height, legend=False,
+            title=f"Clean and robust accuracy of each checkpoint<br><sup>classified with "
+                  f"{key}</sup>")
+
+
+def wrap(text: str, width: int = 40) -> str:
+    """A long run name on several lines (plotly titles do not wrap), broken after '-' or ' '."""
+    lines, line = [], ""
+    for piece in re.findall(r"[^- ]+[- ]?", text):
+        if line and len(line) + len(piece) > width:
+            lines.append(line.rstrip())
+            line = ""
+        line += piece
+    return "<br>".join(lines + [line.rstrip()])
+
+
 def upload_section() -> None:
     st.markdown("**Upload a checkpoint** (`model.safetensors` + `model.json`, as written by "
                 "normshape). It is validated before use: JSON metadata of a known format, "
@@ -82,12 +161,16 @@ def upload_section() -> None:
         st.error("Upload exactly one .safetensors file and its .json metadata.")
         return
     try:
-        ck_dir = ui.import_checkpoint(weights[0].getvalue(), metas[0].getvalue(),
-                                      weights[0].name)
+        up = ui.import_checkpoint(weights[0].getvalue(), metas[0].getvalue(), weights[0].name,
+                                  known={c.sha: c.id for c in ui.checkpoints()})
     except ValueError as e:
-        st.error(f"Not accepted: {e}")
+        st.error(f"Not accepted: {ui.public_text(e)}")
         return
-    st.success(f"Accepted and stored as `{ck_dir.name}`: it is now listed on every page.")
+    if up.stored:
+        st.success(f"Accepted and stored as `{up.name}`: it is now listed on every page.")
+    else:
+        st.success(f"Accepted: these weights are those of `{up.name}` (same SHA-256), already "
+                   "listed on every page; nothing was stored again.")
 
 
 st.title("Compare checkpoints")
@@ -123,8 +206,9 @@ def default_selection():
 with ui.settings_block():
     chosen = st.multiselect("Checkpoints (two to four)", ids, default=default_selection(),
                             max_selections=4, key="cmp", bind="query-params")
-    attacks = st.multiselect("Attacks", ATTACKS, default=ui.COMPARE_ATTACKS,
-                             key="cmp_attacks", bind="query-params", help=ATTACK_HELP)
+    attacks = st.multiselect("Attacks", ATTACKS, key="cmp_attacks", bind="query-params",
+                             default=ui.compare_default_attacks(
+                                 [by_id[c] for c in chosen if c in by_id]), help=ATTACK_HELP)
     c2, c3, c4 = st.columns(3)
     ratio = c2.selectbox("Shaped inference ratio adv:clean", ["1:3", "1:9", "1:19"], index=1,
                          key="cmp_ratio", bind="query-params",
@@ -142,35 +226,42 @@ if len(chosen) < 2:
 if not chosen or not attacks:
     st.stop()
 
-results = {}
-for cid in chosen:
-    ck = by_id[cid]
-    n = min(n_test, ui.test_set_size(ck.dataset))
-    results[cid] = ui.evaluation(ck, label=f"Evaluating {cid}",
-                                 **ui.compare_settings(attacks, ratio, n, also_bn))
-if len({by_id[c].dataset for c in chosen}) > 1:
+cks = [by_id[c] for c in chosen]
+names = {ck.id: ck.column_name() for ck in cks}
+if "autoattack" not in attacks:
+    st.info("The headline robust accuracy is the **worst case** per sample over APGD-CE, "
+            "APGD-T, FAB-T and Square, each classifier attacked through its own norms: add "
+            "**autoattack** to the attacks to see it beside the paper's PGD-20 (computed once "
+            "per checkpoint, minutes on CPU; the shipped checkpoints have it already).")
+# One evaluation per (checkpoint, attack): adding an attack computes only that attack.
+results = ui.evaluations_by_attack(
+    cks, attacks, lambda ck, attack: ui.worst_case_settings(ck.dataset, ratio)
+    if attack == "autoattack" else ui.compare_settings(
+        [attack], ratio, min(n_test, ui.test_set_size(ck.dataset)), also_bn),
+    title="Evaluating", key="cmp_progress",
+    label_of=lambda ck, attack: f"{ck.id}: {ATTACK_NAMES.get(attack, attack)}")
+if len({ck.dataset for ck in cks}) > 1:
     st.warning("These checkpoints come from different datasets: their numbers are not "
                "comparable.")
 
 st.subheader("Side by side")
 table = pd.DataFrame({cid: measures(results[cid]) for cid in chosen})
-table.index.names = KEY_COLUMNS
+table.index.names = [MEASURE, CLASSIFIED]
 table = table.reset_index()
-st.dataframe(table.style.apply(highlight_best, columns=chosen, axis=1)
-             .format("{:.3f}", subset=chosen, na_rep="-"),
-             key="cmp_table", hide_index=True, height=36 * (len(table) + 1) + 4,
-             column_config={"accuracy": st.column_config.TextColumn(width=70),
-                            **{k: st.column_config.TextColumn(width=135)
-                               for k in KEY_COLUMNS[1:]},
-                            **{c: st.column_config.NumberColumn(by_id[c].tag(), help=c,
-                                                                width=115, format="%.3f")
-                               for c in chosen}})
-st.caption("Columns: " + "; ".join(f"**{by_id[c].tag()}** = `{c}`" for c in chosen))
+side_by_side(table, names)
+eps = sorted({f"{ck.id}: {ui.eps_text(ck.config)}" for ck in cks}) if len(
+    {ck.config["eps"] for ck in cks}) > 1 else [ui.eps_text(cks[0].config)]
 st.caption("Every robustness number names the norms its examples were **crafted with** and "
            "the norms they were **classified with**; the best value of each row is "
            "highlighted. Robust accuracy counts a sample misclassified when clean as not "
            f"robust. Shaped inference {ratio}: each test sample classified in a batch with clean "
-           "training samples (seeded reference pool).")
+           "training samples (seeded reference pool). L-inf attacks at each checkpoint's "
+           f"training eps ({', '.join(eps)}). The **worst case** is the headline: a sample "
+           "counts as robust only if it survives every attack of the ensemble, each classifier "
+           "attacked through its own norms; it runs on "
+           + ", ".join(sorted({f"{ui.worst_case_settings(ck.dataset, ratio)['n_test']} test "
+                               f"samples ({ck.dataset})" for ck in cks}))
+           + " (the reproduction's), the paper's PGD-20 beside it on the slider's.")
 long = pd.concat([results[cid].assign(checkpoint=cid) for cid in chosen], ignore_index=True)
 c1, c2 = st.columns(2)
 c1.download_button("Download this table (CSV)", table.to_csv(index=False).encode(),
@@ -181,29 +272,12 @@ warnings = [f"{cid}: {w}" for cid in chosen for w in results[cid].attrs.get("war
 if warnings:
     with st.expander(f"Sanity warnings of the evaluation ({len(warnings)})"):
         for w in warnings:
-            st.warning(w)
+            st.warning(ui.public_text(w))
 
-fig = make_subplots(rows=1, cols=len(chosen), shared_yaxes=True,
-                    subplot_titles=[by_id[c].tag() for c in chosen], horizontal_spacing=0.03)
-seen = set()
-for i, cid in enumerate(chosen, start=1):
-    df = results[cid]
-    for clf, d in df.groupby("classified_with", sort=False):
-        xs = ["clean"] + [f"{a}<br>{short_norms(c)}" for a, c in zip(d["attack"],
-                                                                      d["crafted_with"])]
-        ys = [d["clean_acc"].iloc[0]] + list(d["robust_acc"])
-        fig.add_bar(x=xs, y=ys, name=f"classified with {clf}", legendgroup=clf,
-                    showlegend=clf not in seen, marker_color=norm_colour(clf), row=1, col=i)
-        seen.add(clf)
-fig.update_layout(barmode="group", yaxis_title="accuracy (fraction)", yaxis_range=[0, 1],
-                  legend=dict(orientation="h", y=-0.28))
-fig.update_xaxes(tickfont=dict(size=10), tickangle=0, title_text="attack, crafted with")
-ui.show(fig, key="cmp_bars", height=500,
-        title="Clean and robust accuracy, by the norms classified with<br><sup>x axis: attack, "
-              "and the norms it was crafted with</sup>")
+bar_chart(results, names)
 
 st.subheader("Tables laid out like the paper's")
-tabs = st.tabs(chosen)
+tabs = st.tabs([ui.md_escape(c) for c in chosen])
 for tab, cid in zip(tabs, chosen):
     with tab:
         st.markdown(f"**{by_id[cid].short()}**: Tables I-II layout (rows: attack and the norms "

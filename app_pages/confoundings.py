@@ -5,7 +5,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-import normshape_ui as ui
+from normshape_app import ui
 from normshape_core.diagnostics import (logit_error_experiment, moving_target,
                                         perturbation_experiment)
 

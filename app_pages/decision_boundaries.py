@@ -6,7 +6,7 @@ import plotly.graph_objects as go
 import streamlit as st
 import torch
 
-import normshape_ui as ui
+from normshape_app import ui
 from normshape_core import projections as P
 from normshape_core.attacks import make_attack
 from normshape_core.shaping import PNClassifier, ShapedClassifier, make_reference_pool

@@ -8,7 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-import normshape_ui as ui
+from normshape_app import ui
 from normshape_core import jobs
 from normshape_core.config import ConfigError, TrainConfig
 from normshape_core.data import DATASETS, dataset_status
@@ -78,9 +78,9 @@ def run_form() -> None:
     try:
         status = jobs.start_job(cfg, ui.runs_dir(), label=name.strip() or None,
                                 owner=st.session_state.owner, threads=ui.worker_threads(),
-                                max_active=ui.max_active_runs(), cwd=ui.APP_ROOT)
+                                max_active=ui.max_active_runs())
     except (ConfigError, jobs.JobError) as e:
-        st.error(f"Not started: {e}")
+        st.error(f"Not started: {ui.public_text(e)}")
         return
     st.session_state.train_run = status.name  # show the new run below
     st.success(f"Started **{status.name}** in its own process.")
@@ -161,14 +161,14 @@ def runs_panel() -> None:
     name = st.selectbox("Run to show", names, key="train_run")
     j = next(j for j in all_jobs if j.name == name)
     if j.state == "failed" or j.state == "lost":
-        st.error(f"This run {j.describe()}")
+        st.error(f"This run {ui.public_text(j.describe())}")
         with st.expander("Worker log (last lines)"):
-            st.code(jobs.read_log_tail(j.run_dir) or "(empty)", language=None)
+            st.code(ui.public_text(jobs.read_log_tail(j.run_dir)) or "(empty)", language=None)
     elif j.state == "finished":
         fm = {ui.metric_label(k): f"{v:.3f}" for k, v in j.final_metrics.items()
               if k.startswith("test/")}
-        st.success(f"Finished in {jobs.format_seconds(j.elapsed_s)}. Checkpoint: "
-                   f"`{j.checkpoint}` (now listed on every page). "
+        st.success(f"Finished in {jobs.format_seconds(j.elapsed_s)}. Checkpoint "
+                   f"`{j.name}` (now listed on every page). "
                    + "; ".join(f"{k}: {v}" for k, v in fm.items()))
     elif j.state == "stopped":
         st.warning(f"This run was {j.describe()}.")

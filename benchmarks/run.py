@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app.py"  # the Streamlit app's main script
 HERE = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -680,13 +681,13 @@ def section_scaling(args, device) -> None:
 # ====================================================================== 5. app
 def app_pages() -> List[str]:
     """Page files of the app: the ``st.Page("...py")`` entries of app.py, else pages/*.py."""
-    app = ROOT / "app.py"
+    app = APP
     text = app.read_text() if app.exists() else ""
     found = re.findall(r"st\.Page\(\s*[\"']([^\"']+\.py)[\"']", text)
     if not found:
         for folder in ("pages", "app_pages"):
-            if (ROOT / folder).is_dir():
-                found = [f"{folder}/{p.name}" for p in sorted((ROOT / folder).glob("*.py"))
+            if (APP.parent / folder).is_dir():
+                found = [f"{folder}/{p.name}" for p in sorted((APP.parent / folder).glob("*.py"))
                          if not p.name.startswith("_")]
                 break
     return found
@@ -694,7 +695,7 @@ def app_pages() -> List[str]:
 
 def section_app(args, device) -> None:
     header("5. App responsiveness")
-    if not (ROOT / "app.py").exists():
+    if not APP.exists():
         say("app.py is absent: skipped")
         RESULTS["app"] = "skipped: no app.py"
         return
@@ -712,7 +713,7 @@ def section_app(args, device) -> None:
             ck.mkdir()
         n_ck = len(list(ck.rglob("model.json")))
         env = dict(os.environ, NORMSHAPE_CHECKPOINT_DIRS=str(ck),
-                   NORMSHAPE_RUNS_DIR=str(tmp / "runs"))
+                   NORMSHAPE_RUNS_DIR=str(tmp / "runs"), NORMSHAPE_HOME=str(tmp / "home"))
         pages = app_pages()
         say(f"{n_ck} shipped checkpoints (a copy in a temporary folder); pages: "
             f"{', '.join(pages) or 'home only'}")
@@ -767,7 +768,7 @@ def cold_start(args, env) -> None:
         try:
             for _ in range(reps):
                 port = free_port()
-                cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"),
+                cmd = [sys.executable, "-m", "streamlit", "run", str(APP),
                        "--server.headless", "true", "--server.port", str(port),
                        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
                 page = browser.new_page()
@@ -805,7 +806,8 @@ def cold_start(args, env) -> None:
             browser.close()
     if times:
         med = statistics.median(times)
-        say(f"cold start of `streamlit run app.py` to the first rendered page (headless Chromium): "
+        say(f"cold start of `streamlit run app.py` to the first rendered page "
+            f"(headless Chromium): "
             f"{med:.2f} s (median of {len(times)}: {', '.join(f'{t:.2f}' for t in times)}); "
             f"server answering HTTP after {statistics.median(health):.2f} s")
         summary("5. cold start to first rendered page", med, 5.0, fmt="{:.2f} s")
@@ -908,7 +910,7 @@ def child_apptest(ck: str, runs: str, pages: List[str]) -> Dict[str, Any]:
     import streamlit as st
     from streamlit.testing.v1 import AppTest
 
-    app = str(ROOT / "app.py")
+    app = str(APP)
     out = []
     at = AppTest.from_file(app, default_timeout=900)
     t0 = time.perf_counter()
@@ -919,7 +921,7 @@ def child_apptest(ck: str, runs: str, pages: List[str]) -> Dict[str, Any]:
     at.run()
     rerun = time.perf_counter() - t0
     err = [str(e.value)[:200] for e in at.exception]
-    out.append({"page": "app.py (home)", "first_s": first, "rerun_s": rerun,
+    out.append({"page": "Home (app.py)", "first_s": first, "rerun_s": rerun,
                 "error": "; ".join(err) if err else None,
                 "note": "includes the first import of the app's modules"})
     for page in pages:

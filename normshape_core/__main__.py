@@ -1,4 +1,5 @@
-"""Command line: ``python -m normshape_core train | evaluate | grid | diagnose | reproduce``.
+"""Command line: ``python -m normshape_core train | evaluate | grid | diagnose | reproduce``
+(the installed ``normshape`` command has the same subcommands, plus ``normshape app``).
 
 Invalid input exits with status 2 and one clear line, never a traceback.
 """
@@ -119,40 +120,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="python -m normshape_core",
+def build_parser(prog: str = "python -m normshape_core") -> argparse.ArgumentParser:
+    """The parser of every subcommand; ``parser.subcommands`` is where a front end (the
+    ``normshape`` command) adds its own."""
+    parser = OneLineParser(prog=prog,
                            description="Batch-Norm Shaping in adversarial training: train, "
                                        "evaluate, grid (Table IV), diagnose, reproduce.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    p = sub.add_parser("train", help="train one run and write its checkpoint")
-    add_train_args(p)
-    p.set_defaults(func=cmd_train)
+    parser.subcommands = sub
     from . import diagnostics, evaluation, reproduce
 
-    pe = sub.add_parser("evaluate", help="robustness table of a checkpoint")
-    evaluation.add_evaluate_args(pe)
-    pe.set_defaults(func=evaluation.cli_evaluate)
-    pg = sub.add_parser("grid", help="Table IV: training ratio x inference ratio")
-    evaluation.add_grid_args(pg)
-    pg.set_defaults(func=evaluation.cli_grid)
-    pd = sub.add_parser("diagnose", help="the confounding measurements of a checkpoint")
-    diagnostics.add_diagnose_args(pd)
-    pd.set_defaults(func=diagnostics.cli_diagnose)
-    pr = sub.add_parser("reproduce", help="train and evaluate the paper's set of models")
-    reproduce.add_reproduce_args(pr)
-    pr.set_defaults(func=reproduce.cli_reproduce)
-    pp = sub.add_parser("report", help="rewrite REPRODUCTION.md's generated tables from "
-                                       "the results files")
-    reproduce.add_report_args(pp)
-    pp.set_defaults(func=reproduce.cli_report)
+    commands = [  # name, help, add the arguments, run
+        ("train", "train one run and write its checkpoint", add_train_args, cmd_train),
+        ("evaluate", "robustness table of a checkpoint", evaluation.add_evaluate_args,
+         evaluation.cli_evaluate),
+        ("grid", "Table IV: training ratio x inference ratio", evaluation.add_grid_args,
+         evaluation.cli_grid),
+        ("diagnose", "the confounding measurements of a checkpoint",
+         diagnostics.add_diagnose_args, diagnostics.cli_diagnose),
+        ("reproduce", "train and evaluate the paper's set of models",
+         reproduce.add_reproduce_args, reproduce.cli_reproduce),
+        ("report", "rewrite REPRODUCTION.md's generated tables from the results files",
+         reproduce.add_report_args, reproduce.cli_report)]
+    for name, help_text, add_args, run in commands:
+        p = sub.add_parser(name, help=help_text)
+        add_args(p)
+        p.set_defaults(func=run)
     return parser
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: Optional[List[str]] = None,
+         parser: Optional[argparse.ArgumentParser] = None) -> int:
     from .checkpoints import CheckpointError
     from .data import DatasetUnavailable
 
-    parser = build_parser()
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)

@@ -9,7 +9,8 @@ it only. Robust accuracy is over all n test samples (a sample misclassified when
 as not robust). Layouts: ``table_like_paper`` (Tables I/II), ``table_iii``, ``table_iv``.
 ``sanity_warnings`` flags what makes a number suspect (randomised classifier, PN-crafted much
 weaker than adaptive, zero gradients, PGD weaker than FGSM). ``evaluate_checkpoint`` caches
-results beside the checkpoint, keyed by the weights' SHA-256 and the settings.
+results keyed by the weights' SHA-256 and the settings: read beside the checkpoint or from the
+user's folder, written to the user's folder (``reproduce``: beside the checkpoint).
 """
 from __future__ import annotations
 
@@ -739,26 +740,45 @@ def format_table(df: pd.DataFrame, digits: int = 3) -> str:
 
 
 # ====================================================================== checkpoints + cache
-def cache_path_for(checkpoint: Union[str, Path]) -> Path:
-    """The evaluation cache beside a checkpoint: ``<weights stem>.eval.json``."""
-    from .checkpoints import resolve_paths
+#: ``cache_dir=BESIDE``: the cache file beside the checkpoint (the shipped results).
+BESIDE = "beside"
 
-    weights, _ = resolve_paths(checkpoint)
-    return weights.with_name(weights.stem + ".eval.json")
+
+def cache_path_for(checkpoint: Union[str, Path], cache_dir: Union[None, str, Path] = None,
+                   weights_sha256: Optional[str] = None) -> Path:
+    """Where a checkpoint's evaluation cache is written. ``cache_dir=BESIDE``: beside the
+    checkpoint, ``<weights stem>.eval.json`` (the shipped results; ``reproduce``); otherwise
+    ``<cache_dir>/<weights SHA-256>.eval.json``, ``cache_dir`` defaulting to the user's folder
+    (``userdata.eval_cache_dir()``), so shipped checkpoints stay read-only."""
+    from .checkpoints import read_meta, resolve_paths
+
+    if cache_dir == BESIDE:
+        weights, _ = resolve_paths(checkpoint)
+        return weights.with_name(weights.stem + ".eval.json")
+    if cache_dir is None:
+        from .userdata import eval_cache_dir
+
+        cache_dir = eval_cache_dir()
+    sha = weights_sha256 or read_meta(checkpoint)["weights_sha256"]
+    return Path(cache_dir) / f"{sha}.eval.json"
 
 
 def _cache_key(weights_sha256: str, settings: EvalSettings) -> str:
     return hashlib.sha256(f"{weights_sha256}:{settings.fingerprint()}".encode()).hexdigest()[:24]
 
 
-def _read_cache(path: Path) -> Dict[str, Any]:
+def _read_cache(path: Path, *more: Path) -> Dict[str, Any]:
+    """The cache file at ``path``; with ``more``, their entries merged in (``path``'s win)."""
     try:
         obj = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
-        return {"format": CACHE_FORMAT, "entries": {}}
+        obj = None
     if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
-        return {"format": CACHE_FORMAT, "entries": {}}
+        obj = {"format": CACHE_FORMAT, "entries": {}}
     obj.setdefault("entries", {})
+    for other in more:
+        for k, v in _read_cache(other)["entries"].items():
+            obj["entries"].setdefault(k, v)
     return obj
 
 
@@ -821,13 +841,16 @@ def load_for_evaluation(checkpoint: Union[str, Path], dataset_name: Optional[str
 
 def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[str] = None,
                         device: Optional[str] = None, use_cache: bool = True,
+                        cache_dir: Union[None, str, Path] = None,
                         progress: Union[None, bool, ProgressFn] = None,
                         gap_threshold: float = DEFAULT_GAP_THRESHOLD,
                         **settings) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     """``evaluate`` on a checkpoint's model and dataset; ``eps`` defaults to the training eps.
-    Results are cached in ``<weights stem>.eval.json`` beside the checkpoint, keyed by the
-    weights' SHA-256 and the settings' hash, and reused when both match. Returns (df, meta);
-    ``df.attrs["cached"]`` says whether the numbers came from the cache."""
+    Results are cached, keyed by the weights' SHA-256 and the settings' hash, and reused when
+    both match: read from ``<weights stem>.eval.json`` beside the checkpoint (the shipped
+    results) or from the cache file of ``cache_path_for(checkpoint, cache_dir)``, written to
+    the latter (default: the user's folder; ``cache_dir=BESIDE``: beside the checkpoint).
+    Returns (df, meta); ``df.attrs["cached"]`` says whether the numbers came from the cache."""
     from .checkpoints import (CheckpointError, atomic_write_json, read_meta, resolve_paths,
                               sha256_file)
 
@@ -856,10 +879,10 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     s.classify = parse_classify(s.classify)
     s.craft = _parse_craft(s.craft)
     _check_settings(s)
-    path = cache_path_for(checkpoint)
+    path = cache_path_for(checkpoint, cache_dir, meta["weights_sha256"])
     key = _cache_key(meta["weights_sha256"], s)
     if use_cache:
-        entry = _read_cache(path)["entries"].get(key)
+        entry = _read_cache(cache_path_for(checkpoint, BESIDE), path)["entries"].get(key)
         weights = resolve_paths(checkpoint)[0]
         if entry is not None and weights.exists() and sha256_file(weights) == meta["weights_sha256"]:
             df = _df_from_rows(entry["rows"])
@@ -931,7 +954,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "dataset is an error")
     p.add_argument("--json", default=None, help="write the rows as JSON to this file")
     p.add_argument("--no-cache", action="store_true", help="ignore and do not write the "
-                   "results cache beside the checkpoint")
+                   "results cache (read beside the checkpoint or from the user's folder, "
+                   "written to the user's folder, NORMSHAPE_HOME)")
 
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -43,6 +43,19 @@ REPRO_WORST: Dict[str, Dict[str, int]] = {
 WORST_ENSEMBLE = "autoattack"
 
 
+def worst_case_settings(dataset: str, n_test: Optional[int] = None) -> Dict[str, Any]:
+    """The evaluation settings of the reproduction's worst case on ``dataset`` (ensemble,
+    test samples, seed, APGD-T targets): the app asks for the same, so it reads the shipped
+    results instead of recomputing them."""
+    budget = REPRO_WORST.get(dataset, {})
+    n = n_test or REPRO_N_TEST.get(dataset, 1000)
+    out: Dict[str, Any] = dict(ensemble=WORST_ENSEMBLE, n_test=min(n, budget.get("n_test") or n),
+                               seed=0)
+    if "n_target_classes" in budget:
+        out["n_target_classes"] = budget["n_target_classes"]
+    return out
+
+
 @dataclass(frozen=True)
 class RunSpec:
     key: str  # short name used in tables
@@ -132,7 +145,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
                  log=print) -> Dict[str, Any]:
     """Evaluate the trained set; every robust number names crafted-with / classified-with."""
     from .checkpoints import read_meta
-    from .evaluation import evaluate_checkpoint, rows_of
+    from .evaluation import BESIDE, evaluate_checkpoint, rows_of
 
     n_test = n_test or REPRO_N_TEST.get(dataset, 1000)
     results: Dict[str, Any] = {"dataset": dataset, "seed": seed, "n_test": n_test, "runs": {}}
@@ -168,9 +181,10 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
         if key not in runs:
             continue
         t0 = time.time()
+        # beside the checkpoints: the shipped results that the app reads
         df, meta = evaluate_checkpoint(runs[key], dataset_name=dataset, device=device,
                                        attacks=attacks, classify=classify, n_test=n_eval,
-                                       seed=seed, progress=False, **extra)
+                                       seed=seed, progress=False, cache_dir=BESIDE, **extra)
         entry = results["runs"].setdefault(key, {"checkpoint": str(runs[key]),
                                                  "weights_sha256": meta["weights_sha256"],
                                                  "config": meta["config"], "rows": []})

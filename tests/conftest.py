@@ -1,5 +1,8 @@
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -7,6 +10,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# The tests never write to the real user folder (evaluation caches, uploads, app runs): one
+# temporary folder for the session, inherited by every subprocess (servers, workers, CLIs).
+TEST_HOME = tempfile.mkdtemp(prefix="normshape-test-home-")
+os.environ["NORMSHAPE_HOME"] = TEST_HOME
+atexit.register(shutil.rmtree, TEST_HOME, ignore_errors=True)
 # Small CPU models run fastest (and deterministically) on a fixed, small thread count.
 torch.set_num_threads(int(os.environ.get("NORMSHAPE_TEST_THREADS", "1")))
 

@@ -4,6 +4,7 @@ choices, a run started on the Train page ends up on every page, uploads are vali
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ def ckpt_root():
 def app(ckpt_root, tmp_path, monkeypatch):
     monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ckpt_root))
     monkeypatch.setenv("NORMSHAPE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))  # caches and uploads
     monkeypatch.setenv("NORMSHAPE_JOB_THREADS", "1")
     # The app sets torch's thread count once per process; keep the test process's own.
     import torch
@@ -61,6 +63,21 @@ def array(v):
     return np.asarray(v, dtype=float)
 
 
+def plain(text: str) -> str:
+    """A name as shown: the app escapes Markdown in st.table headers and cells."""
+    return re.sub(r"\\(.)", r"\1", str(text))
+
+
+def inventory(at):
+    """Home's checkpoint tables (one per dataset tab), as one frame with plain names."""
+    import pandas as pd
+    frames = [t.value.rename(columns=plain) for t in at.table]
+    df = pd.concat(frames, ignore_index=True)
+    for col in ("checkpoint", "training", "polluted PN"):
+        df[col] = df[col].map(plain)
+    return df
+
+
 def texts(at):
     return " ".join([m.value for m in at.markdown] + [c.value for c in at.caption] +
                     [i.value for i in at.info] + [s.value for s in at.success])
@@ -74,14 +91,22 @@ PAGES = ["app_pages/train.py", "app_pages/ratios.py", "app_pages/moving_target.p
 def test_home_lists_the_checkpoints_with_their_norms_named(app, ckpt_root):
     at = app()
     assert at.title[0].value.startswith("normshape")
-    df = at.dataframe[0].value
+    assert [t.label for t in at.tabs] == ["digits (2)", "moons (4)"]
+    df = inventory(at)
     assert set(df["checkpoint"]) == {p.name for p in ckpt_root.iterdir()}
-    assert "clean acc. (classified PN)" in df.columns
-    assert "robust acc. PGD-10 (crafted PN, classified PN)" in df.columns
-    assert {"dataset", "model", "method", "shaping mode", "ratio adv:clean", "created"} <= set(
-        df.columns)
+    assert list(df.columns) == ["checkpoint", "training", "polluted PN", "eps",
+                                "clean acc. (classified PN)",
+                                "robust acc. PGD-10 (crafted PN, classified PN)",
+                                "robust acc. worst case (crafted PN, classified PN)",
+                                "robust acc. worst case (exact shaped batches, classified "
+                                "shaped 1:9)"]
+    row = df.set_index("checkpoint").loc["moons-pgd-shaped-1-3"]
+    assert row["training"] == "PGD, shaping in attack+training 1:3"
+    assert row["polluted PN"] == "no" and 0 <= row["clean acc. (classified PN)"] <= 1
     assert "Device in use" in texts(at)
     assert "I. PN and BN differences degrade accuracy" in texts(at)
+    shown = texts(at) + " ".join(e.value for e in list(at.error) + list(at.warning))
+    assert str(ckpt_root) not in shown and "/tmp" not in shown  # no server paths
 
 
 @pytest.mark.parametrize("page", PAGES)
@@ -93,7 +118,8 @@ def test_every_page_renders_and_a_plain_rerun_recomputes_nothing(app, page):
         for fig in figures(at):  # every figure has a title and labelled axes
             lay = fig["layout"]
             assert lay.get("title", {}).get("text"), page
-            assert lay.get("xaxis", {}).get("title", {}).get("text"), page
+            assert any(v.get("title", {}).get("text") for k, v in lay.items()
+                       if k.startswith("xaxis")), page  # subplots: the bottom axis says it
     t0 = time.perf_counter()
     at.run()
     assert time.perf_counter() - t0 < 5, "a plain rerun recomputed something"
@@ -162,27 +188,66 @@ def test_decision_boundaries_change_with_the_shaped_ratio(app):
     assert right2["layout"]["title"]["text"] == "Classified with shaped inference 1:1"
     assert right["data"][0]["z"] != right2["data"][0]["z"]
     # PN's colour on the left, BN's on the right, on every page
-    import normshape_ui as ui
+    from normshape_app import ui
     assert figures(at)[0]["data"][1]["line"]["color"] == ui.PN_COLOR
     assert right2["data"][1]["line"]["color"] == ui.BN_COLOR
 
 
 def test_compare_tables_name_both_norms_and_follow_the_selection(app):
     at = app("app_pages/compare.py")
-    table = at.dataframe[0].value
-    keys = ["accuracy", "attack", "crafted with", "classified with"]
-    assert list(table.columns) == keys + ["moons-natural", "moons-pgd-adv-only",
-                                          "moons-pgd-shaped-1-3"]
-    robust = table[table["accuracy"] == "robust"]
-    assert len(robust) and robust["crafted with"].isin(
-        ["PN", "shaping 1:3 (BN)", "BN (exact refs)"]).all()
-    assert set(table["classified with"]) == {"PN", "BN", "shaped 1:9 (g=10)"}
+    table = at.table[0].value.rename(columns=plain)
+    keys = ["attack, crafted with", "classified with"]
+    assert list(table.columns) == keys + ["moons-natural (natural)",
+                                          "moons-pgd-adv-only (PGD adv only)",
+                                          "moons-pgd-shaped-1-3 (PGD shaping 1:3)"]
+    measure = table["attack, crafted with"].map(plain)
+    assert set(measure) == {"clean (no attack)", "PGD-20, crafted PN", "FGSM, crafted PN",
+                            "shaping attack (BN 1:3)", "adaptive (exact refs)"}
+    assert set(table["classified with"].map(plain)) == {"PN", "BN", "shaped 1:9 (g=10)"}
     assert at.get("download_button")
+    bars = figures(at)[0]
+    assert {t["orientation"] for t in bars["data"]} == {"h"}  # names on the y axis
+    assert [a["text"] for a in bars["layout"]["annotations"]][:1] == ["moons-natural (natural)"]
     at.multiselect(key="cmp").set_value(["moons-natural", "moons-pgd-shaped-1-1"]).run()
-    assert list(at.dataframe[0].value.columns) == keys + ["moons-natural",
-                                                          "moons-pgd-shaped-1-1"]
+    assert [plain(c) for c in at.table[0].value.columns][2:] == [
+        "moons-natural (natural)", "moons-pgd-shaped-1-1 (PGD shaping 1:1)"]
     settings = at.dataframe[-1].value
     assert set(settings.loc["method"]) == {"natural", "pgd"}
+
+
+def test_compare_adding_an_attack_computes_only_that_attack(app, monkeypatch):
+    """Results are kept per (checkpoint, attack, classifier, settings): a second attack is
+    one more evaluation per checkpoint, the first attack's numbers are reused."""
+    import streamlit as st
+
+    from normshape_core import evaluation
+
+    computed = []
+    real = evaluation._evaluate
+
+    def counting(model, dataset, settings, **kw):
+        computed.append(tuple(settings.attacks))
+        return real(model, dataset, settings, **kw)
+
+    monkeypatch.setattr(evaluation, "_evaluate", counting)
+    st.cache_resource.clear()  # nothing kept in memory from the other tests
+    at = app("app_pages/compare.py", query={"cmp": ["moons-natural", "moons-pgd-shaped-1-3"],
+                                            "cmp_attacks": ["fgsm"], "cmp_n": "100"})
+    assert computed == [("fgsm",), ("fgsm",)]
+    first = at.table[0].value.copy()
+    computed.clear()
+    at.multiselect(key="cmp_attacks").set_value(["fgsm", "pgd"]).run()
+    assert not at.exception
+    assert computed == [("pgd",), ("pgd",)]
+    second = at.table[0].value
+    fgsm = second[second.iloc[:, 0].map(plain) == "FGSM, crafted PN"]
+    pd_testing = __import__("pandas").testing
+    pd_testing.assert_frame_equal(fgsm.reset_index(drop=True), first[first.iloc[:, 0].map(
+        plain) == "FGSM, crafted PN"].reset_index(drop=True))
+    assert (second.iloc[:, 0].map(plain) == "PGD-20, crafted PN").sum() == 3
+    computed.clear()
+    at.multiselect(key="cmp_attacks").set_value(["pgd"]).run()  # a subset: nothing to do
+    assert computed == []
 
 
 def test_confounding_lessons_read_their_numbers(app):
@@ -217,7 +282,7 @@ def test_a_run_started_on_train_finishes_and_appears_everywhere(app, tmp_path):
     at.run()
     assert "Finished in" in texts(at)
     home = app()
-    assert runs[0].name in set(home.dataframe[0].value["checkpoint"])
+    assert runs[0].name in set(inventory(home)["checkpoint"])
     cmp = app("app_pages/compare.py")
     assert runs[0].name in cmp.multiselect(key="cmp").options
 
@@ -239,28 +304,66 @@ def test_a_failed_run_shows_its_error_and_the_app_keeps_working(app, tmp_path):
 def test_upload_is_validated_before_use(app, ckpt_root, tmp_path):
     src = ckpt_root / "moons-natural"
     weights, meta = (src / "model.safetensors").read_bytes(), (src / "model.json").read_bytes()
+    uploads = tmp_path / "home" / "uploads"
     at = app("app_pages/compare.py")
     up = at.file_uploader(key="cmp_upload")
     up.set_value([("model.safetensors", weights[:-10], "application/octet-stream"),
                   ("model.json", meta, "application/json")]).run()
-    assert any("Not accepted" in e.value for e in at.error)
-    assert not (tmp_path / "runs" / "uploads").exists() or not any(
-        p.name.startswith("moons") for p in (tmp_path / "runs" / "uploads").iterdir())
+    errors = [e.value for e in at.error]
+    assert any("Not accepted" in e for e in errors)
+    assert not any(str(tmp_path) in e or "/tmp" in e or ".incoming" in e for e in errors), errors
+    assert not uploads.exists() or not any(p.name.startswith("moons") for p in uploads.iterdir())
     pickle_like = b"\x80\x04\x95" + b"\x00" * 100
     at.file_uploader(key="cmp_upload").set_value(
         [("model.safetensors", pickle_like, "application/octet-stream"),
          ("model.json", meta, "application/json")]).run()
     assert any("pickle" in e.value for e in at.error)
+    bad = json.loads(meta)
+    bad["config"]["method"] = "**<b>x</b>**"
     at.file_uploader(key="cmp_upload").set_value(
         [("model.safetensors", weights, "application/octet-stream"),
-         ("model.json", meta, "application/json")]).run()
-    assert not at.exception
-    assert any("Accepted" in s.value for s in at.success)
-    stored = [p for p in (tmp_path / "runs" / "uploads").iterdir() if not p.name.startswith(".")]
+         ("model.json", json.dumps(bad).encode(), "application/json")]).run()
+    # these weights are known: recognised by their SHA-256 before the metadata matters
+    assert any("moons-natural" in s.value and "nothing was stored" in s.value
+               for s in at.success), [s.value for s in at.success]
+    assert not uploads.exists() or not [p for p in uploads.iterdir()
+                                        if not p.name.startswith(".")]
+
+
+def test_an_upload_is_stored_once_in_the_user_folder(app, tmp_path):
+    """A checkpoint that is not listed yet is stored under the user's uploads folder (never in
+    the source tree) and listed everywhere; the same weights uploaded again are recognised."""
+    import torch
+
+    from normshape_core.checkpoints import save_checkpoint
+    from normshape_core.config import TrainConfig
+    from normshape_core.models import build_model
+
+    torch.manual_seed(1)
+    cfg = TrainConfig(dataset="moons", model="mlp", method="natural", epochs=1)
+    src = tmp_path / "elsewhere" / "fresh"
+    save_checkpoint(src, build_model("mlp", (2,), 2),
+                    {"config": cfg.to_dict(), "run_name": "fresh", "dataset": "moons",
+                     "input_shape": [2], "num_classes": 2})
+    weights, meta = (src / "model.safetensors").read_bytes(), (src / "model.json").read_bytes()
+    bad = json.loads(meta)
+    bad["config"]["method"] = "**<b>x</b>**"
+    at = app("app_pages/compare.py")
+    at.file_uploader(key="cmp_upload").set_value(
+        [("model.safetensors", weights, "application/octet-stream"),
+         ("model.json", json.dumps(bad).encode(), "application/json")]).run()
+    assert any("training config in the metadata is not valid" in e.value for e in at.error)
+    uploads = tmp_path / "home" / "uploads"
+    for _ in range(2):
+        at.file_uploader(key="cmp_upload").set_value(
+            [("model.safetensors", weights, "application/octet-stream"),
+             ("model.json", meta, "application/json")]).run()
+        assert not at.exception and not at.error, [e.value for e in at.error]
+    stored = [p for p in uploads.iterdir() if not p.name.startswith(".")]
     assert len(stored) == 1 and (stored[0] / "model.json").exists()
-    meta_stored = json.loads((stored[0] / "model.json").read_text())
-    assert meta_stored["config"]["data_root"] is None
-    assert stored[0].name in set(app().dataframe[0].value["checkpoint"])
+    assert json.loads((stored[0] / "model.json").read_text())["config"]["data_root"] is None
+    assert any("nothing was stored" in s.value for s in at.success)  # the second time
+    assert stored[0].name in set(inventory(app())["checkpoint"])
 
 
 @pytest.mark.parametrize("page", [None] + PAGES)
@@ -270,7 +373,13 @@ def test_every_page_renders_on_the_shipped_checkpoints(app, page, monkeypatch):
     at = app(page)
     assert not at.error, [e.value for e in at.error]
     if page is None:
-        names = set(at.dataframe[0].value["checkpoint"])
+        df = inventory(at).set_index("checkpoint")
+        names = set(df.index)
         assert any(n.startswith("fashion_mnist-") for n in names), names
         assert any(n.startswith("digits-") for n in names) and any(
             n.startswith("moons-") for n in names), names
+        # the polluted run and its normal twin: told apart, whole ids
+        polluted = df.loc["moons-mlp-pgd-shape-attack-train-r1-3-eps0.12-polluted-s0"]
+        normal = df.loc["moons-mlp-pgd-shape-attack-train-r1-3-eps0.12-s0"]
+        assert polluted["polluted PN"] == "yes" and normal["polluted PN"] == "no"
+        assert polluted["training"] == normal["training"]

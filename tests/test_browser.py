@@ -1,5 +1,5 @@
-"""A real browser on the real server: ``streamlit run app.py`` on a free port, driven by
-Playwright (from PyPI) with Debian's Chromium, headless. Visits every page, starts a tiny
+"""A real browser on the real server: ``streamlit run app.py`` on a free port,
+driven by Playwright (from PyPI) with Debian's Chromium, headless. Visits every page, starts a tiny
 training run on the Train page, waits for it to finish, finds its checkpoint on the Compare
 page, saves a screenshot of each page and fails on any exception text shown.
 
@@ -10,6 +10,7 @@ Playwright is missing; Playwright is never allowed to download a browser.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -57,8 +58,8 @@ def server(tmp_path_factory):
            "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
     log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", "app.py",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
          "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
@@ -81,12 +82,18 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser(server):
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 900})
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser):
+    pg = browser.new_page(viewport={"width": 1400, "height": 900})
+    yield pg
+    pg.close()
 
 
 def settle(pg, needle: str, timeout: float = 150.0) -> None:
@@ -106,13 +113,16 @@ def no_exception_shown(pg, where: str) -> None:
         assert marker not in body, f"{where}: {marker!r} shown"
 
 
-def screenshot(pg, name: str, out: Path) -> None:
-    h = pg.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
-    pg.set_viewport_size({"width": 1400, "height": min(int(h) + 20, 4000)})
-    time.sleep(0.6)
+def screenshot(pg, name: str, out: Path, whole: bool = True) -> None:
+    """The whole page at the page's width (``whole``), else the window as it is."""
+    size = pg.viewport_size
+    if whole:
+        h = pg.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+        pg.set_viewport_size({"width": size["width"], "height": min(int(h) + 20, 4000)})
+        time.sleep(0.6)
     path = out / f"{name}.png"
-    pg.screenshot(path=str(path), full_page=True)
-    pg.set_viewport_size({"width": 1400, "height": 900})
+    pg.screenshot(path=str(path), full_page=whole)
+    pg.set_viewport_size(size)
     extra = os.environ.get("NORMSHAPE_SCREENSHOTS")
     if extra:
         Path(extra).mkdir(parents=True, exist_ok=True)
@@ -151,3 +161,123 @@ def test_every_page_then_a_training_run_that_reaches_compare(server, page, tmp_p
     no_exception_shown(page, "/compare")
     for name in [p[1] for p in PAGES] + ["train"]:
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+# Every st.table on the page that is shown (not in a hidden tab): its headers, where they are,
+# and whether any header or the table itself overflows (a cut or scrolled-away header).
+LAYOUT = """() => {
+  const tables = [];
+  for (const t of document.querySelectorAll('[data-testid=stTable] table')) {
+    const r = t.getBoundingClientRect();
+    if (r.width === 0) continue;
+    const wrap = t.closest('[data-testid=stTable]');
+    const headers = [...t.querySelectorAll('thead th')].map(th => {
+      const b = th.getBoundingClientRect();
+      return {text: th.innerText.trim(), left: b.left, right: b.right,
+              cut: th.scrollWidth > th.clientWidth + 1 || th.scrollHeight > th.clientHeight + 1};
+    });
+    tables.push({left: r.left, right: r.right, headers: headers,
+                 scrolls: wrap.scrollWidth > wrap.clientWidth + 1});
+  }
+  return {width: window.innerWidth, tables: tables};
+}"""
+
+# The tick labels of each axis of a plotly chart, as boxes.
+TICKS = """(chart) => {
+  const out = {};
+  for (const layer of chart.querySelectorAll('g.xaxislayer-above, g.yaxislayer-above')) {
+    const key = layer.className.baseVal + Object.keys(out).length;
+    out[key] = [...layer.querySelectorAll('text')].map(t => {
+      const b = t.getBoundingClientRect();
+      return {text: t.textContent, left: b.left, right: b.right, top: b.top,
+              bottom: b.bottom};
+    }).filter(b => b.right > b.left);
+  }
+  return out;
+}"""
+
+
+def whole_and_on_screen(layout, where: str) -> list:
+    assert layout["tables"], f"{where}: no table shown"
+    headers = []
+    for t in layout["tables"]:
+        assert not t["scrolls"], f"{where}: a table scrolls sideways"
+        assert 0 <= t["left"] and t["right"] <= layout["width"], (where, t)
+        for h in t["headers"]:
+            assert not h["cut"], f"{where}: header {h['text']!r} is cut"
+            assert 0 <= h["left"] and h["right"] <= layout["width"], (where, h)
+            headers.append(h["text"].replace("\n", " "))
+    return headers
+
+
+def overlapping(boxes) -> list:
+    return [(a["text"], b["text"]) for i, a in enumerate(boxes) for b in boxes[i + 1:]
+            if a["left"] < b["right"] - 1 and b["left"] < a["right"] - 1
+            and a["top"] < b["bottom"] - 1 and b["top"] < a["bottom"] - 1]
+
+
+def test_home_and_compare_fit_a_1024_by_768_screen(server, browser, tmp_path):
+    """At 1024x768 with the sidebar open: no header of Home's inventory or of Compare's table
+    is cut, the accuracy columns are on screen, and the bar chart's labels do not overlap."""
+    base, _ = server
+    pg = browser.new_page(viewport={"width": 1024, "height": 768})
+    try:
+        pg.goto(base + "/")
+        settle(pg, "Checkpoints found")
+        no_exception_shown(pg, "/ at 1024")
+        headers = whole_and_on_screen(pg.evaluate(LAYOUT), "Home")
+        assert any(h.startswith("clean acc.") for h in headers), headers
+        assert any(h.startswith("robust acc.") for h in headers), headers
+        assert "polluted PN" in headers
+        screenshot(pg, "home-1024", tmp_path, whole=False)
+
+        pg.goto(base + "/compare?cmp=moons-natural&cmp=moons-pgd-adv-only"
+                       "&cmp=moons-pgd-shaped-1-1&cmp=moons-pgd-shaped-1-3")
+        settle(pg, "Tables laid out like the paper")
+        no_exception_shown(pg, "/compare at 1024")
+        headers = whole_and_on_screen(pg.evaluate(LAYOUT), "Compare")
+        for name in ("moons-natural (natural)", "moons-pgd-adv-only (PGD adv only)",
+                     "moons-pgd-shaped-1-1 (PGD shaping 1:1)",
+                     "moons-pgd-shaped-1-3 (PGD shaping 1:3)"):
+            assert name in headers, headers
+        chart = pg.locator("[data-testid=stPlotlyChart]",
+                           has_text="Clean and robust accuracy of each checkpoint")
+        chart.scroll_into_view_if_needed(timeout=60_000)
+        chart.locator("g.yaxislayer-above").nth(3).wait_for(timeout=60_000)
+        time.sleep(1.0)  # plotly draws, then redraws for the labels' margins
+        ticks = chart.evaluate(TICKS)
+        assert len(ticks) >= 8, ticks.keys()  # four panels, an x and a y axis each
+        labels = [b["text"] for boxes in ticks.values() for b in boxes]
+        assert labels.count("clean (no attack)") == 4 and "PGD-20, crafted PN" in labels
+        for axis, boxes in ticks.items():
+            assert boxes and not overlapping(boxes), (axis, overlapping(boxes))
+            assert all(b["left"] >= 0 and b["right"] <= 1024 for b in boxes), axis
+        pg.locator("[data-testid=stExpander] summary", has_text="Upload a checkpoint").click()
+        pg.get_by_text("256MB", exact=False).first.wait_for(timeout=10_000)  # = the server's
+        screenshot(pg, "compare-1024", tmp_path, whole=False)
+    finally:
+        pg.close()
+
+
+def test_a_long_computation_says_k_of_n_and_time_left_and_can_be_cancelled(server, browser):
+    base, _ = server
+    pg = browser.new_page(viewport={"width": 1400, "height": 900})
+    try:
+        pg.goto(base + "/compare?cmp=digits-natural&cmp=digits-pgd-shaped-1-3&cmp_attacks=cw"
+                       "&cmp_attacks=deepfool&cmp_attacks=apgd&cmp_n=500")
+        pg.get_by_text(re.compile(r"Evaluating: \d of 6, digits-")).first.wait_for(
+            timeout=60_000)
+        bar = pg.get_by_text(re.compile(r"about .* left"))
+        bar.first.wait_for(timeout=120_000)
+        text = bar.first.inner_text()
+        assert re.search(r"Evaluating: \d of 6, digits-\S+: (C&W-L2|DeepFool|APGD-CE)", text)
+        pg.get_by_role("button", name="Cancel").click()
+        stopped = pg.get_by_text(re.compile(r"stopped\. \d of 6 parts are computed and kept"))
+        stopped.first.wait_for(timeout=60_000)
+        no_exception_shown(pg, "/compare after Cancel")
+        pg.get_by_role("button", name="Continue").click()
+        pg.get_by_text(re.compile(r"Evaluating: 1 of [1-6], digits-")).first.wait_for(
+            timeout=60_000)
+        no_exception_shown(pg, "/compare after Continue")
+    finally:
+        pg.close()

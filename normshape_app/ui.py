@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import streamlit as st
 
-APP_ROOT = Path(__file__).resolve().parent
+from normshape_app import PACKAGE_DIR
+from normshape_core import userdata
+
+SOURCE_ROOT = PACKAGE_DIR.parent  # the source tree, when the app runs from a checkout
+
 
 # ---------------------------------------------------------------- colours (every page)
 PN_COLOR = "#1f6fb4"       # PN: population norms (running statistics)
@@ -36,24 +41,78 @@ def norm_color(label: str) -> str:
 
 
 # ---------------------------------------------------------------- folders
-def _env_dirs(var: str, default: Sequence[str]) -> List[Path]:
-    raw = os.environ.get(var)
-    items = [p for p in raw.split(os.pathsep) if p.strip()] if raw else list(default)
-    return [(Path(p) if Path(p).is_absolute() else APP_ROOT / p) for p in items]
+def shipped_checkpoints_dir() -> Path:
+    """The checkpoints that come with normshape (read-only inputs, results included): inside
+    the installed package, or ``checkpoints/`` of the source tree."""
+    inside = PACKAGE_DIR / "checkpoints"
+    return inside if inside.is_dir() else SOURCE_ROOT / "checkpoints"
+
+
+def _env_dirs(var: str) -> List[Path]:
+    raw = os.environ.get(var, "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
 
 
 def runs_dir() -> Path:
-    """Where the Train page puts new runs (``NORMSHAPE_RUNS_DIR``, default ``runs``)."""
-    return _env_dirs("NORMSHAPE_RUNS_DIR", ["runs"])[0]
+    """Where the Train page puts new runs: ``NORMSHAPE_RUNS_DIR``, default ``runs/`` in the
+    user's folder (``userdata``)."""
+    return (_env_dirs("NORMSHAPE_RUNS_DIR") or [userdata.runs_dir()])[0]
+
+
+def uploads_dir() -> Path:
+    """Where accepted uploads are stored: ``uploads/`` in the user's folder."""
+    return userdata.uploads_dir()
 
 
 def checkpoint_dirs() -> List[Path]:
-    """Folders searched for checkpoints: ``NORMSHAPE_CHECKPOINT_DIRS`` (os.pathsep-separated,
-    default ``checkpoints`` and ``runs``), plus the runs folder so new runs always show."""
-    dirs = _env_dirs("NORMSHAPE_CHECKPOINT_DIRS", ["checkpoints", "runs"])
-    if runs_dir() not in dirs:
-        dirs.append(runs_dir())
+    """Folders searched for checkpoints: ``NORMSHAPE_CHECKPOINT_DIRS`` (os.pathsep-separated;
+    default: the shipped checkpoints), plus the runs and uploads folders so that new runs and
+    uploads always show."""
+    dirs = _env_dirs("NORMSHAPE_CHECKPOINT_DIRS") or [shipped_checkpoints_dir()]
+    for d in (runs_dir(), uploads_dir()):
+        if d not in dirs:
+            dirs.append(d)
     return dirs
+
+
+def folder_label(d: Path) -> str:
+    """What a folder is, for the page: never the server's path."""
+    if d == shipped_checkpoints_dir():
+        return "the shipped checkpoints"
+    if d == runs_dir():
+        return "your runs"
+    if d == uploads_dir():
+        return "your uploads"
+    return f"the folder {d.name!r}"
+
+
+# An absolute path (or ~/...) not inside a word or a URL: /tmp/x/model.json, ~/.local/share/x.
+_PATH = re.compile(r"(?<![\w.:/~])~?(?:/[^\s/:'\"`,;()\[\]]+)+/?")
+
+
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` shown as itself where Streamlit renders Markdown (``st.table`` cells and
+    headers, tab labels): every Markdown character escaped, so no name is read as markup."""
+    return _MARKDOWN.sub(r"\\\1", str(text))
+
+
+def css_text(text: Any) -> str:
+    """``text`` fit for a CSS string (pandas' cell tooltips): no quote, backslash, newline or
+    angle bracket that could end the string or the style block."""
+    return re.sub(r"[\"'\\\n\r<>{}]", " ", str(text))
+
+
+def public_text(message: Any) -> str:
+    """A message fit to show a user: every absolute path of the server becomes its last part
+    (``/tmp/abc/.incoming-1/model.safetensors`` -> ``model.safetensors``)."""
+    def last(m: "re.Match") -> str:
+        parts = [p for p in m.group(0).split("/") if p and p != "~"]
+        return parts[-1] if parts else m.group(0)
+
+    return _PATH.sub(last, str(message))
 
 
 def _set_threads() -> None:
@@ -70,17 +129,30 @@ _set_threads()
 
 
 def max_upload_mb() -> int:
-    """Largest accepted upload per file (``NORMSHAPE_MAX_UPLOAD_MB``, default 256: a wide
-    ResNet-34-10 is about 185 MB)."""
-    return int(os.environ.get("NORMSHAPE_MAX_UPLOAD_MB", "256"))
+    """Largest accepted upload per file, in MB: Streamlit's ``server.maxUploadSize``, set in
+    ``.streamlit/config.toml`` beside ``app.py`` (256: a wide ResNet-34-10 is about 185 MB), so
+    the server, the upload widget and the check below always agree."""
+    return int(st.get_option("server.maxUploadSize"))
 
 
 MAX_META_BYTES = 1 << 20
 
 
-def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload") -> Path:
-    """Validate an uploaded checkpoint and store it under ``<runs>/uploads/``; returns its
-    folder. Raises ValueError (CheckpointError included) with a one-line reason.
+@dataclass(frozen=True)
+class Upload:
+    """An accepted upload: the checkpoint's id on the pages, and whether it was stored (False:
+    the same weights were already there, under ``name``)."""
+
+    name: str
+    stored: bool
+
+
+def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
+                      known: Optional[Dict[str, str]] = None) -> Upload:
+    """Validate an uploaded checkpoint and store it under the uploads folder, unless its
+    weights (SHA-256) are those of a checkpoint already known (``known``: SHA-256 -> id), which
+    is then used as is. Raises ValueError (CheckpointError included) with a one-line reason
+    that names no server path.
 
     Nothing is unpickled: the metadata is JSON, the weights safetensors checked against the
     SHA-256 in the metadata and loaded into the model the metadata describes. The folder name
@@ -89,14 +161,18 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload") -> 
     import secrets
     import shutil
 
-    from normshape_core.checkpoints import atomic_write_json, load_checkpoint
-    from normshape_core.config import sanitize_name
+    from normshape_core.checkpoints import (CheckpointError, atomic_write_json, load_checkpoint,
+                                            sha256_bytes)
+    from normshape_core.config import ConfigError, TrainConfig, sanitize_name
 
     if len(weights) > max_upload_mb() * (1 << 20):
         raise ValueError(f"weights file is larger than {max_upload_mb()} MB")
     if weights[:2] == b"PK" or weights[:1] == b"\x80":
         raise ValueError("the weights file is a pickle / torch.save file; pickles can run "
                          "code and are never opened here. Save the weights with safetensors.")
+    sha = sha256_bytes(weights)
+    if known and sha in known:
+        return Upload(known[sha], stored=False)
     if len(meta) > MAX_META_BYTES:
         raise ValueError("metadata file is larger than 1 MB: not a normshape model.json")
     try:
@@ -105,24 +181,31 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload") -> 
         raise ValueError(f"metadata is not valid JSON ({e})") from None
     if not isinstance(meta_obj, dict) or not isinstance(meta_obj.get("config"), dict):
         raise ValueError("metadata is not a normshape checkpoint (no training config)")
+    try:  # known dataset, model, method, ...: the pages show these values
+        TrainConfig.from_dict(meta_obj["config"]).validate()
+    except (ConfigError, TypeError, ValueError) as e:
+        raise ValueError(f"the training config in the metadata is not valid: {e}") from None
     meta_obj["config"]["data_root"] = None  # never follow a path that came with an upload
     meta_obj["config"]["device"] = "auto"
     meta_obj["weights_file"] = "model.safetensors"
-    root = runs_dir() / "uploads"
+    root = uploads_dir()
     root.mkdir(parents=True, exist_ok=True)
     incoming = root / f".incoming-{secrets.token_hex(4)}"
     incoming.mkdir()
     try:
         (incoming / "model.safetensors").write_bytes(weights)
         atomic_write_json(incoming / "model.json", meta_obj)
-        load_checkpoint(incoming)  # raises CheckpointError: format, SHA-256, shapes
+        try:
+            load_checkpoint(incoming)  # format, SHA-256, shapes
+        except CheckpointError as e:
+            raise ValueError(e.problem) from None  # the problem, without the temporary folder
         name = sanitize_name(str(meta_obj.get("run_name") or Path(filename).stem))[:80]
-        dest = root / f"{name}-{str(meta_obj['weights_sha256'])[:8]}"
+        dest = root / f"{name}-{sha[:8]}"
         if (dest / "model.json").exists():  # the same weights were uploaded before
             shutil.rmtree(incoming)
-            return dest
+            return Upload(dest.name, stored=False)
         os.replace(incoming, dest)
-        return dest
+        return Upload(dest.name, stored=True)
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
@@ -171,6 +254,10 @@ class Ckpt:
         polluted = ", polluted PN" if c.get("polluted_running_stats") else ""
         return f"{c['method'].upper()} {mode}{polluted}"
 
+    def column_name(self) -> str:
+        """A column header that tells checkpoints apart: run name and training label."""
+        return f"{self.id} ({self.tag()})"
+
     def short(self) -> str:
         """dataset / method / training mode / ratio, in the paper's words."""
         c = self.config
@@ -182,7 +269,12 @@ class Ckpt:
             if c["shaping"] != "none":
                 mode += f" {c['ratio']}"
             mode = f"{c['method'].upper()}, {mode}"
-        return f"{c['dataset']}: {mode}, eps {c['eps']:g}"
+        return f"{c['dataset']}: {mode}, eps {eps_text(c)}"
+
+
+def eps_text(config: Dict[str, Any]) -> str:
+    """A training config's eps (none for a natural run that never set it)."""
+    return "-" if config.get("eps") is None else f"{config['eps']:g}"
 
 
 def _signature(dirs: Sequence[Path]) -> Tuple:
@@ -362,57 +454,227 @@ def cached_result(key: Tuple, compute, label: str):
     return value
 
 
-def evaluation(ck: "Ckpt", label: Optional[str] = None, **settings):
-    """``evaluation.evaluate_checkpoint`` on a checkpoint, memoised by (weights' SHA-256,
-    settings) here and on disk beside the checkpoint (when its folder is writable)."""
+@dataclass(frozen=True)
+class Part:
+    """One part of a multi-part computation, kept in the result store under ``key``."""
+
+    key: Tuple
+    label: str  # what is running, in words: "moons-mlp-natural-s0: PGD-20"
+    compute: Callable[[Callable[..., None]], Any]  # compute(progress(done, total, what))
+
+
+def _cancel(state_key: str, job: str) -> None:
+    st.session_state[state_key] = job
+
+
+def _progress_text(title: str, k: int, n: int, label: str, done: int, total: int,
+                   elapsed: float, frac: float) -> str:
+    from normshape_core.jobs import format_seconds
+
+    left = (f"about {format_seconds(elapsed * (1 - frac) / frac)} left"
+            if frac > 0.02 and elapsed > 2 else "estimating the time left")
+    step = f", step {done} of {total}" if total > 1 else ""
+    return f"{title}: {k} of {n}, {label}{step}; {left}"
+
+
+def compute_parts(parts: Sequence[Part], title: str, key: str) -> List[Any]:
+    """The value of every part, in order. The parts not stored yet are computed one after the
+    other under one progress bar that says "k of N", what is running and the time left,
+    beside a **Cancel** button. After a cancel the parts computed so far are kept, the page
+    says how many and offers **Continue**, and the script stops there."""
+    import hashlib
+    import time
+
+    store = result_store()
+    values = [store.get(p.key) for p in parts]
+    todo = [i for i, v in enumerate(values) if v is None]
+    if not todo:
+        return values
+    job = hashlib.sha256(repr([p.key for p in parts]).encode()).hexdigest()[:16]
+    state_key = f"{key}_cancelled"
+    if st.session_state.get(state_key) == job:
+        with st.container(border=True):
+            st.warning(f"{title}: stopped. {len(parts) - len(todo)} of {len(parts)} parts are "
+                       f"computed and kept; {len(todo)} are missing.")
+            if st.button("Continue", key=f"{key}_continue", type="primary"):
+                del st.session_state[state_key]
+                st.rerun()
+        st.stop()
+    slot = st.empty()  # emptied when done: no stale bar is left on the page
+    box = slot.container(border=True)
+    bar = box.progress(0.0, text=f"{title}: 1 of {len(todo)} ...")
+    box.button("Cancel", key=f"{key}_cancel", on_click=_cancel, args=(state_key, job),
+               help="Stop after the current step; the parts computed so far are kept")
+    t0, n = time.monotonic(), len(todo)
+    try:
+        for k, i in enumerate(todo, start=1):
+            part = parts[i]
+
+            def progress(done: int, total: int, what: str = "", _k=k, _part=part) -> None:
+                frac = (_k - 1 + min(1.0, done / max(total, 1))) / n
+                bar.progress(frac, text=_progress_text(title, _k, n, _part.label, done, total,
+                                                       time.monotonic() - t0, frac))
+
+            progress(0, 1)
+            values[i] = part.compute(progress)
+            store.put(part.key, values[i])
+    finally:
+        slot.empty()
+    return values
+
+
+def _evaluation_key(ck: "Ckpt", settings: Dict) -> Tuple:
     import json as _json
 
+    return ("evaluation", ck.sha, _json.dumps(settings, sort_keys=True, default=str))
+
+
+def _evaluate(ck: "Ckpt", settings: Dict, progress) -> Any:
     from normshape_core.evaluation import evaluate_checkpoint
 
-    key = ("evaluation", ck.sha, _json.dumps(settings, sort_keys=True, default=str))
-
-    def compute(progress):
-        try:
-            df, _ = evaluate_checkpoint(ck.path, progress=progress, **settings)
-        except OSError:  # read-only checkpoint folder: evaluate without the disk cache
-            df, _ = evaluate_checkpoint(ck.path, progress=progress,
-                                        use_cache=False, **settings)
-        return df
-
-    return cached_result(key, compute, label or f"Evaluating {ck.id}")
+    try:
+        df, _ = evaluate_checkpoint(ck.path, progress=progress, **settings)
+    except OSError:  # the user's folder is not writable: evaluate without the disk cache
+        df, _ = evaluate_checkpoint(ck.path, progress=progress, use_cache=False, **settings)
+    return df
 
 
-def shaped_grid_row(ck: "Ckpt", ratios: Sequence[str], attack: str = "pgd", **settings):
-    """Rows of ``evaluation`` for one checkpoint classified with shaped inference at each
-    ratio: each (checkpoint, ratio) cell is kept on its own, and only the missing cells are
-    computed, all in one evaluation (the attack is crafted once for them)."""
+def evaluation(ck: "Ckpt", label: Optional[str] = None, **settings):
+    """``evaluation.evaluate_checkpoint`` on a checkpoint, memoised by (weights' SHA-256,
+    settings) here and on disk: read beside the checkpoint (the shipped results) or from the
+    user's folder, written to the user's folder (when it is writable)."""
+    return cached_result(_evaluation_key(ck, settings),
+                         lambda progress: _evaluate(ck, settings, progress),
+                         label or f"Evaluating {ck.id}")
+
+
+def evaluations_by_attack(cks: Sequence["Ckpt"], attacks: Sequence[str], settings_of,
+                          title: str, key: str, label_of=None) -> Dict[str, Any]:
+    """One evaluation per (checkpoint, attack), each memoised and cached on disk on its own,
+    so that adding an attack computes only that attack; returns each checkpoint's rows in
+    one frame (``attrs["warnings"]``: every part's warnings and the checks across attacks).
+    ``settings_of(ck, attack)``: the evaluation settings; ``label_of(ck, attack)``: what the
+    progress bar says while that part runs."""
+    import pandas as pd
+
+    from normshape_core.evaluation import sanity_warnings
+
+    label_of = label_of or (lambda ck, attack: f"{ck.id}: {attack}")
+    parts = []
+    for ck in cks:
+        for attack in attacks:
+            s = settings_of(ck, attack)
+            parts.append(Part(_evaluation_key(ck, s), label_of(ck, attack),
+                              lambda progress, ck=ck, s=s: _evaluate(ck, s, progress)))
+    values = iter(compute_parts(parts, title, key))
+    out = {}
+    for ck in cks:
+        dfs = [next(values) for _ in attacks]
+        df = pd.concat(dfs, ignore_index=True)
+        warnings = [w for d in dfs for w in d.attrs.get("warnings", [])]
+        warnings += sanity_warnings(df)  # the checks that compare attacks
+        df.attrs = {"warnings": list(dict.fromkeys(warnings))}
+        out[ck.id] = df
+    return out
+
+
+def shaped_grid_rows(cks: Dict[str, "Ckpt"], ratios: Sequence[str], attack: str,
+                     settings_of, title: str, key: str) -> Dict[str, Any]:
+    """Rows of ``evaluation`` for each checkpoint (by label) classified with shaped inference
+    at each ratio. Each (checkpoint, ratio) cell is kept on its own; the missing cells of a
+    checkpoint are computed in one evaluation (the attack crafted once for them), one part of
+    the overall progress per checkpoint."""
     import json as _json
 
     import pandas as pd
 
     store = result_store()
-    base = ("shaped-cell", ck.sha, attack, _json.dumps(settings, sort_keys=True, default=str))
-    missing = [r for r in ratios if store.get(base + (r,)) is None]
-    if missing:
-        df = evaluation(ck, label=f"{ck.id}: inference ratios {', '.join(missing)}",
-                        attacks=[attack], classify=[f"shaped:{r}" for r in missing], **settings)
-        for r in missing:
-            store.put(base + (r,), df[df["ratio"] == r])
-    return pd.concat([store.get(base + (r,)) for r in ratios], ignore_index=True)
+
+    def cell(ck, r):
+        return ("shaped-cell", ck.sha, attack, _json.dumps(settings_of(ck), sort_keys=True,
+                                                          default=str), r)
+
+    parts = []
+    for label, ck in cks.items():
+        missing = [r for r in ratios if store.get(cell(ck, r)) is None]
+        if missing:
+            s = dict(attacks=[attack], classify=[f"shaped:{r}" for r in missing],
+                     **settings_of(ck))
+            parts.append(Part(_evaluation_key(ck, s),
+                              f"training {label} at inference {', '.join(missing)}",
+                              lambda progress, ck=ck, s=s: _evaluate(ck, s, progress)))
+    for part, df in zip(parts, compute_parts(parts, title, key)):
+        ck_sha = part.key[1]
+        ck = next(c for c in cks.values() if c.sha == ck_sha)
+        for r in df["ratio"].unique():
+            store.put(cell(ck, r), df[df["ratio"] == r])
+    return {label: pd.concat([store.get(cell(ck, r)) for r in ratios], ignore_index=True)
+            for label, ck in cks.items()}
 
 
 # ---------------------------------------------------------------- the pages' default evaluations
 # One place for the settings of the evaluations the pages show first, so that
-# ``python -m normshape_ui warm`` can compute them beside the shipped checkpoints (the
-# evaluation module's disk cache, keyed by weights' SHA-256 and settings) and a first view
-# reads numbers instead of computing them.
+# ``python -m normshape_app.ui warm`` can compute them beside the shipped checkpoints (the
+# evaluation module's disk cache, keyed by weights' SHA-256 and settings, read-only for the
+# app) and a first view reads numbers instead of computing them.
 INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
-COMPARE_ATTACKS = ["pgd", "fgsm", "shaping", "adaptive_exact"]
+COMPARE_ATTACKS = ["autoattack", "pgd", "fgsm", "shaping", "adaptive_exact"]
+
+
+def compare_default_attacks(cks: Sequence["Ckpt"]) -> List[str]:
+    """Compare's default attacks: the worst case (autoattack) whenever the reproduction has
+    computed it for every chosen checkpoint (it is then read, not recomputed); otherwise the
+    paper's attacks, and the page offers the worst case (minutes of compute on CPU)."""
+    known = shipped_worst_cases()
+    if cks and all("PN" in known.get(ck.sha, {}) for ck in cks):
+        return list(COMPARE_ATTACKS)
+    return [a for a in COMPARE_ATTACKS if a != "autoattack"]
 
 
 def compare_settings(attacks: Sequence[str], ratio: str, n_test: int, also_bn: bool) -> Dict:
     return dict(attacks=list(attacks), classify=["pn", "bn", f"shaped:{ratio}"],
                 n_test=int(n_test), craft=["pn", "bn"] if also_bn else ["pn"])
+
+
+@st.cache_data(show_spinner=False)
+def _results_worst(path: str, mtime: float) -> Dict[str, Dict[str, float]]:
+    import json as _json
+
+    out: Dict[str, Dict[str, float]] = {}
+    try:
+        results = _json.loads(Path(path).read_text())
+        n_worst = results.get("n_test_worst", results.get("n_test"))
+        for entry in results.get("runs", {}).values():
+            for r in entry.get("rows", []):
+                if r.get("attack") == "worst_case" and r.get("n") == n_worst and \
+                        r.get("ratio") in (None, "1:9"):
+                    key = "shaped 1:9" if r.get("ratio") == "1:9" else r["classified_with"]
+                    out.setdefault(entry["weights_sha256"], {})[key] = r["robust_acc"]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return out
+
+
+def shipped_worst_cases() -> Dict[str, Dict[str, float]]:
+    """{weights SHA-256: {"PN" | "BN" | "shaped 1:9": worst-case robust accuracy}} from the
+    reproduction's ``results.json`` files of the shipped checkpoints."""
+    out: Dict[str, Dict[str, float]] = {}
+    for p in sorted(shipped_checkpoints_dir().glob("*/results.json")):
+        for sha, v in _results_worst(str(p), p.stat().st_mtime).items():
+            out.setdefault(sha, {}).update(v)
+    return out
+
+
+def worst_case_settings(dataset: str, ratio: str = "1:9") -> Dict:
+    """The worst case (autoattack) as the reproduction computes it for this dataset (its
+    test samples and APGD-T targets), so the shipped checkpoints' results are read, not
+    recomputed."""
+    from normshape_core.reproduce import worst_case_settings as repro
+
+    s = repro(dataset)
+    s["n_test"] = min(s["n_test"], test_set_size(dataset))
+    classify = ["bn", "pn", f"shaped:{ratio}"]
+    return dict(attacks=[], ensembles=[s.pop("ensemble")], classify=classify, **s)
 
 
 def clean_accuracy_settings(n_test: int) -> Dict:
@@ -503,7 +765,7 @@ def prefer_2d_shaped(c: Ckpt):
 
 
 def no_checkpoints_message(what: str = "checkpoints") -> None:
-    dirs = ", ".join(f"`{d}`" for d in checkpoint_dirs())
+    dirs = ", ".join(folder_label(d) for d in checkpoint_dirs())
     st.info(f"No {what} found in {dirs}. Train one on the **Train** page (a moons run takes "
             "about ten seconds), or point `NORMSHAPE_CHECKPOINT_DIRS` at a folder of run folders.")
 
@@ -527,14 +789,15 @@ def metric_label(key: str) -> str:
 # ---------------------------------------------------------------- warm the disk caches
 def warm(dirs: Optional[Sequence[str]] = None) -> None:
     """Compute the pages' default evaluations for every checkpoint (``python -m
-    normshape_ui warm [DIR ...]``); results land in each checkpoint's ``model.eval.json``."""
+    normshape_app.ui warm [DIR ...]``, default: the shipped checkpoints); results land beside
+    each checkpoint, in its ``model.eval.json``, where the app reads them."""
     import sys
 
     from normshape_core.checkpoints import find_checkpoints
     from normshape_core.data import load_dataset as _load
-    from normshape_core.evaluation import evaluate_checkpoint
+    from normshape_core.evaluation import BESIDE, evaluate_checkpoint
 
-    infos, errors = find_checkpoints(*(dirs or [str(d) for d in checkpoint_dirs()]))
+    infos, errors = find_checkpoints(*(dirs or [str(shipped_checkpoints_dir())]))
     for e in errors:
         print(f"skipped: {e}", file=sys.stderr)
     sizes: Dict[str, int] = {}
@@ -544,15 +807,18 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
         if ds not in sizes:
             sizes[ds] = len(_load(ds, seed=0).x_test)
         n200, n500 = min(200, sizes[ds]), min(500, sizes[ds])
-        jobs_ = [compare_settings(COMPARE_ATTACKS, "1:9", n200, False),
-                 clean_accuracy_settings(n500)]
+        # Compare evaluates each attack on its own: one entry per attack
+        # (the worst case is the reproduction's: `normshape reproduce` computes it)
+        jobs_ = [compare_settings([a], "1:9", n200, False) for a in COMPARE_ATTACKS
+                 if a != "autoattack"]
+        jobs_.append(clean_accuracy_settings(n500))
         if cfg["method"] != "natural" and cfg["shaping"] in ("none", "attack+train"):
             jobs_.append(dict(attacks=["pgd"], classify=[f"shaped:{r}" for r in
                                                          INFERENCE_RATIOS],
                               **grid_settings(n200, 20)))
         for settings in jobs_:
             try:
-                df, _ = evaluate_checkpoint(info.path, **settings)
+                df, _ = evaluate_checkpoint(info.path, cache_dir=BESIDE, **settings)
                 print(f"{info.path.name}: {settings['attacks']} x {settings['classify']}: "
                       f"{'cached' if df.attrs.get('cached') else 'computed'}")
             except Exception as e:  # one bad checkpoint must not stop the others
@@ -563,6 +829,6 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) < 2 or sys.argv[1] != "warm":
-        print("usage: python -m normshape_ui warm [CHECKPOINT_DIR ...]", file=sys.stderr)
+        print("usage: python -m normshape_app.ui warm [CHECKPOINT_DIR ...]", file=sys.stderr)
         sys.exit(2)
     warm(sys.argv[2:] or None)

@@ -1,0 +1,103 @@
+"""The user's folder: where it is, and that evaluation caches go there while the shipped
+results beside a checkpoint are read but never written (except by ``reproduce``)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import _trained as T
+from _trained import one_thread  # noqa: F401  (autouse fixture)
+from normshape_core import userdata
+from normshape_core.checkpoints import save_checkpoint
+from normshape_core.config import TrainConfig
+from normshape_core.evaluation import BESIDE, cache_path_for, evaluate_checkpoint
+
+KW = dict(attacks=["fgsm"], classify=["pn", "shaped:1:3"], n_test=60)
+
+
+def test_the_tests_never_use_the_real_user_folder():
+    home = userdata.data_home()
+    assert "normshape-test-home-" in str(home)
+    assert not str(home).startswith(str(Path.home() / ".local"))
+
+
+def test_data_home_follows_the_override_then_xdg_then_the_default(monkeypatch, tmp_path):
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "mine"))
+    assert userdata.data_home() == tmp_path / "mine"
+    assert userdata.eval_cache_dir() == tmp_path / "mine" / "evaluations"
+    assert userdata.uploads_dir() == tmp_path / "mine" / "uploads"
+    assert userdata.runs_dir() == tmp_path / "mine" / "runs"
+    monkeypatch.delenv("NORMSHAPE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    assert userdata.data_home() == tmp_path / "xdg" / "normshape"
+    monkeypatch.setenv("XDG_DATA_HOME", "relative/path")  # invalid per the XDG spec: ignored
+    assert userdata.data_home() == tmp_path / "home" / ".local" / "share" / "normshape"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    assert userdata.data_home() == tmp_path / "home" / ".local" / "share" / "normshape"
+    assert not (tmp_path / "home").exists()  # nothing is created by asking
+
+
+def _checkpoint(folder: Path) -> Path:
+    cfg = TrainConfig(dataset="moons", model="mlp", method="pgd", shaping="attack+train",
+                      ratio="1:3", eps=T.MOONS_EPS, steps=5, seed=0)
+    save_checkpoint(folder, T.shaped_mlp(steps=50),
+                    {"config": cfg.to_dict(), "run_name": folder.name, "dataset": "moons",
+                     "input_shape": [2], "num_classes": 2})
+    return folder
+
+
+def _digest(folder: Path) -> dict:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+
+
+def test_shipped_results_are_read_and_new_ones_go_to_the_user_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
+    ckpt = _checkpoint(tmp_path / "shipped" / "run")
+    # reproduce writes the shipped results beside the checkpoint
+    df0, meta = evaluate_checkpoint(ckpt, cache_dir=BESIDE, **KW)
+    beside = cache_path_for(ckpt, BESIDE)
+    assert df0.attrs["cached"] is False and beside == ckpt / "model.eval.json"
+    assert beside.exists() and not (tmp_path / "home").exists()
+    before = _digest(ckpt)
+
+    df1, _ = evaluate_checkpoint(ckpt, **KW)  # the app's default: found beside, read only
+    assert df1.attrs["cached"] is True
+    df2, _ = evaluate_checkpoint(ckpt, **{**KW, "n_test": 40})  # new settings: user folder
+    assert df2.attrs["cached"] is False
+    assert _digest(ckpt) == before, "a shipped checkpoint folder was written to"
+    user = cache_path_for(ckpt)
+    assert user == tmp_path / "home" / "evaluations" / f"{meta['weights_sha256']}.eval.json"
+    assert len(json.loads(user.read_text())["entries"]) == 1
+    df3, _ = evaluate_checkpoint(ckpt, **{**KW, "n_test": 40})
+    assert df3.attrs["cached"] is True and (df3["n"] == 40).all()
+
+    # the same weights elsewhere (an upload, a copy) share the user folder's results
+    copy = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(ckpt, copy)
+    (copy / "model.eval.json").unlink()
+    assert evaluate_checkpoint(copy, **{**KW, "n_test": 40})[0].attrs["cached"] is True
+    assert evaluate_checkpoint(copy, **KW)[0].attrs["cached"] is False  # not beside it
+
+
+def test_reproduce_writes_its_results_beside_the_checkpoints(tmp_path, monkeypatch):
+    """``reproduce`` regenerates the shipped results: they land beside the checkpoints."""
+    from normshape_core.reproduce import evaluate_set
+
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
+    ckpt = _checkpoint(tmp_path / "checkpoints" / "run")
+    res = evaluate_set({"natural": ckpt}, "moons", n_test=60, table_attacks=["fgsm"],
+                       diagnostics=False, log=lambda *_: None)
+    assert res["runs"]["natural"]["rows"]
+    assert (ckpt / "model.eval.json").exists()
+    assert not (tmp_path / "home" / "evaluations").exists()
+
+
+
+def test_the_user_folder_is_documented():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "NORMSHAPE_HOME" in readme and "~/.local/share/normshape" in readme
