@@ -256,11 +256,27 @@ def save_training_state(run_dir: str | Path, trainer) -> None:
     tensors["rng.attack"] = trainer.g_attack.get_state()
     tensors["rng.torch"] = torch.get_rng_state()
     data = _tensors_to_bytes(tensors)
-    atomic_write_bytes(run_dir / "state.safetensors", data)
+    # One commit point: the tensors go to a file named by their hash, then state.json, which
+    # names that file, replaces the old one in one rename; older tensor files go after. A kill
+    # at any instant leaves the old JSON with its own (still present) file, or the new pair.
+    digest = sha256_bytes(data)
+    name = f"state-{digest[:16]}.safetensors"
+    atomic_write_bytes(run_dir / name, data)
     atomic_write_json(run_dir / "state.json", {
         "format": FORMAT + "-state", "config_fingerprint": trainer.cfg.fingerprint(),
         "step": trainer.step, "epoch": trainer.epoch, "param_groups": opt_state["param_groups"],
-        "opt_scalars": scalars, "state_sha256": sha256_bytes(data)})
+        "opt_scalars": scalars, "state_sha256": digest, "state_file": name})
+    for old in state_files(run_dir):
+        if old.name != name:
+            old.unlink(missing_ok=True)
+
+
+def state_files(run_dir: str | Path) -> List[Path]:
+    """The resume state's tensor files in a run folder (``state-<hash>.safetensors``, and the
+    single ``state.safetensors`` of earlier versions)."""
+    run_dir = Path(run_dir)
+    return sorted(run_dir.glob("state-*.safetensors")) + [
+        p for p in (run_dir / "state.safetensors",) if p.exists()]
 
 
 def load_training_state(run_dir: str | Path, trainer) -> None:
@@ -273,11 +289,17 @@ def load_training_state(run_dir: str | Path, trainer) -> None:
     if meta.get("config_fingerprint") != trainer.cfg.fingerprint():
         raise CheckpointError(meta_path, "the saved run used other settings; resume with the same "
                                          "settings or choose another --out folder")
-    data = (run_dir / "state.safetensors").read_bytes()
+    name = str(meta.get("state_file", "state.safetensors"))
+    if Path(name).name != name:
+        raise CheckpointError(meta_path, "the saved training state names a file outside its folder")
+    try:
+        data = (run_dir / name).read_bytes()
+    except OSError as e:
+        raise CheckpointError(run_dir / name, f"cannot read the saved training state ({e})") from None
     if sha256_bytes(data) != meta.get("state_sha256"):
-        raise CheckpointError(run_dir / "state.safetensors", "state file does not match its JSON "
-                                                              "(corrupt or half-written)")
-    t = _bytes_to_tensors(run_dir / "state.safetensors", data)
+        raise CheckpointError(run_dir / name, "state file does not match its JSON "
+                                              "(corrupt or half-written)")
+    t = _bytes_to_tensors(run_dir / name, data)
     trainer.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     state: Dict[int, Dict[str, Any]] = {}
     for k, v in t.items():

@@ -289,7 +289,7 @@ class Trainer:
         """Train to the end; with ``out_dir``, write metrics.jsonl, a resumable state at every
         epoch end and the final checkpoint. ``resume`` continues from the saved state."""
         from .checkpoints import (WEIGHTS_NAME, load_training_state, save_checkpoint,
-                                  save_training_state)
+                                  save_training_state, state_files)
 
         cfg = self.cfg
         run_dir = Path(out_dir) if out_dir is not None else None
@@ -369,8 +369,8 @@ class Trainer:
                 save_checkpoint(run_dir, self.model, self.checkpoint_meta(final))
             self.dist.barrier()
             path = run_dir / WEIGHTS_NAME
-            for leftover in ("state.safetensors", "state.json"):  # resume state: done with it
-                (run_dir / leftover).unlink(missing_ok=True)
+            for leftover in state_files(run_dir) + [run_dir / "state.json"]:  # resume state:
+                leftover.unlink(missing_ok=True)  # done with it
         result = TrainResult(self.model, final, path, stopped, self.history)
         self._fire("on_train_end", {"final": final, "checkpoint": str(path) if path else None,
                                     "stopped": stopped})

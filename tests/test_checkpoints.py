@@ -164,6 +164,43 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path, moons):
     assert steps == sorted(steps) and steps[-1] == full.final_metrics["train/steps"]
 
 
+@pytest.mark.parametrize("die_before", ["json", "cleanup"])
+def test_a_kill_between_the_state_files_leaves_a_resumable_pair(tmp_path, moons, monkeypatch,
+                                                                 die_before):
+    """The training state has one commit point (state.json names its tensor file): a kill
+    after the new tensor file is written but before state.json is replaced, or before the
+    old tensor file is removed, resumes from the old or the new state, bit-identical."""
+    from normshape_core import checkpoints as ck
+
+    cfg = TrainConfig(dataset="moons", method="pgd", shaping="attack+train", epochs=3, steps=2)
+    full = train(cfg, tmp_path / "full", dataset=moons)
+    real_json, real_unlink = ck.atomic_write_json, Path.unlink
+    calls = {"n": 0}
+
+    def dying_json(path, obj):
+        if Path(path).name == "state.json":
+            calls["n"] += 1
+            if calls["n"] == 2 and die_before == "json":
+                raise KeyboardInterrupt  # killed: new tensor file on disk, old state.json
+        return real_json(path, obj)
+
+    def dying_unlink(self, *a, **kw):
+        if self.name.startswith("state-") and die_before == "cleanup":
+            raise KeyboardInterrupt  # killed: new pair committed, old tensor file still there
+        return real_unlink(self, *a, **kw)
+
+    monkeypatch.setattr(ck, "atomic_write_json", dying_json)
+    monkeypatch.setattr(Path, "unlink", dying_unlink)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "cut", dataset=moons)
+    monkeypatch.undo()
+    assert len(ck.state_files(tmp_path / "cut")) == 2  # the old and the new tensor file
+    resumed = train(cfg, tmp_path / "cut", dataset=moons, resume=True)
+    for k, v in full.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert not ck.state_files(tmp_path / "cut") and not (tmp_path / "cut" / "state.json").exists()
+
+
 def test_killed_cli_run_resumes_and_finishes(tmp_path):
     """A real SIGKILL of the CLI between epochs; the same command with --resume finishes."""
     cmd = [sys.executable, "-m", "normshape_core", "train", "--dataset", "moons", "--method",
