@@ -382,13 +382,21 @@ def try_compile(args, device) -> None:
 
 
 # ====================================================================== 2. attacks
-def section_attacks(args, device) -> None:
-    header("2. Our attacks / torchattacks' (same settings, same model in eval() = PN, same batch)")
+def import_torchattacks(section_key: str):
+    """torchattacks, or None after saying the section is skipped (not installed, or broken)."""
     try:
         import torchattacks
     except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
         say(TORCHATTACKS_HINT + ("" if isinstance(e, ImportError) else f" [{e}]"))
-        RESULTS["attacks"] = "skipped: torchattacks not installed"
+        RESULTS[section_key] = "skipped: torchattacks not installed"
+        return None
+    return torchattacks
+
+
+def section_attacks(args, device) -> None:
+    header("2. Our attacks / torchattacks' (same settings, same model in eval() = PN, same batch)")
+    torchattacks = import_torchattacks("attacks")
+    if torchattacks is None:
         return
     from normshape_core.attacks import make_attack
     from normshape_core.shaping import PNClassifier
@@ -991,11 +999,8 @@ def theirs_autoattack(torchattacks, model, x, y, eps: float, n_classes: int, ste
 
 def section_worst_case(args, device) -> None:
     header("6. Worst case (autoattack ensemble) against torchattacks; its cost")
-    try:
-        import torchattacks
-    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install
-        say(TORCHATTACKS_HINT + ("" if isinstance(e, ImportError) else f" [{e}]"))
-        RESULTS["worst_case"] = "skipped: torchattacks not installed"
+    torchattacks = import_torchattacks("worst_case")
+    if torchattacks is None:
         return
     from normshape_core.shaping import PNClassifier, ShapedClassifier, make_reference_pool
     from normshape_core.worst_case import worst_case
