@@ -409,9 +409,9 @@ def batch_worst_case(model, x, y, spec: str, *, eps: float, seed: int = 0
     batch's own BN (frozen BN): the robustness figure beside the diagnostics."""
     from .evaluation import ensemble_label
     from .shaping import BNClassifier, PNClassifier
-    from .worst_case import ENSEMBLES, ensemble_members, make_ensemble, worst_case
+    from .worst_case import ensemble_members, make_ensemble, worst_case
 
-    names = ensemble_members(spec if spec in ENSEMBLES else spec.split("+"))
+    names = ensemble_members(spec)
     out = []
     for clf in (PNClassifier(model), BNClassifier(model)):
         res = worst_case(clf, make_ensemble(names, eps=eps, seed=seed), x, y, eps=eps)

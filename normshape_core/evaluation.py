@@ -143,7 +143,7 @@ def split_attacks(names: Union[str, Sequence[str]]) -> Tuple[List[str], List[str
         if not key:
             continue
         if key in ENSEMBLES or "+" in key:
-            spec = key if key in ENSEMBLES else "+".join(ensemble_members(key.split("+")))
+            spec = key if key in ENSEMBLES else "+".join(ensemble_members(key))
             if spec not in ensembles:
                 ensembles.append(spec)
         else:
@@ -160,15 +160,14 @@ def ensemble_spec(name: Union[str, Sequence[str]]) -> str:
 
     if isinstance(name, str) and name.strip().lower() in ENSEMBLES:
         return name.strip().lower()
-    items = name.split("+") if isinstance(name, str) else list(name)
-    return "+".join(ensemble_members(items))
+    return "+".join(ensemble_members(name if isinstance(name, str) else list(name)))
 
 
 def ensemble_label(spec: str) -> str:
     """``"autoattack"`` -> ``"autoattack: apgd, apgd_t, square"``."""
     from .worst_case import ENSEMBLES, ensemble_members
 
-    members = ensemble_members(spec if spec in ENSEMBLES else spec.split("+"))
+    members = ensemble_members(spec)
     return (f"{spec}: " if spec in ENSEMBLES else "") + ", ".join(members)
 
 
@@ -197,15 +196,12 @@ def _make_progress(progress, total: int):
 
 def _ensemble_jobs(s: EvalSettings, classifiers, dataset, device):
     """(spec, classifier index, member attacks) for every ensemble x classifier."""
-    from .worst_case import ENSEMBLES
-
     out = []
-    needs_pool = any("adaptive_eot" in ensemble_members(
-        e if e in ENSEMBLES else e.split("+")) for e in s.ensembles)
+    needs_pool = any("adaptive_eot" in ensemble_members(e) for e in s.ensembles)
     pool = (make_reference_pool(dataset, s.reference_pool_size, s.seed + 1_000_003).to(device)
             if needs_pool else None)
     for spec in s.ensembles:
-        names = ensemble_members(spec if spec in ENSEMBLES else spec.split("+"))
+        names = ensemble_members(spec)
         members = make_ensemble(names, eps=s.eps, seed=s.seed, steps=s.apgd_steps,
                                 restarts=s.restarts, n_queries=s.square_queries,
                                 n_target_classes=s.n_target_classes, pgd_steps=s.steps,
@@ -1097,7 +1093,7 @@ def eps_sweep(model, dataset, attack: str, classify: Sequence[str], *, eps: floa
                          "crafted with": r["crafted_with"], "robust acc": r["robust_acc"]})
     table = pd.DataFrame(rows)
     warnings = []
-    chance = 1.0 / max(2, int(dataset.num_classes) if hasattr(dataset, "num_classes") else 2)
+    chance = 1.0 / max(2, int(dataset.num_classes))
     for (clf_name, crafted), part in table.groupby(["classified with", "crafted with"],
                                                    sort=False):
         accs = list(part.sort_values("eps")["robust acc"])

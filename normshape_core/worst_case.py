@@ -50,12 +50,15 @@ OWN_VIEW_ATTACKS = ("shaping", "adaptive_eot")
 
 
 def ensemble_members(name_or_list: Union[str, Sequence[str]]) -> List[str]:
-    """``"autoattack"`` -> its registered members; a list (or ``"apgd,square"``) -> the list
-    checked against the registry."""
+    """``"autoattack"`` -> its registered members; a spec ``"apgd+square"`` or a list ->
+    the members checked against the registry."""
     from .attacks import parse_attack_names
 
-    if isinstance(name_or_list, str) and name_or_list.strip().lower() in ENSEMBLES:
-        return [a for a in ENSEMBLES[name_or_list.strip().lower()] if a in ATTACKS]
+    if isinstance(name_or_list, str):
+        key = name_or_list.strip().lower()
+        if key in ENSEMBLES:
+            return [a for a in ENSEMBLES[key] if a in ATTACKS]
+        name_or_list = key.split("+")
     members = parse_attack_names(name_or_list)
     if not members:
         raise ConfigError("an ensemble needs at least one attack")
