@@ -87,8 +87,8 @@ def set_threads(threads: Optional[int]) -> None:
     if threads is None and (os.cpu_count() or 1) <= 4:
         threads = 1
     if threads is not None:
-        if threads < 1:
-            raise ConfigError(f"threads must be >= 1, got {threads}")
+        if not 1 <= threads <= 1024:
+            raise ConfigError(f"threads must be in [1, 1024], got {threads}")
         torch.set_num_threads(threads)
 
 
@@ -96,16 +96,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from . import distributed
-    from .config import sanitize_name
+    from .config import check_writable_dir, sanitize_name
     from .training import train
 
     cfg = config_from_args(args)
+    check_writable_dir(args.out, "--out")
+    if args.name is not None and not sanitize_name(args.name) == args.name:
+        raise ConfigError(f"--name {args.name!r} may hold only letters, digits, '.', '_' and "
+                          f"'-' (and not start with '.'), e.g. {sanitize_name(args.name)!r}")
     set_threads(args.threads)
     run_dir = Path(args.out) / sanitize_name(args.name or cfg.run_name())
+    check_writable_dir(run_dir, "run folder")
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints (and writes)
-    if (run_dir / "model.json").exists() and not args.resume:
-        raise ConfigError(f"{run_dir} already holds a finished checkpoint; choose --name, "
-                          f"another --out, or remove it")
+    # A finished run, a run in progress and other settings on --resume are refused by the
+    # trainer, under the run folder's lock (training.Trainer.fit).
     if args.resume and not (run_dir / "state.json").exists() and main_rank:
         print(f"note: nothing to resume in {run_dir}; starting from scratch", file=sys.stderr)
     try:
@@ -149,8 +153,35 @@ def build_parser(prog: str = "python -m normshape_core") -> argparse.ArgumentPar
     return parser
 
 
+def one_line(text: str, limit: int = 4000) -> str:
+    """A message as one line (an error is one line on stderr, whatever it quotes)."""
+    line = " ".join(str(text).split())
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def report_unexpected(exc: BaseException, argv) -> str:
+    """The one line for an unexpected failure; the traceback goes to a log file."""
+    import platform
+    import traceback
+
+    from . import __version__
+    from .userdata import write_error_log
+
+    text = (f"normshape {__version__}, Python {platform.python_version()}\n"
+            f"command: {' '.join(map(str, sys.argv[:1] + list(argv or sys.argv[1:])))}\n\n"
+            + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
+    try:
+        where = f"details in {write_error_log(text)}"
+    except OSError:
+        where = "no log file could be written"
+    return one_line(f"error: unexpected {type(exc).__name__}: {exc}", 240) + \
+        f" -- this is a bug, please report it ({where})"
+
+
 def main(argv: Optional[List[str]] = None,
          parser: Optional[argparse.ArgumentParser] = None) -> int:
+    """Run one subcommand. Invalid input: one line on stderr, exit 2. Anything unexpected:
+    one line with "please report" and the path of a log file holding the traceback, exit 1."""
     from .checkpoints import CheckpointError
     from .data import DatasetUnavailable
 
@@ -158,15 +189,15 @@ def main(argv: Optional[List[str]] = None,
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except (ConfigError, CheckpointError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except DatasetUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (ConfigError, CheckpointError, DatasetUnavailable) as e:
+        print(one_line(f"error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; resume with the same command and --resume", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 - the catch-all: one line + a log, never a traceback
+        print(report_unexpected(e, argv), file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

@@ -20,6 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from .faults import fault_point
+
 FORMAT = "normshape-checkpoint"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "model.safetensors"
@@ -36,9 +38,12 @@ class CheckpointError(ValueError):
 
 
 # ------------------------------------------------------------------ atomic files
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes,
+                       fault: Optional[Tuple[str, int]] = None) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over ``path``:
-    a killed process leaves either the old file or the new one, never half a file."""
+    a killed process leaves either the old file or the new one, never half a file (and at
+    most a ``.<name>.*.tmp`` file, which ``remove_stale_files`` removes on the next start).
+    ``fault=(point, n)`` names the write point for fault injection (``faults.py``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -47,7 +52,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if fault:
+            fault_point(f"{fault[0]}.tmp", fault[1])
         os.replace(tmp, path)
+        if fault:
+            fault_point(f"{fault[0]}.renamed", fault[1])
     except BaseException:
         try:
             os.unlink(tmp)
@@ -56,8 +65,21 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+def atomic_write_json(path: str | Path, obj: Any,
+                      fault: Optional[Tuple[str, int]] = None) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode(),
+                       fault=fault)
+
+
+def remove_stale_files(folder: str | Path) -> List[Path]:
+    """Remove the ``.<name>.*.tmp`` files that killed atomic writes left in ``folder``
+    (call it only while holding the folder, e.g. under its run lock). Returns them."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp"):
+        if p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -95,10 +117,9 @@ def _bytes_to_tensors(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
                                     f"has {len(data)}): truncated or another format")
     try:
         header = json.loads(data[8:8 + n])
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise CheckpointError(path, "not a valid safetensors file (unreadable header)") from None
-    end = max((v["data_offsets"][1] for k, v in header.items()
-               if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v), default=0)
+    end = _check_header(path, header)
     if 8 + n + end > len(data):
         raise CheckpointError(path, f"truncated: tensors need {8 + n + end} bytes, file has "
                                     f"{len(data)}")
@@ -106,6 +127,40 @@ def _bytes_to_tensors(path: Path, data: bytes) -> Dict[str, torch.Tensor]:
         return load(data)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(path, f"not a valid safetensors file ({e})") from None
+
+
+def _check_header(path: Path, header: Any) -> int:
+    """Every field of a safetensors header of the expected type; returns the data length."""
+    if not isinstance(header, dict):
+        raise CheckpointError(path, f"not a valid safetensors file (its header is a JSON "
+                                    f"{type(header).__name__}, not an object)")
+    end = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            if entry is not None and not (isinstance(entry, dict) and
+                                          all(isinstance(v, str) for v in entry.values())):
+                raise CheckpointError(path, "not a valid safetensors file (__metadata__ is not "
+                                            "an object of strings)")
+            continue
+        if not isinstance(entry, dict):
+            raise CheckpointError(path, f"not a valid safetensors file (tensor {name[:60]!r} "
+                                        f"is described by a {type(entry).__name__})")
+        offsets, shape, dtype = entry.get("data_offsets"), entry.get("shape"), entry.get("dtype")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and
+                all(isinstance(o, int) and not isinstance(o, bool) and o >= 0 for o in offsets)
+                and offsets[0] <= offsets[1]):
+            raise CheckpointError(path, f"not a valid safetensors file (tensor {name[:60]!r}: "
+                                        f"data_offsets must be two whole numbers [begin, end], "
+                                        f"got {str(offsets)[:60]})")
+        if not (isinstance(shape, list) and all(isinstance(d, int) and not isinstance(d, bool)
+                                                and d >= 0 for d in shape)):
+            raise CheckpointError(path, f"not a valid safetensors file (tensor {name[:60]!r}: "
+                                        f"shape must be a list of whole numbers)")
+        if not isinstance(dtype, str):
+            raise CheckpointError(path, f"not a valid safetensors file (tensor {name[:60]!r}: "
+                                        f"dtype must be text)")
+        end = max(end, offsets[1])
+    return end
 
 
 def package_versions() -> Dict[str, str]:
@@ -159,13 +214,13 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, meta: Dict[str, Any],
     run_dir = Path(run_dir)
     data = _tensors_to_bytes(model.state_dict())
     weights = run_dir / f"{name}.safetensors"
-    atomic_write_bytes(weights, data)
+    atomic_write_bytes(weights, data, fault=("final.weights", 1))
     full = {"format": FORMAT, "format_version": FORMAT_VERSION, **meta,
             "weights_file": weights.name, "weights_sha256": sha256_bytes(data),
             "weights_bytes": len(data),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": package_versions()}
-    atomic_write_json(run_dir / f"{name}.json", full)
+    atomic_write_json(run_dir / f"{name}.json", full, fault=("final.json", 1))
     return weights
 
 
@@ -261,14 +316,51 @@ def save_training_state(run_dir: str | Path, trainer) -> None:
     # at any instant leaves the old JSON with its own (still present) file, or the new pair.
     digest = sha256_bytes(data)
     name = f"state-{digest[:16]}.safetensors"
-    atomic_write_bytes(run_dir / name, data)
+    n = trainer.epoch  # the fault-injection ordinal of this write (faults.py)
+    atomic_write_bytes(run_dir / name, data, fault=("state.tensors", n))
     atomic_write_json(run_dir / "state.json", {
         "format": FORMAT + "-state", "config_fingerprint": trainer.cfg.fingerprint(),
+        "config": trainer.cfg.to_dict(),
         "step": trainer.step, "epoch": trainer.epoch, "param_groups": opt_state["param_groups"],
-        "opt_scalars": scalars, "state_sha256": digest, "state_file": name})
+        "opt_scalars": scalars, "state_sha256": digest, "state_file": name},
+        fault=("state.json", n))
+    remove_orphan_states(run_dir)
+    fault_point("state.cleanup", n)
+
+
+def remove_orphan_states(run_dir: str | Path) -> None:
+    """Remove the tensor files that state.json does not name (an older state, or one whose
+    state.json a kill never committed). Only while holding the run folder."""
+    run_dir = Path(run_dir)
+    try:
+        current = json.loads((run_dir / "state.json").read_text()).get("state_file")
+    except (OSError, ValueError, AttributeError):
+        current = None
     for old in state_files(run_dir):
-        if old.name != name:
+        if old.name != current:
             old.unlink(missing_ok=True)
+
+
+def saved_state_summary(run_dir: str | Path) -> Optional[Dict[str, Any]]:
+    """state.json of an interrupted run (None when there is none or it is unreadable)."""
+    try:
+        meta = json.loads((Path(run_dir) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def settings_differences(saved: Dict[str, Any], cfg) -> List[str]:
+    """The settings that change the result and differ between a saved run's config and
+    ``cfg``, as ``name (saved X, now Y)``."""
+    now = cfg.to_dict()
+    out = []
+    for k in sorted(set(saved) | set(now)):
+        if k in ("device", "data_root", "dist_backend"):
+            continue
+        if saved.get(k) != now.get(k):
+            out.append(f"{k.replace('_', '-')} (saved {saved.get(k)!r}, now {now.get(k)!r})")
+    return out
 
 
 def state_files(run_dir: str | Path) -> List[Path]:
@@ -284,11 +376,17 @@ def load_training_state(run_dir: str | Path, trainer) -> None:
     meta_path = run_dir / "state.json"
     try:
         meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(meta_path, f"cannot read the saved training state ({e})") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(meta_path, "the saved training state is not a JSON object")
     if meta.get("config_fingerprint") != trainer.cfg.fingerprint():
-        raise CheckpointError(meta_path, "the saved run used other settings; resume with the same "
-                                         "settings or choose another --out folder")
+        diff = (settings_differences(meta["config"], trainer.cfg)
+                if isinstance(meta.get("config"), dict) else [])
+        raise CheckpointError(meta_path, "the saved run used other settings"
+                              + (f": {'; '.join(diff)}" if diff else "")
+                              + "; resume with the saved settings, or start a new run with "
+                                "another --name or --out")
     name = str(meta.get("state_file", "state.safetensors"))
     if Path(name).name != name:
         raise CheckpointError(meta_path, "the saved training state names a file outside its folder")
@@ -300,6 +398,15 @@ def load_training_state(run_dir: str | Path, trainer) -> None:
         raise CheckpointError(run_dir / name, "state file does not match its JSON "
                                               "(corrupt or half-written)")
     t = _bytes_to_tensors(run_dir / name, data)
+    try:
+        _restore_state(trainer, meta, t)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as e:
+        raise CheckpointError(meta_path, f"the saved training state does not fit this run "
+                                         f"({type(e).__name__}: {str(e).splitlines()[0][:120]})"
+                              ) from None
+
+
+def _restore_state(trainer, meta: Dict[str, Any], t: Dict[str, torch.Tensor]) -> None:
     trainer.model.load_state_dict({k[6:]: v for k, v in t.items() if k.startswith("model.")})
     state: Dict[int, Dict[str, Any]] = {}
     for k, v in t.items():

@@ -8,8 +8,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -18,6 +20,13 @@ METHODS = ("natural", "pgd", "trades")
 SHAPING_MODES = ("none", "train", "attack+train")
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "multistep")
+#: bounds of the settings (checked before anything is built or loaded)
+MAX_SEED = 2 ** 31 - 3  # the trainer seeds generators with seed, seed + 1 and seed + 2
+MAX_MODEL_WIDTH = 4096
+MAX_MODEL_DEPTH = 1000
+MAX_RATIO_PARTS = 1000
+MAX_COUNT = 10 ** 9
+_KIND_TEXT = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}
 
 
 class ConfigError(ValueError):
@@ -122,6 +131,7 @@ class TrainConfig:
         """A copy with every ``None`` filled from the dataset preset, then validated."""
         from .presets import dataset_preset
 
+        self._check_types()
         preset = dataset_preset(self.dataset)
         values = dataclasses.asdict(self)
         for k, v in preset.items():
@@ -134,9 +144,12 @@ class TrainConfig:
         return cfg
 
     def validate(self) -> None:
+        """Every field checked: types, finite numbers, ranges, names from the registries,
+        paths that exist. One ``ConfigError`` (one line) for the first problem found."""
         from .data import DATASETS
         from .models import MODELS
 
+        self._check_types()
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
                               f"{', '.join(DATASETS)}")
@@ -150,36 +163,83 @@ class TrainConfig:
         if self.method == "natural" and self.shaping != "none":
             raise ConfigError("natural training has no attack to shape: use --shaping none")
         ratio = Ratio.parse(self.ratio, allow_zero_clean=self.shaping == "none")
-        for name in ("eps", "step_size", "lr", "weight_decay"):
+        if ratio.parts > MAX_RATIO_PARTS:
+            raise ConfigError(f"ratio {ratio} has {ratio.parts} parts; at most "
+                              f"{MAX_RATIO_PARTS}")
+        for name in ("eps", "step_size", "lr", "weight_decay", "momentum", "trades_beta"):
             v = getattr(self, name)
-            if v is not None and (v != v or v < 0):
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 0, got {v}")
+            if v is not None and (not math.isfinite(v) or v < 0):
+                raise ConfigError(f"{name.replace('_', '-')} must be >= 0 and finite, "
+                                  f"got {v}")
         if self.eps is not None and self.eps > 1:
             raise ConfigError(f"eps {self.eps} is larger than the whole [0, 1] input range")
+        if self.step_size is not None and self.step_size > 1:
+            raise ConfigError(f"step-size {self.step_size} is larger than the whole [0, 1] "
+                              f"input range")
         if self.method != "natural" and self.eps is not None and self.eps == 0:
             raise ConfigError(f"method {self.method} needs eps > 0")
+        if self.method != "natural" and self.step_size is not None and self.step_size == 0:
+            raise ConfigError(f"method {self.method} needs step-size > 0")
+        if self.lr is not None and self.lr == 0:
+            raise ConfigError("lr must be > 0 (with lr 0 nothing is learnt)")
+        if self.momentum >= 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         for name in ("steps", "batch_size", "epochs", "max_steps", "n_train", "eval_samples",
                      "model_width", "model_depth"):
             v = getattr(self, name)
             if v is not None and v < (0 if name in ("eval_samples",) else 1):
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {v}")
+        for name, most in (("model_width", MAX_MODEL_WIDTH), ("model_depth", MAX_MODEL_DEPTH),
+                           ("steps", MAX_COUNT), ("batch_size", MAX_COUNT),
+                           ("epochs", MAX_COUNT), ("max_steps", MAX_COUNT),
+                           ("n_train", MAX_COUNT), ("eval_samples", MAX_COUNT)):
+            v = getattr(self, name)
+            if v is not None and v > most:
+                raise ConfigError(f"{name.replace('_', '-')} {v} is too large (at most {most})")
+        if self.batch_size is not None and self.batch_size < 2:
+            raise ConfigError(f"batch-size must be >= 2: batch norm in training needs more "
+                              f"than one sample per batch, got {self.batch_size}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError(f"seed must be a whole number in [0, {MAX_SEED}], got {self.seed}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: "
                               f"{', '.join(OPTIMIZERS)}")
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose one of: "
                               f"{', '.join(LR_SCHEDULES)}")
-        if self.trades_beta < 0:
-            raise ConfigError(f"trades-beta must be >= 0, got {self.trades_beta}")
         if self.batch_size is not None and self.shaping != "none":
             if self.batch_size < ratio.parts:
                 raise ConfigError(f"batch size {self.batch_size} is smaller than the {ratio.parts} "
                                   f"parts of ratio {ratio}")
             ratio.split(self.batch_size)
+        if self.data_root is not None and not Path(self.data_root).expanduser().is_dir():
+            raise ConfigError(f"data-root {self.data_root} is not an existing folder "
+                              f"(nothing else is tried when --data-root is given)")
         parse_device(self.device)
         if self.dist_backend not in ("auto", "nccl", "gloo"):
             raise ConfigError(f"unknown dist backend {self.dist_backend!r}; choose one of: "
                               f"auto, nccl, gloo")
+
+    def _check_types(self) -> None:
+        """Each field of the type it declares (the app and checkpoint metadata build this
+        object from JSON, where anything can come)."""
+        for f in fields(self):
+            v = getattr(self, f.name)
+            typ = str(f.type)
+            if v is None and typ.startswith("Optional"):
+                continue
+            if "bool" in typ:
+                ok = isinstance(v, bool)
+            elif "int" in typ:
+                ok = isinstance(v, int) and not isinstance(v, bool)
+            elif "float" in typ:
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+            else:
+                ok = isinstance(v, str)
+            if not ok:
+                kind = typ.replace("Optional[", "").rstrip("]")
+                raise ConfigError(f"{f.name.replace('_', '-')} must be {_KIND_TEXT.get(kind, kind)}"
+                                  f", got {v!r}")
 
     @property
     def ratio_obj(self) -> Ratio:
@@ -250,3 +310,72 @@ def parse_device(spec: str = "auto") -> torch.device:
                                   and torch.backends.mps.is_available()):
         raise ConfigError("device 'mps' asked for, but MPS is not available; use --device cpu")
     return dev
+
+
+# ------------------------------------------------------------------ paths given by the user
+def _nearest_existing(p: Path) -> Path:
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _can_write_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``: permission bits say nothing to root, nor
+    about read-only or special file systems, so an empty probe file is made and removed."""
+    import os
+    import tempfile
+
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".normshape-probe-", suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        os.unlink(probe)
+    except OSError:
+        pass
+    return True
+
+
+def check_writable_dir(path, flag: str) -> Path:
+    """A folder that is, or can be created as, a writable folder (checked before any work;
+    nothing is created here)."""
+    import os
+
+    p = Path(str(path)).expanduser()
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; give a folder")
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder")
+    base = _nearest_existing(p.absolute())
+    if not base.is_dir():
+        raise ConfigError(f"{flag} {path}: {base} is a file, not a folder")
+    if not _can_write_in(base):
+        raise ConfigError(f"{flag} {path} is not writable ({base} does not allow writing)")
+    return p
+
+
+def check_writable_file(path, flag: str) -> Path:
+    """A file path whose folder exists and is writable, and that is not a folder."""
+    import os
+
+    p = Path(str(path)).expanduser()
+    if not str(path).strip():
+        raise ConfigError(f"{flag} is empty; give a file name")
+    if p.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path}: the folder {parent} does not exist")
+    if not _can_write_in(parent) or (p.exists() and not os.access(p, os.W_OK)):
+        raise ConfigError(f"{flag} {path} is not writable")
+    return p
+
+
+def check_existing_dir(path, flag: str) -> Path:
+    p = Path(str(path)).expanduser()
+    if not p.is_dir():
+        raise ConfigError(f"{flag} {path} is not an existing folder")
+    return p

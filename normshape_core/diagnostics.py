@@ -337,36 +337,90 @@ def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
     return out
 
 
+@dataclass
+class DiagnoseSettings:
+    """The settings of ``diagnose``, checked in one place (``validate``) before any
+    checkpoint is read; ``None`` means: the checkpoint's training value."""
+
+    ratios: List[str]
+    n: int = 256
+    eps: Optional[float] = None
+    step_size: Optional[float] = None
+    steps: Optional[int] = None
+    seed: int = 0
+    worst_case: Optional[str] = "autoattack"  # an ensemble spec, or None to skip
+
+    MAX_N = 100_000
+    MAX_STEPS = 100_000
+
+    def validate(self) -> "DiagnoseSettings":
+        if not self.ratios:
+            raise ConfigError("no ratio given (e.g. --ratios 1:0,1:3)")
+        if not 4 <= self.n <= self.MAX_N:
+            raise ConfigError(f"--n must be a whole number in [4, {self.MAX_N:,}], got {self.n}")
+        if self.steps is not None and not 1 <= self.steps <= self.MAX_STEPS:
+            raise ConfigError(f"--steps must be a whole number in [1, {self.MAX_STEPS:,}], got "
+                              f"{self.steps}")
+        for name in ("eps", "step_size"):
+            v = getattr(self, name)
+            if v is not None and (not math.isfinite(v) or not 0 < v <= 1):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in "
+                                  f"(0, 1], got {v}")
+        if not 0 <= self.seed < 2 ** 31:
+            raise ConfigError(f"--seed must be a whole number in [0, 2**31), got {self.seed}")
+        return self
+
+    def with_checkpoint(self, cfg: Dict[str, Any]) -> "DiagnoseSettings":
+        """The settings left unset, taken from the checkpoint's training config (checked:
+        the metadata may come from anywhere)."""
+        eps = self.eps if self.eps is not None else cfg.get("eps")
+        if not eps:
+            raise ConfigError("this checkpoint has no training eps; give --eps")
+        out = DiagnoseSettings(
+            ratios=self.ratios, n=self.n, eps=eps,
+            step_size=self.step_size if self.step_size is not None else cfg.get("step_size"),
+            steps=self.steps if self.steps is not None else (cfg.get("steps") or 10),
+            seed=self.seed, worst_case=self.worst_case)
+        for name in ("eps", "step_size"):
+            v = getattr(out, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                raise ConfigError(f"the checkpoint's {name} is not a number: {v!r}")
+        if isinstance(out.steps, bool) or not isinstance(out.steps, int):
+            raise ConfigError(f"the checkpoint's steps is not a whole number: {out.steps!r}")
+        return out.validate()
+
+
+def diagnose_settings_from_args(args: argparse.Namespace) -> DiagnoseSettings:
+    from .config import check_writable_file, parse_device
+    from .evaluation import ensemble_spec, parse_ratio_list
+
+    parse_device(args.device)
+    if args.json is not None:
+        check_writable_file(args.json, "--json")
+    if args.dataset is not None:
+        from .data import DATASETS
+
+        if args.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of: "
+                              f"{', '.join(DATASETS)}")
+    members = None if str(args.worst_case).strip().lower() == "none" else \
+        ensemble_spec(args.worst_case)
+    return DiagnoseSettings(ratios=parse_ratio_list(args.ratios), n=args.n, eps=args.eps,
+                            step_size=args.step_size, steps=args.steps, seed=args.seed,
+                            worst_case=members).validate()
+
+
 def cli_diagnose(args: argparse.Namespace) -> int:
     """``diagnose CHECKPOINT``: print the three measurements; write --json."""
     from .checkpoints import atomic_write_json
-    from .evaluation import load_for_evaluation, parse_ratio_list
+    from .evaluation import _meta_config, load_for_evaluation
 
-    ratios = parse_ratio_list(args.ratios)
+    given = diagnose_settings_from_args(args)  # every flag checked before any reading
     model, meta, dataset = load_for_evaluation(args.checkpoint, args.dataset, args.device)
-    cfg = meta.get("config", {})
-    eps = args.eps if args.eps is not None else cfg.get("eps")
-    if not eps:
-        raise ConfigError("this checkpoint has no training eps; give --eps")
-    step_size = args.step_size if args.step_size is not None else cfg.get("step_size")
-    steps = args.steps if args.steps is not None else (cfg.get("steps") or 10)
-    for name in ("n", "steps"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise ConfigError(f"--{name} must be >= 1, got {v}")
-    for name in ("eps", "step_size"):
-        v = getattr(args, name)
-        if v is not None and (not math.isfinite(v) or not 0 < v <= 1):
-            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number in (0, 1], "
-                              f"got {v}")
-    if args.seed < 0:
-        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
-    members = None
-    if str(args.worst_case).lower() != "none":
-        from .evaluation import ensemble_spec
-
-        members = ensemble_spec(args.worst_case)
-    if args.n < 4 or args.n > len(dataset.x_train):
+    ds = given.with_checkpoint(_meta_config(meta, args.checkpoint))
+    ratios, eps, step_size, steps, members = (ds.ratios, ds.eps, ds.step_size, ds.steps,
+                                              ds.worst_case)
+    if args.n > len(dataset.x_train):
         raise ConfigError(f"--n must be between 4 and the {len(dataset.x_train)} training samples")
     g = torch.Generator().manual_seed(args.seed)
     idx = torch.randperm(len(dataset.x_train), generator=g)[:args.n]

@@ -19,6 +19,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -295,24 +296,43 @@ def _parse_craft(craft) -> List[str]:
     return out or ["pn"]
 
 
-def _check_settings(s: EvalSettings) -> None:
-    """Counts >= 1 and finite sizes; one line per problem (ConfigError)."""
+#: the largest count an evaluation setting takes (steps, queries, samples, pool size)
+MAX_EVAL_COUNT = 1_000_000
+
+
+def _check_settings(s: EvalSettings, *, eps_given: bool = True) -> None:
+    """The one check of an evaluation's settings, before any model or dataset is loaded:
+    whole-number counts in [1, MAX_EVAL_COUNT], finite sizes in (0, 1], known names; one
+    line per problem (ConfigError). ``eps_given=False``: eps is still to come from the
+    checkpoint (the CLI's check before reading it)."""
     for name in ("steps", "restarts", "apgd_steps", "cw_steps", "eot_draws", "square_queries",
-                 "n_target_classes", "batch_size", "reference_pool_size"):
+                 "n_target_classes", "batch_size", "reference_pool_size", "n_test",
+                 "group_size"):
         v = getattr(s, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name.replace('_', '-')} must be a whole number >= 1, got {v!r}")
+        if v is None and name in ("n_test", "group_size"):
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EVAL_COUNT:
+            raise ConfigError(f"{name.replace('_', '-')} must be a whole number in [1, "
+                              f"{MAX_EVAL_COUNT:,}], got {v!r}")
+    if s.batch_size < 2:
+        raise ConfigError(f"batch-size must be >= 2 (BN needs a batch), got {s.batch_size}")
+    if not isinstance(s.fresh_references, bool):
+        raise ConfigError(f"fresh-references must be true or false, got {s.fresh_references!r}")
     for name in ("eps", "step_size", "fgsm_eps"):
         v = getattr(s, name)
-        if v is None and name != "eps":
+        if v is None and (name != "eps" or not eps_given):
             continue
         if not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 1:
             raise ConfigError(f"{name.replace('_', '-')} must be a finite number in (0, 1], "
                               f"got {v!r}")
     if not s.attacks and not s.ensembles:
         raise ConfigError("no attack given (e.g. --attacks autoattack or --attacks pgd,apgd)")
-    if not isinstance(s.seed, int) or not 0 <= s.seed < 2 ** 31:
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int) or not 0 <= s.seed < 2 ** 31:
         raise ConfigError(f"seed must be a whole number in [0, 2**31), got {s.seed!r}")
+    for name in ("attacks", "ensembles", "classify", "craft"):
+        v = getattr(s, name)
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ConfigError(f"{name} must be a list of names, got {v!r}")
 
 
 def _validate(settings: EvalSettings, dataset) -> None:
@@ -756,6 +776,9 @@ def cache_path_for(checkpoint: Union[str, Path], cache_dir: Union[None, str, Pat
 
         cache_dir = eval_cache_dir()
     sha = weights_sha256 or read_meta(checkpoint)["weights_sha256"]
+    if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        raise ConfigError(f"checkpoint {checkpoint}: weights_sha256 in its metadata is not a "
+                          f"SHA-256 (64 hex digits)")
     return Path(cache_dir) / f"{sha}.eval.json"
 
 
@@ -767,15 +790,38 @@ def _read_cache(path: Path, *more: Path) -> Dict[str, Any]:
     """The cache file at ``path``; with ``more``, their entries merged in (``path``'s win)."""
     try:
         obj = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         obj = None
     if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
         obj = {"format": CACHE_FORMAT, "entries": {}}
-    obj.setdefault("entries", {})
+    if not isinstance(obj.get("entries"), dict):
+        obj["entries"] = {}
     for other in more:
         for k, v in _read_cache(other)["entries"].items():
             obj["entries"].setdefault(k, v)
     return obj
+
+
+def update_cache(path: Path, key: str, entry: Dict[str, Any]) -> None:
+    """Add one entry to the cache file at ``path``, safe against concurrent writers: under an
+    exclusive lock on the cache's folder (``fcntl.flock``, released when the process ends in
+    any way; no lock file is left behind), the file is read again, the entry merged in and
+    the whole replaced atomically, so entries written meanwhile by others are kept."""
+    import fcntl
+    import os
+
+    from .checkpoints import atomic_write_json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cache = _read_cache(path)
+        cache["entries"][key] = entry
+        atomic_write_json(path, cache)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def _json_safe(v):
@@ -809,9 +855,20 @@ def _df_from_rows(rows: List[Dict[str, Any]]) -> pd.DataFrame:
     return _typed(pd.DataFrame(rows, columns=list(ROW_KEYS)))
 
 
+def _meta_config(meta: Dict[str, Any], checkpoint) -> Dict[str, Any]:
+    """The metadata's training config, which must be a JSON object (one line if not)."""
+    cfg = meta.get("config", {})
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"checkpoint {checkpoint}: \"config\" in its metadata is a "
+                          f"{type(cfg).__name__}, not an object")
+    return cfg
+
+
 def _trained_dataset(meta: Dict[str, Any], checkpoint, dataset_name: Optional[str]) -> str:
     """The dataset a checkpoint was trained on; a different ``dataset_name`` is a ConfigError."""
-    trained_on = meta.get("config", {}).get("dataset") or meta.get("dataset")
+    trained_on = _meta_config(meta, checkpoint).get("dataset") or meta.get("dataset")
+    if not isinstance(trained_on, str):
+        raise ConfigError(f"checkpoint {checkpoint}: its metadata names no dataset")
     if dataset_name is not None and dataset_name != trained_on:
         raise ConfigError(f"checkpoint {checkpoint} was trained on {trained_on!r}, not "
                           f"{dataset_name!r}")
@@ -829,7 +886,7 @@ def load_for_evaluation(checkpoint: Union[str, Path], dataset_name: Optional[str
         model, meta = load_checkpoint(checkpoint, device=parse_device(device or "auto"))
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
-    cfg = meta.get("config", {})
+    cfg = _meta_config(meta, checkpoint)
     trained_on = _trained_dataset(meta, checkpoint, dataset_name)
     dataset = load_dataset(trained_on, root=cfg.get("data_root"), seed=cfg.get("seed", 0))
     return model, meta, dataset
@@ -847,7 +904,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     results) or from the cache file of ``cache_path_for(checkpoint, cache_dir)``, written to
     the latter (default: the user's folder; ``cache_dir=BESIDE``: beside the checkpoint).
     Returns (df, meta); ``df.attrs["cached"]`` says whether the numbers came from the cache."""
-    from .checkpoints import (CheckpointError, atomic_write_json, read_meta, resolve_paths,
+    from .checkpoints import (CheckpointError, read_meta, resolve_paths,
                               sha256_file)
 
     # A cache hit needs neither the model nor the dataset: read the metadata only, check the
@@ -856,7 +913,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
         meta = read_meta(checkpoint)
     except CheckpointError as e:
         raise ConfigError(str(e)) from None
-    cfg = meta.get("config", {})
+    cfg = _meta_config(meta, checkpoint)
     _trained_dataset(meta, checkpoint, dataset_name)  # a wrong --dataset is an error
     if settings.get("eps") is None:
         settings["eps"] = cfg.get("eps") or 8 / 255
@@ -891,12 +948,10 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
                    gap_threshold=gap_threshold)
     df.attrs["cached"] = False
     if use_cache:
-        cache = _read_cache(path)
-        cache["entries"][key] = {"weights_sha256": meta["weights_sha256"],
+        update_cache(path, key, {"weights_sha256": meta["weights_sha256"],
                                  "settings": s.to_dict(), "rows": rows_of(df),
                                  "warnings": df.attrs["warnings"],
-                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        atomic_write_json(path, cache)
+                                 "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return df, meta
 
 
@@ -1005,12 +1060,14 @@ def cli_evaluate(args: argparse.Namespace) -> int:
 
     attacks, ensembles = split_attacks(args.attacks)
     classify = parse_classify(args.classify)
-    _check_json_target(args.json)
+    craft = _parse_craft(args.craft)
+    check_cli_settings(args, attacks=attacks, ensembles=ensembles, classify=classify,
+                       craft=craft)
     df, meta = evaluate_checkpoint(
         args.checkpoint, dataset_name=args.dataset, device=args.device,
         use_cache=not args.no_cache, progress=True, gap_threshold=args.gap_threshold,
         **_settings_from_args(args, attacks=attacks, ensembles=ensembles, classify=classify,
-                              craft=_parse_craft(args.craft)))
+                              craft=craft))
     name = meta.get("run_name", str(args.checkpoint))
     print(f"{name}: n={int(df['n'].iloc[0]) if len(df) else 0}, eps={df['eps'].max():g}"
           + (" (cached)" if df.attrs.get("cached") else ""))
@@ -1045,18 +1102,33 @@ def cli_evaluate(args: argparse.Namespace) -> int:
 
 def _check_json_target(path) -> None:
     """A --json target must be writable before any work starts."""
-    if not path:
-        return
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if p.is_dir():
-        raise ConfigError(f"--json {path} is a folder; give a file name")
-    if not parent.is_dir():
-        raise ConfigError(f"--json {path}: the folder {parent} does not exist")
-    import os
+    from .config import check_writable_file
 
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise ConfigError(f"--json {path} is not writable")
+    if path is not None:
+        check_writable_file(path, "--json")
+
+
+def check_cli_settings(args, **extra) -> EvalSettings:
+    """evaluate / grid: every flag checked before a checkpoint is read (the settings object
+    of these commands is ``EvalSettings``; eps may still come from the checkpoint)."""
+    parse_device(args.device)
+    if args.dataset is not None:
+        from .data import DATASETS
+
+        if args.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of: "
+                              f"{', '.join(DATASETS)}")
+    gap = getattr(args, "gap_threshold", DEFAULT_GAP_THRESHOLD)
+    if not math.isfinite(gap) or not 0 <= gap <= 1:
+        raise ConfigError(f"gap-threshold must be a finite number in [0, 1], got {gap}")
+    _check_json_target(args.json)
+    values = EvalSettings().to_dict()
+    values.update({k: v for k, v in _settings_from_args(args, **extra).items() if v is not None})
+    s = EvalSettings(**values)
+    if args.eps is None:
+        s.eps = None
+    _check_settings(s, eps_given=args.eps is not None)
+    return s
 
 
 def ensemble_log(df: pd.DataFrame) -> str:
@@ -1157,7 +1229,8 @@ def cli_grid(args: argparse.Namespace) -> int:
     if attack in ADAPTIVE_ATTACKS:
         raise ConfigError("the grid uses one attack crafted once; choose fgsm, pgd or apgd, "
                           "or an ensemble (autoattack)")
-    _check_json_target(args.json)
+    check_cli_settings(args, attacks=singles, ensembles=ensembles,
+                       classify=[f"shaped:{r}" for r in ratios])
     dfs: Dict[str, pd.DataFrame] = {}
     json_rows: List[Dict[str, Any]] = []
     for ckpt in args.checkpoints:

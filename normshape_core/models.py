@@ -6,6 +6,7 @@ attack's eps is in input units. Add a model: write a constructor
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Dict, Sequence, Tuple
 
@@ -33,7 +34,7 @@ class MLP(nn.Module):
     def __init__(self, input_shape, num_classes, hidden: int = 64, depth: int = 3,
                  mean=(0.5,), std=(0.25,)):
         super().__init__()
-        d = int(torch.tensor(input_shape).prod())
+        d = int(math.prod(input_shape))
         mean = list(mean) * d if len(mean) == 1 else list(mean)
         std = list(std) * d if len(std) == 1 else list(std)
         self.norm = InputNormalize(mean, std, ndim=2)

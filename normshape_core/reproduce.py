@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -649,36 +649,90 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
                    "else the worst case's)")
 
 
+@dataclass
+class ReproduceSettings:
+    """The settings of ``reproduce``, checked in one place (``validate``) before any run is
+    trained: every run's TrainConfig is built and validated first."""
+
+    dataset: str
+    out: Path
+    seed: int = 0
+    n_test: Optional[int] = None
+    epochs: Optional[int] = None
+    only: Optional[List[str]] = None
+    threads: int = 1
+    device: str = "auto"
+    worst: Dict[str, int] = field(default_factory=dict)
+
+    def specs(self) -> List[RunSpec]:
+        return [s for s in PAPER_SET if self.only is None or s.key in self.only]
+
+    def overrides(self) -> Dict[str, Any]:
+        return {"epochs": self.epochs} if self.epochs is not None else {}
+
+    def validate(self) -> "ReproduceSettings":
+        from .config import check_writable_dir, parse_device
+        from .data import DATASETS
+
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
+                              f"{', '.join(DATASETS)}")
+        if not 0 <= self.seed < 2 ** 31 - 2:
+            raise ConfigError(f"--seed must be a whole number in [0, 2**31 - 2), got {self.seed}")
+        for name, v in (("n-test", self.n_test), ("epochs", self.epochs)):
+            if v is not None and not 1 <= v <= 10 ** 9:
+                raise ConfigError(f"--{name} must be a whole number >= 1, got {v}")
+        if not 1 <= self.threads <= 1024:
+            raise ConfigError(f"--threads must be in [1, 1024], got {self.threads}")
+        if self.only is not None:
+            if not self.only:
+                raise ConfigError("--only names no run key")
+            unknown = [k for k in self.only if k not in {s.key for s in PAPER_SET}]
+            if unknown:
+                raise ConfigError(f"unknown run key(s) {', '.join(unknown)}; choose from: "
+                                  f"{', '.join(s.key for s in PAPER_SET)}")
+        for k, v in self.worst.items():
+            least = 0 if k == "table_iv_n_test" else 1
+            if not least <= v <= 10 ** 9:
+                raise ConfigError(f"--{'worst-' if k != 'table_iv_n_test' else ''}"
+                                  f"{k.replace('_', '-').replace('table-iv', 'table-iv-worst')} "
+                                  f"must be >= {least}, got {v}")
+        parse_device(self.device)
+        check_writable_dir(self.out, "--out")
+        for spec in self.specs():  # every run's settings valid before the first is trained
+            run_config(self.dataset, spec, self.seed, device=self.device, **self.overrides())
+        return self
+
+
+def reproduce_settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
+    only = None
+    if args.only is not None:
+        only = [k.strip() for k in args.only.split(",") if k.strip()]
+    worst = {k: v for k, v in (("n_test", args.worst_n_test),
+                               ("n_target_classes", args.worst_target_classes),
+                               ("table_iv_n_test", args.table_iv_worst_n_test))
+             if v is not None}
+    return ReproduceSettings(
+        dataset=args.dataset, out=Path(args.out or Path("checkpoints") / args.dataset),
+        seed=args.seed, n_test=args.n_test, epochs=args.epochs, only=only,
+        threads=args.threads, device=args.device, worst=worst).validate()
+
+
 def cli_reproduce(args: argparse.Namespace) -> int:
     import torch
 
     from .checkpoints import atomic_write_json
 
-    torch.set_num_threads(max(1, args.threads))
-    out = Path(args.out or Path("checkpoints") / args.dataset)
-    specs = PAPER_SET
-    if args.only:
-        keys = [k.strip() for k in args.only.split(",") if k.strip()]
-        unknown = [k for k in keys if k not in {s.key for s in PAPER_SET}]
-        if unknown:
-            raise ConfigError(f"unknown run key(s) {', '.join(unknown)}; choose from: "
-                              f"{', '.join(s.key for s in PAPER_SET)}")
-        specs = [s for s in PAPER_SET if s.key in keys]
-    overrides = {"epochs": args.epochs} if args.epochs else {}
+    rs = reproduce_settings_from_args(args)
+    torch.set_num_threads(rs.threads)
+    out, specs, overrides = rs.out, rs.specs(), rs.overrides()
     t0 = time.time()
     runs = train_set(args.dataset, out, seed=args.seed, specs=specs, overrides=overrides,
                      device=args.device, progress=True)
     if args.skip_eval:
         print(f"trained {len(runs)} runs in {out} ({time.time() - t0:.0f} s)")
         return 0
-    worst = {k: v for k, v in (("n_test", args.worst_n_test),
-                               ("n_target_classes", args.worst_target_classes),
-                               ("table_iv_n_test", args.table_iv_worst_n_test))
-             if v is not None}
-    for k, v in worst.items():
-        if v < (0 if k == "table_iv_n_test" else 1):
-            raise ConfigError(f"--{k.replace('_', '-')} must be >= "
-                              f"{0 if k == 'table_iv_n_test' else 1}, got {v}")
+    worst = rs.worst
     results = evaluate_set(runs, args.dataset, seed=args.seed, n_test=args.n_test,
                            device=None if args.device == "auto" else args.device,
                            worst_case=not args.no_worst_case, worst=worst)
@@ -718,10 +772,41 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
                    "REPRODUCTION.md)")
 
 
+@dataclass
+class ReportSettings:
+    """The settings of ``report``: an existing folder of results, a writable report."""
+
+    checkpoints: Path
+    out: Path
+
+    def validate(self) -> "ReportSettings":
+        from .config import check_existing_dir, check_writable_file
+
+        check_existing_dir(self.checkpoints, "--checkpoints")
+        check_writable_file(self.out, "--out")
+        return self
+
+    def results_paths(self) -> List[Path]:
+        paths = sorted(Path(self.checkpoints).glob("*/results.json"))
+        if not paths:
+            raise ConfigError(f"no */results.json under {self.checkpoints}: run reproduce first")
+        for p in paths:  # each one readable and of the expected shape, before any writing
+            try:
+                results = load_results(p)
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                raise ConfigError(f"{p} is not readable JSON ({e})") from None
+            if not isinstance(results, dict) or not isinstance(results.get("dataset"), str):
+                raise ConfigError(f"{p} is not a reproduce results file (no \"dataset\")")
+        return paths
+
+
 def cli_report(args: argparse.Namespace) -> int:
-    paths = sorted(Path(args.checkpoints).glob("*/results.json"))
-    if not paths:
-        raise ConfigError(f"no */results.json under {args.checkpoints}: run reproduce first")
-    update_report(Path(args.out), paths)
+    rs = ReportSettings(Path(args.checkpoints), Path(args.out)).validate()
+    paths = rs.results_paths()
+    try:
+        update_report(Path(args.out), paths)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ConfigError(f"a results file under {args.checkpoints} lacks what the report "
+                          f"needs ({type(e).__name__}: {str(e)[:120]})") from None
     print(f"updated {args.out} from {len(paths)} results files")
     return 0

@@ -33,14 +33,48 @@ from . import distributed
 from .attacks import pgd_linf
 from .config import ConfigError, Ratio, TrainConfig
 from .data import Dataset, load_dataset
+from .faults import FAULT_ENV, fault_point
 from .models import build_model
 from .norms import NormMode, attack_norm_mode, bn_modules, norm_mode
 
 EVENTS = ("on_step", "on_epoch_end", "on_train_end")
 
 
+#: the largest model the trainer builds (WRN-34-10, the paper's model, has 46 M parameters)
+MAX_PARAMETERS = 200_000_000
+
+
 class StopTraining(Exception):
     """Raised by a callback to stop a run cleanly after the current step."""
+
+
+class TrainingDiverged(ConfigError):
+    """The loss (or a weight) is not finite: the run stops, no checkpoint is written."""
+
+
+def check_model_fits(cfg: TrainConfig, input_shape, num_classes: int) -> None:
+    """Build the model without memory (meta device) and push a 2-sample batch through it:
+    a model that does not fit the dataset, or one too large, is a ConfigError before any
+    weight is allocated."""
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, tuple(input_shape), num_classes, **model_kwargs(cfg))
+            n_params = sum(p.numel() for p in model.parameters())
+            if n_params > MAX_PARAMETERS:
+                raise ConfigError(f"model {cfg.model} with width {cfg.model_width} and depth "
+                                  f"{cfg.model_depth} has {n_params:,} parameters; at most "
+                                  f"{MAX_PARAMETERS:,}")
+            model.eval()
+            with torch.no_grad():
+                out = model(torch.empty(2, *input_shape))
+    except ConfigError:
+        raise
+    except (ValueError, RuntimeError, TypeError, IndexError, ZeroDivisionError) as e:
+        raise ConfigError(f"model {cfg.model} does not fit dataset {cfg.dataset} (inputs "
+                          f"{tuple(input_shape)}): {str(e).splitlines()[0][:160]}") from None
+    if tuple(out.shape) != (2, num_classes):
+        raise ConfigError(f"model {cfg.model} gives outputs of shape {tuple(out.shape)[1:]} for "
+                          f"dataset {cfg.dataset}, not its {num_classes} classes")
 
 
 def seed_everything(seed: int) -> None:
@@ -118,6 +152,7 @@ class Trainer:
             self.n_clean, self.n_adv = self.ratio.split(self.local_batch_size)
         else:
             self.n_clean, self.n_adv = 0, self.local_batch_size
+        check_model_fits(cfg, dataset.input_shape, dataset.num_classes)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, dataset.input_shape, dataset.num_classes,
                                  **model_kwargs(cfg)).to(self.device)
@@ -224,6 +259,11 @@ class Trainer:
         batch = self.craft(x, y)
         self.last_composition = (batch.n_clean, len(batch.x) - batch.n_clean)
         loss, logits = self.loss(batch, x)
+        if not torch.isfinite(loss.detach()).all():
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1} (epoch {self.epoch + 1}): the loss "
+                f"is {float(loss.detach()):g}; lower --lr (now {cfg.lr:g}) or --weight-decay (now "
+                f"{cfg.weight_decay:g}); no checkpoint was written")
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -287,15 +327,54 @@ class Trainer:
     def fit(self, out_dir: Optional[str | Path] = None, resume: bool = False,
             progress: bool = False) -> "TrainResult":
         """Train to the end; with ``out_dir``, write metrics.jsonl, a resumable state at every
-        epoch end and the final checkpoint. ``resume`` continues from the saved state."""
+        epoch end and the final checkpoint. ``resume`` continues from the saved state.
+
+        The run folder is owned for the whole run (``runlock.RunLock``: a second run on it is
+        refused). A folder holding a finished checkpoint is refused (resume or not: it is
+        never overwritten); one holding an interrupted run needs ``resume``, with the saved
+        settings. Stale ``.tmp`` files of killed writes are removed first."""
+        from .runlock import RunLock
+
+        run_dir = Path(out_dir) if out_dir is not None else None
+        lock = RunLock(run_dir).acquire() if run_dir is not None and self.dist.is_main else None
+        try:
+            return self._fit(run_dir, resume, progress)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _check_run_folder(self, run_dir: Path, resume: bool) -> None:
+        from .checkpoints import (META_NAME, WEIGHTS_NAME, remove_orphan_states,
+                                  remove_stale_files, saved_state_summary, state_files)
+
+        if self.dist.is_main:
+            remove_stale_files(run_dir)
+        if (run_dir / META_NAME).exists():
+            if self.dist.is_main:  # a kill after the final commit left the resume state
+                for leftover in [run_dir / "state.json"] + state_files(run_dir):
+                    leftover.unlink(missing_ok=True)
+            raise ConfigError(f"{run_dir} already holds a finished checkpoint "
+                              f"({run_dir / WEIGHTS_NAME}), left as it is; "
+                              + ("--resume continues only an interrupted run; " if resume else "")
+                              + "to train a new run choose another --name or --out")
+        saved = saved_state_summary(run_dir)
+        if saved is not None and not resume:
+            raise ConfigError(f"{run_dir} holds an interrupted run (saved at epoch "
+                              f"{saved.get('epoch')}); continue it with --resume, or choose "
+                              f"another --name or --out for a new run")
+        if self.dist.is_main:
+            remove_orphan_states(run_dir)
+
+    def _fit(self, run_dir: Optional[Path], resume: bool, progress: bool) -> "TrainResult":
         from .checkpoints import (WEIGHTS_NAME, load_training_state, save_checkpoint,
                                   save_training_state, state_files)
 
         cfg = self.cfg
-        run_dir = Path(out_dir) if out_dir is not None else None
         metrics_path = rank_log = None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
+            fault_point("lock.acquired", 1)
+            self._check_run_folder(run_dir, resume)
             metrics_path = run_dir / "metrics.jsonl"
             resumed = resume and (run_dir / "state.json").exists()
             self.dist.same_on_all_ranks(resumed, f"not every rank sees the saved state in "
@@ -348,6 +427,7 @@ class Trainer:
                     bar.write(f"epoch {self.epoch}: " + ", ".join(
                         f"{k}={v:.3f}" for k, v in e.items() if k.startswith("test/")))
                 if run_dir is not None:
+                    self._check_finite_weights()
                     if self.dist.is_main:
                         save_training_state(run_dir, self)
                     self.dist.barrier()
@@ -365,12 +445,16 @@ class Trainer:
         final["train/steps"] = self.step
         path = None
         if run_dir is not None and not stopped:
+            self._check_finite_weights()
             if self.dist.is_main:
                 save_checkpoint(run_dir, self.model, self.checkpoint_meta(final))
             self.dist.barrier()
             path = run_dir / WEIGHTS_NAME
-            for leftover in state_files(run_dir) + [run_dir / "state.json"]:  # resume state:
-                leftover.unlink(missing_ok=True)  # done with it
+            if self.dist.is_main:  # the resume state: done with it (state.json first, so a
+                (run_dir / "state.json").unlink(missing_ok=True)  # kill never leaves it
+                fault_point("final.cleanup", 1)  # naming a missing file)
+                for leftover in state_files(run_dir):
+                    leftover.unlink(missing_ok=True)
         result = TrainResult(self.model, final, path, stopped, self.history)
         self._fire("on_train_end", {"final": final, "checkpoint": str(path) if path else None,
                                     "stopped": stopped})
@@ -391,11 +475,26 @@ class Trainer:
             "world_size": self.dist.world_size,
         }
 
+    def _check_finite_weights(self) -> None:
+        """No state or checkpoint is written with a NaN / inf weight or running statistic."""
+        for name, t in self.model.state_dict().items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise TrainingDiverged(
+                    f"training diverged by step {self.step}: {name} is not finite; lower --lr "
+                    f"(now {self.cfg.lr:g}) or --weight-decay (now {self.cfg.weight_decay:g}); "
+                    f"no checkpoint was written")
+
     def _log(self, path: Optional[Path], m: Dict[str, Any]) -> None:
         self.history.append(m)
         if path is not None and self.dist.is_main:
+            line = json.dumps(m) + "\n"
             with open(path, "a") as f:
-                f.write(json.dumps(m) + "\n")
+                if os.environ.get(FAULT_ENV):  # fault injection: die with half a line written
+                    f.write(line[:len(line) // 2])
+                    f.flush()
+                    fault_point("metrics.line", len(self.history))
+                    line = line[len(line) // 2:]
+                f.write(line)
 
     def _truncate_metrics(self, path: Path) -> None:
         """After a resume, drop log lines of the steps that will be redone."""
@@ -408,7 +507,8 @@ class Trainer:
         if self.dist.is_main:  # every rank keeps the history; rank 0 rewrites the file, atomically
             from .checkpoints import atomic_write_bytes
 
-            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode())
+            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode(),
+                               fault=("metrics.truncate", 1))
 
 
 @dataclass

@@ -52,3 +52,26 @@ def runs_dir() -> Path:
 def uploads_dir() -> Path:
     """Checkpoints uploaded in the app (validated, one folder per distinct weights)."""
     return data_home() / "uploads"
+
+
+def logs_dir() -> Path:
+    """Error reports: the traceback of an unexpected CLI failure, one file per failure."""
+    return data_home() / "logs"
+
+
+def write_error_log(text: str) -> Path:
+    """Write ``text`` to a new file in ``logs_dir()`` (or, when that folder cannot be
+    written, in the system's temporary folder); returns its path."""
+    import tempfile
+    import time
+
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for folder in (logs_dir(), Path(tempfile.gettempdir())):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / name
+            path.write_text(text)
+            return path
+        except OSError:
+            continue
+    raise OSError("no folder to write the error log to")

@@ -177,12 +177,12 @@ def test_a_kill_between_the_state_files_leaves_a_resumable_pair(tmp_path, moons,
     real_json, real_unlink = ck.atomic_write_json, Path.unlink
     calls = {"n": 0}
 
-    def dying_json(path, obj):
+    def dying_json(path, obj, **kw):
         if Path(path).name == "state.json":
             calls["n"] += 1
             if calls["n"] == 2 and die_before == "json":
                 raise KeyboardInterrupt  # killed: new tensor file on disk, old state.json
-        return real_json(path, obj)
+        return real_json(path, obj, **kw)
 
     def dying_unlink(self, *a, **kw):
         if self.name.startswith("state-") and die_before == "cleanup":
