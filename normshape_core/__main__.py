@@ -110,14 +110,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints (and writes)
     # A finished run, a run in progress and other settings on --resume are refused by the
     # trainer, under the run folder's lock (training.Trainer.fit).
-    if args.resume and not (run_dir / "state.json").exists() and main_rank:
-        print(f"note: nothing to resume in {run_dir}; starting from scratch", file=sys.stderr)
+    nothing_saved = not (run_dir / "state.json").exists()
     try:
         result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
     finally:
         distributed.cleanup()  # leave torchrun's process group; nothing on one process
     if not main_rank:
         return 0
+    if args.resume and nothing_saved:  # said after the run: an error stays one line
+        print(f"note: there was nothing to resume in {run_dir}; the run started from scratch",
+              file=sys.stderr)
     for k, v in result.final_metrics.items():
         print(f"{k}: {v:.4f}" if isinstance(v, float) else f"{k}: {v}")
     print(f"checkpoint: {result.checkpoint}")

@@ -52,26 +52,40 @@ class TrainingDiverged(ConfigError):
     """The loss (or a weight) is not finite: the run stops, no checkpoint is written."""
 
 
-def check_model_fits(cfg: TrainConfig, input_shape, num_classes: int) -> None:
-    """Build the model without memory (meta device) and push a 2-sample batch through it:
-    a model that does not fit the dataset, or one too large, is a ConfigError before any
-    weight is allocated."""
+def check_model_size(cfg: TrainConfig, input_shape, num_classes: int) -> None:
+    """Build the model without memory (meta device) and count its parameters: a model too
+    large, or one that cannot be built for the dataset, is a ConfigError before any weight
+    is allocated."""
     try:
         with torch.device("meta"):
             model = build_model(cfg.model, tuple(input_shape), num_classes, **model_kwargs(cfg))
-            n_params = sum(p.numel() for p in model.parameters())
-            if n_params > MAX_PARAMETERS:
-                raise ConfigError(f"model {cfg.model} with width {cfg.model_width} and depth "
-                                  f"{cfg.model_depth} has {n_params:,} parameters; at most "
-                                  f"{MAX_PARAMETERS:,}")
-            model.eval()
-            with torch.no_grad():
-                out = model(torch.empty(2, *input_shape))
     except ConfigError:
         raise
     except (ValueError, RuntimeError, TypeError, IndexError, ZeroDivisionError) as e:
         raise ConfigError(f"model {cfg.model} does not fit dataset {cfg.dataset} (inputs "
                           f"{tuple(input_shape)}): {str(e).splitlines()[0][:160]}") from None
+    n_params = sum(p.numel() for p in model.parameters())
+    if n_params > MAX_PARAMETERS:
+        raise ConfigError(f"model {cfg.model} with width {cfg.model_width} and depth "
+                          f"{cfg.model_depth} has {n_params:,} parameters; at most "
+                          f"{MAX_PARAMETERS:,}")
+
+
+def check_model_fits(model: torch.nn.Module, cfg: TrainConfig, input_shape,
+                     num_classes: int) -> None:
+    """Two zero samples through the built model (PN, no gradient: nothing changes, no random
+    number drawn): a model that does not fit the dataset is a ConfigError, not a traceback
+    in the first training step."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *input_shape, device=next(model.parameters()).device))
+    except (ValueError, RuntimeError, TypeError, IndexError) as e:
+        raise ConfigError(f"model {cfg.model} does not fit dataset {cfg.dataset} (inputs "
+                          f"{tuple(input_shape)}): {str(e).splitlines()[0][:160]}") from None
+    finally:
+        model.train(was_training)
     if tuple(out.shape) != (2, num_classes):
         raise ConfigError(f"model {cfg.model} gives outputs of shape {tuple(out.shape)[1:]} for "
                           f"dataset {cfg.dataset}, not its {num_classes} classes")
@@ -152,10 +166,11 @@ class Trainer:
             self.n_clean, self.n_adv = self.ratio.split(self.local_batch_size)
         else:
             self.n_clean, self.n_adv = 0, self.local_batch_size
-        check_model_fits(cfg, dataset.input_shape, dataset.num_classes)
+        check_model_size(cfg, dataset.input_shape, dataset.num_classes)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg.model, dataset.input_shape, dataset.num_classes,
                                  **model_kwargs(cfg)).to(self.device)
+        check_model_fits(self.model, cfg, dataset.input_shape, dataset.num_classes)
         if cfg.sync_bn and self.dist.active:
             self.model = distributed.convert_sync_bn(self.model, self.device)
         if cfg.optimizer == "sgd":

@@ -31,3 +31,8 @@ def digits():
     from normshape_core.data import load_dataset
 
     return load_dataset("digits")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes long; runs only when its opt-in "
+                                       "environment variable is set (see the test)")
