@@ -187,8 +187,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "epochs", "max_steps", "n_train", "eval_samples",
                      "model_width", "model_depth"):
             v = getattr(self, name)
-            if v is not None and v < (0 if name in ("eval_samples",) else 1):
-                raise ConfigError(f"{name.replace('_', '-')} must be >= 1, got {v}")
+            least = 0 if name == "eval_samples" else 1
+            if v is not None and v < least:
+                raise ConfigError(f"{name.replace('_', '-')} must be >= {least}, got {v}")
         for name, most in (("model_width", MAX_MODEL_WIDTH), ("model_depth", MAX_MODEL_DEPTH),
                            ("steps", MAX_COUNT), ("batch_size", MAX_COUNT),
                            ("epochs", MAX_COUNT), ("max_steps", MAX_COUNT),

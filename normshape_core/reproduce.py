@@ -691,12 +691,12 @@ class ReproduceSettings:
             if unknown:
                 raise ConfigError(f"unknown run key(s) {', '.join(unknown)}; choose from: "
                                   f"{', '.join(s.key for s in PAPER_SET)}")
+        flags = {"n_test": "--worst-n-test", "n_target_classes": "--worst-target-classes",
+                 "table_iv_n_test": "--table-iv-worst-n-test"}
         for k, v in self.worst.items():
             least = 0 if k == "table_iv_n_test" else 1
             if not least <= v <= 10 ** 9:
-                raise ConfigError(f"--{'worst-' if k != 'table_iv_n_test' else ''}"
-                                  f"{k.replace('_', '-').replace('table-iv', 'table-iv-worst')} "
-                                  f"must be >= {least}, got {v}")
+                raise ConfigError(f"{flags.get(k, k)} must be >= {least}, got {v}")
         parse_device(self.device)
         check_writable_dir(self.out, "--out")
         for spec in self.specs():  # every run's settings valid before the first is trained
