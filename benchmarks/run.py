@@ -17,7 +17,9 @@ Prints, measured in one run, as ratios (BENCHMARKS.md records a run and what the
    norms) against torchattacks: its AutoAttack on PN, its APGD-DLR and APGD-T through our exact
    shaped batches (1:9), robust accuracy and time; and the time of the worst-case evaluation
    of a shipped Fashion-MNIST checkpoint on 1,000 samples, PN and shaped 1:9 (``--quick``:
-   a few samples, extrapolated).
+   a few samples, extrapolated);
+7. kill-safety: training runs killed (SIGKILL / SIGTERM) at random moments and resumed, 30
+   kills (``--quick``: 10), weights compared with an uninterrupted run's.
 Uses a GPU when one is present (``--device``). It prints; it never asserts a time (noise on a
 shared machine must not fail CI). Timings interleave the compared functions and take medians
 of paired ratios (``_timing.py``); on CPU each ratio is given for wall time and CPU time.
@@ -1367,17 +1369,49 @@ def run_child(argv: List[str]) -> None:
     print(json.dumps(res), flush=True)
 
 
+# ====================================================================== 7. kill-safety
+#: the run killed and resumed: 3 epochs of 4 steps on moons (a fraction of a second each)
+KILL_TRAIN = ["--dataset", "moons", "--method", "pgd", "--epochs", "3", "--steps", "2",
+              "--n-train", "256", "--eval-samples", "50", "--seed", "1"]
+
+
+def section_kill_safety(args, device) -> None:
+    """Random kills (SIGKILL / SIGTERM) of training runs at random moments, each resumed with
+    --resume until it finishes; the weights compared with an uninterrupted run's. The driver
+    runs in a fresh process and forks each run (``normshape_core.faults``)."""
+    kills = 10 if args.quick else 30
+    header(f"7. Kill-safety: {kills} random kills of training runs, resumed, weights compared")
+    with tempfile.TemporaryDirectory() as d:
+        out = Path(d) / "loop.json"
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+        env.pop("NORMSHAPE_FAULT", None)
+        proc = subprocess.run([sys.executable, "-m", "normshape_core.faults", "random", str(out),
+                               str(kills), "--", *KILL_TRAIN, "--device", "cpu"], cwd=ROOT,
+                              env=env, capture_output=True, text=True, timeout=1800)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                               else f"exit {proc.returncode}")
+        r = json.loads(out.read_text())
+    RESULTS["kill_safety"] = r
+    say(f"kills: {r['kills']}, resumes from a saved state: {r['resumes']}, runs finished: "
+        f"{r['finished_runs']}, weights identical to the uninterrupted run: "
+        f"{'yes' if r['identical'] else 'NO'} ({r['seconds']:.0f} s)")
+    SUMMARY.append([f"{r['kills']} random kills then --resume: weights identical",
+                    "yes" if r["identical"] else "NO", "yes",
+                    "meets goal" if r["identical"] else "FAILS goal"])
+
+
 # ====================================================================== main
 SECTIONS = {"1": section_training, "2": section_attacks, "3": section_shaped,
             "4": section_scaling, "5": section_app, "6": section_worst_case,
-            "compile": try_compile}
+            "7": section_kill_safety, "compile": try_compile}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI mode: fewer cases and repetitions")
-    p.add_argument("--sections", default="1,2,3,4,5,6", help="which sections to run (1-6, "
+    p.add_argument("--sections", default="1,2,3,4,5,6,7", help="which sections to run (1-7, "
                    "and 'compile')")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda")
     p.add_argument("--threads", type=int, default=None,
