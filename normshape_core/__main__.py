@@ -76,7 +76,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         v = getattr(args, f.name)
         if v is not None:
             values[f.name] = v
-    return TrainConfig(**values).resolved()
+    cfg = TrainConfig(**values).resolved()
+    cfg.check_paths()
+    return cfg
 
 
 def set_threads(threads: Optional[int]) -> None:

@@ -213,13 +213,18 @@ class TrainConfig:
                 raise ConfigError(f"batch size {self.batch_size} is smaller than the {ratio.parts} "
                                   f"parts of ratio {ratio}")
             ratio.split(self.batch_size)
-        if self.data_root is not None and not Path(self.data_root).expanduser().is_dir():
-            raise ConfigError(f"data-root {self.data_root} is not an existing folder "
-                              f"(nothing else is tried when --data-root is given)")
         parse_device(self.device)
         if self.dist_backend not in ("auto", "nccl", "gloo"):
             raise ConfigError(f"unknown dist backend {self.dist_backend!r}; choose one of: "
                               f"auto, nccl, gloo")
+
+    def check_paths(self) -> None:
+        """The paths this machine must have for a run (not part of ``validate``: a checkpoint
+        trained elsewhere keeps its settings valid): ``data_root``, when given, is an
+        existing folder; nothing else is tried then."""
+        if self.data_root is not None and not Path(self.data_root).expanduser().is_dir():
+            raise ConfigError(f"data-root {self.data_root} is not an existing folder "
+                              f"(nothing else is tried when --data-root is given)")
 
     def _check_types(self) -> None:
         """Each field of the type it declares (the app and checkpoint metadata build this

@@ -135,6 +135,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, dataset: Optional[Dataset] = None):
         self.cfg = cfg = cfg.resolved()
+        cfg.check_paths()
         # Under torchrun: join the process group; this rank's device (cuda:LOCAL_RANK or cpu).
         self.dist = distributed.setup(cfg.device, cfg.dist_backend)
         self.dist.same_on_all_ranks(cfg.fingerprint(), "the ranks were started with different "
