@@ -43,15 +43,27 @@ def fault_point(name: str, n: int) -> None:
 
 
 # ------------------------------------------------------------------ kill drivers (POSIX)
-# Runs are forked children of a driver process that has imported everything but never
-# computed with torch itself (a fork after torch's thread pools started can hang the child):
-# run the drivers in a fresh process (``python -m normshape_core.faults``), as the tests and
-# the benchmark do.
-def _prepare_driver() -> None:
+# Runs are forked children of a driver process that has imported everything and run the
+# same command once (no interpreter start, no first-call set-up per run: a run takes a
+# fraction of a second). Run the drivers in a fresh process with OMP_NUM_THREADS=1
+# (``python -m normshape_core.faults``), as the tests and the benchmark do: a fork of a
+# process whose OpenMP thread pool is running is not safe.
+def _prepare_driver(warm_argv=None) -> None:
+    """Import every module a run needs once, here (each child is a fork); with
+    ``warm_argv``, also run that command once in this process (its output discarded), so
+    that every first-call set-up is done before the children are forked."""
+    import contextlib
+    import io
+
     from . import __main__ as cli
 
-    cli.build_parser()  # import every module a run needs once, here: each child is a fork
+    cli.build_parser()
     import sklearn.datasets  # noqa: F401 - the offline datasets' generator
+
+    if warm_argv is not None:
+        with contextlib.redirect_stdout(io.StringIO()):
+            if cli.main(list(warm_argv)) != 0:
+                raise RuntimeError("the warm-up run failed")
 
 
 def fork_cli(argv, env=None) -> int:
@@ -111,9 +123,9 @@ def fault_point_runs(workdir, train_args, cases) -> dict:
 
     from .checkpoints import sha256_file, state_files
 
-    _prepare_driver()
     workdir = Path(workdir)
     base = ["train", *train_args, "--out", str(workdir), "--quiet"]
+    _prepare_driver(base + ["--name", "warm-up"])
     if run_cli_forked(base + ["--name", "full"]) != 0:
         raise RuntimeError("the uninterrupted run failed")
     want = sha256_file(workdir / "full" / "model.safetensors")
@@ -152,10 +164,10 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
 
     from .checkpoints import sha256_file
 
-    _prepare_driver()
     rng = random.Random(seed)
     workdir = Path(workdir)
     base = ["train", *train_args, "--out", str(workdir), "--quiet"]
+    _prepare_driver(base + ["--name", "warm-up"])
     t0 = time.time()
     pid = fork_cli(base + ["--name", "full"])
     started = _wait_for_lock(workdir / "full", pid)
