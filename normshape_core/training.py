@@ -275,7 +275,10 @@ class Trainer:
         batch = self.craft(x, y)
         self.last_composition = (batch.n_clean, len(batch.x) - batch.n_clean)
         loss, logits = self.loss(batch, x)
-        if not torch.isfinite(loss.detach()).all():
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if self.dist.active:  # every rank stops together (one rank alone would hang the rest)
+            bad = float(self.dist.all_reduce_sum([float(bad)])[0]) > 0
+        if bad:
             raise TrainingDiverged(
                 f"training diverged at step {self.step + 1} (epoch {self.epoch + 1}): the loss "
                 f"is {float(loss.detach()):g}; lower --lr (now {cfg.lr:g}) or --weight-decay (now "
