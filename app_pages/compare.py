@@ -287,8 +287,8 @@ tabs = st.tabs([ui.md_escape(c) for c in chosen])
 for tab, cid in zip(tabs, chosen):
     with tab:
         st.markdown(f"**{ui.md_escape(by_id[cid].short())}**: Tables I-II layout (rows: attack "
-                    "and the norms it was crafted with; columns: the norms classified with, clean Acc and "
-                    "robust R.Acc).")
+                    "and the norms it was crafted with; columns: the norms classified with, "
+                    "clean Acc and robust R.Acc).")
         st.dataframe(paper_table(results[cid]), hide_index=True, key=f"cmp_paper_{cid}")
         if results[cid]["attack"].isin(["adaptive_exact", "adaptive_eot"]).any():
             st.markdown("Table III layout (adaptive attacks on shaped inference):")
