@@ -90,13 +90,19 @@ def folder_label(d: Path) -> str:
 _PATH = re.compile(r"(?<![\w.:/~])~?(?:/[^\s/:'\"`,;()\[\]]+)+/?")
 
 
-_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&])")
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:@/])")
+# GitHub-flavoured Markdown also links bare addresses, found in the text after escapes are
+# read: a WORD JOINER (U+2060, invisible) after "http"/"https"/"www" and before "@" keeps
+# them from matching.
+_BARE_LINK = re.compile(r"(?i)(https?(?=\\:)|www(?=\\\.)|(?=\\@))")
 
 
 def md_escape(text: Any) -> str:
     """``text`` shown as itself where Streamlit renders Markdown (``st.table`` cells and
-    headers, tab labels): every Markdown character escaped, so no name is read as markup."""
-    return _MARKDOWN.sub(r"\\\1", str(text))
+    headers, tab labels, alerts): every Markdown character escaped, so no name is read as
+    markup: no link, image, HTML tag or emphasis, and no bare address (``http://``,
+    ``www.``, e-mail) turned into a link."""
+    return _BARE_LINK.sub("\\1\u2060", _MARKDOWN.sub(r"\\\1", str(text)))
 
 
 def md_code(text: Any) -> str:

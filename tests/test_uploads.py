@@ -26,7 +26,9 @@ PAGES = [None, "app_pages/train.py", "app_pages/ratios.py", "app_pages/moving_ta
          "app_pages/decision_boundaries.py", "app_pages/compare.py",
          "app_pages/confoundings.py"]
 INJECTIONS = ["![x](http://example.com/a.png)", "[link](http://evil)",
-              "<img src=x onerror=alert(1)>", "**bold**"]
+              "<img src=x onerror=alert(1)>", "**bold**", "www.evil.com a@evil.com"]
+# What must never reach Markdown as is (GitHub-flavoured Markdown links bare addresses too)
+RAW = ("![x](", "[link](", "<img", "**bold**", "http://", "www.", "a@evil")
 
 
 @pytest.fixture(scope="module")
@@ -142,8 +144,15 @@ def upload(at, weights, meta: bytes, wname="model.safetensors", mname="model.jso
 
 
 def plain(text: str) -> str:
-    """Markdown-escaped text as the reader sees it."""
-    return re.sub(r"\\(.)", r"\1", str(text))
+    """Markdown-escaped text as the reader sees it (escapes read, word joiners invisible)."""
+    return re.sub(r"\\(.)", r"\1", str(text)).replace("\u2060", "")
+
+
+def live_markup(text: str):
+    """The sequences of RAW that Markdown would read in ``text``: escaped characters
+    (backslash + character) do not count."""
+    bare = re.sub(r"\\.", "\0", str(text))
+    return [raw for raw in RAW if raw in bare]
 
 
 def markdown_texts(at):
@@ -244,6 +253,7 @@ def test_markup_in_uploads_is_shown_as_text(home, fresh):
         upload(at, weights, json.dumps(m).encode(), mname=f"{text}.json")
         [error] = [e.value for e in at.error]
         assert text in plain(error), error  # the reader sees the text itself
+        assert not live_markup(error), error
     # accepted: markup in the run name, the file names and free metadata strings
     m = copy.deepcopy(meta)
     m.update(run_name=" ".join(INJECTIONS), created=" ".join(INJECTIONS))
@@ -264,8 +274,16 @@ def test_markup_in_uploads_is_shown_as_text(home, fresh):
     for at in pages:
         assert not at.exception
         for text in markdown_texts(at):
-            for raw in ("![x](", "[link](", "<img", "**bold**"):
-                assert raw not in text, (raw, text)
+            assert not live_markup(text), text
+
+
+def test_md_escape_leaves_no_markup_and_reads_back_as_the_text():
+    for text in INJECTIONS + [" ".join(INJECTIONS), "https://x.org/a_b", "moons-mlp 1:3 0.12"]:
+        shown = ui.md_escape(text)
+        assert plain(shown) == text
+        assert not live_markup(shown), shown
+        bare = re.sub(r"\\.", "\0", shown)
+        assert "https://" not in bare and "_" not in bare, shown
 
 
 def test_upload_limit_is_one_number(home, fresh, monkeypatch):
