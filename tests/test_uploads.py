@@ -113,17 +113,22 @@ def home(tmp_path, monkeypatch):
 
 @pytest.fixture
 def offline(monkeypatch):
-    """MNIST and CIFAR-10 absent whatever this machine holds; any download fails the test."""
+    """MNIST and CIFAR-10 absent whatever this machine holds; a download attempt is recorded
+    (the list returned) and fails."""
     from normshape_core import data
 
     real = data.locate_files
     monkeypatch.setattr(data, "locate_files", lambda name, root=None, **kw: (
         None, None, []) if name in ("mnist", "cifar10") else real(name, root, **kw))
 
+    attempts = []
+
     def no_download(*a, **kw):
+        attempts.append(a)
         raise AssertionError("a dataset download was attempted")
 
     monkeypatch.setattr(data, "_download_with_torchvision", no_download)
+    return attempts
 
 
 def open_page(page=None, query=None):
@@ -183,7 +188,7 @@ def test_each_malformed_upload_is_refused_with_one_message(home, fresh, offline)
         assert field in errors[0] and "\n" not in errors[0], (case, errors[0])
         assert "/tmp" not in errors[0] and "Traceback" not in errors[0], (case, errors[0])
         assert stored(home) == [], (case, stored(home))
-    assert not at.success
+    assert not at.success and offline == []
 
 
 def test_a_huge_model_is_refused_before_any_model_is_built(home, fresh, monkeypatch):
@@ -386,3 +391,31 @@ def test_dataset_shapes_are_those_of_the_datasets():
     for name in ("moons", "spirals", "digits"):
         d = load_dataset(name)
         assert DATASET_SHAPES[name] == (tuple(d.input_shape), d.num_classes)
+
+
+def test_pages_never_download_a_dataset(home, offline):
+    """An MNIST checkpoint already in the uploads folder on a server without MNIST's files:
+    every page that uses it says the dataset is not available offline (one message), and no
+    download is attempted (``offline`` fails the test on any)."""
+    import torch
+
+    from normshape_core.checkpoints import save_checkpoint
+    from normshape_core.models import build_model
+
+    meta = json.loads((SOURCE / "model.json").read_text())
+    cfg = {**meta["config"], "dataset": "mnist", "model": "small_cnn", "eps": 0.3,
+           "model_width": 4}
+    torch.manual_seed(0)
+    save_checkpoint(home / "uploads" / "mnist-run", build_model("small_cnn", (1, 28, 28), 10,
+                                                                 channels=4),
+                    {"config": cfg, "input_shape": [1, 28, 28], "num_classes": 10,
+                     "dataset": "mnist", "run_name": "mnist-run"})
+    for page, query in (("app_pages/compare.py", {"cmp": ["mnist-run", SOURCE.name]}),
+                        ("app_pages/moving_target.py", {"mt_ckpt": "mnist-run"}),
+                        ("app_pages/decision_boundaries.py", {"db_ckpt": "mnist-run",
+                                                              "db_map": "PCA"})):
+        at = open_page(page, query)
+        assert not at.exception, (page, [e.value for e in at.exception])
+        errors = [plain(e.value) for e in at.error]
+        assert len(errors) == 1 and "not available offline" in errors[0], (page, errors)
+    assert offline == []  # no download attempted
