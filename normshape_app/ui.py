@@ -509,6 +509,7 @@ def cached_result(key: Tuple, compute, label: str):
     hit = store.get(key)
     if hit is not None:
         return hit
+    label = md_escape(label)  # progress texts are Markdown; labels name checkpoints
     bar = st.progress(0.0, text=f"{label} ...")
 
     def progress(done: int, total: int, what: str = "") -> None:
@@ -543,7 +544,7 @@ def _progress_text(title: str, k: int, n: int, label: str, done: int, total: int
     left = (f"about {format_seconds(elapsed * (1 - frac) / frac)} left"
             if frac > 0.02 and elapsed > 2 else "estimating the time left")
     step = f", step {done} of {total}" if total > 1 else ""
-    return f"{title}: {k} of {n}, {label}{step}; {left}"
+    return f"{title}: {k} of {n}, {md_escape(label)}{step}; {left}"
 
 
 def compute_parts(parts: Sequence[Part], title: str, key: str) -> List[Any]:
