@@ -209,7 +209,10 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
                                             sha256_bytes, validate_meta)
     from normshape_core.config import sanitize_name
 
-    meta_name = Path(str(meta_filename)).name[:80] or "model.json"
+    def label(name: str, default: str) -> str:  # an uploaded file's name, on one line
+        return re.sub(r"[\x00-\x1f\x7f]", "?", Path(str(name)).name)[:80] or default
+
+    meta_name, weights_name = label(meta_filename, "model.json"), label(filename, "weights")
     if len(weights) > max_upload_mb() * (1 << 20):
         raise ValueError(f"weights file is larger than {max_upload_mb()} MB")
     if weights[:2] == b"PK" or weights[:1] == b"\x80":
@@ -233,7 +236,7 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
         raise ValueError(f"{meta_name}: config.dataset: the {dataset} dataset is not available "
                          "offline on this server, and uploads never download data")
     if meta_obj["weights_sha256"] != sha:
-        raise ValueError(f"{Path(str(filename)).name[:80]}: SHA-256 of the weights does not "
+        raise ValueError(f"{weights_name}: SHA-256 of the weights does not "
                          f"match weights_sha256 in {meta_name}: another checkpoint's weights, "
                          "or a corrupt file")
     meta_obj["config"]["data_root"] = None  # never follow a path that came with an upload
@@ -251,7 +254,7 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
         except CheckpointError as e:
             raise ValueError(e.problem) from None  # the problem, without the temporary folder
         except Exception as e:  # anything else the weights can do: one line, no traceback
-            raise ValueError(f"{Path(str(filename)).name[:80]}: the weights cannot be read "
+            raise ValueError(f"{weights_name}: the weights cannot be read "
                              f"({type(e).__name__})") from None
         name = sanitize_name(str(meta_obj.get("run_name") or Path(filename).stem))[:80]
         dest = root / f"{name}-{sha[:8]}"

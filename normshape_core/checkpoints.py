@@ -341,7 +341,7 @@ def validate_meta(meta: Any, path: str | Path = "model.json") -> Dict[str, Any]:
     types = _config_types()
     for key in cfg:
         if key not in types:
-            bad(f"config.{str(key)[:60]}", "unknown training setting")
+            bad(f"config.{json.dumps(str(key))[1:-1][:60]}", "unknown training setting")
     for key in REQUIRED_CONFIG:
         if key not in cfg:
             bad(f"config.{key}", "missing")
