@@ -393,9 +393,15 @@ def checkpoint_by_id(cid: str) -> Optional[Ckpt]:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _load_model(path: str, sha: str):
-    from normshape_core.checkpoints import load_checkpoint
+    from normshape_core.checkpoints import CheckpointError, load_checkpoint
 
-    return load_checkpoint(path)
+    try:
+        return load_checkpoint(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # weights that break the reader: one message on the page
+        raise CheckpointError(Path(path).name, f"the weights cannot be read "
+                                               f"({type(e).__name__})") from None
 
 
 def load_model(ck: "Ckpt | str", sha: Optional[str] = None):

@@ -419,3 +419,18 @@ def test_pages_never_download_a_dataset(home, offline):
         errors = [plain(e.value) for e in at.error]
         assert len(errors) == 1 and "not available offline" in errors[0], (page, errors)
     assert offline == []  # no download attempted
+
+
+def test_weights_that_break_the_reader_give_one_message_on_a_page(home, fresh):
+    """A checkpoint on disk whose metadata is valid but whose safetensors header is a JSON
+    list (its SHA-256 matching): the page that loads it shows one message, no traceback."""
+    _, meta = fresh
+    weights = MALFORMED["header a JSON list"][0]
+    d = home / "uploads" / "bad-header"
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(weights)
+    (d / "model.json").write_text(json.dumps(with_weights(meta, weights)))
+    at = open_page("app_pages/moving_target.py", {"mt_ckpt": "bad-header"})
+    assert not at.exception, [e.value for e in at.exception]
+    [error] = [plain(e.value) for e in at.error]
+    assert error.startswith("This cannot be shown: checkpoint bad-header: "), error
