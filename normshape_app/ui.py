@@ -251,8 +251,9 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
         atomic_write_json(incoming / "model.json", meta_obj)
         try:
             load_checkpoint(incoming)  # format, SHA-256, shapes
-        except CheckpointError as e:
-            raise ValueError(e.problem) from None  # the problem, without the temporary folder
+        except CheckpointError as e:  # the uploaded file's name, not the temporary folder
+            which = weights_name if str(e.path).endswith(".safetensors") else meta_name
+            raise ValueError(f"{which}: {e.problem}") from None
         except Exception as e:  # anything else the weights can do: one line, no traceback
             raise ValueError(f"{weights_name}: the weights cannot be read "
                              f"({type(e).__name__})") from None
