@@ -17,6 +17,7 @@ from normshape_app import ui
 
 st.set_page_config(page_title="normshape: Batch-Norm Shaping lab", page_icon=":material/tune:",
                    layout="wide")
+ui.sanitize_query_params()  # before any widget reads the URL: drop or clamp what does not fit
 
 
 def home() -> None:
@@ -59,8 +60,11 @@ def home() -> None:
         ui.no_checkpoints_message()
     else:
         inventory(ckpts)
-    for err in ui.checkpoint_errors():
-        st.warning(f"Skipped an unreadable checkpoint: {ui.public_text(err)}")
+    errors = ui.checkpoint_errors()
+    if errors:  # one line each, naming the folder, the checkpoint and the field; as text
+        st.warning(f"Skipped {len(errors)} checkpoint{'s' if len(errors) > 1 else ''} that "
+                   "failed the checkpoint schema (not listed on any page):")
+        st.code("\n".join(errors), language=None, wrap_lines=True)
     folders = [ui.folder_label(d) for d in ui.checkpoint_dirs()]
     st.caption(f"Device in use: {ui.device_text()}. Checkpoints are read from "
                + (", ".join(folders[:-1]) + " and " if len(folders) > 1 else "")
@@ -177,5 +181,5 @@ with st.sidebar:
 try:
     page.run()
 except ui.USER_ERRORS as e:  # a checkpoint or dataset that cannot be used: say so, go on
-    st.error(f"This cannot be shown: {ui.public_text(e)}")
+    st.error(f"This cannot be shown: {ui.message_text(e)}")
     st.caption("Choose another checkpoint or setting; the rest of the app keeps working.")

@@ -146,13 +146,17 @@ def wrap(text: str, width: int = 40) -> str:
 
 
 def upload_section() -> None:
+    limit = ui.max_upload_mb()  # the server's limit (.streamlit/config.toml), said once here
     st.markdown("**Upload a checkpoint** (`model.safetensors` + `model.json`, as written by "
-                "normshape). It is validated before use: JSON metadata of a known format, "
-                "weights that match their SHA-256 and rebuild the model. Pickle files are "
-                "refused, never opened.")
+                f"normshape; up to {limit} MB per file). It is checked before use: metadata "
+                "that passes the checkpoint schema (known dataset, model and settings, a "
+                "bounded model size, a dataset present on this server), weights that match "
+                "their SHA-256 and fit the model. Pickle files are refused, never opened.")
     files = st.file_uploader("Checkpoint files", type=["safetensors", "json"],
                              accept_multiple_files=True, key="cmp_upload",
-                             max_upload_size=ui.max_upload_mb())
+                             max_upload_size=limit,
+                             help=f"At most {limit} MB per file: larger files are refused by "
+                                  "the upload box itself.")
     if not files:
         return
     weights = [f for f in files if f.name.endswith(".safetensors")]
@@ -162,15 +166,17 @@ def upload_section() -> None:
         return
     try:
         up = ui.import_checkpoint(weights[0].getvalue(), metas[0].getvalue(), weights[0].name,
-                                  known={c.sha: c.id for c in ui.checkpoints()})
-    except ValueError as e:
-        st.error(f"Not accepted: {ui.public_text(e)}")
+                                  known={c.sha: c.id for c in ui.checkpoints()},
+                                  meta_filename=metas[0].name)
+    except (ValueError, OSError) as e:  # OSError: the uploads folder cannot be written
+        st.error(f"Not accepted: {ui.message_text(e)}")
         return
     if up.stored:
-        st.success(f"Accepted and stored as `{up.name}`: it is now listed on every page.")
+        st.success(f"Accepted and stored as {ui.md_code(up.name)}: it is now listed on every "
+                   "page.")
     else:
-        st.success(f"Accepted: these weights are those of `{up.name}` (same SHA-256), already "
-                   "listed on every page; nothing was stored again.")
+        st.success(f"Accepted: these weights are those of {ui.md_code(up.name)} (same SHA-256), "
+                   "already listed on every page; nothing was stored again.")
 
 
 st.title("Compare checkpoints")
@@ -272,7 +278,7 @@ warnings = [f"{cid}: {w}" for cid in chosen for w in results[cid].attrs.get("war
 if warnings:
     with st.expander(f"Sanity warnings of the evaluation ({len(warnings)})"):
         for w in warnings:
-            st.warning(ui.public_text(w))
+            st.warning(ui.message_text(w))
 
 bar_chart(results, names)
 
@@ -280,9 +286,9 @@ st.subheader("Tables laid out like the paper's")
 tabs = st.tabs([ui.md_escape(c) for c in chosen])
 for tab, cid in zip(tabs, chosen):
     with tab:
-        st.markdown(f"**{by_id[cid].short()}**: Tables I-II layout (rows: attack and the norms "
-                    "it was crafted with; columns: the norms classified with, clean Acc and "
-                    "robust R.Acc).")
+        st.markdown(f"**{ui.md_escape(by_id[cid].short())}**: Tables I-II layout (rows: attack "
+                    "and the norms it was crafted with; columns: the norms classified with, "
+                    "clean Acc and robust R.Acc).")
         st.dataframe(paper_table(results[cid]), hide_index=True, key=f"cmp_paper_{cid}")
         if results[cid]["attack"].isin(["adaptive_exact", "adaptive_eot"]).any():
             st.markdown("Table III layout (adaptive attacks on shaped inference):")

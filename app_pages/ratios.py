@@ -147,7 +147,8 @@ else:
 best = table.stack().astype(float)
 if len(best):
     (tr, inf), val = best.idxmax(), best.max()
-    st.markdown(f"Here the best cell is training **{tr}**, inference **{inf}** with robust "
+    st.markdown(f"Here the best cell is training **{ui.md_escape(tr)}**, inference "
+                f"**{ui.md_escape(inf)}** with robust "
                 f"accuracy **{val:.3f}**; the spread over the grid is "
                 f"{best.max() - best.min():.3f}.")
 st.download_button("Download the grid (CSV)", table.to_csv().encode(), "table_iv.csv",

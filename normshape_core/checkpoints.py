@@ -225,29 +225,261 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, meta: Dict[str, Any],
 
 
 def read_meta(path: str | Path) -> Dict[str, Any]:
-    """The checkpoint's metadata, validated (no weights read)."""
+    """The checkpoint's metadata, validated against the schema (``validate_meta``); no
+    weights read, no model built."""
     _, meta_path = resolve_paths(path)
     if not meta_path.exists():
         raise CheckpointError(meta_path, "metadata file not found (every checkpoint is a "
                                          ".safetensors file with a .json beside it)")
     try:
+        if meta_path.stat().st_size > MAX_META_BYTES:
+            raise CheckpointError(meta_path, f"metadata: larger than {MAX_META_BYTES >> 20} MB, "
+                                             "not a normshape model.json")
         meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(meta_path, f"metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(meta_path, "not a normshape checkpoint (no \"format\": "
-                                         f"\"{FORMAT}\" in its metadata)")
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(meta_path, f"metadata: not valid JSON ({e})") from None
+    except OSError as e:
+        raise CheckpointError(meta_path, f"metadata: cannot be read ({e.strerror})") from None
+    return validate_meta(meta, meta_path)
+
+
+# ------------------------------------------------------------------ the checkpoint schema
+#: What a checkpoint of each registered dataset must say: its input shape and class count.
+DATASET_SHAPES: Dict[str, Tuple[Tuple[int, ...], int]] = {
+    "moons": ((2,), 2), "spirals": ((2,), 2), "digits": ((1, 8, 8), 10),
+    "fashion_mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
+    "cifar10": ((3, 32, 32), 10)}
+#: Bounds checked before any model is built: the paper's wide ResNet-34-10 has 46.2 M
+#: parameters (185 MB); depth and width are bounded first so that counting stays cheap.
+MAX_PARAMETERS = 100_000_000
+MAX_DEPTH = 1000
+MAX_WIDTH = 100_000
+MAX_META_BYTES = 16 * 1024 * 1024
+#: Settings every checkpoint's config names (the pages read them); the others may be absent
+#: (checkpoints written before they existed) and then have TrainConfig's defaults.
+REQUIRED_CONFIG = ("dataset", "model", "method", "shaping", "ratio", "eps")
+_SHA256 = r"[0-9a-f]{64}"
+_CLASS_NAME = r"[A-Za-z0-9 .,'()/+-]{1,40}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    import math
+
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _config_types() -> Dict[str, Tuple[str, bool]]:
+    """TrainConfig's fields: name -> (base type, None allowed), from the annotations."""
+    from dataclasses import fields
+
+    from .config import TrainConfig
+
+    out = {}
+    for f in fields(TrainConfig):
+        t = str(f.type)
+        optional = t.startswith("Optional[")
+        out[f.name] = (t[len("Optional["):-1] if optional else t, optional)
+    return out
+
+
+def parameter_count(model: str, input_shape: Tuple[int, ...], num_classes: int,
+                    width: Optional[int] = None, depth: Optional[int] = None) -> int:
+    """The number of parameters of a registered model, computed from its settings without
+    building it (``tests/test_uploads.py`` checks it against built models). ``width`` and
+    ``depth``: the config's model_width / model_depth (None: the model's own)."""
+    import math
+
+    c = num_classes
+    if model == "mlp":
+        d, h, n = math.prod(input_shape), width or 64, 3 if depth is None else depth
+        total = 0
+        for _ in range(n):
+            total += d * h + 2 * h  # Linear without bias, BN weight and bias
+            d = h
+        return total + d * c + c
+    if model == "small_cnn":
+        ch, hidden = width or 32, 128
+        return (input_shape[0] * ch * 9 + 2 * ch + ch * 2 * ch * 9 + 4 * ch
+                + 2 * ch * 16 * hidden + 2 * hidden + hidden * c + c)
+
+    def block(i: int, p: int, stride: int) -> int:
+        sc = i * p if stride != 1 or i != p else 0
+        return 2 * i + i * p * 9 + 2 * p + p * p * 9 + sc
+
+    if model == "preact_resnet18":
+        w = width or 64
+        total, i = input_shape[0] * w * 9, w
+        for k, stride in enumerate([1, 2, 2, 2]):
+            p = w * 2 ** k
+            total += block(i, p, stride) + block(p, p, 1)
+            i = p
+        return total + 2 * i + i * c + c
+    if model == "wide_resnet":
+        w, n = width or 10, ((34 if depth is None else depth) - 4) // 6
+        widths = [16, 16 * w, 32 * w, 64 * w]
+        total, i = input_shape[0] * 16 * 9, 16
+        for k, stride in enumerate([1, 2, 2]):
+            for j in range(n):
+                total += block(i, widths[k + 1], stride if j == 0 else 1)
+                i = widths[k + 1]
+        return total + 2 * i + i * c + c
+    raise ValueError(f"unknown model {model!r}")
+
+
+def validate_meta(meta: Any, path: str | Path = "model.json") -> Dict[str, Any]:
+    """Check a checkpoint's metadata against the schema and return it; the first problem
+    raises ``CheckpointError(path, "<field>: <problem>")``. Checked: format and version;
+    the keys the pages read, with their types; a known dataset, model, method and shaping;
+    a parseable ratio; a finite eps in range; every training setting of the right type;
+    bounded depth, width and parameter count, computed before any model is built; the
+    dataset's input shape and class count; the optional ``stopped`` record of a run stopped
+    early. Nothing is built, loaded or downloaded."""
+    import re
+
+    from .config import METHODS, SHAPING_MODES, ConfigError, Ratio, TrainConfig
+    from .data import DATASETS
+    from .models import MODELS
+
+    def bad(field: str, problem: str):
+        raise CheckpointError(path, f"{field}: {problem}")
+
+    def one_of(field: str, value: Any, choices) -> None:
+        if not isinstance(value, str) or value not in choices:
+            bad(field, f"{_short(value)} is not one of {', '.join(choices)}")
+
+    if not isinstance(meta, dict):
+        bad("metadata", f"a JSON {type(meta).__name__}, not an object: not a normshape checkpoint")
+    if meta.get("format") != FORMAT:
+        bad("format", f"not \"{FORMAT}\": not a normshape checkpoint")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(meta_path, f"format version {meta.get('format_version')} is not "
-                                         f"supported (this normshape reads {FORMAT_VERSION})")
+        bad("format_version", f"{_short(meta.get('format_version'))} is not supported (this "
+                              f"normshape reads {FORMAT_VERSION})")
     for key in ("config", "input_shape", "num_classes", "weights_sha256"):
         if key not in meta:
-            raise CheckpointError(meta_path, f"metadata lacks the key {key!r}")
+            bad(key, "missing")
+    sha = meta["weights_sha256"]
+    if not isinstance(sha, str) or not re.fullmatch(_SHA256, sha):
+        bad("weights_sha256", "not a SHA-256 (64 lowercase hex digits)")
+    for key in ("weights_bytes",):
+        if key in meta and not (_is_int(meta[key]) and meta[key] >= 0):
+            bad(key, f"{_short(meta[key])} is not a whole number >= 0")
+    for key in ("run_name", "created", "weights_file", "dataset"):
+        if meta.get(key) is not None and not (isinstance(meta[key], str) and
+                                              len(meta[key]) <= 1000):
+            bad(key, f"{_short(meta[key])} is not a text of at most 1000 characters")
+    if meta.get("classes") is not None:  # shown on the pages: plain names, no markup
+        names = meta["classes"]
+        if not (isinstance(names, list) and _is_int(meta["num_classes"]) and
+                len(names) == meta["num_classes"] and
+                all(isinstance(c, str) and re.fullmatch(_CLASS_NAME, c) for c in names)):
+            bad("classes", f"not a list of {_short(meta['num_classes'])} class names of at "
+                           "most 40 letters, digits, spaces and - / . , ' ( ) +")
+    fm = meta.get("final_metrics", {})
+    if not isinstance(fm, dict) or not all(isinstance(k, str) and (v is None or _is_number(v))
+                                           for k, v in fm.items()):
+        bad("final_metrics", "not an object of names to finite numbers")
+    if "stopped" in meta:
+        s = meta["stopped"]
+        if not (isinstance(s, dict) and set(s) == {"epoch", "epochs"} and _is_int(s["epoch"])
+                and _is_int(s["epochs"]) and 0 <= s["epoch"] <= s["epochs"]
+                and s["epochs"] >= 1):
+            bad("stopped", "not {\"epoch\": k, \"epochs\": n} with whole numbers 0 <= k <= n, "
+                           "n >= 1")
+
+    cfg = meta["config"]
+    if not isinstance(cfg, dict):
+        bad("config", f"a JSON {type(cfg).__name__}, not an object of training settings")
+    types = _config_types()
+    for key in cfg:
+        if key not in types:
+            bad(f"config.{json.dumps(str(key))[1:-1][:60]}", "unknown training setting")
+    for key in REQUIRED_CONFIG:
+        if key not in cfg:
+            bad(f"config.{key}", "missing")
+    for key, value in cfg.items():
+        base, optional = types[key]
+        if value is None:
+            if not optional:
+                bad(f"config.{key}", "null, but this setting needs a value")
+            continue
+        ok = {"str": lambda v: isinstance(v, str) and len(v) <= 1000,
+              "int": _is_int, "float": _is_number,
+              "bool": lambda v: isinstance(v, bool)}[base](value)
+        if not ok:
+            what = {"str": "a text", "int": "a whole number", "float": "a finite number",
+                    "bool": "true or false"}[base]
+            bad(f"config.{key}", f"{_short(value)} is not {what}")
+    one_of("config.dataset", cfg["dataset"], list(DATASETS))
+    one_of("config.model", cfg["model"], list(MODELS))
+    one_of("config.method", cfg["method"], list(METHODS))
+    one_of("config.shaping", cfg["shaping"], list(SHAPING_MODES))
+    try:
+        Ratio.parse(cfg["ratio"], allow_zero_clean=cfg["shaping"] == "none")
+    except ConfigError as e:
+        bad("config.ratio", str(e))
+    eps, natural = cfg["eps"], cfg["method"] == "natural"
+    if eps is None and not natural:
+        bad("config.eps", f"null, but method {cfg['method']} needs eps")
+    if eps is not None and not ((eps >= 0 if natural else eps > 0) and eps <= 1):
+        bad("config.eps", f"{eps} is outside {'[0' if natural else '(0'}, 1], the input range")
+    for key in ("model_depth", "model_width", "steps", "batch_size", "epochs", "max_steps",
+                "n_train"):
+        if cfg.get(key) is not None and cfg[key] < 1:
+            bad(f"config.{key}", f"{cfg[key]} is not >= 1")
+    depth, width = cfg.get("model_depth"), cfg.get("model_width")
+    if depth is not None and depth > MAX_DEPTH:
+        bad("config.model_depth", f"{depth} is larger than {MAX_DEPTH}")
+    if width is not None and width > MAX_WIDTH:
+        bad("config.model_width", f"{width} is larger than {MAX_WIDTH}")
+    model = cfg["model"]
+    if depth is not None and model not in ("mlp", "wide_resnet"):
+        bad("config.model_depth", f"model {model} has a fixed depth")
+    if model == "wide_resnet" and depth is not None and (depth - 4) % 6:
+        bad("config.model_depth", f"{depth}: a wide ResNet's depth is 6k+4 (16, 28, 34, ...)")
+
+    shape, classes = DATASET_SHAPES[cfg["dataset"]]
+    if meta.get("dataset") is not None and meta["dataset"] != cfg["dataset"]:
+        bad("dataset", f"{_short(meta['dataset'])} differs from config.dataset "
+                       f"{cfg['dataset']!r}")
+    got = meta["input_shape"]
+    if not (isinstance(got, list) and all(_is_int(n) for n in got)) or tuple(got) != shape:
+        bad("input_shape", f"{_short(got)} is not the shape of {cfg['dataset']} inputs, "
+                           f"{list(shape)}")
+    if not _is_int(meta["num_classes"]) or meta["num_classes"] != classes:
+        bad("num_classes", f"{_short(meta['num_classes'])} is not the {classes} classes of "
+                           f"{cfg['dataset']}")
+    if MODELS[model].input_kind == "images" and len(shape) != 3:
+        bad("config.model", f"{model} needs images; {cfg['dataset']} has 2-D points (use mlp)")
+    n = parameter_count(model, shape, classes, width, depth)
+    if n > MAX_PARAMETERS:
+        bad("config", f"model {model} with these settings has {n:,} parameters, more than "
+                      f"the {MAX_PARAMETERS:,} a checkpoint may have")
+    try:  # the remaining rules (ranges, batch size and ratio, ...), as for a training run
+        TrainConfig.from_dict({**cfg, "device": "auto"}).validate()
+    except ConfigError as e:
+        bad("config", str(e))
     return meta
 
 
-def build_from_meta(meta: Dict[str, Any]) -> nn.Module:
+def _short(value: Any, n: int = 60) -> str:
+    """A value for a one-line message: its JSON text, cut to ``n`` characters."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def build_from_meta(meta: Dict[str, Any], path: str | Path = "model.json") -> nn.Module:
+    """The model a checkpoint's metadata describes (weights not loaded), after
+    ``validate_meta``: a model too large or unfit for its dataset is never built."""
     from .config import TrainConfig
+
+    validate_meta(meta, path)
     from .models import build_model
     from .training import model_kwargs
 
