@@ -269,7 +269,10 @@ class Ckpt:
             if c["shaping"] != "none":
                 mode += f" {c['ratio']}"
             mode = f"{c['method'].upper()}, {mode}"
-        return f"{c['dataset']}: {mode}, eps {eps_text(c)}"
+        st_ = self.meta.get("stopped")  # a stopped background run's kept epoch
+        stop = (f", stopped at epoch {st_.get('epoch')}/{st_.get('epochs')}"
+                if isinstance(st_, dict) else "")
+        return f"{c['dataset']}: {mode}, eps {eps_text(c)}{stop}"
 
 
 def eps_text(config: Dict[str, Any]) -> str:
