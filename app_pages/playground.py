@@ -17,6 +17,7 @@ SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES)",
                   "train": "shaping in training",
                   "attack+train": "shaping in attack + training (the method)"}
 FRAME_EVERY_S = 0.1  # the live fragment asks for the next frame this soon after the last
+CURVES_EVERY = 4  # while playing, the curves are redrawn every this many frames
 
 st.title("Playground")
 ui.explain("Two small networks learn the same 2-D set with the same seed, side by side: by "
@@ -146,7 +147,9 @@ def live():
         return
     t0 = time.perf_counter()
     try:
-        if ss.pg_playing:
+        # A timed refresh can interrupt the previous one before its frame reached the browser;
+        # then that frame is shown first (frames are cached), no training is wasted.
+        if ss.pg_playing and ss.get("pg_shown") == (id(pg), pg.frame):
             pg.advance(int(spf))
         elif ss.pop("pg_step_pending", False):
             pg.advance(pg.steps_per_epoch if unit == "one epoch" else int(spf))
@@ -161,6 +164,7 @@ def live():
     st.caption(f"frame {pg.frame} · epoch {f0.epoch:.2f} · step {f0.step} · boundary {digest}"
                + (" · playing" if ss.pg_playing else " · paused")
                + f" · training + frame {1000 * t_frame:.0f} ms")
+    ss.pg_shown = (id(pg), pg.frame)
     x_tr, y_tr = pg.data.x_train.numpy(), pg.data.y_train.numpy()
     cols = st.columns(len(frames))
     for i, (col, f, spec) in enumerate(zip(cols, frames, pg.specs)):
@@ -169,8 +173,15 @@ def live():
             st.plotly_chart(regions_figure(f, x_tr, y_tr, f"Run {side}: {spec.label()}"),
                             key=f"pg_regions_{i}", width="stretch", theme=None,
                             config={"displaylogo": False})
-            st.plotly_chart(curves_figure(pg.history[i], f"Run {side}: curves", infer),
-                            key=f"pg_curves_{i}", width="stretch", theme=None,
+            # While playing, the curves are redrawn every CURVES_EVERY frames (the same
+            # figure in between costs the browser nothing); paused, at every change.
+            cache = ss.setdefault("pg_curves", {})
+            mark = (id(pg), i, infer)
+            old = cache.get(mark)
+            if old is None or not ss.pg_playing or pg.frame - old[0] >= CURVES_EVERY:
+                old = cache[mark] = (pg.frame, curves_figure(pg.history[i],
+                                                             f"Run {side}: curves", infer))
+            st.plotly_chart(old[1], key=f"pg_curves_{i}", width="stretch", theme=None,
                             config={"displaylogo": False})
 
 

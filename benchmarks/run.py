@@ -1370,7 +1370,9 @@ def run_child(argv: List[str]) -> None:
 # ====================================================================== main
 SECTIONS = {"1": section_training, "2": section_attacks, "3": section_shaped,
             "4": section_scaling, "5": section_app, "6": section_worst_case,
-            "compile": try_compile}
+            "compile": try_compile,
+            "playground": lambda a, d: __import__("playground").section_playground(
+                a, d, say=say, header=header, summary=summary, results=RESULTS)}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

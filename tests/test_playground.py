@@ -162,7 +162,8 @@ def test_figures_have_titles_axes_and_the_norm_colours():
         assert lay.yaxis.title.text == "x2 (input units)" and lay.xaxis2.title.text
         edges = [t for t in fig.data if t.name and t.name.startswith("decision boundary")]
         assert [t.marker.color for t in edges] == [PN_COLOR, SHAPED_COLOR]
-        assert len(lay.shapes) == 2 * PG.N_BOXES
+        boxes = [t for t in fig.data if t.name and t.name.startswith("eps-box")]
+        assert len(boxes) == 2 and len(boxes[0].x) == 6 * PG.N_BOXES
         cf = curves_figure(pg.history[1], "curves", "1:3")
         names = {t.name for t in cf.data}
         assert {"clean, PN", "robust, PGD with PN, PN", "clean, shaped 1:3",

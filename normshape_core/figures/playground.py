@@ -46,7 +46,7 @@ def regions_figure(frame, x_train: np.ndarray, y_train: np.ndarray, title: str,
               (frame.prob_shaped, SHAPED_COLOR, frame.adv_shaped, frame.adv_shaped_right,
                f"shaped {ratio}"))
     x_train = np.round(np.asarray(x_train, dtype=np.float32), 4)
-    data, shapes = [], []
+    data = []
     gap = 0.06
     domains = ([0.0, 0.5 - gap / 2], [0.5 + gap / 2, 1.0])
     layout = dict(title=dict(text=title), height=height, template="plotly_white",
@@ -84,10 +84,16 @@ def regions_figure(frame, x_train: np.ndarray, y_train: np.ndarray, title: str,
                          marker=dict(size=10, color=color,
                                      symbol=["x" if f else "circle-open" for f in fooled],
                                      line=dict(width=2, color=color)), **common))
+        # the eps-boxes as one trace of closed outlines (one SVG path, not one per box)
+        ox, oy = [], []
         for p in bx:
-            shapes.append(dict(type="rect", x0=p[0] - eps, x1=p[0] + eps, y0=p[1] - eps,
-                               y1=p[1] + eps, xref=xa, yref=ya,
-                               line=dict(color="black", width=1, dash="dot")))
+            x0, x1, y0, y1 = p[0] - eps, p[0] + eps, p[1] - eps, p[1] + eps
+            ox += [x0, x1, x1, x0, x0, None]
+            oy += [y0, y0, y1, y1, y0, None]
+        data.append(dict(type="scatter", x=ox, y=oy, mode="lines", hoverinfo="skip",
+                         name=f"eps-box (eps {eps:g})", legendgroup="epsbox",
+                         showlegend=i == 0, line=dict(color="black", width=1, dash="dot"),
+                         **common))
         suffix = "" if i == 0 else "2"
         layout["xaxis" + suffix] = dict(domain=domains[i], range=[0, 1],
                                         title=dict(text="x1 (input units)"), anchor=ya)
@@ -97,7 +103,6 @@ def regions_figure(frame, x_train: np.ndarray, y_train: np.ndarray, title: str,
             text=("PN" if i == 0 else f"shaped inference {ratio}"),
             x=sum(domains[i]) / 2, y=1.0, xref="paper", yref="paper", xanchor="center",
             yanchor="bottom", showarrow=False, font=dict(size=14)))
-    layout["shapes"] = shapes
     return go.Figure(data=data, layout=layout)
 
 
