@@ -2,7 +2,7 @@
 real server (the fixtures of test_browser.py): play shows live frames, pause holds them, step
 adds exactly one, reset starts again, the URL carries every setting into a fresh browser;
 two sessions never see each other's playground; on the Train page session B cannot stop
-session A's run (only through the separate, confirmed control)."""
+session A's run except through the separate control, after its confirmation."""
 from __future__ import annotations
 
 import re
@@ -35,6 +35,16 @@ def wait_frame(pg, pred, timeout=30.0):
     raise AssertionError(f"frame counter stayed at {frame_of(pg)}")
 
 
+def selected(pg, label):
+    """The value a Streamlit selectbox shows (its combobox input's value or its text)."""
+    box = pg.locator("[data-testid=stSelectbox]").filter(has_text=label).first
+    inputs = box.locator("input")
+    value = inputs.first.input_value() if inputs.count() else ""
+    if not value:
+        value = box.inner_text().replace(label, "").strip().splitlines()[-1].strip()
+    return value
+
+
 def open_playground(browser, base, query=""):  # noqa: F811
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
@@ -49,7 +59,7 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     no_exception_shown(pg, "/playground")
     assert frame_of(pg)[0] == 0
     t0 = time.time()
-    pg.get_by_role("button", name="Play").click()
+    pg.get_by_role("button", name="Play", exact=True).click()
     first = wait_frame(pg, lambda f: f[0] >= 1, timeout=10)
     t_first = time.time() - t0
     frames, digests = {first[0]}, {first[1]}
@@ -63,23 +73,26 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     print(f"first frame {t_first:.2f} s after play; {len(frames)} frames, {len(digests)} "
           f"distinct boundaries in 10 s")
     assert len(frames) >= 5 and len(digests) >= 5, (frames, digests)
-    pg.get_by_role("button", name="Pause").click()
-    pg.get_by_role("button", name="Play").wait_for(timeout=10_000)
+    pg.get_by_role("button", name="Pause", exact=True).click()
+    pg.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
     time.sleep(1.0)
     held = frame_of(pg)
     time.sleep(2.0)
     assert frame_of(pg) == held  # paused: nothing moves
-    pg.get_by_role("button", name="Step").click()
+    pg.get_by_role("button", name="Step", exact=True).click()
     stepped = wait_frame(pg, lambda f: f[0] != held[0])
     assert stepped[0] == held[0] + 1 and stepped[1] != held[1]
     time.sleep(1.5)
     assert frame_of(pg) == stepped  # exactly one more frame
-    pg.get_by_role("button", name="Reset").click()
+    pg.get_by_role("button", name="Reset", exact=True).click()
     wait_frame(pg, lambda f: f[0] == 0)
     seed = pg.get_by_role("spinbutton", name="Seed")
     seed.fill("7")
     seed.press("Enter")
     pg.wait_for_url(re.compile(r"pg_seed=7"), timeout=10_000)
+    seeded = wait_frame(pg, lambda f: f[0] == 0 and f[1] != stepped[1])  # rebuilt, seed 7
+    time.sleep(1.0)
+    seeded = frame_of(pg)
     no_exception_shown(pg, "/playground after reset")
     url = pg.url
     ctx.close()
@@ -87,8 +100,9 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     ctx2, pg2 = open_playground(browser, base, url[len(base + "/playground"):])
     assert pg2.get_by_role("spinbutton", name="Seed").input_value() == "7"
     assert pg2.get_by_role("spinbutton", name="Noise").input_value() == "0.05"
-    assert pg2.get_by_text("circles", exact=True).count() >= 1
-    assert pg2.get_by_text("1:9", exact=True).count() >= 1
+    assert selected(pg2, "2-D set") == "circles"
+    assert selected(pg2, "Shaped inference ratio") == "1:9"
+    assert frame_of(pg2) == seeded  # the same data, seed and models: the same boundaries
     assert "pg_seed=7" in pg2.url and "pg_data=circles" in pg2.url
     no_exception_shown(pg2, "/playground reopened")
     ctx2.close()
@@ -99,15 +113,15 @@ def test_two_sessions_each_run_their_own_playground(server, browser):  # noqa: F
     ctx_a, a = open_playground(browser, base)
     ctx_b, b = open_playground(browser, base)
     b_start = frame_of(b)
-    a.get_by_role("button", name="Play").click()
+    a.get_by_role("button", name="Play", exact=True).click()
     wait_frame(a, lambda f: f[0] >= 4, timeout=20)
     assert frame_of(b) == b_start  # B's playground did not move
-    b.get_by_role("button", name="Step").click()
+    b.get_by_role("button", name="Step", exact=True).click()
     stepped = wait_frame(b, lambda f: f[0] == 1)
     a_now = frame_of(a)[0]
     assert a_now >= 4  # A counts its own frames, B its own
-    a.get_by_role("button", name="Pause").click()
-    a.get_by_role("button", name="Play").wait_for(timeout=10_000)
+    a.get_by_role("button", name="Pause", exact=True).click()
+    a.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
     time.sleep(1.0)
     assert frame_of(b) == stepped
     ctx_a.close()
@@ -119,12 +133,7 @@ def _start_run(pg, base, name):
     settle(pg, "Start training")
     pg.get_by_role("textbox", name="Run name (optional)").fill(name)
     pg.get_by_role("button", name="Start training").click()
-    pg.get_by_text("Started", exact=False).first.wait_for(timeout=30_000)
-
-
-def _run_box(pg, name):
-    return pg.locator("[data-testid=stVerticalBlockBorderWrapper]").filter(
-        has_text=re.compile(name + r"-\d")).last
+    pg.get_by_text(re.compile(r"Started \S+ in its own process")).first.wait_for(timeout=30_000)
 
 
 def test_session_b_cannot_stop_the_run_of_session_a(server, browser):  # noqa: F811
@@ -138,28 +147,42 @@ def test_session_b_cannot_stop_the_run_of_session_a(server, browser):  # noqa: F
     _start_run(b, base, "owned_by_b")
     (run_a,) = [p for p in runs.iterdir() if p.name.startswith("owned_by_a-")]
     (run_b,) = [p for p in runs.iterdir() if p.name.startswith("owned_by_b-")]
-    box_a_in_b = _run_box(b, "owned_by_a")
-    box_a_in_b.get_by_text("started by another session").wait_for(timeout=30_000)
-    # B sees no Stop / Pause for A's run, only the separate control
-    assert box_a_in_b.get_by_role("button", name="Stop", exact=True).count() == 0
-    assert box_a_in_b.get_by_role("button", name="Pause", exact=True).count() == 0
-    assert box_a_in_b.get_by_role("button", name="Stop…").count() == 1
-    # B stops its own run: A's goes on
-    _run_box(b, "owned_by_b").get_by_role("button", name="Stop", exact=True).click()
+    b.get_by_text(re.compile(r"owned_by_a-\S+: .*started by another session")).first.wait_for(
+        timeout=30_000)
+    b.get_by_text(re.compile(r"owned_by_b-\S+: (starting|running)")).first.wait_for(
+        timeout=30_000)
+
+    def buttons(pg, name):
+        return pg.locator("[data-testid=stMain]").get_by_role("button", name=name, exact=True)
+
+    def count_becomes(pg, name, n, timeout=20.0):
+        end = time.time() + timeout
+        while buttons(pg, name).count() != n and time.time() < end:
+            time.sleep(0.1)
+        return buttons(pg, name).count()
+
+    # B has Pause and Stop for its own run only; for A's run only the separate control
+    assert count_becomes(b, "Stop", 1) == 1 and count_becomes(b, "Pause", 1) == 1
+    assert count_becomes(b, "Stop…", 1) == 1
+    buttons(b, "Stop").click()  # B's own run
     assert jobs.wait_for(run_b, timeout=60).state == "stopped"
     assert jobs.job_status(run_a).active
-    # the separate control needs its confirmation before it does anything
-    box_a_in_b = _run_box(b, "owned_by_a")
-    box_a_in_b.get_by_role("button", name="Stop…").click()
-    confirm = b.get_by_role("button", name="Stop another session's run")
+    b.get_by_text(re.compile(r"owned_by_b-\S+: (starting|running)")).first.wait_for(
+        state="detached", timeout=30_000)
+    assert count_becomes(b, "Stop", 0) == 0 and count_becomes(b, "Pause", 0) == 0
+    assert count_becomes(b, "Stop…", 1) == 1
+    # A, the owner, has its own controls for its run
+    assert count_becomes(a, "Pause", 1) == 1 and count_becomes(a, "Stop", 1) == 1
+    assert count_becomes(a, "Stop…", 0) == 0  # B's run has stopped: nothing else is active
+    # the separate control does nothing before its confirmation, then stops A's run
+    buttons(b, "Stop…").click()
+    confirm = b.get_by_role("button", name="Stop another session's run", exact=True)  # popover
     confirm.wait_for(timeout=10_000)
     assert confirm.is_disabled()
     time.sleep(1.0)
     assert jobs.job_status(run_a).active
-    # A, the owner, has its own controls for it
-    box_a = _run_box(a, "owned_by_a")
-    box_a.get_by_role("button", name="Pause", exact=True).wait_for(timeout=30_000)
-    box_a.get_by_role("button", name="Stop", exact=True).click()
+    b.get_by_text("Yes, stop another session's run").click()
+    b.get_by_role("button", name="Stop another session's run", exact=True).click()
     assert jobs.wait_for(run_a, timeout=60).state == "stopped"
     no_exception_shown(a, "/train A")
     no_exception_shown(b, "/train B")
