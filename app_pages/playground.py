@@ -10,7 +10,7 @@ from normshape_app import ui
 from normshape_core import playground as PG
 from normshape_core.config import ConfigError
 from normshape_core.data import DATASETS_2D
-from normshape_core.figures.playground import curves_figure, regions_figure
+from normshape_core.figures.playground import REGIONS_KEY, curves_figure, regions_figure
 
 TRAIN_RATIOS = ["1:1", "1:2", "1:3", "1:5", "1:9"]
 SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES)",
@@ -123,19 +123,20 @@ pg = playground(settings, specs)
 if pg is None:
     st.stop()
 
-c = st.columns([1, 1, 1, 2, 2, 2])
-c[0].button("Pause" if ss.pg_playing else "Play", key="pg_play", on_click=toggle_play,
+b = st.columns([1.1, 1, 1.2, 2])
+b[0].button("Pause" if ss.pg_playing else "Play", key="pg_play", on_click=toggle_play,
             type="primary", icon=":material/pause:" if ss.pg_playing else ":material/play_arrow:")
-c[1].button("Step", key="pg_step", on_click=step_once, icon=":material/skip_next:",
+b[1].button("Step", key="pg_step", on_click=step_once, icon=":material/skip_next:",
             help="Advance one frame (the steps below) and stop")
-c[2].button("Reset", key="pg_reset_btn", on_click=reset, icon=":material/replay:",
+b[2].button("Reset", key="pg_reset_btn", on_click=reset, icon=":material/replay:",
             help="Start both runs again from their initial weights")
-spf = c[3].number_input("Training steps per frame", 1, 200, 5, key="pg_spf",
+c = st.columns(3)
+spf = c[0].number_input("Training steps per frame", 1, 200, 5, key="pg_spf",
                         bind="query-params", help="Each frame (and each Step) trains this many "
                         "steps of each run")
-unit = c[4].selectbox("Step button advances", ["steps per frame", "one epoch"], key="pg_unit",
+unit = c[1].selectbox("Step button advances", ["steps per frame", "one epoch"], key="pg_unit",
                       bind="query-params")
-infer = c[5].selectbox("Shaped inference ratio adv:clean", PG.INFER_RATIOS, index=1,
+infer = c[2].selectbox("Shaped inference ratio adv:clean", PG.INFER_RATIOS, index=1,
                        key="pg_infer", bind="query-params",
                        help="References per classified point in the right-hand panels "
                             "(1:3: three clean references). Applies at once, even paused.")
@@ -165,12 +166,15 @@ def live():
                + (" · playing" if ss.pg_playing else " · paused")
                + f" · training + frame {1000 * t_frame:.0f} ms")
     ss.pg_shown = (id(pg), pg.frame)
+    st.caption(REGIONS_KEY)
     x_tr, y_tr = pg.data.x_train.numpy(), pg.data.y_train.numpy()
     cols = st.columns(len(frames))
     for i, (col, f, spec) in enumerate(zip(cols, frames, pg.specs)):
         with col:
             side = "AB"[i] if i < 2 else str(i)
-            st.plotly_chart(regions_figure(f, x_tr, y_tr, f"Run {side}: {spec.label()}"),
+            main, _, detail = spec.label().partition(" (")
+            title = f"{side}: {main}" + (f"<br><sup>({detail}</sup>" if detail else "")
+            st.plotly_chart(regions_figure(f, x_tr, y_tr, title),
                             key=f"pg_regions_{i}", width="stretch", theme=None,
                             config={"displaylogo": False})
             # While playing, the curves are redrawn every CURVES_EVERY frames (the same

@@ -92,8 +92,8 @@ class RunSpec:
             return "natural training"
         if self.shaping == "none":
             return f"plain {self.method.upper()}-AT (adv only)"
-        where = "attack + training" if self.shaping == "attack+train" else "training"
-        return f"{self.method.upper()} + shaping in {where} {self.ratio}"
+        where = "attack+train" if self.shaping == "attack+train" else "train only"
+        return f"{self.method.upper()} + shaping {self.ratio} ({where})"
 
 
 DEFAULT_SPECS = (RunSpec("pgd", "none", "1:3"), RunSpec("pgd", "attack+train", "1:3"))

@@ -13,6 +13,11 @@ SHAPED_COLOR = "#e07020"
 CLASS_COLORS = ["#7b3294", "#008837"]
 REGION_COLORS = ["#e3d3ee", "#cfe9d6"]
 N_EVAL_TEXT = "100 test points, PGD-10"
+REGIONS_KEY = ("Left panel of each run: PN, blue boundary; right panel: shaped inference, "
+               "orange boundary (every point classified with the same clean references). "
+               "Filled: the class regions. Big dots: training points with their eps-box "
+               "(dotted); o: the PGD example found in the box against that panel's norms, "
+               "x when it fools the model.")
 
 
 def boundary_points(xs: np.ndarray, ys: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -31,11 +36,12 @@ def boundary_points(xs: np.ndarray, ys: np.ndarray, pred: np.ndarray) -> np.ndar
 
 
 def regions_figure(frame, x_train: np.ndarray, y_train: np.ndarray, title: str,
-                   height: int = 380) -> go.Figure:
+                   height: int = 330) -> go.Figure:
     """Two panels: the decision regions under PN (left, blue boundary) and under shaped
     inference with one fixed draw of references (right, orange boundary); the training points;
     eps-boxes around a few of them with their current PGD example, crafted against each
-    panel's own norms (x: the example fools the model, o: it does not). Shaped inference
+    panel's own norms (x: the example fools the model, o: it does not); no legend (the page
+    says this once for all panels, see ``REGIONS_KEY``). Shaped inference
     here classifies every point with the same draw of clean references (one function to
     draw, not a new draw per pixel).
 
@@ -50,9 +56,8 @@ def regions_figure(frame, x_train: np.ndarray, y_train: np.ndarray, title: str,
     gap = 0.06
     domains = ([0.0, 0.5 - gap / 2], [0.5 + gap / 2, 1.0])
     layout = dict(title=dict(text=title), height=height, template="plotly_white",
-                  margin=dict(l=55, r=15, t=80, b=50), uirevision="regions",
-                  legend=dict(orientation="h", y=-0.22, font=dict(size=11)),
-                  annotations=[])
+                  margin=dict(l=55, r=10, t=75, b=50), uirevision="regions",
+                  showlegend=False, annotations=[])
     for i, (prob, color, adv, right, name) in enumerate(panels):
         xa, ya = ("x", "y") if i == 0 else ("x2", "y2")
         common = dict(xaxis=xa, yaxis=ya)
@@ -95,21 +100,23 @@ def regions_figure(frame, x_train: np.ndarray, y_train: np.ndarray, title: str,
                          showlegend=i == 0, line=dict(color="black", width=1, dash="dot"),
                          **common))
         suffix = "" if i == 0 else "2"
-        layout["xaxis" + suffix] = dict(domain=domains[i], range=[0, 1],
+        layout["xaxis" + suffix] = dict(domain=domains[i], range=[0, 1], constrain="domain",
                                         title=dict(text="x1 (input units)"), anchor=ya)
         layout["yaxis" + suffix] = dict(range=[0, 1], anchor=xa, scaleanchor=xa,
+                                        constrain="domain",
                                         title=dict(text="x2 (input units)" if i == 0 else ""))
         layout["annotations"].append(dict(
-            text=("PN" if i == 0 else f"shaped inference {ratio}"),
+            text=("PN" if i == 0 else f"shaped {ratio}"),
             x=sum(domains[i]) / 2, y=1.0, xref="paper", yref="paper", xanchor="center",
             yanchor="bottom", showarrow=False, font=dict(size=14)))
     return go.Figure(data=data, layout=layout)
 
 
 def curves_figure(history: Sequence[Dict[str, float]], title: str, infer_ratio: str,
-                  height: int = 300) -> go.Figure:
+                  height: int = 560) -> go.Figure:
     """Loss, accuracies (clean and robust, each under PN and under shaped inference) and the
-    running-statistics drift, against epochs, one point per frame. Built as one dict."""
+    running-statistics drift, against epochs, one point per frame: three rows sharing the
+    epoch axis (readable in a narrow column). Built as one dict."""
     x = [h["epoch"] for h in history]
 
     def col(key):
@@ -124,25 +131,24 @@ def curves_figure(history: Sequence[Dict[str, float]], title: str, infer_ratio: 
             ("robust_shaped", f"robust, PGD with shaped, shaped {infer_ratio}", SHAPED_COLOR,
              "dash")):
         data.append(dict(type="scatter", x=x, y=col(key), name=name,
-                         line=dict(color=color, dash=dash), xaxis="x2", yaxis="y2"))
+                         line=dict(color=color, dash=dash), xaxis="x", yaxis="y2"))
     data.append(dict(type="scatter", x=x, y=col("drift"), name="running-mean drift (PN)",
-                     line=dict(color=PN_COLOR, dash="dot"), xaxis="x3", yaxis="y3"))
-    gap = 0.09
-    w = (1 - 2 * gap) / 3
+                     line=dict(color=PN_COLOR, dash="dot"), xaxis="x", yaxis="y3"))
     layout = dict(title=dict(text=title), height=height, template="plotly_white",
-                  margin=dict(l=55, r=15, t=70, b=50), uirevision="curves",
-                  legend=dict(orientation="h", y=-0.3, font=dict(size=11)), annotations=[])
-    titles = ("training loss", f"test accuracy ({N_EVAL_TEXT})", "running-mean drift (PN)")
-    ytitles = ("loss", "accuracy (fraction)", "relative change per step")
-    for i in range(3):
+                  margin=dict(l=60, r=10, t=60, b=50), uirevision="curves",
+                  legend=dict(orientation="h", y=-0.12, font=dict(size=11)),
+                  xaxis=dict(title=dict(text="epoch"), anchor="y"), annotations=[])
+    rows = (("training loss", "loss", [0.70, 1.0]),
+            (f"test accuracy ({N_EVAL_TEXT})", "accuracy (fraction)", [0.36, 0.64]),
+            ("running-mean drift (PN)", "change per step", [0.0, 0.28]))
+    for i, (text, ytitle, domain) in enumerate(rows):
         sfx = "" if i == 0 else str(i + 1)
-        lo = i * (w + gap)
-        layout["xaxis" + sfx] = dict(domain=[lo, min(1.0, lo + w)], title=dict(text="epoch"),
-                                     anchor="y" + sfx)
-        layout["yaxis" + sfx] = dict(title=dict(text=ytitles[i]), anchor="x" + sfx)
-        layout["annotations"].append(dict(text=titles[i], x=lo + w / 2, y=1.0, xref="paper",
+        layout["yaxis" + sfx] = dict(title=dict(text=ytitle, font=dict(size=11)),
+                                     domain=domain, anchor="x")
+        layout["annotations"].append(dict(text=text, x=0.5, y=domain[1], xref="paper",
                                           yref="paper", xanchor="center", yanchor="bottom",
-                                          showarrow=False, font=dict(size=13)))
+                                          showarrow=False, font=dict(size=12)))
     layout["yaxis2"]["range"] = [0, 1.02]
     layout["yaxis3"]["type"] = "log"
+    layout["xaxis"]["anchor"] = "y3"
     return go.Figure(data=data, layout=layout)
