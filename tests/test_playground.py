@@ -3,6 +3,7 @@ weights as ``fit``), frames under PN and shaped inference, isolation, settings, 
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 
 import numpy as np
@@ -191,3 +192,50 @@ def test_the_core_modules_never_import_streamlit():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_message(
+        tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NORMSHAPE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("NORMSHAPE_WARM_UMAP", "0")
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=120)
+    for k, v in {"pg_n": "200", "pg_width": "16", "pg_depth": "2"}.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("app_pages/playground.py")
+    at.run()
+
+    def counter():
+        (c,) = [c.value for c in at.caption if c.value.startswith("frame ")]
+        return c
+
+    assert not at.exception and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
+    assert len(at.get("plotly_chart")) == 4
+    at.button(key="pg_step").click().run()
+    assert counter().startswith("frame 1 · epoch 0.83 · step 5 ·")
+    at.selectbox(key="pg_unit").set_value("one epoch").run()
+    at.button(key="pg_step").click().run()
+    assert counter().startswith("frame 2 · epoch 1.83 · step 11 ·")  # 6 steps per epoch
+    before = counter()
+    at.selectbox(key="pg_infer").set_value("1:9").run()  # redrawn, not trained
+    after = counter()
+    assert after.split(" · boundary")[0] == before.split(" · boundary")[0]
+    def boundary(c):
+        return c.split("boundary ")[1].split(" ")[0]
+
+    assert boundary(after) != boundary(before)  # the shaped boundaries redrawn for 1:9
+    assert "shaped 1:9" in json.dumps(json.loads(at.get("plotly_chart")[0].proto.spec))
+    at.selectbox(key="pg_b_ratio").set_value("1:9").run()  # batch 32 does not split in 10
+    assert [e.value for e in at.error] == [
+        "These settings cannot train: batch size 32 does not split into 10 equal parts for "
+        "ratio 1:9; use a multiple of 10"]
+    assert not at.exception
+    at.selectbox(key="pg_b_ratio").set_value("1:3").run()  # a valid change starts again
+    assert not at.error and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
+    at.session_state["pg_obj"].close()
