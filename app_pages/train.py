@@ -49,25 +49,33 @@ def run_form() -> None:
         c = st.columns(4)
         model = c[0].selectbox("Model", list(MODELS), index=list(MODELS).index(p["model"]),
                                key="train_model" + k, bind="query-params", help=HELP["model"])
-        ratio = c[1].text_input("Ratio adv:clean", "1:3", key="train_ratio" + k, bind="query-params",
-                                help=HELP["ratio"], disabled=method == "natural")
+        ratio = c[1].text_input("Ratio adv:clean", "1:3", key="train_ratio" + k,
+                                bind="query-params", help=HELP["ratio"],
+                                disabled=method == "natural")
         eps = c[2].number_input("eps (L-inf, input units [0, 1])", 0.0, 1.0, float(p["eps"]),
-                                step=0.01, format="%.4f", key="train_eps" + k, bind="query-params", help=HELP["eps"])
+                                step=0.01, format="%.4f", key="train_eps" + k,
+                                bind="query-params", help=HELP["eps"])
         step_size = c[3].number_input("Attack step size (input units)", 0.0, 1.0,
                                       float(p.get("step_size") or p["eps"] / 4), step=0.005,
-                                      format="%.4f", key="train_step" + k, bind="query-params", help=HELP["step_size"])
+                                      format="%.4f", key="train_step" + k, bind="query-params",
+                                      help=HELP["step_size"])
         c = st.columns(4)
-        steps = c[0].number_input("Attack steps K", 1, 100, int(p["steps"]), key="train_k" + k, bind="query-params",
-                                  help=HELP["steps"])
+        steps = c[0].number_input("Attack steps K", 1, 100, int(p["steps"]), key="train_k" + k,
+                                  bind="query-params", help=HELP["steps"])
         epochs = c[1].number_input("Epochs", 1, 500, int(p.get("epochs") or 1),
-                                   key="train_epochs" + k, bind="query-params", help=HELP["epochs"])
-        batch = c[2].number_input("Batch size", 2, 4096, int(p["batch_size"]), key="train_bs" + k, bind="query-params",
+                                   key="train_epochs" + k, bind="query-params",
+                                   help=HELP["epochs"])
+        batch = c[2].number_input("Batch size", 2, 4096, int(p["batch_size"]),
+                                  key="train_bs" + k, bind="query-params",
                                   help=HELP["batch_size"])
         lr = c[3].number_input("Learning rate", 0.0, 10.0, float(p["lr"]), step=0.001,
-                               format="%.4f", key="train_lr" + k, bind="query-params", help=HELP["lr"])
+                               format="%.4f", key="train_lr" + k, bind="query-params",
+                               help=HELP["lr"])
         c = st.columns(4)
-        seed = c[0].number_input("Seed", 0, 2 ** 31 - 1, 0, key="train_seed" + k, bind="query-params", help=HELP["seed"])
-        name = c[1].text_input("Run name (optional)", "", key="train_name" + k, bind="query-params", max_chars=60,
+        seed = c[0].number_input("Seed", 0, 2 ** 31 - 1, 0, key="train_seed" + k,
+                                 bind="query-params", help=HELP["seed"])
+        name = c[1].text_input("Run name (optional)", "", key="train_name" + k,
+                               bind="query-params", max_chars=60,
                                help="Names the run folder (letters, digits, '.', '_', '-'; "
                                     "anything else becomes '_'). Default: built from the settings.")
         submitted = st.form_submit_button("Start training", type="primary")

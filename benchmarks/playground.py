@@ -3,7 +3,8 @@
 Measured on moons with the default pair of runs (plain PGD-AT and PGD + shaping 1:3), MLP
 3 x 64, batch 32, K = 5, 5 training steps per frame, the page's settings:
 - per frame and run: the decision regions under PN and under shaped inference on a 100 x 100
-  grid, and the whole frame (regions + eps-box attacks + accuracies);
+  grid, and the whole frame as the page computes it (80 x 80 regions + eps-box attacks +
+  accuracies);
 - the whole frame round trip in the process: both runs' training steps + both frames + the
   four figures built and serialised as Streamlit sends them;
 - training steps per second with frames drawn (the page's loop) against without (the runs
@@ -59,7 +60,7 @@ def section_playground(args, device, *, say, header, summary, results) -> None:
         model = run.trainer.model
         pn = PNClassifier(model)
         shaped = P.BatchMemberClassifier(model, P.fixed_references(pg.pool, "1:3"))
-        pts = pg.grid.points
+        pts = P.grid_around(None, 100, bounds=(0.0, 1.0, 0.0, 1.0)).points  # the issue's grid
 
         def regions():
             with torch.no_grad():
@@ -94,8 +95,8 @@ def section_playground(args, device, *, say, header, summary, results) -> None:
         f"before Play)")
     say(f"regions under PN + shaped 1:3 on a 100 x 100 grid, one run: {1000 * t_regions:.1f} ms"
         f" ({1 / t_regions:.1f} per second)")
-    say(f"one run's whole frame (regions + PGD-10 on 6 eps-box and 100 test points, PN and "
-        f"shaped): {1000 * t_frame:.1f} ms")
+    say(f"one run's whole frame as the page draws it (80 x 80 regions + PGD-10 on 6 eps-box "
+        f"and 100 test points, PN and shaped): {1000 * t_frame:.1f} ms")
     say(f"frame round trip in the server (both runs: 5 steps each + frames + 4 figures "
         f"serialised): {1000 * round_trip:.0f} ms = {1 / round_trip:.1f} frames/s")
     say(f"training steps/s per run with frames drawn: {with_frames:.1f}; without: "

@@ -4,8 +4,8 @@ A job is a run folder ``RUNS/<name>`` holding:
 
 - ``job.json``     what to run (the training config, who asked, when), written once;
 - ``status.json``  the worker's state, rewritten atomically: ``queued`` -> ``starting`` ->
-                   ``running`` (<-> ``paused``) -> ``finished`` | ``failed`` | ``stopped``, with step, total steps, time left,
-                   the checkpoint path or the error;
+                   ``running`` (<-> ``paused``) -> ``finished`` | ``failed`` | ``stopped``,
+                   with step, total steps, time left, the checkpoint path or the error;
 - ``metrics.jsonl`` the trainer's own log (``train/loss``, ``bn/running_mean_drift`` ...);
 - ``worker.log``   the worker's stdout and stderr (the traceback of a failed run);
 - ``STOP``         created by :func:`stop_job`; the worker stops after its current step and
