@@ -161,7 +161,7 @@ def active_run(j: jobs.JobStatus) -> None:
     with st.container(border=True):
         c1, c2, c3 = st.columns([5, 1, 1])
         who = "" if mine else " · started by another session"
-        c1.progress(j.progress, text=f"{j.name}: {j.describe()}{who}")
+        c1.progress(j.progress, text=ui.md_escape(f"{j.name}: {j.describe()}{who}"))
         if mine:
             if j.state == "paused" or (j.run_dir / jobs.PAUSE_FILE).exists():
                 if c2.button("Continue", key=f"cont_{j.name}", help="Let the paused run go on"):
