@@ -156,6 +156,8 @@ PAGES = [
     st.Page(home, title="Home", icon=":material/home:", url_path="home", default=True),
     st.Page("app_pages/train.py", title="Train", icon=":material/model_training:",
             url_path="train"),
+    st.Page("app_pages/playground.py", title="Playground", icon=":material/play_circle:",
+            url_path="playground"),
     st.Page("app_pages/ratios.py", title="Ratios", icon=":material/grid_on:", url_path="ratios"),
     st.Page("app_pages/moving_target.py", title="Moving target", icon=":material/moving:",
             url_path="moving-target"),

@@ -1,4 +1,4 @@
-"""Train: start a run in its own background process, watch it live, stop it."""
+"""Train: start a run in its own background process, watch it live, pause, stop, resume it."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +10,7 @@ import streamlit as st
 
 from normshape_app import ui
 from normshape_core import jobs
-from normshape_core.config import ConfigError, TrainConfig
+from normshape_core.config import MAX_SEED, ConfigError, TrainConfig
 from normshape_core.data import DATASETS, dataset_status
 from normshape_core.models import MODELS
 from normshape_core.presets import DATASET_PRESETS
@@ -23,10 +23,13 @@ SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES, the whole batch adversa
 st.title("Train")
 ui.explain("Start a run: it trains in its own process, so it goes on while you change pages, "
            "rerun or refresh the browser, and several runs can go at once. The curves below "
-           "refresh by themselves. A finished run's checkpoint appears on every page.")
+           "refresh by themselves. A finished run's checkpoint appears on every page. Pause "
+           "holds a run; Stop ends it and keeps the checkpoint of its last completed epoch "
+           "(marked *stopped at epoch k*, listed on every page), which Resume continues to the "
+           "full run. You can pause or stop only the runs this browser session started.")
 
-if "owner" not in st.session_state:  # who started a run (kept in job.json, never a path)
-    st.session_state.owner = secrets.token_hex(4)
+if "owner" not in st.session_state:  # this session's token: kept in job.json, never shown
+    st.session_state.owner = secrets.token_hex(16)
 
 
 def run_form() -> None:
@@ -45,26 +48,34 @@ def run_form() -> None:
     with st.form("train_form", border=False):
         c = st.columns(4)
         model = c[0].selectbox("Model", list(MODELS), index=list(MODELS).index(p["model"]),
-                               key="train_model" + k, help=HELP["model"])
+                               key="train_model" + k, bind="query-params", help=HELP["model"])
         ratio = c[1].text_input("Ratio adv:clean", "1:3", key="train_ratio" + k,
-                                help=HELP["ratio"], disabled=method == "natural")
+                                bind="query-params", help=HELP["ratio"],
+                                disabled=method == "natural")
         eps = c[2].number_input("eps (L-inf, input units [0, 1])", 0.0, 1.0, float(p["eps"]),
-                                step=0.01, format="%.4f", key="train_eps" + k, help=HELP["eps"])
+                                step=0.01, format="%.4f", key="train_eps" + k,
+                                bind="query-params", help=HELP["eps"])
         step_size = c[3].number_input("Attack step size (input units)", 0.0, 1.0,
                                       float(p.get("step_size") or p["eps"] / 4), step=0.005,
-                                      format="%.4f", key="train_step" + k, help=HELP["step_size"])
+                                      format="%.4f", key="train_step" + k, bind="query-params",
+                                      help=HELP["step_size"])
         c = st.columns(4)
         steps = c[0].number_input("Attack steps K", 1, 100, int(p["steps"]), key="train_k" + k,
-                                  help=HELP["steps"])
+                                  bind="query-params", help=HELP["steps"])
         epochs = c[1].number_input("Epochs", 1, 500, int(p.get("epochs") or 1),
-                                   key="train_epochs" + k, help=HELP["epochs"])
-        batch = c[2].number_input("Batch size", 2, 4096, int(p["batch_size"]), key="train_bs" + k,
+                                   key="train_epochs" + k, bind="query-params",
+                                   help=HELP["epochs"])
+        batch = c[2].number_input("Batch size", 2, 4096, int(p["batch_size"]),
+                                  key="train_bs" + k, bind="query-params",
                                   help=HELP["batch_size"])
-        lr = c[3].number_input("Learning rate", 0.0, 10.0, float(p["lr"]), step=0.001,
-                               format="%.4f", key="train_lr" + k, help=HELP["lr"])
+        lr = c[3].number_input("Learning rate", 0.0001, 10.0, float(p["lr"]), step=0.001,
+                               format="%.4f", key="train_lr" + k, bind="query-params",
+                               help=HELP["lr"])
         c = st.columns(4)
-        seed = c[0].number_input("Seed", 0, 2 ** 31 - 1, 0, key="train_seed" + k, help=HELP["seed"])
-        name = c[1].text_input("Run name (optional)", "", key="train_name" + k, max_chars=60,
+        seed = c[0].number_input("Seed", 0, MAX_SEED, 0, key="train_seed" + k,
+                                 bind="query-params", help=HELP["seed"])
+        name = c[1].text_input("Run name (optional)", "", key="train_name" + k,
+                               bind="query-params", max_chars=60,
                                help="Names the run folder (letters, digits, '.', '_', '-'; "
                                     "anything else becomes '_'). Default: built from the settings.")
         submitted = st.form_submit_button("Start training", type="primary")
@@ -134,6 +145,45 @@ def curves(rows, status: jobs.JobStatus, key: str) -> None:
         st.caption(f"Training curves are smoothed over {window} steps.")
 
 
+def _act(fn, j: jobs.JobStatus, done: str, **kw) -> None:
+    try:
+        fn(j.run_dir, **kw)
+    except jobs.JobError as e:
+        st.error(ui.public_text(e))
+        return
+    st.toast(done)
+
+
+def active_run(j: jobs.JobStatus) -> None:
+    """One active run: progress; Pause / Continue / Stop for this session's own runs; for
+    another session's run only a separate, confirmed Stop."""
+    mine = jobs.owns(j, st.session_state.owner)
+    with st.container(border=True):
+        c1, c2, c3 = st.columns([5, 1, 1])
+        who = "" if mine else " · started by another session"
+        c1.progress(j.progress, text=ui.md_escape(f"{j.name}: {j.describe()}{who}"))
+        if mine:
+            if j.state == "paused" or (j.run_dir / jobs.PAUSE_FILE).exists():
+                if c2.button("Continue", key=f"cont_{j.name}", help="Let the paused run go on"):
+                    _act(jobs.continue_job, j, f"Continuing {j.name}",
+                         owner=st.session_state.owner)
+            elif c2.button("Pause", key=f"pause_{j.name}",
+                           help="Hold the run after its current step; nothing is lost"):
+                _act(jobs.pause_job, j, f"Pausing {j.name} ...", owner=st.session_state.owner)
+            if c3.button("Stop", key=f"stop_{j.name}", help="Stop after the current step; the "
+                         "checkpoint of the last completed epoch is kept (resumable)"):
+                _act(jobs.stop_job, j, f"Stopping {j.name} ...", owner=st.session_state.owner)
+        else:
+            with c3.popover("Stop…", help="This run belongs to another browser session"):
+                st.caption("This run was started by another session. Stopping it ends "
+                           "someone else's work (its last completed epoch is kept).")
+                sure = st.checkbox("Yes, stop another session's run", key=f"sure_{j.name}")
+                if st.button("Stop another session's run", key=f"stop_other_{j.name}",
+                             disabled=not sure, type="primary"):
+                    _act(jobs.stop_job, j, f"Stopping {j.name} ...",
+                         owner=st.session_state.owner, other=True)
+
+
 def runs_panel() -> None:
     all_jobs = jobs.list_jobs(ui.runs_dir())
     active_names = {j.name for j in all_jobs if j.active}
@@ -147,13 +197,7 @@ def runs_panel() -> None:
                 "seconds on two CPU cores.")
         return
     for j in [j for j in all_jobs if j.active]:
-        with st.container(border=True):
-            c1, c2 = st.columns([5, 1])
-            c1.progress(j.progress, text=f"**{j.name}**: {j.describe()}")
-            if c2.button("Stop", key=f"stop_{j.name}", help="Stop after the current step "
-                         "(a stopped run writes no checkpoint)"):
-                jobs.stop_job(j.run_dir)
-                st.toast(f"Stopping {j.name} ...")
+        active_run(j)
     names = [j.name for j in all_jobs]
     default = st.session_state.get("train_run")
     if default not in names:
@@ -170,8 +214,23 @@ def runs_panel() -> None:
         st.success(f"Finished in {jobs.format_seconds(j.elapsed_s)}. Checkpoint "
                    f"`{j.name}` (now listed on every page). "
                    + "; ".join(f"{k}: {v}" for k, v in fm.items()))
-    elif j.state == "stopped":
-        st.warning(f"This run was {j.describe()}.")
+    elif j.state == "starting":
+        st.info(f"Starting: {j.phase or 'the worker process'} ... (the curves appear with the "
+                f"first training step)")
+    if j.state in ("stopped", "lost", "failed"):
+        if j.state == "stopped":
+            st.warning(f"This run was {j.describe()}.")
+        if st.button("Resume", key=f"resume_{j.name}", help="Continue from the last completed "
+                     "epoch to the full run (the same weights as a run never stopped); you "
+                     "become the run's owner"):
+            try:
+                jobs.resume_job(j.run_dir, owner=st.session_state.owner,
+                                threads=ui.worker_threads(), max_active=ui.max_active_runs(),
+                                runs_root=ui.runs_dir())
+            except jobs.JobError as e:
+                st.error(ui.public_text(e))
+            else:
+                st.rerun(scope="app")
     cfg = j.config
     st.caption("Settings: " + ", ".join(f"{k}={cfg.get(k)}" for k in (
         "dataset", "model", "method", "shaping", "ratio", "eps", "step_size", "steps", "epochs",

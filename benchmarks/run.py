@@ -1404,14 +1404,17 @@ def section_kill_safety(args, device) -> None:
 # ====================================================================== main
 SECTIONS = {"1": section_training, "2": section_attacks, "3": section_shaped,
             "4": section_scaling, "5": section_app, "6": section_worst_case,
-            "7": section_kill_safety, "compile": try_compile}
+            "7": section_kill_safety,
+            "8": lambda a, d: __import__("playground").section_playground(
+                a, d, say=say, header=header, summary=summary, results=RESULTS),
+            "compile": try_compile}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CI mode: fewer cases and repetitions")
-    p.add_argument("--sections", default="1,2,3,4,5,6,7", help="which sections to run (1-7, "
+    p.add_argument("--sections", default="1,2,3,4,5,6,7,8", help="which sections to run (1-8, "
                    "and 'compile')")
     p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda")
     p.add_argument("--threads", type=int, default=None,

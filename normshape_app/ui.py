@@ -327,7 +327,10 @@ class Ckpt:
             if c["shaping"] != "none":
                 mode += f" {c['ratio']}"
             mode = f"{c['method'].upper()}, {mode}"
-        return f"{c['dataset']}: {mode}, eps {eps_text(c)}"
+        st_ = self.meta.get("stopped")  # a stopped background run's kept epoch
+        stop = (f", stopped at epoch {st_.get('epoch')}/{st_.get('epochs')}"
+                if isinstance(st_, dict) else "")
+        return f"{c['dataset']}: {mode}, eps {eps_text(c)}{stop}"
 
 
 def eps_text(config: Dict[str, Any]) -> str:
@@ -746,6 +749,14 @@ def url_many(*options: Any, max_items: Optional[int] = None) -> UrlParam:
     return UrlParam("many", options=tuple(map(str, options)) or None, max_items=max_items)
 
 
+# Written out rather than imported: importing normshape_core.config or .data loads torch,
+# which the app defers until a page needs it (tests/test_query_params.py checks these three
+# against the core's DATASETS, DATASETS_2D and MAX_SEED).
+URL_DATASETS = ("moons", "spirals", "digits", "circles", "xor", "blobs", "fashion_mnist",
+                "mnist", "cifar10")
+URL_DATASETS_2D = ("moons", "spirals", "circles", "xor", "blobs")
+URL_MAX_SEED = 2 ** 31 - 3
+
 URL_PARAMS: Dict[str, UrlParam] = {
     # app.py, every page
     "present": url_bool(),
@@ -772,6 +783,23 @@ URL_PARAMS: Dict[str, UrlParam] = {
     # app_pages/confoundings.py
     "lesson": url_one("I", "II", "III"), "cf_ckpt": url_one(),
     "cf_n": url_one(64, 128, 256, 512), "cf_seed": url_int(0, 10_000),
+    # app_pages/playground.py
+    "pg_data": url_one(*URL_DATASETS_2D), "pg_noise": url_float(0.0, 1.0), "pg_n": url_int(50, 5000),
+    "pg_seed": url_int(0, URL_MAX_SEED), "pg_width": url_int(2, 256), "pg_depth": url_int(1, 6),
+    "pg_lr": url_float(0.0001, 1.0), "pg_bs": url_int(4, 1024), "pg_eps": url_float(0.005, 0.5),
+    "pg_k": url_int(1, 50), "pg_spf": url_int(1, 200),
+    "pg_unit": url_one("steps per frame", "one epoch"),
+    "pg_infer": url_one("1:1", "1:3", "1:9", "1:19"),
+    **{f"pg_{side}_{what}": spec for side in ("a", "b") for what, spec in (
+        ("method", url_one("natural", "pgd", "trades")),
+        ("shaping", url_one()),  # shown by label: Streamlit checks the option
+        ("ratio", url_one("1:1", "1:2", "1:3", "1:5", "1:9")))},
+    # app_pages/train.py: the per-dataset settings (key + "_" + dataset)
+    **{f"train_{what}_{ds}": spec for ds in URL_DATASETS for what, spec in (
+        ("model", url_one()), ("ratio", url_one()), ("eps", url_float(0.0, 1.0)),
+        ("step", url_float(0.0, 1.0)), ("k", url_int(1, 100)), ("epochs", url_int(1, 500)),
+        ("bs", url_int(2, 4096)), ("lr", url_float(0.0001, 10.0)),
+        ("seed", url_int(0, URL_MAX_SEED)), ("name", url_one()))},
 }
 
 #: The largest magnitude of a number from the URL (a bound widget's own range is smaller).

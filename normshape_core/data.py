@@ -101,6 +101,48 @@ def load_spirals(n_train: int = 1000, n_test: int = 1000, noise: float = 0.2, tu
                      f"two spirals, {turns} turns, noise {noise}, seed {seed}")
 
 
+def load_circles(n_train: int = 1000, n_test: int = 1000, noise: float = 0.1, seed: int = 0,
+                 factor: float = 0.5, **_) -> Dataset:
+    """scikit-learn's two concentric circles (inner radius ``factor``), scaled into [0, 1]^2."""
+    from sklearn.datasets import make_circles
+
+    x, y = make_circles(n_samples=n_train + n_test, noise=noise, factor=factor,
+                        random_state=seed)
+    x = _to_unit(x, np.array([-1.5, -1.5]), np.array([1.5, 1.5]))
+    return _split_2d("circles", x, y, n_train, ["outer circle", "inner circle"],
+                     f"two circles, noise {noise}, seed {seed}")
+
+
+def load_xor(n_train: int = 1000, n_test: int = 1000, noise: float = 0.1, seed: int = 0,
+             **_) -> Dataset:
+    """XOR: uniform points in [-1, 1]^2, class = sign(x1) != sign(x2) (TensorFlow Playground's
+    exclusive or), kept 0.05 away from the axes, then Gaussian noise of std ``noise`` / 2;
+    scaled into [0, 1]^2."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    x = rng.uniform(-1, 1, size=(n, 2))
+    x += np.sign(x) * 0.05
+    y = ((x[:, 0] > 0) != (x[:, 1] > 0)).astype(np.int64)
+    x += rng.normal(scale=noise * 0.5, size=x.shape)
+    x = _to_unit(x, np.array([-1.5, -1.5]), np.array([1.5, 1.5]))
+    return _split_2d("xor", x, y, n_train, ["same signs", "opposite signs"],
+                     f"xor, noise {noise}, seed {seed}")
+
+
+def load_blobs(n_train: int = 1000, n_test: int = 1000, noise: float = 0.1, seed: int = 0,
+               **_) -> Dataset:
+    """Two Gaussian blobs centred at (-1, -1) and (1, 1), standard deviation 0.3 + 2 *
+    ``noise`` (noise 0.1: 0.5, well separated; 0.5: 1.3, overlapping); scaled into [0, 1]^2."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_test
+    y = rng.integers(0, 2, size=n)
+    centres = np.array([[-1.0, -1.0], [1.0, 1.0]])
+    x = centres[y] + rng.normal(scale=0.3 + 2 * noise, size=(n, 2))
+    x = _to_unit(x, np.array([-3.0, -3.0]), np.array([3.0, 3.0]))
+    return _split_2d("blobs", x, y, n_train, ["blob A", "blob B"],
+                     f"two Gaussian blobs, noise {noise}, seed {seed}")
+
+
 def _split_2d(name, x, y, n_train, classes, description) -> Dataset:
     x = torch.tensor(x, dtype=torch.float32)
     y = torch.tensor(y, dtype=torch.long)
@@ -564,6 +606,9 @@ DATASETS: Dict[str, DatasetSpec] = {
     "spirals": DatasetSpec("spirals", load_spirals, "two spirals, 2-D points (offline)", True),
     "digits": DatasetSpec("digits", load_digits, "8x8 digits bundled with scikit-learn (offline)",
                           True),
+    "circles": DatasetSpec("circles", load_circles, "two circles, 2-D points (offline)", True),
+    "xor": DatasetSpec("xor", load_xor, "exclusive or, 2-D points (offline)", True),
+    "blobs": DatasetSpec("blobs", load_blobs, "two Gaussian blobs, 2-D points (offline)", True),
     "fashion_mnist": DatasetSpec("fashion_mnist", load_fashion_mnist,
                                  "Fashion-MNIST, 28x28 grey, 60,000/10,000 (files or download)",
                                  False),
@@ -574,6 +619,8 @@ DATASETS: Dict[str, DatasetSpec] = {
 }
 
 OFFLINE_DATASETS = [n for n, s in DATASETS.items() if s.offline]
+# The 2-D point sets (the Playground's; each loader takes n_train, n_test, noise, seed).
+DATASETS_2D = ["moons", "spirals", "circles", "xor", "blobs"]
 
 
 def load_dataset(name: str, *, root: Optional[str] = None, seed: int = 0,

@@ -3,25 +3,35 @@
 A job is a run folder ``RUNS/<name>`` holding:
 
 - ``job.json``     what to run (the training config, who asked, when), written once;
-- ``status.json``  the worker's state, rewritten atomically: ``queued`` -> ``running`` ->
-                   ``finished`` | ``failed`` | ``stopped``, with step, total steps, time left,
-                   the checkpoint path or the error;
+- ``status.json``  the worker's state, rewritten atomically: ``queued`` -> ``starting`` ->
+                   ``running`` (<-> ``paused``) -> ``finished`` | ``failed`` | ``stopped``,
+                   with step, total steps, time left, the checkpoint path or the error;
 - ``metrics.jsonl`` the trainer's own log (``train/loss``, ``bn/running_mean_drift`` ...);
 - ``worker.log``   the worker's stdout and stderr (the traceback of a failed run);
-- ``STOP``         created by :func:`stop_job`; the worker stops after its current step.
+- ``STOP``         created by :func:`stop_job`; the worker stops after its current step and
+                   keeps a checkpoint of the last completed epoch, marked
+                   ``"stopped": {"epoch": k, "epochs": N}``, which :func:`resume_job` continues;
+- ``PAUSE``        created by :func:`pause_job`, removed by :func:`continue_job`: the worker
+                   waits after its current step (state ``paused``) until it is gone.
 
 Nothing is held in memory by the caller, so a run survives page changes, reruns, a browser
 refresh and even a restart of the app; any number of callers (browser sessions) can start
 and watch runs at once without sharing anything but the folder. The worker is
 ``python -m normshape_core.jobs run RUN_DIR``: the same ``training.train`` as the CLI, plus
-callbacks that write the status and honour the stop request. Stopped runs keep their
-resumable ``state.json`` but write no checkpoint (the trainer's rule).
+callbacks that write the status and honour the stop and pause requests. Until its first
+step the worker reports ``starting`` with what it is doing (importing, loading the data,
+building the model).
+
+Runs are owned: ``start_job(owner=TOKEN)`` keeps the caller's token in job.json, and
+:func:`stop_job` / :func:`pause_job` / :func:`continue_job` given ``owner=`` refuse a run
+started with another token unless ``other=True`` (the app's separate, confirmed control).
 
 This module never imports Streamlit, and imports torch only inside the worker.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hmac
 import json
 import os
 import secrets
@@ -37,11 +47,13 @@ from typing import Any, Dict, List, Optional
 JOB_FILE = "job.json"
 STATUS_FILE = "status.json"
 STOP_FILE = "STOP"
+PAUSE_FILE = "PAUSE"
 LOG_FILE = "worker.log"
 PID_FILE = "worker.pid"
 METRICS_FILE = "metrics.jsonl"
 
-ACTIVE_STATES = ("queued", "running")
+ACTIVE_STATES = ("queued", "starting", "running", "paused")
+ALIVE_STATES = ("starting", "running", "paused")  # a worker process says so itself
 FINAL_STATES = ("finished", "failed", "stopped", "lost")
 # A queued job whose worker never wrote a status within this time is reported as lost.
 QUEUED_TIMEOUT_S = 120.0
@@ -92,6 +104,9 @@ class JobStatus:
     error: Optional[str] = None
     final_metrics: Dict[str, Any] = field(default_factory=dict)
     updated: str = ""
+    phase: str = ""  # while starting: what the worker is doing
+    stopped_epoch: Optional[int] = None  # a stopped run: the epoch its checkpoint holds
+    resumes: int = 0
 
     @property
     def active(self) -> bool:
@@ -111,12 +126,21 @@ class JobStatus:
             left = f", about {format_seconds(self.eta_s)} left" if self.eta_s is not None else ""
             of = f"/{self.total_steps}" if self.total_steps else ""
             return f"running: step {self.step}{of} (epoch {self.epoch}){left}"
+        if self.state == "paused":
+            of = f"/{self.total_steps}" if self.total_steps else ""
+            return f"paused at step {self.step}{of} (epoch {self.epoch}); continue or stop it"
+        if self.state == "starting":
+            return f"starting: {self.phase or 'the worker process'} ..."
         if self.state == "finished":
             return f"finished in {format_seconds(self.elapsed_s)}"
         if self.state == "failed":
             return f"failed: {self.error or 'see worker.log'}"
         if self.state == "stopped":
-            return f"stopped at step {self.step} (no checkpoint is written for a stopped run)"
+            if self.stopped_epoch:
+                return (f"stopped at step {self.step}; checkpoint of epoch {self.stopped_epoch}"
+                        f"/{self.epochs} kept (resumable)")
+            return (f"stopped at step {self.step}, before the first epoch ended: nothing kept "
+                    f"(resuming starts it again)")
         if self.state == "lost":
             return f"lost: {self.error}"
         return "queued: starting the worker process"
@@ -163,7 +187,8 @@ def job_status(run_dir: str | Path) -> JobStatus:
                        state=st.get("state", "queued"), config=job.get("config", {}),
                        owner=job.get("owner", ""), created=job.get("created", ""))
     for key in ("pid", "step", "total_steps", "epoch", "epochs", "elapsed_s", "eta_s",
-                "checkpoint", "error", "final_metrics", "updated"):
+                "checkpoint", "error", "final_metrics", "updated", "phase", "stopped_epoch",
+                "resumes"):
         if st.get(key) is not None:
             setattr(status, key, st[key])
     if status.pid is None:
@@ -171,7 +196,7 @@ def job_status(run_dir: str | Path) -> JobStatus:
             status.pid = int((run_dir / PID_FILE).read_text().strip())
         except (OSError, ValueError):
             pass
-    if status.state == "running" and not _pid_alive(status.pid):
+    if status.state in ALIVE_STATES and not _pid_alive(status.pid):
         status.state, status.eta_s = "lost", None
         status.error = "the worker process ended without reporting (killed?); see worker.log"
     elif status.state == "queued":
@@ -266,6 +291,12 @@ def start_job(config: "Dict[str, Any] | Any", runs_root: str | Path = "runs", *,
     _atomic_json(run_dir / JOB_FILE, {"name": run_dir.name, "config": cfg.to_dict(),
                                       "owner": owner, "created": _now(), "threads": threads})
     _atomic_json(run_dir / STATUS_FILE, {"state": "queued", "updated": _now()})
+    _spawn(run_dir, python=python, cwd=cwd)
+    return job_status(run_dir)
+
+
+def _spawn(run_dir: Path, *, python: Optional[str] = None,
+           cwd: Optional[str | Path] = None) -> None:
     cmd = [python or sys.executable, "-m", "normshape_core.jobs", "run", str(run_dir.resolve())]
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[1])
@@ -286,14 +317,31 @@ def start_job(config: "Dict[str, Any] | Any", runs_root: str | Path = "runs", *,
     (run_dir / PID_FILE).write_text(f"{proc.pid}\n")
     # The Popen object is dropped: Python's subprocess module reaps the finished child later,
     # and job_status() treats a zombie as ended. Status lives on disk, never in this process.
-    return job_status(run_dir)
 
 
-def stop_job(run_dir: str | Path, *, force: bool = False) -> JobStatus:
+def owns(status: JobStatus, owner: Optional[str]) -> bool:
+    """Whether ``owner`` (a session's token) started this run. An empty token owns nothing."""
+    return bool(owner) and bool(status.owner) and hmac.compare_digest(str(status.owner),
+                                                                      str(owner))
+
+
+def _check_owner(status: JobStatus, owner: Optional[str], other: bool, what: str) -> None:
+    # owner=None: a trusted local caller (scripts, tests, the CLI), not a browser session.
+    if owner is None or other or owns(status, owner):
+        return
+    raise JobError(f"{status.name} was started by another session; only that session can "
+                   f"{what} it (or use the separate control for another session's run)")
+
+
+def stop_job(run_dir: str | Path, *, force: bool = False, owner: Optional[str] = None,
+             other: bool = False) -> JobStatus:
     """Ask the run to stop after its current step (``STOP`` file + SIGTERM, which the worker
-    handles gracefully); ``force`` kills it at once (SIGKILL)."""
+    handles gracefully; it keeps a checkpoint of the last completed epoch); ``force`` kills it
+    at once (SIGKILL). With ``owner``, a run started by another token is refused (JobError)
+    unless ``other`` is set."""
     run_dir = Path(run_dir)
     status = job_status(run_dir)
+    _check_owner(status, owner, other, "stop")
     (run_dir / STOP_FILE).write_text(_now() + "\n")
     if status.active and _pid_alive(status.pid):
         try:
@@ -304,6 +352,61 @@ def stop_job(run_dir: str | Path, *, force: bool = False) -> JobStatus:
             _atomic_json(run_dir / STATUS_FILE, {**(_read_json(run_dir / STATUS_FILE) or {}),
                                                  "state": "stopped", "eta_s": None,
                                                  "updated": _now()})
+    return job_status(run_dir)
+
+
+def pause_job(run_dir: str | Path, *, owner: Optional[str] = None,
+              other: bool = False) -> JobStatus:
+    """Ask the run to wait after its current step (``PAUSE`` file); :func:`continue_job`
+    lets it go on. The process keeps its memory; nothing is lost or recomputed."""
+    run_dir = Path(run_dir)
+    status = job_status(run_dir)
+    _check_owner(status, owner, other, "pause")
+    if not status.active:
+        raise JobError(f"{status.name} is {status.state}; only a running run can be paused")
+    (run_dir / PAUSE_FILE).write_text(_now() + "\n")
+    return job_status(run_dir)
+
+
+def continue_job(run_dir: str | Path, *, owner: Optional[str] = None,
+                 other: bool = False) -> JobStatus:
+    """Let a paused run go on (removes ``PAUSE``)."""
+    run_dir = Path(run_dir)
+    status = job_status(run_dir)
+    _check_owner(status, owner, other, "continue")
+    (run_dir / PAUSE_FILE).unlink(missing_ok=True)
+    return job_status(run_dir)
+
+
+def resume_job(run_dir: str | Path, *, owner: str = "", threads: Optional[int] = None,
+               max_active: Optional[int] = None, runs_root: Optional[str | Path] = None,
+               python: Optional[str] = None, cwd: Optional[str | Path] = None) -> JobStatus:
+    """Continue a stopped (or lost / failed) run in a new worker from its saved training state
+    to its full length: the same weights as a run that was never stopped. The caller becomes
+    the run's owner (nobody else is running it). A run stopped before its first epoch ended
+    has no state and starts again from step 0."""
+    run_dir = Path(run_dir)
+    status = job_status(run_dir)
+    if status.state not in ("stopped", "lost", "failed"):
+        raise JobError(f"{status.name} is {status.state}; only a stopped run can be resumed")
+    if max_active is not None:
+        active = [j for j in list_jobs(runs_root or run_dir.parent) if j.active]
+        if len(active) >= max_active:
+            raise JobError(f"{len(active)} runs are already going (limit {max_active}); wait for "
+                           f"one to end or stop one")
+    job = _read_json(run_dir / JOB_FILE) or {}
+    for f in (STOP_FILE, PAUSE_FILE, PID_FILE):
+        (run_dir / f).unlink(missing_ok=True)
+    if threads is not None:
+        job["threads"] = threads
+    job.update(owner=owner, resume=True)
+    _atomic_json(run_dir / JOB_FILE, job)  # also restarts the queued timeout (mtime)
+    _atomic_json(run_dir / STATUS_FILE, {"state": "queued", "updated": _now(),
+                                         "resumes": status.resumes + 1,
+                                         "step": status.step, "epoch": status.epoch,
+                                         "total_steps": status.total_steps,
+                                         "epochs": status.epochs})
+    _spawn(run_dir, python=python, cwd=cwd)
     return job_status(run_dir)
 
 
@@ -319,15 +422,19 @@ def wait_for(run_dir: str | Path, timeout: float = 120.0, poll: float = 0.2) -> 
 
 # ====================================================================== the worker
 class _Worker:
-    """Runs inside the job's own process: trains, writes status.json, honours STOP."""
+    """Runs inside the job's own process: trains, writes status.json, honours STOP and PAUSE,
+    keeps a checkpoint of the last completed epoch when stopped."""
 
     def __init__(self, run_dir: Path):
         self.run_dir = run_dir
         self.job = _read_json(run_dir / JOB_FILE)
         if self.job is None:
             raise JobError(f"{run_dir}: no readable {JOB_FILE}")
-        self.status: Dict[str, Any] = {"state": "running", "pid": os.getpid(), "step": 0,
-                                       "started": _now()}
+        before = _read_json(run_dir / STATUS_FILE) or {}
+        self.status: Dict[str, Any] = {"state": "starting", "phase": "importing torch",
+                                       "pid": os.getpid(), "step": before.get("step", 0),
+                                       "epoch": before.get("epoch", 0),
+                                       "resumes": before.get("resumes", 0), "started": _now()}
         self.t0 = time.time()
         self.last_write = 0.0
         self.stop_requested = False
@@ -343,11 +450,24 @@ class _Worker:
             _atomic_json(self.run_dir / STATUS_FILE, self.status)
             self.last_write = now
 
+    def _stop_wanted(self) -> bool:
+        return self.stop_requested or (self.run_dir / STOP_FILE).exists()
+
     def _check_stop(self) -> None:
         from .training import StopTraining
 
-        if self.stop_requested or (self.run_dir / STOP_FILE).exists():
+        if self._stop_wanted():
             raise StopTraining()
+
+    def _wait_while_paused(self, trainer) -> None:
+        if not (self.run_dir / PAUSE_FILE).exists():
+            return
+        self.write(force=True, state="paused", step=trainer.step, epoch=trainer.epoch, eta_s=None)
+        t_pause = time.time()
+        while (self.run_dir / PAUSE_FILE).exists() and not self._stop_wanted():
+            time.sleep(0.1)
+        self.t_first += time.time() - t_pause  # the pause is not training time
+        self.write(force=True, state="running")
 
     def on_step(self, trainer, m: Dict[str, Any]) -> None:
         step, total = trainer.step, trainer.total_steps
@@ -355,48 +475,91 @@ class _Worker:
         # excluded), counted from the first step this process ran (resume-safe).
         if self.first_step is None:
             self.first_step, self.t_first = step, time.time()
+            self.write(force=True, state="running", phase="")
         done = step - self.first_step
         eta = (time.time() - self.t_first) / done * (total - step) if done > 0 else None
         self.write(step=step, total_steps=total, epoch=trainer.epoch, eta_s=eta)
+        self._check_stop()
+        self._wait_while_paused(trainer)
         self._check_stop()
 
     def on_epoch_end(self, trainer, e: Dict[str, Any]) -> None:
         self.write(force=True, epoch=trainer.epoch, step=trainer.step)
         self._check_stop()
 
+    def keep_stopped_checkpoint(self, trainer) -> Optional[int]:
+        """Write the checkpoint of the last completed epoch (the saved training state),
+        marked ``"stopped": {"epoch": k, "epochs": N}``; its metrics are the ones measured at
+        that epoch's end. Returns k, or None when no epoch had ended (nothing to keep)."""
+        from .checkpoints import load_training_state, save_checkpoint
+
+        if not (self.run_dir / "state.json").exists():
+            return None
+        load_training_state(self.run_dir, trainer)  # rewinds model, optimizer, counters
+        k, n = int(trainer.epoch), int(trainer.cfg.epochs or 0)
+        measured = [r for r in read_metrics(self.run_dir)
+                    if r.get("epoch") == k and r.get("step") == trainer.step
+                    and any(key.startswith("test/") for key in r)]
+        final = {key: v for key, v in (measured[-1] if measured else {}).items()
+                 if key.startswith("test/")}
+        final["train/steps"] = trainer.step
+        meta = trainer.checkpoint_meta(final)
+        meta["stopped"] = {"epoch": k, "epochs": n}
+        save_checkpoint(self.run_dir, trainer.model, meta)
+        return k
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.write(force=True)
+        trainer = None
         try:
             import torch
 
             from .config import TrainConfig
-            from .training import Trainer
+            from .data import load_dataset
+            from .training import Trainer, seed_everything
 
             if self.job.get("threads"):
                 torch.set_num_threads(int(self.job["threads"]))
-            trainer = Trainer(TrainConfig.from_dict(self.job["config"]))
-            self.write(force=True, total_steps=trainer.total_steps, epochs=trainer.cfg.epochs)
+            cfg = TrainConfig.from_dict(self.job["config"]).resolved()
+            self.write(force=True, phase=f"loading the data ({cfg.dataset})")
+            seed_everything(cfg.seed)  # as Trainer does before it loads the data itself
+            data = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed)
+            self.write(force=True, phase=f"building the model ({cfg.model})")
+            trainer = Trainer(cfg, data)
+            resume = bool(self.job.get("resume")) and (self.run_dir / "state.json").exists()
+            self.write(force=True, total_steps=trainer.total_steps, epochs=trainer.cfg.epochs,
+                       phase=("loading the saved training state, then the first step" if resume
+                              else "the first training step"))
             trainer.add_callback("on_step", self.on_step)
             trainer.add_callback("on_epoch_end", self.on_epoch_end)
             self._check_stop()
-            result = trainer.fit(self.run_dir)
+            result = trainer.fit(self.run_dir, resume=resume)
+            stopped = result.stopped
         except BaseException as e:  # noqa: BLE001 - the run's error is reported, not raised
             from .training import StopTraining
 
-            if isinstance(e, StopTraining):
-                self.write(force=True, state="stopped", eta_s=None)
-                return 0
-            traceback.print_exc()
-            msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
-            self.write(force=True, state="failed", error=msg, eta_s=None)
-            return 1
-        if result.stopped:
-            self.write(force=True, state="stopped", eta_s=None)
+            if not isinstance(e, StopTraining):
+                traceback.print_exc()
+                msg = f"{type(e).__name__}: {e}".strip().splitlines()[0][:500]
+                self.write(force=True, state="failed", error=msg, eta_s=None, phase="")
+                return 1
+            stopped = True
+        if stopped:
+            kept = None
+            if trainer is not None:
+                try:
+                    kept = self.keep_stopped_checkpoint(trainer)
+                except Exception as e:  # noqa: BLE001 - the stop itself succeeded
+                    traceback.print_exc()
+                    self.write(error=f"no checkpoint kept: {type(e).__name__}: {e}"[:500])
+            extra = {"checkpoint": str(self.run_dir / "model.safetensors")} if kept else {}
+            self.write(force=True, state="stopped", eta_s=None, phase="", stopped_epoch=kept,
+                       **extra)
             return 0
         final = {k: v for k, v in result.final_metrics.items() if isinstance(v, (int, float))}
-        self.write(force=True, state="finished", step=trainer.step, eta_s=0.0,
-                   checkpoint=str(result.checkpoint), final_metrics=final)
+        self.write(force=True, state="finished", step=trainer.step, eta_s=0.0, phase="",
+                   stopped_epoch=None, checkpoint=str(result.checkpoint), final_metrics=final)
         print(f"checkpoint: {result.checkpoint}", flush=True)
         return 0
 

@@ -10,6 +10,9 @@ DATASET_PRESETS: Dict[str, Dict[str, Any]] = {
                   lr=0.01, weight_decay=0.0, lr_schedule="cosine"),
     "spirals": dict(model="mlp", eps=0.04, steps=10, batch_size=64, epochs=40, optimizer="adam",
                     lr=0.01, weight_decay=0.0, lr_schedule="cosine"),
+    **{name: dict(model="mlp", eps=0.08, steps=10, batch_size=64, epochs=30, optimizer="adam",
+                  lr=0.01, weight_decay=0.0, lr_schedule="cosine")
+       for name in ("circles", "xor", "blobs")},
     "digits": dict(model="small_cnn", eps=0.3, steps=7, batch_size=64, epochs=30,
                    optimizer="adam", lr=0.002, weight_decay=0.0, lr_schedule="cosine"),
     "fashion_mnist": dict(model="small_cnn", model_width=16, eps=0.1, steps=7, batch_size=64,

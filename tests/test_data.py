@@ -105,7 +105,7 @@ def expected_float(u8: np.ndarray) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ offline sets
-@pytest.mark.parametrize("name", ["moons", "spirals"])
+@pytest.mark.parametrize("name", ["moons", "spirals", "circles", "xor", "blobs"])
 def test_2d_sets_in_unit_square_and_seeded(name):
     a = load_dataset(name, n_train=300, n_test=200, seed=3)
     b = load_dataset(name, n_train=300, n_test=200, seed=3)
@@ -126,7 +126,7 @@ def test_digits_split_and_range():
     assert float(d.x_train.min()) == 0.0 and float(d.x_train.max()) == 1.0
     assert d.num_classes == 10 and len(d.classes) == 10
     assert torch.equal(d.x_test, load_dataset("digits").x_test)  # fixed split
-    assert D.OFFLINE_DATASETS == ["moons", "spirals", "digits"]
+    assert D.OFFLINE_DATASETS == ["moons", "spirals", "digits", "circles", "xor", "blobs"]
 
 
 # ------------------------------------------------------------------ idx: Fashion-MNIST, MNIST

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from normshape_core import jobs
 from normshape_core.config import ConfigError, TrainConfig
@@ -41,19 +42,110 @@ def test_two_runs_started_at_once_train_in_their_own_processes_and_leave_checkpo
     assert {f.path for f in found} == {a.run_dir, b.run_dir} and not errors
 
 
-def test_stop_ends_the_run_after_its_current_step(tmp_path):
-    status = jobs.start_job({**TINY, "epochs": 400}, tmp_path, threads=1)
+def _wait_until(run_dir, cond, timeout=90.0, poll=0.02):
     t0 = time.time()
-    while jobs.job_status(status.run_dir).step < 2:
+    while True:
+        st = jobs.job_status(run_dir)
+        if cond(st):
+            return st
+        assert time.time() - t0 < timeout and st.state not in jobs.FINAL_STATES, \
+            (st.describe(), jobs.read_log_tail(run_dir))
+        time.sleep(poll)
+
+
+def test_the_worker_says_what_it_does_until_its_first_step_then_stop_keeps_nothing(tmp_path):
+    status = jobs.start_job({**TINY, "epochs": 400}, tmp_path, threads=1)
+    seen = set()
+    t0 = time.time()
+    while True:  # every phase is written before it starts; the poll sees at least some
+        st = jobs.job_status(status.run_dir)
+        if st.state == "starting":
+            seen.add(st.phase)
+            assert st.active and st.describe().startswith("starting: ")
+        if st.step >= 2:
+            break
         assert time.time() - t0 < 90, jobs.read_log_tail(status.run_dir)
-        time.sleep(0.2)
+        time.sleep(0.01)
+    assert seen and seen <= {"importing torch", "loading the data (moons)",
+                             "building the model (mlp)", "the first training step"}, seen
     running = jobs.job_status(status.run_dir)
     assert running.state == "running" and running.eta_s is not None and running.eta_s > 0
     assert running.total_steps == 400 * 15
     jobs.stop_job(status.run_dir)
     done = jobs.wait_for(status.run_dir, timeout=60)
     assert done.state == "stopped" and done.step < done.total_steps
-    assert not (status.run_dir / "model.json").exists()  # a stopped run writes no checkpoint
+    if done.stopped_epoch is None:  # stopped inside the first epoch: nothing to keep
+        assert running.epoch == 0 and not (status.run_dir / "model.json").exists()
+        assert "nothing kept" in done.describe()
+    else:  # the poll was late and an epoch had ended: that epoch is kept
+        assert (status.run_dir / "model.json").exists() and done.stopped_epoch >= 1
+
+
+def test_pause_holds_the_run_and_continue_lets_it_go_on_only_for_its_owner(tmp_path):
+    status = jobs.start_job({**TINY, "epochs": 400}, tmp_path, owner="token-a", threads=1)
+    _wait_until(status.run_dir, lambda s: s.step >= 2)
+    with pytest.raises(jobs.JobError, match="another session"):
+        jobs.pause_job(status.run_dir, owner="token-b")
+    with pytest.raises(jobs.JobError, match="another session"):
+        jobs.stop_job(status.run_dir, owner="token-b")
+    with pytest.raises(jobs.JobError, match="another session"):
+        jobs.pause_job(status.run_dir, owner="")  # an empty token owns nothing
+    assert not (status.run_dir / "STOP").exists() and not (status.run_dir / "PAUSE").exists()
+    jobs.pause_job(status.run_dir, owner="token-a")
+    paused = _wait_until(status.run_dir, lambda s: s.state == "paused")
+    assert paused.active and "paused at step" in paused.describe()
+    time.sleep(1.0)
+    still = jobs.job_status(status.run_dir)
+    assert still.state == "paused" and still.step == paused.step  # no step while paused
+    with pytest.raises(jobs.JobError, match="only a stopped run"):
+        jobs.resume_job(status.run_dir, owner="token-a")
+    jobs.continue_job(status.run_dir, owner="token-a")
+    _wait_until(status.run_dir, lambda s: s.state == "running" and s.step > paused.step)
+    # another session's run: only through the explicit control (other=True)
+    jobs.stop_job(status.run_dir, owner="token-b", other=True)
+    assert jobs.wait_for(status.run_dir, timeout=60).state == "stopped"
+
+
+def test_stop_keeps_the_last_epoch_and_resume_ends_bit_identical_to_an_uninterrupted_run(
+        tmp_path):
+    from safetensors.torch import load_file
+
+    from normshape_core.checkpoints import find_checkpoints, read_meta
+
+    cfg = {**TINY, "epochs": 60}
+    ref = jobs.start_job(cfg, tmp_path / "ref", owner="a", threads=1)
+    run = jobs.start_job(cfg, tmp_path / "runs", owner="a", threads=1)
+    _wait_until(run.run_dir, lambda s: s.epoch >= 1)
+    jobs.pause_job(run.run_dir, owner="a")  # hold it, then stop: mid-epoch, deterministic
+    paused = _wait_until(run.run_dir, lambda s: s.state == "paused")
+    jobs.stop_job(run.run_dir, owner="a")
+    stopped = jobs.wait_for(run.run_dir, timeout=60)
+    k = stopped.stopped_epoch
+    assert stopped.state == "stopped" and k is not None and 1 <= k <= paused.epoch < 60
+    assert f"checkpoint of epoch {k}/60 kept" in stopped.describe()
+    meta = read_meta(run.run_dir)
+    assert meta["stopped"] == {"epoch": k, "epochs": 60} and meta["epochs"] == k
+    assert meta["steps"] == k * 15 and "test/clean_acc_pn" in meta["final_metrics"]
+    measured = [r for r in jobs.read_metrics(run.run_dir) if r.get("epoch") == k
+                and "test/clean_acc_pn" in r]
+    assert meta["final_metrics"]["test/clean_acc_pn"] == measured[-1]["test/clean_acc_pn"]
+    found, errors = find_checkpoints(tmp_path / "runs")  # every page's checkpoint scan
+    assert [f.path for f in found] == [run.run_dir] and not errors
+    assert found[0].meta["stopped"]["epoch"] == k
+    # resumed by another session: it becomes the owner, the run goes on to its full length
+    again = jobs.resume_job(run.run_dir, owner="b", threads=1)
+    assert again.active and again.owner == "b" and again.resumes == 1
+    done = jobs.wait_for(run.run_dir, timeout=180)
+    assert done.state == "finished", jobs.read_log_tail(run.run_dir)
+    assert done.step == done.total_steps == 60 * 15
+    assert "stopped" not in read_meta(run.run_dir)
+    ref_done = jobs.wait_for(ref.run_dir, timeout=180)
+    assert ref_done.state == "finished", jobs.read_log_tail(ref.run_dir)
+    a = load_file(str(run.run_dir / "model.safetensors"))
+    b = load_file(str(ref.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+    steps = [r["step"] for r in jobs.read_metrics(run.run_dir) if "train/loss" in r]
+    assert steps == list(range(1, 60 * 15 + 1))  # the redone steps are logged once
 
 
 def test_a_failing_run_reports_its_error_in_one_line(tmp_path):

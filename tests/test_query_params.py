@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,23 @@ BAD = ["inf", "-inf", "1e400", "Infinity", "nan", "<img src=x onerror=alert(1)>"
        "99999999999999999999999", ["1", "2"], ""]
 
 
+def _key_pattern(node):
+    """A widget's key as a regular expression: a literal key as itself; a key built at run
+    time ("train_bs" + k, f"pg_{side}_method") with its computed parts as wildcards."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return re.escape(node.value)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        left, right = _key_pattern(node.left), _key_pattern(node.right)
+        return None if left is None and right is None else (left or ".+") + (right or ".+")
+    if isinstance(node, ast.JoinedStr):
+        return "".join(re.escape(v.value) if isinstance(v, ast.Constant) else ".+"
+                       for v in node.values)
+    return None
+
+
 def bound_keys(path: Path):
-    """The keys a source file binds to the URL: widgets with bind="query-params" and a
-    literal key, and the checkpoint pickers (ui.checkpoint_picker binds its key)."""
+    """The keys a source file binds to the URL (as regular expressions): widgets with
+    bind="query-params", and the checkpoint pickers (ui.checkpoint_picker binds its key)."""
     keys = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if not isinstance(node, ast.Call):
@@ -33,9 +48,18 @@ def bound_keys(path: Path):
         kw = {k.arg: k.value for k in node.keywords}
         name = getattr(node.func, "attr", getattr(node.func, "id", ""))
         bound = isinstance(kw.get("bind"), ast.Constant) and kw["bind"].value == "query-params"
-        if (bound or name == "checkpoint_picker") and isinstance(kw.get("key"), ast.Constant):
-            keys.add(kw["key"].value)
+        if (bound or name == "checkpoint_picker") and "key" in kw:
+            if isinstance(kw["key"], ast.Name):  # a helper passing its caller's key on
+                continue
+            pattern = _key_pattern(kw["key"])
+            assert pattern is not None, f"{path.name}: a bound widget's key the test cannot read"
+            keys.add(pattern)
     return keys
+
+
+def table_keys(patterns):
+    """The keys of ui.URL_PARAMS that match these patterns."""
+    return {k for k in ui.URL_PARAMS if any(re.fullmatch(p, k) for p in patterns)}
 
 
 PAGE_KEYS = {p.relative_to(ROOT).as_posix(): bound_keys(p) for p in SOURCES}
@@ -43,11 +67,20 @@ PAGE_KEYS = {p.relative_to(ROOT).as_posix(): bound_keys(p) for p in SOURCES}
 
 def test_every_bound_widget_is_in_the_table():
     found = set().union(*PAGE_KEYS.values())
-    missing = found - set(ui.URL_PARAMS)
+    missing = {p for p in found if not table_keys({p})}
     assert not missing, (f"widgets bound to the URL but not in ui.URL_PARAMS: {missing}; "
                          "add them there (README, 'Add a page')")
-    stale = set(ui.URL_PARAMS) - found
+    stale = set(ui.URL_PARAMS) - table_keys(found)
     assert not stale, f"ui.URL_PARAMS names keys no page binds: {stale}"
+
+
+def test_the_tables_lists_agree_with_the_core():
+    """ui writes the datasets and the seed bound out (importing them would load torch)."""
+    from normshape_core.config import MAX_SEED
+    from normshape_core.data import DATASETS, DATASETS_2D
+    assert ui.URL_DATASETS == tuple(DATASETS)
+    assert ui.URL_DATASETS_2D == tuple(DATASETS_2D)
+    assert ui.URL_MAX_SEED == MAX_SEED
 
 
 @pytest.mark.parametrize("key", sorted(ui.URL_PARAMS))
@@ -137,11 +170,12 @@ CASES = [(None, {}), ("app_pages/train.py", {}), ("app_pages/ratios.py", {}),
                                               {"db_map": "PCA"}),
          ("app_pages/decision_boundaries.py",
           {"db_map": "PCA", "db_ckpt": "digits-small_cnn-pgd-shape-attack-train-r1-3-eps0.3-s0"}),
-         ("app_pages/compare.py", {}), ("app_pages/confoundings.py", {})]
+         ("app_pages/compare.py", {}), ("app_pages/confoundings.py", {}),
+         ("app_pages/playground.py", {})]
 
 
 def page_keys(page):
-    return PAGE_KEYS["app.py"] | (PAGE_KEYS[page] if page else set())
+    return table_keys(PAGE_KEYS["app.py"] | (PAGE_KEYS[page] if page else set()))
 
 
 @pytest.mark.parametrize("page,context", CASES)

@@ -1,0 +1,192 @@
+"""Playground: watch the decision regions under PN and under shaped inference move while two
+2-D models train side by side (plain PGD-AT and PGD + shaping); play, pause, step, reset."""
+from __future__ import annotations
+
+import time
+
+import streamlit as st
+
+from normshape_app import ui
+from normshape_core import playground as PG
+from normshape_core.config import MAX_SEED, ConfigError
+from normshape_core.data import DATASETS_2D
+from normshape_core.figures.playground import REGIONS_KEY, curves_figure, regions_figure
+
+TRAIN_RATIOS = ["1:1", "1:2", "1:3", "1:5", "1:9"]
+SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES)",
+                  "train": "shaping in training",
+                  "attack+train": "shaping in attack + training (the method)"}
+FRAME_EVERY_S = 0.1  # the live fragment asks for the next frame this soon after the last
+CURVES_EVERY = 4  # while playing, the curves are redrawn every this many frames
+
+st.title("Playground")
+ui.explain("Two small networks learn the same 2-D set with the same seed, side by side: by "
+           "default plain PGD adversarial training (left) and PGD with norm shaping 1:3 "
+           "(right). Each shows its decision regions under **PN** (the running statistics, "
+           "blue boundary) and under **shaped inference** (each point classified inside a "
+           "batch with clean references, orange boundary), the training points, and a few "
+           "eps-boxes with the PGD example found in each. Press play; pause, step, change the "
+           "inference ratio (applies at once, even paused). Changing the data or the model "
+           "starts again. Every setting is in the URL: send the link, the other person sees "
+           "the same experiment.")
+
+ss = st.session_state
+ss.setdefault("pg_playing", False)
+
+
+def settings_form():
+    with ui.settings_block("Data and model (a change starts again)"):
+        c = st.columns(4)
+        dataset = c[0].selectbox("2-D set", DATASETS_2D, key="pg_data", bind="query-params")
+        noise = c[1].number_input("Noise", 0.0, 1.0, 0.1, step=0.05, format="%.2f",
+                                  key="pg_noise", bind="query-params")
+        n = c[2].number_input("Training samples", 50, 5000, 400, step=50, key="pg_n",
+                              bind="query-params")
+        seed = c[3].number_input("Seed", 0, MAX_SEED, 0, key="pg_seed", bind="query-params")
+        c = st.columns(6)
+        width = c[0].number_input("MLP width", 2, 256, 64, key="pg_width", bind="query-params")
+        depth = c[1].number_input("MLP depth (hidden layers)", 1, 6, 3, key="pg_depth",
+                                  bind="query-params")
+        lr = c[2].number_input("Learning rate (Adam)", 0.0001, 1.0, 0.01, step=0.005,
+                               format="%.4f", key="pg_lr", bind="query-params")
+        bs = c[3].number_input("Batch size", 4, 1024, 32, step=4, key="pg_bs",
+                               bind="query-params")
+        eps = c[4].number_input("eps (L-inf, input units)", 0.005, 0.5, 0.1, step=0.01,
+                                format="%.3f", key="pg_eps", bind="query-params")
+        k = c[5].number_input("Attack steps K", 1, 50, 5, key="pg_k", bind="query-params")
+        specs = []
+        cols = st.columns(2)
+        for side, col, default in (("a", cols[0], PG.DEFAULT_SPECS[0]),
+                                   ("b", cols[1], PG.DEFAULT_SPECS[1])):
+            c = col.columns(3)
+            method = c[0].selectbox(f"Run {side.upper()}: method", PG.METHODS,
+                                    index=PG.METHODS.index(default.method),
+                                    key=f"pg_{side}_method", bind="query-params")
+            shaping = c[1].selectbox(f"Run {side.upper()}: shaping", PG.SHAPINGS,
+                                     index=PG.SHAPINGS.index(default.shaping),
+                                     format_func=SHAPING_LABELS.get, key=f"pg_{side}_shaping",
+                                     bind="query-params", disabled=method == "natural")
+            ratio = c[2].selectbox(f"Run {side.upper()}: ratio adv:clean", TRAIN_RATIOS,
+                                   index=TRAIN_RATIOS.index(default.ratio),
+                                   key=f"pg_{side}_ratio", bind="query-params",
+                                   disabled=method == "natural" or shaping == "none")
+            specs.append(PG.RunSpec(method, "none" if method == "natural" else shaping, ratio))
+    settings = PG.PlaySettings(dataset=dataset, noise=float(noise), n_samples=int(n),
+                               seed=int(seed), width=int(width), depth=int(depth), lr=float(lr),
+                               batch_size=int(bs), eps=float(eps), attack_steps=int(k))
+    return settings, specs
+
+
+def playground(settings, specs):
+    """This session's playground; a new one when the data or model settings changed."""
+    pg = ss.get("pg_obj")
+    want = (settings, tuple(specs))
+    if pg is not None and (pg.settings, pg.specs) == want and not ss.pop("pg_reset", False):
+        return pg
+    if pg is not None:
+        pg.close()
+        ss.pg_obj = None
+    ss.pg_playing = False
+    try:
+        with st.spinner("Building the data and both models ..."):
+            try:
+                pg = PG.Playground(settings, specs)
+            except ImportError:
+                # scikit-learn imported at the same moment by the app's UMAP warm-up thread
+                # (a circular-import race between threads): wait for it, then once more.
+                warm = ui.warm_umap_in_background()
+                if warm is not None:
+                    warm.join(timeout=90)
+                pg = PG.Playground(settings, specs)
+    except (ConfigError, ValueError) as e:
+        st.error(f"These settings cannot train: {ui.public_text(e)}")
+        return None
+    ss.pg_obj = pg
+    return pg
+
+
+def toggle_play():
+    ss.pg_playing = not ss.pg_playing
+
+
+def step_once():
+    ss.pg_playing = False
+    ss.pg_step_pending = True
+
+
+def reset():
+    ss.pg_reset = True
+
+
+settings, specs = settings_form()
+pg = playground(settings, specs)
+if pg is None:
+    st.stop()
+
+b = st.columns([1.1, 1, 1.2, 2])
+b[0].button("Pause" if ss.pg_playing else "Play", key="pg_play", on_click=toggle_play,
+            type="primary", icon=":material/pause:" if ss.pg_playing else ":material/play_arrow:")
+b[1].button("Step", key="pg_step", on_click=step_once, icon=":material/skip_next:",
+            help="Advance one frame (the steps below) and stop")
+b[2].button("Reset", key="pg_reset_btn", on_click=reset, icon=":material/replay:",
+            help="Start both runs again from their initial weights")
+c = st.columns(3)
+spf = c[0].number_input("Training steps per frame", 1, 200, 5, key="pg_spf",
+                        bind="query-params", help="Each frame (and each Step) trains this many "
+                        "steps of each run")
+unit = c[1].selectbox("Step button advances", ["steps per frame", "one epoch"], key="pg_unit",
+                      bind="query-params")
+infer = c[2].selectbox("Shaped inference ratio adv:clean", PG.INFER_RATIOS, index=1,
+                       key="pg_infer", bind="query-params",
+                       help="References per classified point in the right-hand panels "
+                            "(1:3: three clean references). Applies at once, even paused.")
+
+
+def live():
+    pg = ss.get("pg_obj")
+    if pg is None:
+        return
+    t0 = time.perf_counter()
+    try:
+        # A timed refresh can interrupt the previous one before its frame reached the browser;
+        # then that frame is shown first (frames are cached), no training is wasted.
+        if ss.pg_playing and ss.get("pg_shown") == (id(pg), pg.frame):
+            pg.advance(int(spf))
+        elif ss.pop("pg_step_pending", False):
+            pg.advance(pg.steps_per_epoch if unit == "one epoch" else int(spf))
+        frames = pg.frames(infer)
+    except (RuntimeError, TimeoutError, ConfigError, ValueError) as e:
+        ss.pg_playing = False
+        st.error(f"The playground stopped: {ui.public_text(e)}. Press Reset.")
+        return
+    t_frame = time.perf_counter() - t0
+    f0 = frames[0]
+    digest = "".join(f.digest()[:4] for f in frames)
+    st.caption(f"frame {pg.frame} · epoch {f0.epoch:.2f} · step {f0.step} · boundary {digest}"
+               + (" · playing" if ss.pg_playing else " · paused")
+               + f" · training + frame {1000 * t_frame:.0f} ms")
+    ss.pg_shown = (id(pg), pg.frame)
+    st.caption(REGIONS_KEY)
+    x_tr, y_tr = pg.data.x_train.numpy(), pg.data.y_train.numpy()
+    cols = st.columns(len(frames))
+    for i, (col, f, spec) in enumerate(zip(cols, frames, pg.specs)):
+        with col:
+            side = "AB"[i] if i < 2 else str(i)
+            main, _, detail = spec.label().partition(" (")
+            title = f"{side}: {main}" + (f"<br><sup>({detail}</sup>" if detail else "")
+            st.plotly_chart(regions_figure(f, x_tr, y_tr, title),
+                            key=f"pg_regions_{i}", width="stretch", theme=None,
+                            config={"displaylogo": False})
+            # While playing, the curves are redrawn every CURVES_EVERY frames (the same
+            # figure in between costs the browser nothing); paused, at every change.
+            cache = ss.setdefault("pg_curves", {})
+            mark = (id(pg), i, infer)
+            old = cache.get(mark)
+            if old is None or not ss.pg_playing or pg.frame - old[0] >= CURVES_EVERY:
+                old = cache[mark] = (pg.frame, curves_figure(pg.history[i],
+                                                             f"Run {side}: curves", infer))
+            st.plotly_chart(old[1], key=f"pg_curves_{i}", width="stretch", theme=None,
+                            config={"displaylogo": False})
+
+
+st.fragment(run_every=FRAME_EVERY_S if ss.pg_playing else None)(live)()

@@ -1,0 +1,364 @@
+"""The Playground's core: 2-D models that train a few steps at a time while their decision
+regions under PN and under shaped inference are drawn, TensorFlow-Playground style.
+
+Each run is a :class:`~normshape_core.training.Trainer` whose own loop (``Trainer.fit``, the
+same loop as the CLI and the background jobs: same batches, same crafting, same epoch-end
+checks) runs in a thread of its own, held by an ``on_step`` callback: the loop waits in that
+callback until it is granted more steps (:meth:`LiveRun.advance`). While it waits the model
+is still, so a frame (decision regions, adversarial examples, accuracies) is computed on a
+quiet model, and the numbers are those of ``fit`` with the same settings, step for step.
+
+Everything is per object: a :class:`Playground` holds its data, its runs and its frames; two
+sessions never share one. A run's thread ends on :meth:`LiveRun.close` or after
+``idle_timeout`` seconds without a request (a closed browser tab). Only the model's weight
+initialisation, which reads torch's global random generator, is done under a lock, so two
+sessions building runs at once still get seeded, reproducible weights.
+
+This module never imports Streamlit.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from . import projections as P
+from .attacks import pgd_linf
+from .config import ConfigError, Ratio, TrainConfig
+from .data import DATASETS_2D, Dataset, load_dataset
+from .shaping import PNClassifier, make_reference_pool
+from .training import StopTraining, Trainer
+
+METHODS = ("natural", "pgd", "trades")
+SHAPINGS = ("none", "train", "attack+train")
+INFER_RATIOS = ("1:1", "1:3", "1:9", "1:19")
+GRID = 80  # decision regions on a GRID x GRID grid over the unit square (80: 25% less time
+#            per frame than 100 on two CPU cores; a step of 0.0125 input units)
+N_BOXES = 6  # training points shown with their eps-box and current adversarial example
+N_EVAL = 100  # test points of the per-frame clean / robust accuracies
+EVAL_STEPS = 10  # PGD steps of the per-frame robust accuracy
+EPOCHS = 100_000  # a playground run has no end; the trainer needs a length (constant lr)
+
+# Weight initialisation reads torch's global generator (seeded by Trainer just before): one
+# run at a time builds its model, so concurrent sessions still get their seeded weights.
+_BUILD_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class PlaySettings:
+    """Data and model settings shared by the runs; changing any of them resets the runs."""
+
+    dataset: str = "moons"
+    noise: float = 0.1
+    n_samples: int = 400
+    seed: int = 0
+    width: int = 64
+    depth: int = 3
+    lr: float = 0.01
+    batch_size: int = 32
+    eps: float = 0.1
+    attack_steps: int = 5
+
+    def check(self) -> None:
+        if self.dataset not in DATASETS_2D:
+            raise ConfigError(f"unknown 2-D set {self.dataset!r}; choose one of: "
+                              f"{', '.join(DATASETS_2D)}")
+        if not (0 <= self.noise <= 1):
+            raise ConfigError(f"noise must be in [0, 1], got {self.noise}")
+        if not (50 <= self.n_samples <= 5000):
+            raise ConfigError(f"sample count must be in [50, 5000], got {self.n_samples}")
+        if not (1 <= self.width <= 512) or not (1 <= self.depth <= 8):
+            raise ConfigError(f"MLP width must be in [1, 512] and depth in [1, 8], got "
+                              f"{self.width} x {self.depth}")
+        if self.batch_size > self.n_samples:
+            raise ConfigError(f"batch size {self.batch_size} is larger than the "
+                              f"{self.n_samples} training samples")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What one side trains: method, shaping mode and training ratio adv:clean."""
+
+    method: str = "pgd"
+    shaping: str = "none"
+    ratio: str = "1:3"
+
+    def label(self) -> str:
+        if self.method == "natural":
+            return "natural training"
+        if self.shaping == "none":
+            return f"plain {self.method.upper()}-AT (adv only)"
+        where = "attack+train" if self.shaping == "attack+train" else "train only"
+        return f"{self.method.upper()} + shaping {self.ratio} ({where})"
+
+
+DEFAULT_SPECS = (RunSpec("pgd", "none", "1:3"), RunSpec("pgd", "attack+train", "1:3"))
+
+
+def make_data(s: PlaySettings) -> Dataset:
+    """The 2-D set: ``n_samples`` training points and half as many test points."""
+    s.check()
+    return load_dataset(s.dataset, n_train=s.n_samples, n_test=max(N_EVAL, s.n_samples // 2),
+                        noise=s.noise, seed=s.seed)
+
+
+def make_config(s: PlaySettings, r: RunSpec) -> TrainConfig:
+    """The run's training settings (validated; ConfigError with one line otherwise)."""
+    natural = r.method == "natural"
+    cfg = TrainConfig(dataset=s.dataset, model="mlp", model_width=s.width, model_depth=s.depth,
+                      method=r.method, shaping="none" if natural else r.shaping,
+                      ratio=r.ratio, eps=s.eps, step_size=s.eps / 4, steps=s.attack_steps,
+                      batch_size=s.batch_size, epochs=EPOCHS, optimizer="adam", lr=s.lr,
+                      weight_decay=0.0, lr_schedule="constant", eval_samples=N_EVAL,
+                      seed=s.seed, device="cpu")
+    return cfg.resolved()
+
+
+# ====================================================================== one live run
+class LiveRun:
+    """One trainer whose ``fit`` loop runs in its own thread, a granted number of steps at a
+    time (see the module docstring)."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, *, idle_timeout: float = 600.0):
+        with _BUILD_LOCK:
+            self.trainer = Trainer(cfg, data)
+        self.cfg = self.trainer.cfg
+        self.idle_timeout = idle_timeout
+        self._cv = threading.Condition()
+        self._granted = 0
+        self._closed = False
+        self._ended = False
+        self.error: Optional[str] = None
+        self.last_step: Dict[str, Any] = {}  # the trainer's metrics of its last step
+        self.epoch_checks: List[Dict[str, Any]] = []  # fit's end-of-epoch checks (PN)
+        self.trainer.add_callback("on_step", self._gate)
+        self.trainer.add_callback("on_epoch_end", lambda t, e: self.epoch_checks.append(e))
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def step(self) -> int:
+        return self.trainer.step
+
+    @property
+    def epoch(self) -> float:
+        """Fractional epochs done (steps / steps per epoch)."""
+        return self.trainer.step / self.trainer.steps_per_epoch
+
+    def _gate(self, trainer: Trainer, m: Dict[str, Any]) -> None:
+        self.last_step = m
+        with self._cv:
+            self._cv.notify_all()
+            while trainer.step >= self._granted and not self._closed:
+                if not self._cv.wait(timeout=self.idle_timeout):
+                    self._closed = True  # nobody asked for a step for a long time
+            if self._closed:
+                raise StopTraining()
+
+    def _main(self) -> None:
+        try:
+            self.trainer.fit(None)
+        except BaseException as e:  # noqa: BLE001 - reported by advance()
+            self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        finally:
+            with self._cv:
+                self._ended = True
+                self._cv.notify_all()
+
+    def grant(self, n: int) -> None:
+        """Allow ``n`` more steps (returns at once)."""
+        if n < 1:
+            raise ValueError("grant at least one step")
+        with self._cv:
+            if self._closed or self._ended:
+                raise RuntimeError(self.error or "this run is closed; reset it")
+            self._granted = max(self._granted, self.trainer.step) + int(n)
+            self._cv.notify_all()
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._main, daemon=True,
+                                            name=f"playground-{id(self):x}")
+            self._thread.start()
+
+    def wait(self, timeout: float = 120.0) -> None:
+        """Block until the granted steps are done; the model is then still."""
+        end = time.monotonic() + timeout
+        with self._cv:
+            while self.trainer.step < self._granted and not self._ended:
+                left = end - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the run did not finish its steps in time")
+                self._cv.wait(timeout=left)
+        if self.error:
+            raise RuntimeError(self.error)
+
+    def advance(self, n: int, timeout: float = 120.0) -> None:
+        self.grant(n)
+        self.wait(timeout)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+
+# ====================================================================== frames
+@dataclass
+class Frame:
+    """What one run looks like now: decision regions under PN and under shaped inference
+    (one fixed draw of references), eps-boxes with their adversarial examples, accuracies."""
+
+    step: int
+    epoch: float
+    infer_ratio: str
+    eps: float
+    grid_x: np.ndarray
+    grid_y: np.ndarray
+    prob_pn: np.ndarray  # (GRID, GRID) P(class 1) under PN
+    prob_shaped: np.ndarray  # (GRID, GRID) P(class 1) under shaped inference
+    box_x: np.ndarray  # (N_BOXES, 2) training points with eps-boxes
+    box_y: np.ndarray
+    adv_pn: np.ndarray  # their PGD examples crafted against PN
+    adv_shaped: np.ndarray  # ... crafted against shaped inference (the exact references)
+    adv_pn_right: np.ndarray
+    adv_shaped_right: np.ndarray
+    metrics: Dict[str, float] = field(default_factory=dict)
+    seconds: Dict[str, float] = field(default_factory=dict)
+
+    def digest(self) -> str:
+        """A short fingerprint of both boundaries (class maps), to tell frames apart."""
+        h = hashlib.sha1((self.prob_pn > 0.5).tobytes() + (self.prob_shaped > 0.5).tobytes())
+        return h.hexdigest()[:8]
+
+
+METRIC_LABELS = {
+    "loss": "training loss (of the trained batch)",
+    "clean_pn": "clean accuracy, PN",
+    "clean_shaped": "clean accuracy, shaped inference",
+    "robust_pn": "robust accuracy, PGD crafted and classified with PN",
+    "robust_shaped": "robust accuracy, PGD crafted and classified with shaped inference",
+    "drift": "running-mean drift (PN), relative change per step",
+}
+
+
+def compute_frame(run: LiveRun, grid: P.Grid2D, pool: torch.Tensor, box_idx: torch.Tensor,
+                  infer_ratio: str, seed: int) -> Frame:
+    """The frame of ``run`` now (call while it waits, i.e. after :meth:`LiveRun.wait`)."""
+    t = run.trainer
+    model, data, cfg = t.model, t.data, t.cfg
+    times: Dict[str, float] = {}
+    t0 = time.perf_counter()
+    pn = PNClassifier(model)
+    shaped = P.BatchMemberClassifier(model, P.fixed_references(pool, infer_ratio, seed=seed),
+                                     crafting_label="BN (exact refs)")
+    pts = grid.points
+    with torch.no_grad():
+        p_pn = torch.softmax(pn(pts), 1)[:, 1].reshape(len(grid.ys), len(grid.xs)).numpy()
+        p_sh = torch.softmax(shaped(pts), 1)[:, 1].reshape(len(grid.ys), len(grid.xs)).numpy()
+    times["regions_s"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    eps = float(cfg.eps or 0.1)
+    x_box, y_box = data.x_train[box_idx], data.y_train[box_idx]
+    x_ev, y_ev = data.x_test[:N_EVAL], data.y_test[:N_EVAL]
+    x_all, y_all = torch.cat([x_box, x_ev]), torch.cat([y_box, y_ev])
+    kw = dict(eps=eps, step_size=eps / 4, steps=EVAL_STEPS, random_start=True)
+    adv_pn = pgd_linf(pn, x_all, y_all, generator=torch.Generator().manual_seed(seed + 7), **kw)
+    adv_sh = pgd_linf(shaped, x_all, y_all, generator=torch.Generator().manual_seed(seed + 7),
+                      **kw)
+    with torch.no_grad():
+        right_pn = pn(adv_pn).argmax(1) == y_all
+        right_sh = shaped(adv_sh).argmax(1) == y_all
+        clean_pn = float((pn(x_ev).argmax(1) == y_ev).float().mean())
+        clean_sh = float((shaped(x_ev).argmax(1) == y_ev).float().mean())
+    times["attacks_s"] = time.perf_counter() - t1
+    k = len(x_box)
+    m = run.last_step
+    metrics = {"loss": float(m.get("train/loss", float("nan"))),
+               "clean_pn": clean_pn, "clean_shaped": clean_sh,
+               "robust_pn": float(right_pn[k:].float().mean()),
+               "robust_shaped": float(right_sh[k:].float().mean()),
+               "drift": float(m.get("bn/running_mean_drift", float("nan")))}
+    return Frame(run.step, run.epoch, infer_ratio, eps, grid.xs, grid.ys, p_pn, p_sh,
+                 x_box.numpy(), y_box.numpy(), adv_pn[:k].numpy(), adv_sh[:k].numpy(),
+                 right_pn[:k].numpy(), right_sh[:k].numpy(), metrics, times)
+
+
+# ====================================================================== the playground
+class Playground:
+    """Runs side by side on the same data and seed, advanced together, one frame at a time.
+
+    ``frame`` counts the frames the runs advanced (play and step add one each; a change of the
+    inference ratio redraws without training, so it adds none)."""
+
+    def __init__(self, settings: PlaySettings, specs: Sequence[RunSpec] = DEFAULT_SPECS, *,
+                 idle_timeout: float = 600.0):
+        self.settings = settings
+        self.specs = tuple(specs)
+        self.configs = [make_config(settings, r) for r in self.specs]  # validate all first
+        self.data = make_data(settings)
+        self.runs = [LiveRun(c, self.data, idle_timeout=idle_timeout) for c in self.configs]
+        self.grid = P.grid_around(None, GRID, bounds=(0.0, 1.0, 0.0, 1.0))
+        self.pool = make_reference_pool(self.data, 1000, seed=settings.seed)
+        g = torch.Generator().manual_seed(settings.seed + 3)
+        self.box_idx = torch.randperm(len(self.data.x_train), generator=g)[:N_BOXES]
+        self.frame = 0
+        self.history: List[List[Dict[str, float]]] = [[] for _ in self.runs]
+        self._frames: Dict[Tuple[int, int, str], Frame] = {}
+        self.last_advance_s = 0.0
+        # One caller at a time: a web app may run two script runs of one session at once
+        # (a timed refresh and a click), and a frame patches the model's BN layers while it
+        # classifies (per-group statistics), so two frames at once would see each other's.
+        self.lock = threading.RLock()
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.runs[0].trainer.steps_per_epoch
+
+    def key(self) -> Tuple[Any, ...]:
+        return (asdict(self.settings), tuple(asdict(r).values() for r in self.specs))
+
+    def advance(self, steps: int) -> None:
+        """Every run trains ``steps`` more steps (in parallel), then the frame counter moves."""
+        with self.lock:
+            t0 = time.perf_counter()
+            for r in self.runs:
+                r.grant(steps)
+            for r in self.runs:
+                r.wait()
+            self.last_advance_s = time.perf_counter() - t0
+            self.frame += 1
+
+    def frames(self, infer_ratio: str) -> List[Frame]:
+        """The current frame of every run (cached per step and inference ratio); each new step
+        adds one point to the run's curves."""
+        Ratio.parse(infer_ratio, allow_zero_clean=False)
+        with self.lock:
+            return self._frames_now(infer_ratio)
+
+    def _frames_now(self, infer_ratio: str) -> List[Frame]:
+        out = []
+        for i, r in enumerate(self.runs):
+            key = (i, r.step, infer_ratio)
+            f = self._frames.get(key)
+            if f is None:
+                f = compute_frame(r, self.grid, self.pool, self.box_idx, infer_ratio,
+                                  self.settings.seed)
+                self._frames = {k: v for k, v in self._frames.items() if k[0] != i}
+                self._frames[key] = f
+                h = self.history[i]
+                if not h or h[-1]["step"] != r.step:
+                    h.append({"step": r.step, "epoch": r.epoch, **f.metrics})
+                else:  # same step, other inference ratio: the shaped numbers are redone
+                    h[-1].update(f.metrics)
+            out.append(f)
+        return out
+
+    def close(self) -> None:
+        with self.lock:
+            for r in self.runs:
+                r.close()

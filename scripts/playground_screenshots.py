@@ -1,0 +1,125 @@
+"""Screenshots of the Playground (1400 px wide, and 1024x768) and of the Train page with a
+paused run, for the README: ``python scripts/playground_screenshots.py [OUT_DIR]``
+(default ``docs/screenshots``). Starts ``streamlit run app.py`` on a free port with a
+temporary user folder and drives Debian's Chromium (headless) with Playwright. Not part of
+the test suite (the tests never write into the tree)."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from playwright.sync_api import sync_playwright
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = os.environ.get("NORMSHAPE_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync"]
+FRAME = re.compile(r"frame (\d+) ·")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def frame_no(page) -> int:
+    loc = page.get_by_text(FRAME)
+    m = FRAME.search(loc.first.inner_text()) if loc.count() else None
+    return int(m.group(1)) if m else -1
+
+
+def shot(page, path: Path, whole: bool) -> None:
+    """The whole page (the viewport stretched to the app's height, as tests/test_browser.py
+    does: Streamlit scrolls inside its own container), else the window as it is."""
+    size = page.viewport_size
+    if whole:
+        h = page.evaluate("() => document.querySelector('[data-testid=stMain]').scrollHeight")
+        page.set_viewport_size({"width": size["width"], "height": min(int(h) + 20, 4000)})
+        time.sleep(1.5)
+    page.screenshot(path=str(path), full_page=whole)
+    page.set_viewport_size(size)
+
+
+def main() -> int:
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "docs" / "screenshots")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="normshape-shots-"))
+    port = free_port()
+    env = dict(os.environ, NORMSHAPE_HOME=str(tmp / "home"), NORMSHAPE_RUNS_DIR=str(tmp / "runs"),
+               NORMSHAPE_JOB_THREADS="1", PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1")
+    log = open(tmp / "streamlit.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port",
+                             str(port), "--server.address", "127.0.0.1", "--server.headless",
+                             "true", "--browser.gatherUsageStats", "false",
+                             "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(base + "/_stcore/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        with sync_playwright() as p:
+            b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            for name, size, whole in (("playground", (1400, 1000), True),
+                                      ("playground-1024", (1024, 768), False)):
+                page = b.new_page(viewport={"width": size[0], "height": size[1]})
+                page.goto(base + "/playground")
+                page.get_by_text(FRAME).first.wait_for(timeout=120_000)
+                page.get_by_role("button", name="Play", exact=True).click()
+                end = time.time() + 60
+                while frame_no(page) < 25 and time.time() < end:
+                    time.sleep(0.2)
+                page.get_by_role("button", name="Pause", exact=True).click()
+                page.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
+                time.sleep(2.5)
+                if not whole:  # the controls and the first run's regions on screen
+                    page.get_by_text(FRAME).first.scroll_into_view_if_needed()
+                    page.mouse.move(600, 400)
+                    page.mouse.wheel(0, 120)
+                    page.mouse.move(100, 700)  # off the charts: no toolbar, no tooltip
+                    time.sleep(1.0)
+                shot(page, out / f"{name}.png", whole)
+                page.close()
+            page = b.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base + "/train?train_dataset=moons&train_epochs_moons=200")
+            page.get_by_role("button", name="Start training").wait_for(timeout=60_000)
+            page.get_by_role("button", name="Start training").click()
+            main_ = page.locator("[data-testid=stMain]")
+            main_.get_by_role("button", name="Pause", exact=True).wait_for(timeout=60_000)
+            main_.get_by_text(re.compile(r": running: step \d+")).first.wait_for(timeout=60_000)
+            time.sleep(4.0)
+            main_.get_by_role("button", name="Pause", exact=True).click()
+            main_.get_by_text(re.compile(r"paused at step")).first.wait_for(timeout=60_000)
+            time.sleep(2.0)
+            shot(page, out / "train_paused.png", True)
+            main_.get_by_role("button", name="Stop", exact=True).click()
+            main_.get_by_role("button", name="Resume", exact=True).wait_for(timeout=60_000)
+            time.sleep(2.0)
+            shot(page, out / "train_stopped.png", True)
+            b.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"screenshots written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

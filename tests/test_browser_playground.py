@@ -1,0 +1,190 @@
+"""The Playground and run ownership in a real browser (Playwright + Debian's Chromium) on the
+real server (the fixtures of test_browser.py): play shows live frames, pause holds them, step
+adds exactly one, reset starts again, the URL carries every setting into a fresh browser;
+two sessions never see each other's playground; on the Train page session B cannot stop
+session A's run except through the separate control, after its confirmation."""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+from test_browser import ARGS, CHROMIUM, no_exception_shown, settle  # noqa: F401
+from test_browser import browser, server  # noqa: F401 - fixtures
+
+FRAME = re.compile(r"frame (\d+) · epoch ([\d.]+) · step (\d+) · boundary (\w+)")
+
+
+def frame_of(pg):
+    """(frame number, boundary digest) of the counter shown now, or None."""
+    loc = pg.get_by_text(FRAME)
+    if not loc.count():
+        return None
+    m = FRAME.search(loc.first.inner_text())
+    return (int(m.group(1)), m.group(4)) if m else None
+
+
+def wait_frame(pg, pred, timeout=30.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        f = frame_of(pg)
+        if f is not None and pred(f):
+            return f
+        time.sleep(0.05)
+    raise AssertionError(f"frame counter stayed at {frame_of(pg)}")
+
+
+def selected(pg, label):
+    """The value a Streamlit selectbox shows (its combobox input's value or its text)."""
+    box = pg.locator("[data-testid=stSelectbox]").filter(has_text=label).first
+    inputs = box.locator("input")
+    value = inputs.first.input_value() if inputs.count() else ""
+    if not value:
+        value = box.inner_text().replace(label, "").strip().splitlines()[-1].strip()
+    return value
+
+
+def open_playground(browser, base, query=""):  # noqa: F811
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.goto(base + "/playground" + query)
+    settle(pg, "frame 0 ·")
+    return ctx, pg
+
+
+def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, browser):  # noqa: F811
+    base, _ = server
+    ctx, pg = open_playground(browser, base, "?pg_data=circles&pg_infer=1:9&pg_noise=0.05")
+    no_exception_shown(pg, "/playground")
+    assert frame_of(pg)[0] == 0
+    t0 = time.time()
+    pg.get_by_role("button", name="Play", exact=True).click()
+    first = wait_frame(pg, lambda f: f[0] >= 1, timeout=10)
+    t_first = time.time() - t0
+    frames, digests = {first[0]}, {first[1]}
+    end = t0 + 10.0
+    while time.time() < end:
+        f = frame_of(pg)
+        if f:
+            frames.add(f[0])
+            digests.add(f[1])
+        time.sleep(0.03)
+    print(f"first frame {t_first:.2f} s after play; {len(frames)} frames, {len(digests)} "
+          f"distinct boundaries in 10 s")
+    assert len(frames) >= 5 and len(digests) >= 5, (frames, digests)
+    pg.get_by_role("button", name="Pause", exact=True).click()
+    pg.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
+    time.sleep(1.0)
+    held = frame_of(pg)
+    time.sleep(2.0)
+    assert frame_of(pg) == held  # paused: nothing moves
+    pg.get_by_role("button", name="Step", exact=True).click()
+    stepped = wait_frame(pg, lambda f: f[0] != held[0])
+    assert stepped[0] == held[0] + 1 and stepped[1] != held[1]
+    time.sleep(1.5)
+    assert frame_of(pg) == stepped  # exactly one more frame
+    pg.get_by_role("button", name="Reset", exact=True).click()
+    wait_frame(pg, lambda f: f[0] == 0)
+    seed = pg.get_by_role("spinbutton", name="Seed")
+    seed.fill("7")
+    seed.press("Enter")
+    pg.wait_for_url(re.compile(r"pg_seed=7"), timeout=10_000)
+    seeded = wait_frame(pg, lambda f: f[0] == 0 and f[1] != stepped[1])  # rebuilt, seed 7
+    time.sleep(1.0)
+    seeded = frame_of(pg)
+    no_exception_shown(pg, "/playground after reset")
+    url = pg.url
+    ctx.close()
+    assert url.startswith(base + "/playground?")
+    ctx2, pg2 = open_playground(browser, base, url[len(base + "/playground"):])
+    assert pg2.get_by_role("spinbutton", name="Seed").input_value() == "7"
+    assert pg2.get_by_role("spinbutton", name="Noise").input_value() == "0.05"
+    assert selected(pg2, "2-D set") == "circles"
+    assert selected(pg2, "Shaped inference ratio") == "1:9"
+    assert frame_of(pg2) == seeded  # the same data, seed and models: the same boundaries
+    assert "pg_seed=7" in pg2.url and "pg_data=circles" in pg2.url
+    no_exception_shown(pg2, "/playground reopened")
+    ctx2.close()
+
+
+def test_two_sessions_each_run_their_own_playground(server, browser):  # noqa: F811
+    base, _ = server
+    ctx_a, a = open_playground(browser, base)
+    ctx_b, b = open_playground(browser, base)
+    b_start = frame_of(b)
+    a.get_by_role("button", name="Play", exact=True).click()
+    wait_frame(a, lambda f: f[0] >= 4, timeout=20)
+    assert frame_of(b) == b_start  # B's playground did not move
+    b.get_by_role("button", name="Step", exact=True).click()
+    stepped = wait_frame(b, lambda f: f[0] == 1)
+    a_now = frame_of(a)[0]
+    assert a_now >= 4  # A counts its own frames, B its own
+    a.get_by_role("button", name="Pause", exact=True).click()
+    a.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
+    time.sleep(1.0)
+    assert frame_of(b) == stepped
+    ctx_a.close()
+    ctx_b.close()
+
+
+def _start_run(pg, base, name):
+    pg.goto(base + "/train?train_dataset=moons&train_epochs_moons=400")
+    settle(pg, "Start training")
+    pg.get_by_role("textbox", name="Run name (optional)").fill(name)
+    pg.get_by_role("button", name="Start training").click()
+    pg.get_by_text(re.compile(r"Started \S+ in its own process")).first.wait_for(timeout=30_000)
+
+
+def test_session_b_cannot_stop_the_run_of_session_a(server, browser):  # noqa: F811
+    from normshape_core import jobs
+
+    base, runs = server
+    ctx_a = browser.new_context(viewport={"width": 1400, "height": 1000})
+    ctx_b = browser.new_context(viewport={"width": 1400, "height": 1000})
+    a, b = ctx_a.new_page(), ctx_b.new_page()
+    _start_run(a, base, "owned_by_a")
+    _start_run(b, base, "owned_by_b")
+    (run_a,) = [p for p in runs.iterdir() if p.name.startswith("owned_by_a-")]
+    (run_b,) = [p for p in runs.iterdir() if p.name.startswith("owned_by_b-")]
+    b.get_by_text(re.compile(r"owned_by_a-\S+: .*started by another session")).first.wait_for(
+        timeout=30_000)
+    b.get_by_text(re.compile(r"owned_by_b-\S+: (starting|running)")).first.wait_for(
+        timeout=30_000)
+
+    def buttons(pg, name):
+        return pg.locator("[data-testid=stMain]").get_by_role("button", name=name, exact=True)
+
+    def count_becomes(pg, name, n, timeout=20.0):
+        end = time.time() + timeout
+        while buttons(pg, name).count() != n and time.time() < end:
+            time.sleep(0.1)
+        return buttons(pg, name).count()
+
+    # B has Pause and Stop for its own run only; for A's run only the separate control
+    assert count_becomes(b, "Stop", 1) == 1 and count_becomes(b, "Pause", 1) == 1
+    assert count_becomes(b, "Stop…", 1) == 1
+    buttons(b, "Stop").click()  # B's own run
+    assert jobs.wait_for(run_b, timeout=60).state == "stopped"
+    assert jobs.job_status(run_a).active
+    b.get_by_text(re.compile(r"owned_by_b-\S+: (starting|running)")).first.wait_for(
+        state="detached", timeout=30_000)
+    assert count_becomes(b, "Stop", 0) == 0 and count_becomes(b, "Pause", 0) == 0
+    assert count_becomes(b, "Stop…", 1) == 1
+    # A, the owner, has its own controls for its run
+    assert count_becomes(a, "Pause", 1) == 1 and count_becomes(a, "Stop", 1) == 1
+    assert count_becomes(a, "Stop…", 0) == 0  # B's run has stopped: nothing else is active
+    # the separate control does nothing before its confirmation, then stops A's run
+    buttons(b, "Stop…").click()
+    confirm = b.get_by_role("button", name="Stop another session's run", exact=True)  # popover
+    confirm.wait_for(timeout=10_000)
+    assert confirm.is_disabled()
+    time.sleep(1.0)
+    assert jobs.job_status(run_a).active
+    b.get_by_text("Yes, stop another session's run").click()
+    b.get_by_role("button", name="Stop another session's run", exact=True).click()
+    assert jobs.wait_for(run_a, timeout=60).state == "stopped"
+    no_exception_shown(a, "/train A")
+    no_exception_shown(b, "/train B")
+    ctx_a.close()
+    ctx_b.close()

@@ -1,0 +1,241 @@
+"""The Playground's core: runs stepped a few steps at a time by the trainer's own loop (same
+weights as ``fit``), frames under PN and shaped inference, isolation, settings, figures."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from normshape_core import playground as PG
+from normshape_core.config import ConfigError
+from normshape_core.data import load_dataset
+from normshape_core.figures.playground import (PN_COLOR, SHAPED_COLOR, boundary_points,
+                                               curves_figure, regions_figure)
+from normshape_core.training import Trainer
+
+SMALL = PG.PlaySettings(n_samples=200, width=16, depth=2, batch_size=32, attack_steps=3)
+SHAPED = PG.RunSpec("pgd", "attack+train", "1:3")
+
+
+def test_stepping_a_live_run_gives_the_weights_of_the_trainers_own_fit():
+    data = PG.make_data(SMALL)
+    cfg = PG.make_config(SMALL, SHAPED)
+    run = PG.LiveRun(cfg, data)
+    try:
+        for n in (4, 1, 9, 16):  # 30 steps in uneven chunks, across epoch ends (6 per epoch)
+            run.advance(n)
+        assert run.step == 30 and run.epoch == 5.0
+        assert len(run.epoch_checks) == 4  # fit's own end-of-epoch checks ran
+        ref = Trainer(dataclasses.replace(cfg, max_steps=30), data)
+        ref.fit(None)
+        a, b = run.trainer.model.state_dict(), ref.model.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert run.last_step["train/loss"] == ref.history[-2]["train/loss"]  # last step row
+    finally:
+        run.close()
+    assert run._thread is not None and not run._thread.is_alive()
+    with pytest.raises(RuntimeError, match="closed"):
+        run.grant(1)
+
+
+def test_an_idle_run_ends_its_thread_by_itself():
+    run = PG.LiveRun(PG.make_config(SMALL, SHAPED), PG.make_data(SMALL), idle_timeout=0.3)
+    run.advance(2)
+    run._thread.join(timeout=20)
+    assert not run._thread.is_alive() and run.step == 2
+    with pytest.raises(RuntimeError):
+        run.grant(1)
+
+
+def test_frames_show_pn_and_shaped_regions_eps_boxes_and_named_metrics():
+    pg = PG.Playground(SMALL)
+    try:
+        (a0, b0) = pg.frames("1:3")
+        assert a0.step == 0 and pg.frame == 0
+        pg.advance(12)
+        a, b = pg.frames("1:3")
+        assert pg.frame == 1 and a.step == b.step == 12 and a.epoch == 2.0
+        for f in (a, b):
+            assert f.prob_pn.shape == f.prob_shaped.shape == (PG.GRID, PG.GRID)
+            assert 0 <= f.prob_pn.min() and f.prob_pn.max() <= 1
+            assert f.box_x.shape == f.adv_pn.shape == f.adv_shaped.shape == (PG.N_BOXES, 2)
+            for adv in (f.adv_pn, f.adv_shaped):  # inside the eps-box and the input range
+                assert np.abs(adv - f.box_x).max() <= f.eps + 1e-6
+                assert adv.min() >= 0 and adv.max() <= 1
+            assert set(f.metrics) == set(PG.METRIC_LABELS)
+            for k in ("clean_pn", "clean_shaped", "robust_pn", "robust_shaped"):
+                assert 0 <= f.metrics[k] <= 1
+            assert f.metrics["robust_pn"] <= f.metrics["clean_pn"] + 0.05
+            assert np.isfinite(f.metrics["loss"]) and f.metrics["drift"] > 0
+        assert a.digest() != a0.digest()  # training moved the boundary
+        assert not np.array_equal(a.prob_pn, a.prob_shaped)  # PN and shaped differ
+        # the inference ratio applies at once, without training: PN unchanged, shaped redrawn
+        a9, _ = pg.frames("1:9")
+        assert a9.step == 12 and pg.frame == 1
+        assert np.array_equal(a9.prob_pn, a.prob_pn)
+        assert not np.array_equal(a9.prob_shaped, a.prob_shaped)
+        assert len(pg.history[0]) == 2  # one curve point per step, redone for the new ratio
+        assert pg.history[0][-1]["clean_shaped"] == a9.metrics["clean_shaped"]
+        assert pg.frames("1:9")[0] is a9  # cached
+        with pytest.raises(ConfigError):
+            pg.frames("1:x")
+    finally:
+        pg.close()
+
+
+def test_same_settings_same_frames_and_two_playgrounds_never_touch_each_other():
+    p1, p2 = PG.Playground(SMALL), PG.Playground(SMALL)
+    p3 = PG.Playground(dataclasses.replace(SMALL, seed=1))
+    try:
+        # two sessions at once, from two threads
+        ts = [threading.Thread(target=p.advance, args=(8,)) for p in (p1, p2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        p3.advance(8)
+        f1, f2, f3 = p1.frames("1:3"), p2.frames("1:3"), p3.frames("1:3")
+        assert [f.digest() for f in f1] == [f.digest() for f in f2]
+        assert [f.digest() for f in f1] != [f.digest() for f in f3]
+        for x, y in zip(f1, f2):
+            assert np.array_equal(x.prob_shaped, y.prob_shaped) and x.metrics == y.metrics
+        p1.advance(4)
+        assert [r.step for r in p1.runs] == [12, 12] and [r.step for r in p2.runs] == [8, 8]
+        assert p1.runs[0].trainer.model is not p2.runs[0].trainer.model
+        # the default pair: plain PGD-AT and PGD + shaping 1:3 on the same data and seed
+        assert p1.specs == PG.DEFAULT_SPECS
+        assert [r.cfg.shaping for r in p1.runs] == ["none", "attack+train"]
+        assert p1.runs[0].trainer.data is p1.runs[1].trainer.data
+    finally:
+        for p in (p1, p2, p3):
+            p.close()
+
+
+@pytest.mark.parametrize("settings, spec, message", [
+    (dataclasses.replace(SMALL, dataset="digits"), SHAPED, "unknown 2-D set"),
+    (dataclasses.replace(SMALL, batch_size=500), SHAPED, "larger than the 200"),
+    (SMALL, PG.RunSpec("pgd", "attack+train", "1:9"), "does not split"),
+    (dataclasses.replace(SMALL, noise=2.0), SHAPED, "noise"),
+    (dataclasses.replace(SMALL, eps=0.0), SHAPED, "eps > 0"),
+    (SMALL, PG.RunSpec("sgd", "none", "1:3"), "unknown method"),
+])
+def test_settings_that_cannot_train_are_refused_in_one_line(settings, spec, message):
+    with pytest.raises(ConfigError, match=message) as e:
+        PG.Playground(settings, [spec, spec])
+    assert "\n" not in str(e.value)
+
+
+def test_natural_training_and_every_2d_set():
+    for name in ("moons", "spirals", "circles", "xor", "blobs"):
+        s = dataclasses.replace(SMALL, dataset=name)
+        d = PG.make_data(s)
+        assert d.name == name and d.x_train.shape == (200, 2) and len(d.x_test) >= PG.N_EVAL
+    pg = PG.Playground(dataclasses.replace(SMALL, dataset="xor"),
+                       [PG.RunSpec("natural", "attack+train"), SHAPED])
+    try:
+        assert pg.runs[0].cfg.shaping == "none"  # natural has nothing to shape
+        pg.advance(3)
+        assert all(np.isfinite(f.metrics["loss"]) for f in pg.frames("1:1"))
+    finally:
+        pg.close()
+
+
+def test_noise_and_sample_count_change_the_new_sets():
+    for name in ("circles", "xor", "blobs"):
+        a = load_dataset(name, n_train=150, n_test=50, noise=0.05, seed=0)
+        b = load_dataset(name, n_train=150, n_test=50, noise=0.3, seed=0)
+        assert a.x_train.shape == (150, 2) and not torch.equal(a.x_train, b.x_train)
+        assert set(a.y_train.tolist()) == {0, 1}
+
+
+def test_figures_have_titles_axes_and_the_norm_colours():
+    pg = PG.Playground(SMALL)
+    try:
+        pg.advance(6)
+        f = pg.frames("1:3")[1]
+        fig = regions_figure(f, pg.data.x_train.numpy(), pg.data.y_train.numpy(), "Run B")
+        lay = fig.layout
+        assert lay.title.text == "Run B" and lay.xaxis.title.text == "x1 (input units)"
+        assert lay.yaxis.title.text == "x2 (input units)" and lay.xaxis2.title.text
+        edges = [t for t in fig.data if t.name and t.name.startswith("decision boundary")]
+        assert [t.marker.color for t in edges] == [PN_COLOR, SHAPED_COLOR]
+        boxes = [t for t in fig.data if t.name and t.name.startswith("eps-box")]
+        assert len(boxes) == 2 and len(boxes[0].x) == 6 * PG.N_BOXES
+        cf = curves_figure(pg.history[1], "curves", "1:3")
+        names = {t.name for t in cf.data}
+        assert {"clean, PN", "robust, PGD with PN, PN", "clean, shaped 1:3",
+                "robust, PGD with shaped, shaped 1:3"} <= names
+        assert cf.layout.yaxis2.title.text == "accuracy (fraction)"
+        assert cf.layout.yaxis3.type == "log"
+    finally:
+        pg.close()
+
+
+def test_boundary_points_lie_between_differing_neighbours():
+    xs = ys = np.linspace(0, 1, 5)
+    pred = np.zeros((5, 5), dtype=bool)
+    pred[:, 3:] = True  # a vertical boundary between columns 2 and 3
+    pts = boundary_points(xs, ys, pred)
+    assert pts.shape == (5, 2) and np.allclose(pts[:, 0], 0.625)
+    assert len(boundary_points(xs, ys, np.zeros((5, 5), dtype=bool))) == 0
+
+
+def test_the_core_modules_never_import_streamlit():
+    import subprocess
+    import sys
+    code = ("import sys, normshape_core.playground, normshape_core.figures.playground; "
+            "print('streamlit' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, cwd=str(__import__("pathlib").Path(__file__).parents[1]))
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_message(
+        tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NORMSHAPE_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("NORMSHAPE_WARM_UMAP", "0")
+    app = str(Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=120)
+    for k, v in {"pg_n": "200", "pg_width": "16", "pg_depth": "2"}.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page("app_pages/playground.py")
+    at.run()
+
+    def counter():
+        (c,) = [c.value for c in at.caption if c.value.startswith("frame ")]
+        return c
+
+    assert not at.exception and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
+    assert len(at.get("plotly_chart")) == 4
+    at.button(key="pg_step").click().run()
+    assert counter().startswith("frame 1 · epoch 0.83 · step 5 ·")
+    at.selectbox(key="pg_unit").set_value("one epoch").run()
+    at.button(key="pg_step").click().run()
+    assert counter().startswith("frame 2 · epoch 1.83 · step 11 ·")  # 6 steps per epoch
+    before = counter()
+    at.selectbox(key="pg_infer").set_value("1:9").run()  # redrawn, not trained
+    after = counter()
+    assert after.split(" · boundary")[0] == before.split(" · boundary")[0]
+    def boundary(c):
+        return c.split("boundary ")[1].split(" ")[0]
+
+    assert boundary(after) != boundary(before)  # the shaped boundaries redrawn for 1:9
+    assert "shaped 1:9" in json.dumps(json.loads(at.get("plotly_chart")[0].proto.spec))
+    at.selectbox(key="pg_b_ratio").set_value("1:9").run()  # batch 32 does not split in 10
+    assert [e.value for e in at.error] == [
+        "These settings cannot train: batch size 32 does not split into 10 equal parts for "
+        "ratio 1:9; use a multiple of 10"]
+    assert not at.exception
+    at.selectbox(key="pg_b_ratio").set_value("1:3").run()  # a valid change starts again
+    assert not at.error and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
+    at.session_state["pg_obj"].close()
