@@ -368,7 +368,13 @@ class Trainer:
 
         if self.dist.is_main:
             remove_stale_files(run_dir)
-        if (run_dir / META_NAME).exists():
+        stopped = _stopped_record(run_dir / META_NAME)
+        if stopped is not None and saved_state_summary(run_dir) is not None:
+            if not resume:  # the checkpoint of a run stopped at epoch k, with its state
+                raise ConfigError(f"{run_dir} holds a run stopped at epoch "
+                                  f"{stopped.get('epoch')}/{stopped.get('epochs')}; continue "
+                                  f"it with --resume, or choose another --name or --out")
+        elif (run_dir / META_NAME).exists():
             if self.dist.is_main:  # a kill after the final commit left the resume state
                 for leftover in [run_dir / "state.json"] + state_files(run_dir):
                     leftover.unlink(missing_ok=True)
@@ -528,6 +534,18 @@ class Trainer:
 
             atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode(),
                                fault=("metrics.truncate", 1))
+
+
+def _stopped_record(meta_path: Path) -> Optional[Dict[str, Any]]:
+    """The ``stopped`` record of a checkpoint kept by a stopped background run (jobs.py), or
+    None (no checkpoint, a finished one, or metadata that cannot be read: treated as
+    finished, so never overwritten)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return None
+    stopped = meta.get("stopped") if isinstance(meta, dict) else None
+    return stopped if isinstance(stopped, dict) else None
 
 
 @dataclass
