@@ -174,6 +174,7 @@ with st.sidebar:
                f"<span style='color:{ui.PN_COLOR}'>■ PN</span> "
                f"<span style='color:{ui.BN_COLOR}'>■ BN / shaped inference</span>",
                unsafe_allow_html=True)
+ui.presentation_setup()  # presenting: sidebar collapsed, larger text
 try:
     page.run()
 except ui.USER_ERRORS as e:  # a checkpoint or dataset that cannot be used: say so, go on

@@ -328,11 +328,13 @@ def run_sweep(cells: Sequence[Cell], work: Path, results_path: Path, *, seed: in
 
 # ====================================================================== lessons
 def lesson_choices(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """Per confounding, the cell with the largest magnitude in the paper's direction, and
+    """Per confounding, the cell with the largest magnitude in the paper's direction (seed
+    cells excluded: they repeat the base setting), and
     whether it clears the effect threshold (else: no setting here shows it)."""
     out: Dict[str, Dict[str, Any]] = {}
     for conf, (key, label) in MAGNITUDE.items():
-        cands = [c for c in results.get("cells", []) if c["measures"].get(key) is not None]
+        cands = [c for c in results.get("cells", []) if c["measures"].get(key) is not None
+                 and c["axis"] != "seed"]  # another seed of the base: no cherry-picking
         if not cands:
             continue
         best = max(cands, key=lambda c: c["measures"][key])

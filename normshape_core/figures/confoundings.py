@@ -15,10 +15,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-PN_COLOR = "#1f77b4"
-BN_COLOR = "#d62728"
+PN_COLOR = "#1f6fb4"  # the app's colours (normshape_app.ui)
+BN_COLOR = "#e07020"
 SHAPED_COLOR = "#a63603"
-CLEAN_COLOR = "#2ca02c"
+CLEAN_COLOR = "#2a9d57"
 DATASET_COLORS = {"moons": "#1b9e77", "spirals": "#d95f02", "digits": "#7570b3",
                   "fashion_mnist": "#e7298a"}
 DATASET_SYMBOLS = {"moons": "circle", "spirals": "square", "digits": "diamond",
@@ -26,14 +26,14 @@ DATASET_SYMBOLS = {"moons": "circle", "spirals": "square", "digits": "diamond",
 
 #: per confounding: (measure key, y-axis title, as percent?, paper value, paper label)
 SWEEP_MEASURES = {
-    "I": ("acc_gap_bn_pn", "clean acc. [clean-batch BN] - [PN] (fraction)", False, None, None),
-    "II": ("logit_gap", "logit error, clean-batch BN vs own BN (%)", True, 0.63, "paper +63%"),
-    "III": ("pn_vs_bn", "PGD perturbation L2, PN- vs BN-crafted (%)", True, 0.17, "paper +17%"),
+    "I": ("acc_gap_bn_pn", "clean acc.: BN minus PN", False, None, None),
+    "II": ("logit_gap", "logit-error gap (%)", True, 0.63, "paper +63%"),
+    "III": ("pn_vs_bn", "PN vs BN perturbation (%)", True, 0.17, "paper +17%"),
 }
 SWEEP_TITLES = {
-    "I": "Confounding I across the sweep: does PN cost clean accuracy?",
-    "II": "Confounding II across the sweep: logit-error gap",
-    "III": "Confounding III across the sweep: PN- vs BN-crafted perturbation size",
+    "I": "Clean accuracy with the clean batch's BN minus with PN (PGD-AT models)",
+    "II": "Logit error of FGSM examples, clean batch's BN vs their own (PGD-AT models)",
+    "III": "Size of PGD perturbations crafted with PN vs with BN (PGD-AT models)",
 }
 
 
@@ -64,8 +64,7 @@ def sweep_figure(results: Mapping[str, Any], confounding: str) -> go.Figure:
     key, ytitle, percent, paper, paper_label = SWEEP_MEASURES[confounding]
     cells = results.get("cells", [])
     datasets = list(dict.fromkeys(c["dataset"] for c in cells))
-    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06,
-                        subplot_titles=("against model depth", "against eps"))
+    fig = make_subplots(rows=1, cols=2, shared_yaxes=True, horizontal_spacing=0.06)
     scale = 100 if percent else 1
     all_y: List[float] = [0.0]
     for ds in datasets:
@@ -100,10 +99,10 @@ def sweep_figure(results: Mapping[str, Any], confounding: str) -> go.Figure:
     pad = 0.08 * (hi - lo or 1)
     fig.update_yaxes(range=[lo - pad, hi + pad], row=1, col=1)
     fig.update_yaxes(title_text=ytitle, row=1, col=1)
-    fig.update_xaxes(title_text="BN layers in the model", type="log", row=1, col=1)
+    fig.update_xaxes(title_text="BN layers in the model (depth)", row=1, col=1)
     fig.update_xaxes(title_text="eps / the dataset's eps", row=1, col=2)
     fig.update_layout(title=dict(text=SWEEP_TITLES[confounding]),
-                      legend=dict(title_text="dataset (error bar: seed spread)"))
+                      legend=dict(title=dict(text="error bar: seed spread;", side="left")))
     return fig
 
 
@@ -148,7 +147,7 @@ def moving_target_animation(frames: Mapping[str, Any], title: str,
         return out
 
     top = max(float(d[measure].max()) for d in data.values()) * 1.1 or 1.0
-    fig = go.Figure(data=bars(steps[0]),
+    fig = go.Figure(data=bars(steps[-1]),  # the last step first: the picture to explain
                     frames=[go.Frame(data=bars(t), name=str(t)) for t in steps])
     slider_steps = [dict(method="animate", label=str(t),
                          args=[[str(t)], dict(mode="immediate", frame=dict(duration=0,
@@ -156,18 +155,18 @@ def moving_target_animation(frames: Mapping[str, Any], title: str,
                                               transition=dict(duration=0))]) for t in steps]
     fig.update_layout(
         title=dict(text=title), barmode="group",
-        yaxis=dict(title="distance to the clean batch's means (std units)", range=[0, top]),
+        yaxis=dict(title="distance to clean means (std)", range=[0, top]),
         xaxis=dict(title="BatchNorm layer, input to output"),
         updatemenus=[dict(type="buttons", direction="left", x=0, y=-0.32, xanchor="left",
                           yanchor="top", showactive=False, buttons=[
                               dict(label="Play", method="animate",
                                    args=[None, dict(frame=dict(duration=500, redraw=True),
-                                                    fromcurrent=True,
+                                                    fromcurrent=False,
                                                     transition=dict(duration=200))]),
                               dict(label="Pause", method="animate",
                                    args=[[None], dict(mode="immediate",
                                                       frame=dict(duration=0, redraw=False))])])],
-        sliders=[dict(active=0, x=0.16, len=0.84, y=-0.3, yanchor="top",
+        sliders=[dict(active=len(steps) - 1, x=0.16, len=0.84, y=-0.3, yanchor="top",
                       currentvalue=dict(prefix="PGD step "), steps=slider_steps)])
     return fig
 
