@@ -68,7 +68,7 @@ def home() -> None:
 
     st.subheader("Where to go next")
     nxt = [("app_pages/train.py", "Train", "train a run in the background, watch its curves"),
-           ("app_pages/confoundings.py", "Confoundings", "a guided lesson for each of I, II, III"),
+           ("app_pages/confoundings.py", "Confoundings", "slides: I, II, III and where each appears"),
            ("app_pages/moving_target.py", "Moving target", "BN statistics step by step in PGD"),
            ("app_pages/ratios.py", "Ratios", "training x inference ratios (Table IV)"),
            ("app_pages/decision_boundaries.py", "Decision boundaries",

@@ -110,23 +110,23 @@ def _pct(v) -> str:
 
 
 def slide_title(results, lessons) -> None:
-    st.markdown("Zhang & Ma (ICTAI 2022) argue that PN, the running statistics used at test "
-                "time, and BN, the statistics of the batch being processed, differ in "
-                "adversarial training, and that the difference confounds it three ways. "
-                "Norm shaping keeps clean samples dominant in every batch (ratio adv:clean "
-                "1:3) to suppress all three.")
-    for conf, text in (("I", "PN learnt on adversarial batches costs clean accuracy"),
-                       ("II", "an all-adversarial batch's statistics move at every attack "
-                              "step: a moving target"),
-                       ("III", "crafted through moving statistics, PGD builds smaller "
-                               "perturbations")):
-        st.markdown(f"- **{conf}.** {text}")
+    n = len((results or {}).get("cells", []))
+    takeaway("Zhang & Ma (ICTAI 2022): PN and BN differ in adversarial training and "
+             "confound it three ways" + (f"; each claim measured here on {n} settings."
+                                         if n else "."))
+    c1, c2 = st.columns([2, 3])
+    c1.markdown("**I.** PN learnt on adversarial batches costs clean accuracy.\n\n"
+                "**II.** An all-adversarial batch's statistics move at every attack step: a "
+                "moving target.\n\n"
+                "**III.** Crafted through moving statistics, PGD builds smaller "
+                "perturbations.\n\n"
+                "**Norm shaping** keeps clean samples dominant in every batch (adv:clean 1:3) "
+                "to suppress all three.")
     if results:
-        n = len(results.get("cells", []))
-        takeaway(f"Each claim measured on {n} small settings (4 datasets, depth, eps, batch, "
-                 "seed), with the clearest one as a lesson.")
+        with c2:
+            ui.show(F.claims_figure(results), key="slide_title", height=FIG_HEIGHT, columns=2)
     else:
-        st.info("The sweep's results are not shipped with this copy: run `python -m "
+        c2.info("The sweep's results are not shipped with this copy: run `python -m "
                 "normshape_core sweep-confoundings` to make them.")
 
 

@@ -733,13 +733,14 @@ def explain(text: str) -> None:
 
 def wrap_title(text: str, width: int) -> str:
     """Break a title's lines (``<br>``-separated; tags do not count) at spaces so that none
-    is longer than ``width`` characters."""
+    is longer than ``width`` characters (a ``<sup>`` line, in smaller type, 1.4 x)."""
     out = []
     for line in text.split("<br>"):
         words, cur, n = line.split(" "), [], 0
+        limit = int(width * 1.4) if line.lstrip().startswith("<sup>") else width
         for w in words:
             vis = len(re.sub(r"<[^>]+>", "", w))
-            if cur and n + 1 + vis > width:
+            if cur and n + 1 + vis > limit:
                 out.append(" ".join(cur))
                 cur, n = [], 0
             cur.append(w)
@@ -749,7 +750,8 @@ def wrap_title(text: str, width: int) -> str:
     for i in range(1, len(out)):
         for tag in ("sup", "sub"):
             prev = out[i - 1]
-            if prev.rfind(f"<{tag}>") > prev.rfind(f"</{tag}>") and not out[i].startswith(f"<{tag}>"):
+            still_open = prev.rfind(f"<{tag}>") > prev.rfind(f"</{tag}>")
+            if still_open and not out[i].startswith(f"<{tag}>"):
                 out[i - 1] += f"</{tag}>"
                 out[i] = f"<{tag}>" + out[i]
     return "<br>".join(out)
@@ -787,8 +789,13 @@ def style(fig, *, title: Optional[str] = None, height: int = 420, legend: bool =
             legend_rows = 1 + int(names * 1.1 > width)
         fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1.0,
                                       yanchor="bottom"))
-    line_px = 16 * scale * 1.25
-    top = int(20 * scale + lines * line_px * 1.15 + legend_rows * 22 * scale)
+    title_px = 16 * scale
+    # the title's height: about 1.25 x its font per line, 1.05 x per <sup> line (measured in
+    # Chromium), under a pad; then the legend's rows
+    sups = title.count("<sup>") if title else 0
+    title_h = (lines - sups) * 1.25 * title_px + sups * 1.05 * title_px
+    top = int((14 * scale + title_h if title else 10) + legend_rows * 1.7 * 12 * scale
+              + 10 * scale)
     fig.update_layout(template="plotly_white", height=int(height * scale),
                       font=dict(size=int(13 * scale)),
                       margin=dict(l=60, r=20, t=max(top, 30), b=55 + (90 if has_frames else 0)),
@@ -800,14 +807,17 @@ def style(fig, *, title: Optional[str] = None, height: int = 420, legend: bool =
     for ax in _axes(fig, "x") + _axes(fig, "y"):
         ax.automargin = True
         ax.title.standoff = 8
-    # a y-axis title longer than its axis would run into the chart's title: wrap it
+    # an axis title longer than its axis would run into the chart's title or out of the
+    # chart: wrap it (the chart's width: the narrowest supported screen, 1024 presenting
+    # or 1400 with the sidebar, about 940 px of content, shared by ``columns`` charts)
     bottom = 55 + (90 if has_frames else 0)
-    plot_px = height * scale - max(top, 30) - bottom
+    plot_h = height * scale - max(top, 30) - bottom
+    plot_w = 940 / max(1, columns) - 90
     char_px = 0.6 * 13 * scale
-    for ax in _axes(fig, "y"):
+    for ax, size in [(a, plot_h) for a in _axes(fig, "y")] + [(a, plot_w) for a in _axes(fig, "x")]:
         text = ax.title.text
         dom = ax.domain or (0, 1)
-        room = plot_px * (dom[1] - dom[0]) * 0.95
+        room = size * (dom[1] - dom[0]) * 0.95
         if text and "<br>" not in text and len(text) * char_px > room:
             ax.title.text = wrap_title(text, max(12, int(room / char_px)))
     bar_axes = {getattr(t, "yaxis", None) or "y" for t in fig.data if t.type == "bar"}
@@ -829,8 +839,8 @@ def style(fig, *, title: Optional[str] = None, height: int = 420, legend: bool =
                                yanchor="bottom", showarrow=False,
                                font=dict(size=int(11 * scale), color="#666"))
     if title is not None:
-        # plotly anchors a multi-line title by its first line: move it down by the others
-        first_line = (lines - 1) * line_px / (height * scale)
+        # anchored at the top, plotly lifts a title of several lines by about 0.7 x its font
+        first_line = (0.72 * title_px if lines > 1 else 0) / (height * scale)
         fig.update_layout(title=dict(text=title, font=dict(size=int(16 * scale)), x=0.01,
                                      xanchor="left", y=1.0 - first_line, yref="container",
                                      yanchor="top", pad=dict(t=int(8 * scale))))

@@ -354,7 +354,8 @@ LESSON_FILES = ("model.safetensors", "model.json", "metrics.jsonl")
 def ship_lessons(results: Dict[str, Any], work: Path, out: Path, *, seed: int = 0,
                  device: str = "auto", log: Callable = print) -> Dict[str, Any]:
     """Train (or reuse) the chosen cell of each lesson and copy its two checkpoints to
-    ``out/<I|II|III>-<plain|shaped>/``; ``out/lessons.json`` says what was chosen and why."""
+    ``out/lesson-<I|II|III>-<plain|shaped>/``; ``out/lessons.json`` says what was chosen
+    and why."""
     from .checkpoints import atomic_write_json
 
     choices = lesson_choices(results)
@@ -365,8 +366,8 @@ def ship_lessons(results: Dict[str, Any], work: Path, out: Path, *, seed: int = 
         runs = _train_cell(c["dataset"], c["variant"], c["settings"], work, seed, device)
         ch["checkpoints"] = {}
         for spec, tag in ((PLAIN, "plain"), (SHAPED, "shaped")):
-            dst = out / f"{conf}-{tag}"
-            tmp = out / f".{conf}-{tag}.tmp"
+            dst = out / f"lesson-{conf}-{tag}"
+            tmp = out / f".lesson-{conf}-{tag}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir()
             for f in LESSON_FILES:

@@ -158,7 +158,7 @@ def test_every_slide_fits_a_projector_in_presentation_mode(base, browser, tmp_pa
             assert pg.locator("[data-testid=stExpander]").count() == 0  # no settings at all
             charts += check_charts(pg, f"slide {n} at {w}x{h}")
             save(pg, f"slide-{n}-{w}x{h}", tmp_path)
-        assert charts == N_SLIDES - 1  # one large figure on every slide but the title
+        assert charts == N_SLIDES  # one figure on every slide
         # the moving-target animation of lesson II: a play button and a slider over the steps
         pg.goto(f"{base}/confoundings?present=true&slide=4")
         settle(pg, 4)

@@ -183,3 +183,37 @@ def lesson_iii_figure(measures: Mapping[str, Any], title: str) -> go.Figure:
                       "(input units)", xaxis_title="PGD crafted with",
                       yaxis_range=[0, max(vals) * 1.18 or 1])
     return fig
+
+
+def claims_figure(results: Mapping[str, Any]) -> go.Figure:
+    """The paper's numbers for Confoundings II and III beside this sweep's: the clearest
+    cell (seed cells excluded) and the median over the datasets' own settings."""
+    claims = [("II<br>logit error", "logit_gap", 0.63),
+              ("III<br>PN vs BN", "pn_vs_bn", 0.17),
+              ("III<br>shaped vs BN", "shaping_vs_bn", 0.41)]
+    cells = [c for c in results.get("cells", []) if c["axis"] != "seed"]
+    best, base = [], []
+    for _, key, _ in claims:
+        vals = [c["measures"][key] for c in cells if c["measures"].get(key) is not None]
+        own = sorted(c["measures"][key] for c in cells if c["axis"] == "base"
+                     and c["measures"].get(key) is not None)
+        best.append(100 * max(vals) if vals else None)
+        base.append(100 * own[len(own) // 2] if own else None)
+    names = [c[0] for c in claims]
+    fig = go.Figure([
+        go.Bar(x=names, y=[100 * c[2] for c in claims], name="paper",
+               marker_color="#888888", text=[f"+{100 * c[2]:.0f}%" for c in claims],
+               textposition="outside", cliponaxis=False),
+        go.Bar(x=names, y=best, name="clearest here", marker_color=BN_COLOR,
+               text=[f"{v:+.0f}%" if v is not None else "" for v in best],
+               textposition="outside", cliponaxis=False),
+        go.Bar(x=names, y=base, name="own settings (median)",
+               marker_color=PN_COLOR, text=[f"{v:+.0f}%" if v is not None else "" for v in base],
+               textposition="outside", cliponaxis=False)])
+    top = max([100 * c[2] for c in claims] + [v for v in best + base if v is not None])
+    low = min([0] + [v for v in best + base if v is not None])
+    fig.update_layout(title=dict(text="The paper's numbers beside this lab's sweep"),
+                      barmode="group", yaxis=dict(title="relative difference (%)",
+                                                  range=[low * 1.2, top * 1.18]),
+                      xaxis_title="confounding: measure")
+    return fig
