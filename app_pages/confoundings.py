@@ -99,10 +99,13 @@ def setting_caption(conf: str, ch: dict, cell: dict, sweep_slide: int) -> None:
     why = ("the largest effect of the whole sweep in the paper's direction"
            if ch["shows_effect"] else
            "the largest value of the sweep, and still below the threshold of an effect")
-    st.caption(f"Lesson checkpoint: {cell['dataset']}, {m['model']} with {m['bn_layers']} BN "
-               f"layers, eps {m['eps']:g}, BN batch {m['batch']} (sweep cell {cell['id']}), "
-               f"chosen as {why}. Paper: {PAPER[conf]['text']}. Slide {sweep_slide} shows "
-               "the whole sweep: where the effect appears and where it disappears.")
+    c1, c2 = st.columns([3, 1], vertical_alignment="center")
+    c1.caption(f"Lesson checkpoint: {cell['dataset']}, {m['model']} with {m['bn_layers']} BN "
+               f"layers, eps {m['eps']:g}, BN batch {m['batch']} (sweep cell {cell['id']}, "
+               f"`checkpoints/lessons/{ch['checkpoints']['plain']}`), chosen as {why}. "
+               f"Paper: {PAPER[conf]['text']}.")
+    c2.button(f"Where it disappears: slide {sweep_slide} →", on_click=go, args=(sweep_slide,),
+              key="slide_sweep_link", width="stretch")
 
 
 def _pct(v) -> str:

@@ -735,6 +735,8 @@ def wrap_title(text: str, width: int) -> str:
     """Break a title's lines (``<br>``-separated; tags do not count) at spaces so that none
     is longer than ``width`` characters (a ``<sup>`` line, in smaller type, 1.4 x)."""
     out = []
+    # spaces inside a tag (<span style='...'>) are not places to break
+    text = re.sub(r"<[^>]*>", lambda m: m.group(0).replace(" ", "\0"), text)
     for line in text.split("<br>"):
         words, cur, n = line.split(" "), [], 0
         limit = int(width * 1.4) if line.lstrip().startswith("<sup>") else width
@@ -754,7 +756,7 @@ def wrap_title(text: str, width: int) -> str:
             if still_open and not out[i].startswith(f"<{tag}>"):
                 out[i - 1] += f"</{tag}>"
                 out[i] = f"<{tag}>" + out[i]
-    return "<br>".join(out)
+    return "<br>".join(out).replace("\0", " ")
 
 
 def _axes(fig, letter: str):
