@@ -28,6 +28,10 @@ HEADINGS = {"title": "Three ways BatchNorm confounds adversarial training",
 FIG_HEIGHT = 320  # x 1.35 when presenting: 432 px, fits 1024x768 under the heading
 
 
+def fig_height() -> int:
+    return FIG_HEIGHT if ui.presenting() else 460
+
+
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
@@ -127,7 +131,7 @@ def slide_title(results, lessons) -> None:
                 "to suppress all three.")
     if results:
         with c2:
-            ui.show(F.claims_figure(results), key="slide_title", height=FIG_HEIGHT, columns=2)
+            ui.show(F.claims_figure(results), key="slide_title", height=fig_height(), columns=2)
     else:
         c2.info("The sweep's results are not shipped with this copy: run `python -m "
                 "normshape_core sweep-confoundings` to make them.")
@@ -143,7 +147,7 @@ def slide_i(ch, cell) -> None:
         takeaway(f"No setting here shows it: even in the clearest one PN costs {gap:+.3f} "
                  f"against clean-batch BN ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}).")
     ui.show(F.lesson_i_figure(m, "Clean test accuracy of the lesson's two models"),
-            key="slide_i", height=FIG_HEIGHT, legend=False)
+            key="slide_i", height=fig_height(), legend=False)
 
 
 def slide_ii(ch, cell, lesson_dir: Path) -> None:
@@ -159,7 +163,7 @@ def slide_ii(ch, cell, lesson_dir: Path) -> None:
     fig = F.moving_target_animation({r: v["frame"] for r, v in frames.items()},
                                     "BN statistics of an attacked batch, step by step (press "
                                     "Play)")
-    ui.show(fig, key="slide_ii", height=FIG_HEIGHT)
+    ui.show(fig, key="slide_ii", height=fig_height())
 
 
 def slide_iii(ch, cell) -> None:
@@ -171,7 +175,7 @@ def slide_iii(ch, cell) -> None:
         takeaway(f"No setting here shows it: at most {_pct(m['pn_vs_bn'])} larger with PN than "
                  "with BN (paper +17%).")
     ui.show(F.lesson_iii_figure(m, "Size of PGD perturbations by the norms they were crafted "
-                                   "with"), key="slide_iii", height=FIG_HEIGHT, legend=False)
+                                   "with"), key="slide_iii", height=fig_height(), legend=False)
 
 
 def slide_sweep(conf: str, results, lessons) -> None:
@@ -186,7 +190,7 @@ def slide_sweep(conf: str, results, lessons) -> None:
              f"({fmt(best['measures'][key])}); at each dataset's own setting "
              f"{fmt(min(base))} to {fmt(max(base))}, and seeds alone move it ±"
              f"{fmt(spread).lstrip('+')}.")
-    ui.show(F.sweep_figure(results, conf), key=f"slide_sweep_{conf}", height=FIG_HEIGHT)
+    ui.show(F.sweep_figure(results, conf), key=f"slide_sweep_{conf}", height=fig_height())
 
 
 n = current_slide()

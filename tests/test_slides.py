@@ -154,11 +154,13 @@ def test_every_slide_fits_a_projector_in_presentation_mode(base, browser, tmp_pa
         for n in range(1, N_SLIDES + 1):
             pg.goto(f"{base}/confoundings?present=true&slide={n}")
             settle(pg, n)
+            pg.locator("[data-testid=stPlotlyChart] .gtitle").first.wait_for(timeout=60_000)
+            time.sleep(0.5)  # plotly draws, then redraws for automatic margins
             assert sidebar_collapsed(pg), f"slide {n} at {w}x{h}: the sidebar is open"
             assert pg.locator("[data-testid=stExpander]").count() == 0  # no settings at all
             charts += check_charts(pg, f"slide {n} at {w}x{h}")
             save(pg, f"slide-{n}-{w}x{h}", tmp_path)
-        assert charts == N_SLIDES  # one figure on every slide
+        assert charts == N_SLIDES, charts  # one figure on every slide
         # the moving-target animation of lesson II: a play button and a slider over the steps
         pg.goto(f"{base}/confoundings?present=true&slide=4")
         settle(pg, 4)
