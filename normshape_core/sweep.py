@@ -433,13 +433,26 @@ def cells_table(results: Dict[str, Any], conf: str) -> str:
     return "\n".join(lines)
 
 
+def base_and_spread(results: Dict[str, Any], dataset: str, key: str):
+    """A measure at the dataset's base setting (seed 0) and half its range over the base's
+    training seeds."""
+    cells = [c for c in results.get("cells", []) if c["dataset"] == dataset
+             and c["axis"] in ("base", "seed") and c["measures"].get(key) is not None]
+    base = next((c["measures"][key] for c in cells if c["axis"] == "base"), None)
+    vals = [c["measures"][key] for c in cells]
+    return base, ((max(vals) - min(vals)) / 2 if len(vals) > 1 else None)
+
+
 def lessons_table(results: Dict[str, Any]) -> str:
-    lines = ["| confounding | clearest cell | measure | value | paper | shows the effect here |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| confounding | clearest cell | measure | value | same dataset's base (± seed "
+             "spread) | paper | shows the effect here |", "|---|---|---|---|---|---|---|"]
     for conf, ch in lesson_choices(results).items():
-        v = _pts(ch["value"]) if conf == "I" else _pct(ch["value"])
+        fmt = _pts if conf == "I" else _pct
+        v = fmt(ch["value"])
+        base, spread = base_and_spread(results, ch["dataset"], MAGNITUDE[conf][0])
+        b = fmt(base) + (f" (±{fmt(spread).lstrip('+')})" if spread is not None else "")
         p = PAPER[conf]["text"]
-        lines.append(f"| {conf} | {ch['cell']} | {ch['label']} | {v} | {p} | "
+        lines.append(f"| {conf} | {ch['cell']} | {ch['label']} | {v} | {b} | {p} | "
                      f"{'yes' if ch['shows_effect'] else 'no'} (threshold "
                      f"{EFFECT_THRESHOLD[conf]:g}) |")
     return "\n".join(lines)
