@@ -137,12 +137,22 @@ def slide_title(results, lessons) -> None:
                 "normshape_core sweep-confoundings` to make them.")
 
 
-def slide_i(ch, cell) -> None:
+def how_many(results, conf: str) -> str:
+    """'k of N settings': the cells whose magnitude clears the effect threshold."""
+    key = F.SWEEP_MEASURES[conf][0]
+    vals = [c["measures"].get(key) for c in results["cells"]]
+    vals = [v for v in vals if v is not None]
+    k = sum(v >= EFFECT_THRESHOLD[conf] for v in vals)
+    return f"{k} of {len(vals)} settings"
+
+
+def slide_i(ch, cell, results) -> None:
     m = cell["measures"]
     gap = m["acc_gap_bn_pn"]
     if ch["shows_effect"]:
-        takeaway(f"Normalised with PN, clean accuracy drops {gap:.3f} against the clean "
-                 f"batch's own statistics ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}).")
+        takeaway(f"Here PN costs {gap:.3f} of clean accuracy against the clean batch's own "
+                 f"statistics ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}); "
+                 f"{how_many(results, 'I')} show it.")
     else:
         takeaway(f"No setting here shows it: even in the clearest one PN costs {gap:+.3f} "
                  f"against clean-batch BN ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}).")
@@ -150,13 +160,13 @@ def slide_i(ch, cell) -> None:
             key="slide_i", height=fig_height(), legend=False)
 
 
-def slide_ii(ch, cell, lesson_dir: Path) -> None:
+def slide_ii(ch, cell, lesson_dir: Path, results) -> None:
     from normshape_core.checkpoints import read_meta
 
     m = cell["measures"]
     takeaway(f"A shaped batch's statistics move {m['damping']:.1f}x less per PGD step than an "
-             f"all-adversarial batch's; the logit-error gap is {_pct(m['logit_gap'])} "
-             "(paper +63%).")
+             f"all-adversarial batch's; the logit-error gap is {_pct(m['logit_gap'])} here "
+             f"(paper +63%; {how_many(results, 'II')} reach +10%).")
     folder = lesson_dir / ch["checkpoints"]["plain"]
     meta = read_meta(folder)
     frames = animation_frames(str(folder), meta["weights_sha256"], int(m["batch"]))
@@ -166,11 +176,12 @@ def slide_ii(ch, cell, lesson_dir: Path) -> None:
     ui.show(fig, key="slide_ii", height=fig_height())
 
 
-def slide_iii(ch, cell) -> None:
+def slide_iii(ch, cell, results) -> None:
     m = cell["measures"]
     if ch["shows_effect"]:
         takeaway(f"Crafted with constant PN, PGD perturbations are {_pct(m['pn_vs_bn'])} larger "
-                 f"than crafted with the batch's own moving BN (paper +17%).")
+                 f"than with the batch's own moving BN here (paper +17%; "
+                 f"{how_many(results, 'III')} reach +5%).")
     else:
         takeaway(f"No setting here shows it: at most {_pct(m['pn_vs_bn'])} larger with PN than "
                  "with BN (paper +17%).")
@@ -215,6 +226,7 @@ else:
     else:
         ch = lessons[conf]
         cell = cells[ch["cell"]]
-        {"I": lambda: slide_i(ch, cell), "II": lambda: slide_ii(ch, cell, lesson_dir),
-         "III": lambda: slide_iii(ch, cell)}[conf]()
+        {"I": lambda: slide_i(ch, cell, results),
+         "II": lambda: slide_ii(ch, cell, lesson_dir, results),
+         "III": lambda: slide_iii(ch, cell, results)}[conf]()
         setting_caption(conf, ch, cell, n + 1)

@@ -109,8 +109,8 @@ def sweep_figure(results: Mapping[str, Any], confounding: str) -> go.Figure:
 def lesson_i_figure(measures: Mapping[str, Any], title: str) -> go.Figure:
     """Clean test accuracy of the PGD-AT model with PN, with the clean test batch's own BN
     and with shaped inference 1:9, and of the shaped model with shaped inference."""
-    labels = ["PGD-AT [PN]", "PGD-AT [clean-batch BN]", "PGD-AT [shaped 1:9]",
-              "PGD+shaping [shaped 1:9]"]
+    labels = ["PGD-AT<br>[PN]", "PGD-AT<br>[clean-batch BN]", "PGD-AT<br>[shaped 1:9]",
+              "PGD+shaping<br>[shaped 1:9]"]
     vals = [measures["acc_pn"], measures["acc_bn"], measures["acc_shaped"],
             measures["shaped_model_acc_shaped"]]
     fig = go.Figure(go.Bar(x=labels, y=vals, marker_color=[PN_COLOR, BN_COLOR, SHAPED_COLOR,
