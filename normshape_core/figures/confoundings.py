@@ -166,7 +166,7 @@ def moving_target_animation(frames: Mapping[str, Any], title: str,
                               dict(label="Pause", method="animate",
                                    args=[[None], dict(mode="immediate",
                                                       frame=dict(duration=0, redraw=False))])])],
-        sliders=[dict(active=len(steps) - 1, x=0.16, len=0.84, y=-0.3, yanchor="top",
+        sliders=[dict(active=len(steps) - 1, x=0.24, len=0.76, y=-0.3, yanchor="top",
                       currentvalue=dict(prefix="PGD step "), steps=slider_steps)])
     return fig
 
