@@ -46,7 +46,7 @@ def _shipped(results_path: str, lessons_path: str, mtimes: tuple):
 
 def shipped():
     root = ui.shipped_checkpoints_dir()
-    r, l = root / "sweep" / "results.json", root / "lessons" / "lessons.json"
+    r, l = root / "sweep" / "confoundings.json", root / "lessons" / "lessons.json"
     mt = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (r, l))
     return (*_shipped(str(r), str(l), mt), root / "lessons")
 

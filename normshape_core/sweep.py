@@ -519,8 +519,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    + ", ".join(DATASETS) + ")")
     p.add_argument("--work", default=None, help="folder of the trained cells (default: "
                    "sweep/ in the user's normshape folder)")
-    p.add_argument("--out", default="checkpoints/sweep/results.json", help="results file "
-                   "(default: checkpoints/sweep/results.json)")
+    p.add_argument("--out", default="checkpoints/sweep/confoundings.json", help="results file "
+                   "(default: checkpoints/sweep/confoundings.json)")
     p.add_argument("--doc", default="CONFOUNDINGS.md", help="document whose generated block "
                    "is rewritten; 'none' to skip (default: CONFOUNDINGS.md)")
     p.add_argument("--lessons", default="checkpoints/lessons", help="where the lesson "

@@ -13,7 +13,7 @@ from normshape_core.__main__ import main
 from normshape_core.sweep import (MAGNITUDE, build_grid, generated_block, lesson_choices)
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "checkpoints" / "sweep" / "results.json"
+RESULTS = ROOT / "checkpoints" / "sweep" / "confoundings.json"
 LESSONS = ROOT / "checkpoints" / "lessons"
 
 
