@@ -131,5 +131,4 @@ def test_sweep_figures_have_titles_axes_and_the_paper_mark():
         assert datasets == {c["dataset"] for c in results["cells"]}
         lo, hi = lay.yaxis.range
         assert lo <= 0 <= hi  # zero on the axis: no exaggerated gaps
-        if conf != "I":
-            assert any("paper" in (a.text or "") for a in lay.annotations)
+        assert any("paper" in (a.text or "") for a in lay.annotations)

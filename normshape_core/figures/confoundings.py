@@ -93,6 +93,10 @@ def sweep_figure(results: Mapping[str, Any], confounding: str) -> go.Figure:
         fig.add_annotation(text=paper_label, xref="x2 domain", yref="y", x=0.98,
                            y=paper * scale, xanchor="right", yanchor="bottom",
                            showarrow=False, font=dict(color="#444"))
+    else:
+        fig.add_annotation(text="paper: no PN-vs-BN number", xref="x2 domain", yref="y2 domain",
+                           x=0.98, y=0.02, xanchor="right", yanchor="bottom", showarrow=False,
+                           font=dict(color="#444"))
     for col in (1, 2):
         fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=col)
     lo, hi = min(all_y), max(all_y)
