@@ -72,7 +72,7 @@ def home() -> None:
 
     st.subheader("Where to go next")
     nxt = [("app_pages/train.py", "Train", "train a run in the background, watch its curves"),
-           ("app_pages/confoundings.py", "Confoundings", "a guided lesson for each of I, II, III"),
+           ("app_pages/confoundings.py", "Confoundings", "slides: I, II, III and where each appears"),
            ("app_pages/moving_target.py", "Moving target", "BN statistics step by step in PGD"),
            ("app_pages/ratios.py", "Ratios", "training x inference ratios (Table IV)"),
            ("app_pages/decision_boundaries.py", "Decision boundaries",
@@ -180,6 +180,7 @@ with st.sidebar:
                f"<span style='color:{ui.PN_COLOR}'>■ PN</span> "
                f"<span style='color:{ui.BN_COLOR}'>■ BN / shaped inference</span>",
                unsafe_allow_html=True)
+ui.presentation_setup()  # presenting: sidebar collapsed, larger text
 try:
     page.run()
 except ui.USER_ERRORS as e:  # a checkpoint or dataset that cannot be used: say so, go on

@@ -1,205 +1,232 @@
-"""Confoundings: a guided lesson for each of I, II and III, each with one live experiment."""
+"""Confoundings: a slide deck for a 15-minute class. A title slide, then per confounding a
+lesson slide (the lesson checkpoint's number beside the paper's) and a slide of the sweep
+that shows where the effect appears and where it disappears. The slide number is in the URL
+(``?slide=N``): Previous / Next push one browser-history entry each, so Back and Forward
+move between slides. Numbers come from the shipped sweep (``checkpoints/sweep``) and lesson
+checkpoints (``checkpoints/lessons``); the moving-target animation is computed live."""
 from __future__ import annotations
 
-import plotly.graph_objects as go
+import json
+from pathlib import Path
+
 import streamlit as st
 import torch
 
 from normshape_app import ui
-from normshape_core.diagnostics import (logit_error_experiment, moving_target,
-                                        perturbation_experiment)
+from normshape_core.diagnostics import moving_target
+from normshape_core.figures import confoundings as F
+from normshape_core.sweep import EFFECT_THRESHOLD, PAPER
 
-LESSONS = {"I": "I. Norm differences degrade accuracy",
-           "II": "II. The moving target hinders robustness",
-           "III": "III. Norm differences weaken BN attacks"}
-SHAPED_DARK = "#a63603"  # shaped inference / shaped batches: BN's family, darker
+SLIDES = ["title", "I", "I-sweep", "II", "II-sweep", "III", "III-sweep"]
+HEADINGS = {"title": "Three ways BatchNorm confounds adversarial training",
+            "I": "I. Norm differences degrade accuracy",
+            "I-sweep": "I. Where does it appear?",
+            "II": "II. The moving target",
+            "II-sweep": "II. Where does it appear?",
+            "III": "III. BN attacks are weaker",
+            "III-sweep": "III. Where does it appear?"}
+FIG_HEIGHT = 320  # x 1.35 when presenting: 432 px, fits 1024x768 under the heading
 
 
-def training_batch(meta, n: int, seed: int):
-    data = ui.load_dataset(meta["config"]["dataset"])
+def fig_height() -> int:
+    return FIG_HEIGHT if ui.presenting() else 460
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@st.cache_data(show_spinner=False)
+def _shipped(results_path: str, lessons_path: str, mtimes: tuple):
+    return _read_json(Path(results_path)), _read_json(Path(lessons_path))
+
+
+def shipped():
+    root = ui.shipped_checkpoints_dir()
+    r, l = root / "sweep" / "confoundings.json", root / "lessons" / "lessons.json"
+    mt = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (r, l))
+    return (*_shipped(str(r), str(l), mt), root / "lessons")
+
+
+@st.cache_data(show_spinner="Running PGD on a training batch, step by step ...", max_entries=8)
+def animation_frames(path: str, sha: str, batch: int, seed: int = 0):
+    model, meta = ui.load_model(path, sha)
+    cfg = meta["config"]
+    data = ui.load_dataset(cfg["dataset"])
     g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.x_train), generator=g)[:n]
-    return data.x_train[idx], data.y_train[idx]
+    idx = torch.randperm(len(data.x_train), generator=g)[:batch]
+    x, y = data.x_train[idx], data.y_train[idx]
+    out = {}
+    for ratio in ("1:0", "1:3"):
+        tr = moving_target(model, x, y, ratio, eps=cfg["eps"], step_size=cfg["step_size"],
+                           steps=cfg["steps"], seed=seed)
+        out[ratio] = {"frame": tr.frame, "summary": tr.summary()}
+    return out
 
 
-@st.cache_data(show_spinner="Measuring how far PN is from clean batch statistics ...",
-               max_entries=32)
-def pn_distance(path: str, sha: str, n: int, seed: int):
-    model, meta = ui.load_model(path, sha)
-    x, y = training_batch(meta, n, seed)
-    tr = moving_target(model, x, y, "1:0", eps=float(meta["config"]["eps"] or 0.1), steps=1)
-    f = tr.frame[tr.frame["step"] == 0]  # the clean batch, before any attack step
-    return f[["layer", "distance_to_pn_mean", "distance_to_pn_var"]].reset_index(drop=True)
+def current_slide() -> int:
+    raw = st.query_params.get("slide", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= len(SLIDES):
+        st.caption(f"There is no slide {ui.md_escape(raw)}: showing slide 1 of {len(SLIDES)}.")
+        n = 1
+    return n
 
 
-@st.cache_data(show_spinner="Crafting FGSM and measuring logit errors ...", max_entries=32)
-def logit_errors(path: str, sha: str, n: int, seed: int):
-    model, meta = ui.load_model(path, sha)
-    x, y = training_batch(meta, n, seed)
-    cfg = meta["config"]
-    step = float(cfg.get("step_size") or (cfg.get("eps") or 0.1) / 4)
-    return logit_error_experiment(model, x, y, eps=step).to_dict()
+def go(n: int) -> None:
+    """One URL change (one browser-history entry) per slide change."""
+    st.query_params["slide"] = str(n)
 
 
-@st.cache_data(show_spinner="Running PGD with PN, with BN and through shaped batches ...",
-               max_entries=32)
-def perturbations(path: str, sha: str, n: int, seed: int):
-    model, meta = ui.load_model(path, sha)
-    x, y = training_batch(meta, n, seed)
-    cfg = meta["config"]
-    eps = float(cfg.get("eps") or 0.1)
-    return perturbation_experiment(model, x, y, eps=eps, step_size=cfg.get("step_size"),
-                                   steps=int(cfg.get("steps") or 10), seed=seed).to_dict()
+def nav(n: int) -> None:
+    c1, c2, c3 = st.columns([1, 2, 1], vertical_alignment="center")
+    c1.button("← Previous", on_click=go, args=(n - 1,), disabled=n <= 1, key="slide_prev",
+              width="stretch")
+    c2.markdown(f"<div style='text-align:center'>slide {n} of {len(SLIDES)}</div>",
+                unsafe_allow_html=True)
+    c3.button("Next →", on_click=go, args=(n + 1,), disabled=n >= len(SLIDES),
+              key="slide_next", width="stretch")
 
 
-def pct(v: float) -> str:
-    return f"{v:+.1%}"
+def takeaway(text: str) -> None:
+    st.markdown(f"#### {text}")
 
 
-def lesson_i(ck, n: int, seed: int) -> None:
-    ui.explain("Adversarial training updates the running statistics (PN) on the batches it "
-               "trains on. In plain PGD training those batches are all adversarial, so PN "
-               "describes adversarial data, and clean test inputs normalised with it may land "
-               "on the wrong side of the boundary. BN of a clean-dominated batch (shaped "
-               "inference) keeps the statistics of clean data. **Experiment:** clean test "
-               "accuracy of this checkpoint classified with PN, with BN (each test batch of "
-               "100) and with shaped inference 1:9; and how far PN is from the statistics of a "
-               "clean training batch, per layer.")
-    df = ui.evaluation(ck, label=f"Clean accuracy of {ck.id}",
-                       **ui.clean_accuracy_settings(min(500, ui.test_set_size(ck.dataset))))
-    acc = df.groupby("classified_with", sort=False)["clean_acc"].first()
-    c1, c2 = st.columns(2)
-    with c1:
-        colors = [ui.PN_COLOR if k == "PN" else ui.BN_COLOR if k == "BN" else SHAPED_DARK
-                  for k in acc.index]
-        fig = go.Figure(go.Bar(x=list(acc.index), y=acc.values,
-                               marker_color=colors, text=[f"{v:.3f}" for v in acc.values],
-                               textposition="outside", name="clean accuracy"))
-        lo = max(0.0, float(acc.min()) - 0.1)
-        fig.update_layout(yaxis_title="clean test accuracy (fraction)", yaxis_range=[lo, 1.0],
-                          xaxis_title="classified with")
-        ui.show(fig, key="c1_acc", title=f"Clean accuracy of {ck.id}<br><sup>"
-                f"{int(df['n'].iloc[0])} test samples</sup>", height=400, legend=False)
-    with c2:
-        dist = pn_distance(ck.path, ck.sha, n, seed)
-        fig = go.Figure(go.Bar(x=dist["layer"], y=dist["distance_to_pn_mean"],
-                               marker_color=ui.PN_COLOR, name="PN vs clean batch"))
-        fig.update_layout(xaxis_title="BatchNorm layer (module name)",
-                          yaxis_title="distance of means (std units, RMS)")
-        ui.show(fig, key="c1_dist", title=f"PN against a clean training batch<br><sup>{n} "
-                "samples; 0 = PN equals the clean batch's statistics</sup>", height=400,
-                legend=False)
-    gap = float(acc.iloc[-1] - acc["PN"])
-    if gap > 0.005:
-        reading = (f"Here PN loses **{gap:.3f}** of clean accuracy against shaped inference "
-                   f"({acc['PN']:.3f} vs {acc.iloc[-1]:.3f}): the norm difference costs accuracy, "
-                   "as Confounding I says.")
-    elif gap < -0.005:
-        reading = (f"Here PN is **better** than shaped inference by {-gap:.3f} "
-                   f"({acc['PN']:.3f} vs {acc.iloc[-1]:.3f}): on this checkpoint the running "
-                   "statistics suit clean data, and Confounding I does not show.")
+def setting_caption(conf: str, ch: dict, cell: dict, sweep_slide: int) -> None:
+    m = cell["measures"]
+    why = ("the largest effect of the whole sweep in the paper's direction"
+           if ch["shows_effect"] else
+           "the largest value of the sweep, and still below the threshold of an effect")
+    c1, c2 = st.columns([3, 1], vertical_alignment="center")
+    c1.caption(f"Lesson checkpoint: {cell['dataset']}, {m['model']} with {m['bn_layers']} BN "
+               f"layers, eps {m['eps']:g}, BN batch {m['batch']} (sweep cell {cell['id']}, "
+               f"`checkpoints/lessons/{ch['checkpoints']['plain']}`), chosen as {why}. "
+               f"Paper: {PAPER[conf]['text']}.")
+    c2.button(f"Where it disappears: slide {sweep_slide} →", on_click=go, args=(sweep_slide,),
+              key="slide_sweep_link", width="stretch")
+
+
+def _pct(v) -> str:
+    return f"{v:+.0%}"
+
+
+def slide_title(results, lessons) -> None:
+    n = len((results or {}).get("cells", []))
+    takeaway("Zhang & Ma (ICTAI 2022): PN and BN differ in adversarial training and "
+             "confound it three ways" + (f"; each claim measured here on {n} settings."
+                                         if n else "."))
+    c1, c2 = st.columns([2, 3])
+    c1.markdown("**I.** PN learnt on adversarial batches costs clean accuracy.\n\n"
+                "**II.** An all-adversarial batch's statistics move at every attack step: a "
+                "moving target.\n\n"
+                "**III.** Crafted through moving statistics, PGD builds smaller "
+                "perturbations.\n\n"
+                "**Norm shaping** keeps clean samples dominant in every batch (adv:clean 1:3) "
+                "to suppress all three.")
+    if results:
+        with c2:
+            ui.show(F.claims_figure(results), key="slide_title", height=fig_height(), columns=2)
     else:
-        reading = (f"Here PN and shaped inference give the same clean accuracy within half a "
-                   f"point ({acc['PN']:.3f} vs {acc.iloc[-1]:.3f}): no measurable cost of the "
-                   "norm difference on this checkpoint.")
-    st.info(reading + f" PN lies on average {dist['distance_to_pn_mean'].mean():.3f} standard "
-            "deviations (RMS) from the clean batch's means.")
+        c2.info("The sweep's results are not shipped with this copy: run `python -m "
+                "normshape_core sweep-confoundings` to make them.")
 
 
-def lesson_ii(ck, n: int, seed: int) -> None:
-    ui.explain("During the attack, an all-adversarial batch is classified with its own BN, "
-               "which moves away from the clean batch's. The adversarial examples are built "
-               "against one boundary and trained on under another. **Experiment** (the paper's): "
-               "FGSM, one step of the size used in training, crafted through the clean batch's "
-               "own BN; then the logit error between each adversarial example and its clean "
-               "version, with the adversarial batch classified using the clean batch's "
-               "statistics versus its own. The paper measured the first 63% larger. The "
-               "**Moving target** page shows the statistics step by step.")
-    r = logit_errors(ck.path, ck.sha, n, seed)
-    fig = go.Figure(go.Bar(
-        x=["with the clean batch's BN", "with the adversarial batch's own BN"],
-        y=[r["error_with_clean_bn"], r["error_with_adv_bn"]], marker_color=[ui.CLEAN_COLOR,
-                                                                            ui.BN_COLOR],
-        text=[f"{r['error_with_clean_bn']:.3f}", f"{r['error_with_adv_bn']:.3f}"],
-        textposition="outside"))
-    fig.update_layout(yaxis_title="mean logit error ||z(x_adv) - z(x)||_2 (logit units)",
-                      xaxis_title="statistics the adversarial batch is classified with")
-    ui.show(fig, key="c2_bars", title=f"Logit error of FGSM examples, eps {r['eps']:g}<br><sup>"
-            f"{r['n']} training samples of {ck.id}</sup>", height=420, legend=False)
-    rel = r["relative_difference"]
-    if rel > 0.02:
-        reading = (f"Here the logit error is **{pct(rel)}** larger with the clean batch's "
-                   "statistics (paper: +63%): the examples expose the clean-statistics boundary "
-                   "more than the boundary of their own batch, the one training will patch.")
-    elif rel < -0.02:
-        reading = (f"Here the logit error is **{pct(rel)}**: smaller with the clean batch's "
-                   "statistics, the opposite of the paper's +63%. On this checkpoint the "
-                   "adversarial batch's own statistics do not hide the attack.")
+def how_many(results, conf: str) -> str:
+    """'k of N settings': the cells whose magnitude clears the effect threshold."""
+    key = F.SWEEP_MEASURES[conf][0]
+    vals = [c["measures"].get(key) for c in results["cells"]]
+    vals = [v for v in vals if v is not None]
+    k = sum(v >= EFFECT_THRESHOLD[conf] for v in vals)
+    return f"{k} of {len(vals)} settings"
+
+
+def slide_i(ch, cell, results) -> None:
+    m = cell["measures"]
+    gap = m["acc_gap_bn_pn"]
+    if ch["shows_effect"]:
+        takeaway(f"Here PN costs {gap:.3f} of clean accuracy against the clean batch's own "
+                 f"statistics ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}); "
+                 f"{how_many(results, 'I')} show it.")
     else:
-        reading = (f"Here the two logit errors are about equal ({pct(rel)}; paper: +63%): the "
-                   "statistics barely move under this attack, so no moving target shows.")
-    st.info(reading)
+        takeaway(f"No setting here shows it: even in the clearest one PN costs {gap:+.3f} "
+                 f"against clean-batch BN ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}).")
+    ui.show(F.lesson_i_figure(m, "Clean test accuracy of the lesson's two models"),
+            key="slide_i", height=fig_height(), legend=False)
 
 
-def lesson_iii(ck, n: int, seed: int) -> None:
-    ui.explain("PGD crafted with PN sees one fixed boundary and walks straight at it; crafted "
-               "with BN, the boundary moves at every step, the path zig-zags and the "
-               "perturbation ends smaller. A shaped batch, where clean parts hold the statistics, "
-               "should straighten it again. **Experiment** (the paper's): PGD with the training "
-               "settings on training samples, crafted with PN, with BN (the adversarial batch's "
-               "own statistics) and through shaped 1:3 batches; the size of the perturbation and "
-               "the straightness of its path |x(K) - x(0)| / path length. The paper measured "
-               "PN +17% over BN and shaping +41% over plain PGD.")
-    r = perturbations(ck.path, ck.sha, n, seed)
-    modes = list(r["modes"])
-    colors = [ui.PN_COLOR if m == "PN" else ui.BN_COLOR if m == "BN" else SHAPED_DARK
-              for m in modes]
-    def bars(key: str) -> go.Figure:
-        vals = [r["modes"][m][key] for m in modes]
-        return go.Figure(go.Bar(x=modes, y=vals, marker_color=colors,
-                                text=[f"{v:.3f}" for v in vals], textposition="outside"))
+def slide_ii(ch, cell, lesson_dir: Path, results) -> None:
+    from normshape_core.checkpoints import read_meta
 
-    c1, c2 = st.columns(2)
-    with c1:
-        fig = bars("mean_l2")
-        fig.update_layout(yaxis_title="mean L2 size of the perturbation (input units)",
-                          xaxis_title="crafted with (the norms of every PGD step)")
-        ui.show(fig, key="c3_l2", title=f"Perturbation size, PGD-{r['steps']} eps {r['eps']:g}",
-                height=420, legend=False)
-    with c2:
-        fig = bars("straightness")
-        fig.update_layout(yaxis_title="straightness |x(K)-x(0)| / path length (1 = straight)",
-                          xaxis_title="crafted with (the norms of every PGD step)",
-                          yaxis_range=[0, 1.1])
-        ui.show(fig, key="c3_straight", title="Straightness of the PGD path", height=420,
-                legend=False)
-    pb, sb = r["pn_vs_bn"], r["shaping_vs_bn"]
-    first = ("larger" if pb > 0.02 else "smaller" if pb < -0.02 else "about the same size")
-    second = ("larger" if sb > 0.02 else "smaller" if sb < -0.02 else "about the same size")
-    st.info(f"Here PGD crafted with PN builds perturbations **{pct(pb)}** ({first}) compared "
-            f"with BN (paper: +17%), and through shaped 1:3 batches **{pct(sb)}** ({second}) "
-            "compared with BN (paper: +41%). "
-            + ("Both point the paper's way: constant statistics make the stronger attack."
-               if pb > 0.02 and sb > 0.02 else
-               "So on this checkpoint the paper's direction does not fully show; the effect "
-               "depends on how much the batch statistics move (see the Moving target page)."))
+    m = cell["measures"]
+    takeaway(f"A shaped batch's statistics move {m['damping']:.1f}x less per PGD step than an "
+             f"all-adversarial batch's; the logit-error gap is {_pct(m['logit_gap'])} here "
+             f"(paper +63%; {how_many(results, 'II')} reach +10%).")
+    folder = lesson_dir / ch["checkpoints"]["plain"]
+    meta = read_meta(folder)
+    frames = animation_frames(str(folder), meta["weights_sha256"], int(m["batch"]))
+    fig = F.moving_target_animation({r: v["frame"] for r, v in frames.items()},
+                                    "BN statistics of an attacked batch, step by step (press "
+                                    "Play)")
+    ui.show(fig, key="slide_ii", height=fig_height())
 
 
-st.title("Confoundings")
-if not ui.checkpoints():
-    ui.no_checkpoints_message()
-    st.stop()
-with ui.settings_block():
-    lesson = st.segmented_control("Lesson", list(LESSONS), default="I", key="lesson",
-                                  bind="query-params", help="; ".join(LESSONS.values()))
-    c1, c2, c3 = st.columns([3, 1, 1])
-    with c1:
-        ck = ui.checkpoint_picker("Checkpoint", key="cf_ckpt", prefer=ui.prefer_2d_adversarial,
-                                  help="The confoundings are about adversarial training: plain "
-                                       "PGD (adv only) shows them; shaped checkpoints should not.")
-    n = c2.select_slider("Training samples", [64, 128, 256, 512], value=256, key="cf_n",
-                         bind="query-params")
-    seed = c3.number_input("Seed", 0, 10_000, 0, key="cf_seed", bind="query-params")
-lesson = lesson or "I"
-st.header(LESSONS[lesson])
-{"I": lesson_i, "II": lesson_ii, "III": lesson_iii}[lesson](ck, int(n), int(seed))
+def slide_iii(ch, cell, results) -> None:
+    m = cell["measures"]
+    if ch["shows_effect"]:
+        takeaway(f"Crafted with constant PN, PGD perturbations are {_pct(m['pn_vs_bn'])} larger "
+                 f"than with the batch's own moving BN here (paper +17%; "
+                 f"{how_many(results, 'III')} reach +5%).")
+    else:
+        takeaway(f"No setting here shows it: at most {_pct(m['pn_vs_bn'])} larger with PN than "
+                 "with BN (paper +17%).")
+    ui.show(F.lesson_iii_figure(m, "Size of PGD perturbations by the norms they were crafted "
+                                   "with"), key="slide_iii", height=fig_height(), legend=False)
+
+
+def slide_sweep(conf: str, results, lessons) -> None:
+    key = F.SWEEP_MEASURES[conf][0]
+    cells = [c for c in results["cells"] if c["measures"].get(key) is not None]
+    base = [c["measures"][key] for c in cells if c["axis"] == "base"]
+    spread = max((F.seed_spread(cells, d, key) or 0) for d in {c["dataset"] for c in cells})
+    best = max(cells, key=lambda c: c["measures"][key])
+    fmt = (lambda v: f"{v:+.3f}") if conf == "I" else _pct
+    shows = best["measures"][key] >= EFFECT_THRESHOLD[conf]
+    takeaway(f"{'Clearest' if shows else 'Largest'} at {best['id']} "
+             f"({fmt(best['measures'][key])}); at each dataset's own setting "
+             f"{fmt(min(base))} to {fmt(max(base))}, and seeds alone move it ±"
+             f"{fmt(spread).lstrip('+')}.")
+    ui.show(F.sweep_figure(results, conf), key=f"slide_sweep_{conf}", height=fig_height())
+
+
+n = current_slide()
+name = SLIDES[n - 1]
+if not ui.presenting():
+    st.title("Confoundings")
+    st.caption("A slide deck: Previous / Next or the browser's Back and Forward move between "
+               "slides; presentation mode (sidebar) hides the sidebar and enlarges the text.")
+nav(n)
+st.header(HEADINGS[name])
+results, lessons, lesson_dir = shipped()
+if name == "title":
+    slide_title(results, lessons)
+elif not results or not lessons:
+    st.info("The sweep's results and the lesson checkpoints are not shipped with this copy: "
+            "`python -m normshape_core sweep-confoundings` makes them.")
+else:
+    conf = name.split("-")[0]
+    cells = {c["id"]: c for c in results["cells"]}
+    if name.endswith("sweep"):
+        slide_sweep(conf, results, lessons)
+    else:
+        ch = lessons[conf]
+        cell = cells[ch["cell"]]
+        {"I": lambda: slide_i(ch, cell, results),
+         "II": lambda: slide_ii(ch, cell, lesson_dir, results),
+         "III": lambda: slide_iii(ch, cell, results)}[conf]()
+        setting_caption(conf, ch, cell, n + 1)

@@ -106,7 +106,7 @@ def region_figure(res, which: str, title: str, color: str, key: str) -> None:
                     marker=dict(symbol="x", size=9, color=ui.WRONG_COLOR))
     fig.update_layout(xaxis_title="x1 (input units)", yaxis_title="x2 (input units)",
                       yaxis_scaleanchor="x", legend=dict(orientation="h", y=-0.15))
-    ui.show(fig, key=key, title=title, height=620)
+    ui.show(fig, key=key, title=title, height=620, columns=2)
     extra = ""
     if which == "shaped":
         extra = (f" (with a fresh reference draw per sample, as shaped inference does it: "
@@ -175,7 +175,7 @@ def slice_figure(sl, label: int, classes, title: str, color: str, key: str) -> N
     fig.update_layout(xaxis_title="a: along the PGD perturbation (1 = the PGD example)",
                       yaxis_title="b: random orthogonal direction (same L2 size)",
                       yaxis_scaleanchor="x", legend=dict(orientation="h", y=-0.2))
-    ui.show(fig, key=key, title=title, height=560)
+    ui.show(fig, key=key, title=title, height=560, columns=2)
 
 
 @st.cache_data(show_spinner="Computing the feature map (UMAP compiles its code on first use in "

@@ -91,7 +91,8 @@ def boundary_figure(res, t: int, comp: str, key: str) -> None:
                     name="adversarial, misclassified")
     fig.update_layout(xaxis_title="x1 (input units)", yaxis_title="x2 (input units)",
                       yaxis_scaleanchor="x", legend=dict(orientation="h", y=-0.18))
-    ui.show(fig, key=key, title=f"Batch {comp}: decision boundary at PGD step {t}", height=560)
+    ui.show(fig, key=key, title=f"Batch {comp}: decision boundary at PGD step {t}", height=560,
+            columns=2)
 
 
 st.title("Moving target")
@@ -148,7 +149,7 @@ with c1:
     fig.update_layout(xaxis_title="PGD step", yaxis_title=YLABEL[stat],
                       legend=dict(orientation="h", y=-0.25))
     ui.show(fig, key="mt_steps", title=f"Batch {stat_name}: {measure_text}<br><sup>mean over "
-            "BatchNorm layers</sup>", height=420)
+            "BatchNorm layers</sup>", height=420, columns=2)
 with c2:
     fig = go.Figure()
     for i, c in enumerate(comps):
@@ -159,7 +160,7 @@ with c2:
     fig.update_layout(barmode="group", xaxis_title="BatchNorm layer (module name)",
                       yaxis_title=YLABEL[stat], legend=dict(orientation="h", y=-0.3))
     ui.show(fig, key="mt_layers", title=f"Per layer at PGD step {t}<br><sup>{measure_text}"
-            "</sup>", height=420)
+            "</sup>", height=420, columns=2)
 
 a = res[comps[0]]["summary"]
 cols = st.columns(len(comps) + 1)

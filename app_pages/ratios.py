@@ -34,7 +34,7 @@ def heatmap(table: pd.DataFrame, title: str, key: str) -> None:
     fig.update_layout(xaxis_title="inference ratio adv:clean (shaped inference)",
                       yaxis_title="training ratio adv:clean", yaxis_autorange="reversed",
                       xaxis_type="category", yaxis_type="category")
-    ui.show(fig, key=key, title=title, height=380, legend=False)
+    ui.show(fig, key=key, title=title, height=380, legend=False, columns=2)
 
 
 st.title("Ratios: training x inference (Table IV)")

@@ -111,7 +111,7 @@ def curves(rows, status: jobs.JobStatus, key: str) -> None:
                                    line=dict(color="#333333")))
         fig.update_layout(xaxis_title="training step", yaxis_title="training loss")
         ui.show(fig, key=f"{key}_loss", title="Training loss<br><sup>of the trained batch "
-                "(TRADES: its objective)</sup>", height=400, legend=False)
+                "(TRADES: its objective)</sup>", height=400, legend=False, columns=3)
     with c2:
         fig = go.Figure()
         if "train/adv_acc" in df:
@@ -128,7 +128,7 @@ def curves(rows, status: jobs.JobStatus, key: str) -> None:
         fig.update_layout(xaxis_title="training step", yaxis_title="accuracy (fraction)",
                           yaxis_range=[0, 1.02], legend=dict(orientation="h", y=-0.4))
         ui.show(fig, key=f"{key}_acc", title="Accuracy<br><sup>train rows with BN of the batch; "
-                "test at epoch ends with PN</sup>", height=400)
+                "test at epoch ends with PN</sup>", height=400, columns=3)
     with c3:
         fig = go.Figure()
         for col, dash, label in (("bn/running_mean_drift", "solid", "running mean"),
@@ -140,7 +140,7 @@ def curves(rows, status: jobs.JobStatus, key: str) -> None:
                           yaxis_title="relative change per step",
                           legend=dict(orientation="h", y=-0.4))
         ui.show(fig, key=f"{key}_drift", title="Running-statistics (PN) drift<br><sup>relative "
-                "change per step, mean over BN layers</sup>", height=400)
+                "change per step, mean over BN layers</sup>", height=400, columns=3)
     if window > 1:
         st.caption(f"Training curves are smoothed over {window} steps.")
 

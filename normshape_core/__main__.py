@@ -154,6 +154,8 @@ def build_parser(prog: str = "python -m normshape_core") -> argparse.ArgumentPar
         p = sub.add_parser(name, help=help_text)
         add_args(p)
         p.set_defaults(func=run)
+    from . import sweep  # sweep-confoundings: its parser lives in sweep.py
+    sweep.add_parser(sub)
     return parser
 
 

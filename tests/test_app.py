@@ -250,13 +250,19 @@ def test_compare_adding_an_attack_computes_only_that_attack(app, monkeypatch):
     assert computed == []
 
 
-def test_confounding_lessons_read_their_numbers(app):
-    for lesson, needle in (("I", "clean accuracy"), ("II", "logit error"),
-                           ("III", "perturbations")):
-        at = app("app_pages/confoundings.py", query={"lesson": lesson})
+def test_confoundings_deck_has_a_figure_and_a_takeaway_per_slide(app):
+    """The deck reads the shipped sweep and lesson checkpoints: a title slide, then one
+    figure per slide, lesson II's with a frame per PGD step; a bad slide number says so."""
+    for n in range(1, 8):
+        at = app("app_pages/confoundings.py", query={"slide": str(n)})
         assert not at.error
-        assert needle in " ".join(i.value for i in at.info), lesson
-        assert "Here" in " ".join(i.value for i in at.info)
+        assert f"slide {n} of 7" in texts(at)
+        figs = figures(at)
+        assert len(figs) == 1, n
+        if n == 4:
+            assert len(figs[0]["frames"]) == 11 and figs[0]["layout"]["sliders"]
+    at = app("app_pages/confoundings.py", query={"slide": "x"})
+    assert "There is no slide x" in texts(at) and "slide 1 of 7" in texts(at)
 
 
 def test_presentation_mode_hides_settings_and_enlarges_figures(app):

@@ -33,9 +33,9 @@ PAGES = [("/", "home", "Checkpoints found"),
          ("/moving-target", "moving_target", "Damping"),
          ("/decision-boundaries?db_map=PCA", "decision_boundaries", "disagree on"),
          ("/compare", "compare", "Tables laid out like the paper"),
-         ("/confoundings", "confoundings", "Here PN"),
-         ("/confoundings?lesson=II", "confoundings_ii", "logit error"),
-         ("/confoundings?lesson=III", "confoundings_iii", "perturbations")]
+         ("/confoundings", "confoundings", "slide 1 of 7"),
+         ("/confoundings?slide=4", "confoundings_ii", "slide 4 of 7"),
+         ("/confoundings?slide=6", "confoundings_iii", "slide 6 of 7")]
 ERROR_MARKERS = ("Traceback", "Error:", "Exception:")
 
 playwright = pytest.importorskip("playwright.sync_api")
