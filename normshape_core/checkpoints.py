@@ -246,7 +246,8 @@ def read_meta(path: str | Path) -> Dict[str, Any]:
 # ------------------------------------------------------------------ the checkpoint schema
 #: What a checkpoint of each registered dataset must say: its input shape and class count.
 DATASET_SHAPES: Dict[str, Tuple[Tuple[int, ...], int]] = {
-    "moons": ((2,), 2), "spirals": ((2,), 2), "digits": ((1, 8, 8), 10),
+    "moons": ((2,), 2), "spirals": ((2,), 2), "circles": ((2,), 2), "xor": ((2,), 2),
+    "blobs": ((2,), 2), "digits": ((1, 8, 8), 10),
     "fashion_mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10)}
 #: Bounds checked before any model is built: the paper's wide ResNet-34-10 has 46.2 M
