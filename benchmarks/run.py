@@ -1378,14 +1378,14 @@ KILL_TRAIN = ["--dataset", "moons", "--method", "pgd", "--epochs", "3", "--steps
 def section_kill_safety(args, device) -> None:
     """Random kills (SIGKILL / SIGTERM) of training runs at random moments, each resumed with
     --resume until it finishes; the weights compared with an uninterrupted run's. The driver
-    runs in a fresh process and forks each run (``normshape_core.faults``)."""
+    runs in a fresh process and forks each run (``normshape_core.cli.kill_drivers``)."""
     kills = 10 if args.quick else 30
     header(f"7. Kill-safety: {kills} random kills of training runs, resumed, weights compared")
     with tempfile.TemporaryDirectory() as d:
         out = Path(d) / "loop.json"
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         env.pop("NORMSHAPE_FAULT", None)
-        proc = subprocess.run([sys.executable, "-m", "normshape_core.faults", "random", str(out),
+        proc = subprocess.run([sys.executable, "-m", "normshape_core.cli.kill_drivers", "random", str(out),
                                str(kills), "--", *KILL_TRAIN, "--device", "cpu"], cwd=ROOT,
                               env=env, capture_output=True, text=True, timeout=1800)
         if proc.returncode != 0:

@@ -4,4 +4,4 @@ Data flows one way: config -> data + model -> training (-> checkpoint) ->
 evaluation / diagnostics / projections. This package never imports Streamlit.
 """
 
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401

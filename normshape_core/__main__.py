@@ -168,7 +168,7 @@ def report_unexpected(exc: BaseException, argv) -> str:
     import platform
     import traceback
 
-    from . import __version__
+    from ._version import __version__
     from .userdata import write_error_log
 
     text = (f"normshape {__version__}, Python {platform.python_version()}\n"

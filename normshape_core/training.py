@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from . import distributed
 from .attacks import pgd_linf
 from .config import ConfigError, Ratio, TrainConfig
+from .config import model_kwargs  # noqa: F401 - moved to config; this import path stays
 from .data import Dataset, load_dataset
 from .faults import FAULT_ENV, fault_point
 from .models import build_model
@@ -105,18 +106,6 @@ class CraftedBatch:
     y: torch.Tensor
     n_clean: int  # rows [0, n_clean) are clean, the rest adversarial
     clean_probs: Optional[torch.Tensor] = None  # TRADES: clean prediction of the adv rows
-
-
-def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
-    kw: Dict[str, Any] = {"channels_last": bool(cfg.channels_last)}
-    if cfg.model_width is not None:
-        kw["hidden" if cfg.model == "mlp" else ("channels" if cfg.model == "small_cnn"
-                                                 else "width")] = cfg.model_width
-    if cfg.model_depth is not None:
-        if cfg.model not in ("mlp", "wide_resnet"):
-            raise ConfigError(f"model {cfg.model} has a fixed depth; drop --model-depth")
-        kw["depth"] = cfg.model_depth
-    return kw
 
 
 def lr_factor(schedule: str, progress: float) -> float:
