@@ -44,9 +44,7 @@ LAYERS: List[List[str]] = [
 
 # argparse only in the command-line layer. sweep.py is being written on another branch with
 # its own parser: it moves into normshape_core/cli/ at the merge, and this entry goes.
-ARGPARSE_ALLOWED = ("cli", "sweep",
-                    # until their parsers move into cli/ (issue 13 point 2):
-                    "__main__", "evaluation", "diagnostics", "reproduce")
+ARGPARSE_ALLOWED = ("cli", "sweep")
 
 
 def _module_name(path: Path) -> str:

@@ -23,7 +23,7 @@ def _prepare_driver(warm_argv=None) -> None:
     import contextlib
     import io
 
-    from .. import __main__ as cli
+    from .. import cli
 
     cli.build_parser()
     import sklearn.datasets  # noqa: F401 - the offline datasets' generator
@@ -47,7 +47,7 @@ def fork_cli(argv, env=None) -> int:
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
         os.environ.update(env or {})
-        from ..__main__ import main
+        from . import main
 
         rc = main(list(argv))
     except BaseException:  # noqa: BLE001 - the exit status says it
