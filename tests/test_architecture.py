@@ -31,7 +31,7 @@ LAYERS: List[List[str]] = [
     # 2 building blocks of training and evaluation
     ["shaping", "attacks"],
     # 3 training and what it writes
-    ["training", "checkpoints", "distributed", "runlock"],
+    ["training", "objectives", "checkpoints", "distributed", "runlock"],
     # 4 measuring trained models
     ["evaluation", "worst_case", "diagnostics", "projections"],
     # 5 figures (plotly only)
