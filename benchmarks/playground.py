@@ -26,6 +26,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from _common import RESULTS, header, say, summary
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = os.environ.get("NORMSHAPE_CHROMIUM", "/usr/bin/chromium")
 
@@ -39,7 +41,7 @@ def _median_time(fn, reps: int) -> float:
     return statistics.median(out)
 
 
-def section_playground(args, device, *, say, header, summary, results) -> None:
+def section_playground(args, device) -> None:
     header("8. Playground: live decision regions (Playground page)")
     from normshape_core import playground as PG
     from normshape_core import projections as P
@@ -107,12 +109,12 @@ def section_playground(args, device, *, say, header, summary, results) -> None:
             fmt="{:.4f} s")
     summary("playground: training steps/s with frames / without", with_frames / without,
             None)
-    results["playground"] = {"build_s": build_s, "regions_s": t_regions, "frame_s": t_frame,
+    RESULTS["playground"] = {"build_s": build_s, "regions_s": t_regions, "frame_s": t_frame,
                              "round_trip_s": round_trip, "steps_per_s_with_frames": with_frames,
                              "steps_per_s_without": without}
     browser = _browser_fps(args, say)
     if browser:
-        results["playground"].update(browser)
+        RESULTS["playground"].update(browser)
         summary("playground: first frame after Play (browser)", browser["first_frame_s"], 2.0,
                 fmt="{:.2f} s")
         summary("playground: frames/s in the browser (goal >= 5; shown as s/frame)",

@@ -167,7 +167,7 @@ def package_versions() -> Dict[str, str]:
     import numpy
     import safetensors
 
-    from . import __version__
+    from ._version import __version__
 
     return {"normshape": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "safetensors": safetensors.__version__, "python": platform.python_version()}
@@ -481,8 +481,8 @@ def build_from_meta(meta: Dict[str, Any], path: str | Path = "model.json") -> nn
     from .config import TrainConfig
 
     validate_meta(meta, path)
+    from .config import model_kwargs
     from .models import build_model
-    from .training import model_kwargs
 
     cfg = TrainConfig.from_dict(meta["config"])
     return build_model(cfg.model, tuple(meta["input_shape"]), meta["num_classes"],

@@ -16,6 +16,8 @@ from typing import Any, Dict, Optional
 
 import torch
 
+from .presets import DATASET_PRESETS
+
 METHODS = ("natural", "pgd", "trades")
 SHAPING_MODES = ("none", "train", "attack+train")
 OPTIMIZERS = ("sgd", "adam")
@@ -129,8 +131,6 @@ class TrainConfig:
     # ---------------------------------------------------------------- derived
     def resolved(self) -> "TrainConfig":
         """A copy with every ``None`` filled from the dataset preset, then validated."""
-        from .presets import dataset_preset
-
         self._check_types()
         preset = dataset_preset(self.dataset)
         values = dataclasses.asdict(self)
@@ -385,3 +385,25 @@ def check_existing_dir(path, flag: str) -> Path:
     if not p.is_dir():
         raise ConfigError(f"{flag} {path} is not an existing folder")
     return p
+
+
+def dataset_preset(name: str) -> Dict[str, Any]:
+    """The per-dataset defaults (``presets.DATASET_PRESETS``) of ``name``, a copy."""
+    if name not in DATASET_PRESETS:
+        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_PRESETS)}")
+    return dict(DATASET_PRESETS[name])
+
+
+def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
+    """The keyword arguments of ``models.build_model`` that ``cfg`` asks for (width, depth,
+    memory layout): the one translation from settings to a model, used by training and by
+    the checkpoints' rebuild."""
+    kw: Dict[str, Any] = {"channels_last": bool(cfg.channels_last)}
+    if cfg.model_width is not None:
+        kw["hidden" if cfg.model == "mlp" else ("channels" if cfg.model == "small_cnn"
+                                                 else "width")] = cfg.model_width
+    if cfg.model_depth is not None:
+        if cfg.model not in ("mlp", "wide_resnet"):
+            raise ConfigError(f"model {cfg.model} has a fixed depth; drop --model-depth")
+        kw["depth"] = cfg.model_depth
+    return kw

@@ -18,7 +18,6 @@ over channels.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import math
 from dataclasses import asdict, dataclass, field
@@ -277,31 +276,6 @@ def perturbation_experiment(model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         modes[shaped.crafting_label]["mean_l2"] / bn_l2 - 1 if bn_l2 > 0 else float("nan"))
 
 
-# ====================================================================== CLI
-def add_diagnose_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``python -m normshape_core diagnose``."""
-    parser.add_argument("checkpoint", help="run folder, .safetensors or .json of a checkpoint")
-    parser.add_argument("--json", default=None, help="write all figures as JSON to this file")
-    parser.add_argument("--ratios", default="1:0,1:3", help="batch compositions adv:clean of the "
-                        "moving-target trace (comma-separated)")
-    parser.add_argument("--n", type=int, default=256, help="training samples in the batch "
-                        "(the paper measured on training inputs)")
-    parser.add_argument("--eps", type=float, default=None, help="default: the training eps")
-    parser.add_argument("--step-size", type=float, default=None, help="default: the training "
-                        "step size")
-    parser.add_argument("--steps", type=int, default=None, help="default: the training steps")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the batch and attack starts")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--dataset", default=None, help="expected dataset; a checkpoint of "
-                        "another dataset is an error")
-    parser.add_argument("--worst-case", default="autoattack", help="ensemble whose worst case "
-                        "per sample on the same batch is printed beside the moving-target "
-                        "accuracies (through PN and through the batch's own BN); 'none' to skip")
-    from .evaluation import document_defaults
-
-    return document_defaults(parser)
-
-
 def diagnose(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, eps: float,
              step_size: Optional[float] = None, steps: int = 10,
              ratios: Sequence[str] = ("1:0", "1:3"), seed: int = 0,
@@ -390,73 +364,6 @@ class DiagnoseSettings:
         return out.validate()
 
 
-def diagnose_settings_from_args(args: argparse.Namespace) -> DiagnoseSettings:
-    from .config import check_writable_file, parse_device
-    from .evaluation import ensemble_spec, parse_ratio_list
-
-    parse_device(args.device)
-    if args.json is not None:
-        check_writable_file(args.json, "--json")
-    if args.dataset is not None:
-        from .data import DATASETS
-
-        if args.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of: "
-                              f"{', '.join(DATASETS)}")
-    members = None if str(args.worst_case).strip().lower() == "none" else \
-        ensemble_spec(args.worst_case)
-    return DiagnoseSettings(ratios=parse_ratio_list(args.ratios), n=args.n, eps=args.eps,
-                            step_size=args.step_size, steps=args.steps, seed=args.seed,
-                            worst_case=members).validate()
-
-
-def cli_diagnose(args: argparse.Namespace) -> int:
-    """``diagnose CHECKPOINT``: print the three measurements; write --json."""
-    from .checkpoints import atomic_write_json
-    from .evaluation import _meta_config, load_for_evaluation
-
-    given = diagnose_settings_from_args(args)  # every flag checked before any reading
-    model, meta, dataset = load_for_evaluation(args.checkpoint, args.dataset, args.device)
-    ds = given.with_checkpoint(_meta_config(meta, args.checkpoint))
-    ratios, eps, step_size, steps, members = (ds.ratios, ds.eps, ds.step_size, ds.steps,
-                                              ds.worst_case)
-    if args.n > len(dataset.x_train):
-        raise ConfigError(f"--n must be between 4 and the {len(dataset.x_train)} training samples")
-    g = torch.Generator().manual_seed(args.seed)
-    idx = torch.randperm(len(dataset.x_train), generator=g)[:args.n]
-    device = next(model.parameters()).device
-    x, y = dataset.x_train[idx].to(device), dataset.y_train[idx].to(device)
-    out = diagnose(model, x, y, eps=eps, step_size=step_size, steps=steps, ratios=ratios,
-                   seed=args.seed, progress=True)
-    out["checkpoint"] = str(args.checkpoint)
-    out["run_name"] = meta.get("run_name")
-    for r, tr in out["moving_target"].items():
-        s = tr["summary"]
-        print(f"moving target {r}: BN statistics move {s['step_drift_mean']:.4f} (mean, per step)"
-              f", end {s['final_distance_to_clean_mean']:.4f} from the clean batch's; "
-              f"accuracy after PGD-{steps} crafted through this batch (BN), classified "
-              f"with BN: {s['adv_acc']:.3f}")
-    if members is not None:
-        out["worst_case"] = batch_worst_case(model, x, y, members, eps=eps, seed=args.seed)
-        for w in out["worst_case"]:
-            print(f"worst case per sample ({w['ensemble']}) on the same batch, crafted with "
-                  f"{w['crafted_with']}, classified with {w['classified_with']}: "
-                  f"{w['robust_acc']:.3f} (clean {w['clean_acc']:.3f})")
-    c2 = out["confounding_ii"]
-    print(f"confounding II: logit error with the clean batch's BN {c2['error_with_clean_bn']:.4f}"
-          f" vs the adversarial batch's own {c2['error_with_adv_bn']:.4f}: "
-          f"{c2['relative_difference']:+.0%} (paper: +63%)")
-    c3 = out["confounding_iii"]
-    sizes = ", ".join(f"{k} {v['mean_l2']:.4f} (straightness {v['straightness']:.2f})"
-                      for k, v in c3["modes"].items())
-    print(f"confounding III: mean L2 of PGD perturbations: {sizes}; PN vs BN "
-          f"{c3['pn_vs_bn']:+.0%} (paper: +17%), shaping vs BN {c3['shaping_vs_bn']:+.0%} "
-          f"(paper: +41%)")
-    if args.json:
-        atomic_write_json(args.json, _finite(out))
-    return 0
-
-
 def batch_worst_case(model, x, y, spec: str, *, eps: float, seed: int = 0
                      ) -> List[Dict[str, Any]]:
     """Worst case per sample of an ensemble on one batch, through PN and through the
@@ -485,3 +392,29 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def diagnose_checkpoint(checkpoint, settings: DiagnoseSettings, *, dataset_name=None,
+                        device="auto", progress: bool = False):
+    """``diagnose`` on ``settings.n`` seeded training samples of a checkpoint's dataset (the
+    paper measured on training inputs), plus the worst case per sample of
+    ``settings.worst_case`` on the same batch. Returns ``(results, settings)``: the
+    JSON-ready dict and the settings completed from the checkpoint's training config."""
+    from .evaluation import _meta_config, load_for_evaluation
+
+    model, meta, dataset = load_for_evaluation(checkpoint, dataset_name, device)
+    ds = settings.with_checkpoint(_meta_config(meta, checkpoint))
+    if ds.n > len(dataset.x_train):
+        raise ConfigError(f"--n must be between 4 and the {len(dataset.x_train)} training samples")
+    g = torch.Generator().manual_seed(ds.seed)
+    idx = torch.randperm(len(dataset.x_train), generator=g)[:ds.n]
+    dev = next(model.parameters()).device
+    x, y = dataset.x_train[idx].to(dev), dataset.y_train[idx].to(dev)
+    out = diagnose(model, x, y, eps=ds.eps, step_size=ds.step_size, steps=ds.steps,
+                   ratios=ds.ratios, seed=ds.seed, progress=progress)
+    out["checkpoint"] = str(checkpoint)
+    out["run_name"] = meta.get("run_name")
+    if ds.worst_case is not None:
+        out["worst_case"] = batch_worst_case(model, x, y, ds.worst_case, eps=ds.eps,
+                                             seed=ds.seed)
+    return out, ds

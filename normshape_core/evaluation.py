@@ -14,7 +14,6 @@ user's folder, written to the user's folder (``reproduce``: beside the checkpoin
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import json
@@ -966,171 +965,6 @@ def training_label(meta: Dict[str, Any]) -> str:
                                   f" ({c.get('shaping')})")
 
 
-# ====================================================================== CLI
-def document_defaults(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Append "(default: ...)" to every optional flag's help that does not state it."""
-    for action in parser._actions:
-        if not action.option_strings or action.default is argparse.SUPPRESS:
-            continue
-        text = action.help or ""
-        if "default" not in text:
-            action.help = (text + " " if text else "") + "(default: %(default)s)"
-    return parser
-
-
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--n-test", type=int, default=None, help="test samples (seeded subset; "
-                   "default: the whole test set)")
-    p.add_argument("--eps", type=float, default=None, help="L-inf bound (default: the "
-                   "checkpoint's training eps)")
-    p.add_argument("--steps", type=int, default=20, help="PGD steps")
-    p.add_argument("--restarts", type=int, default=1, help="PGD / APGD restarts")
-    p.add_argument("--square-queries", type=int, default=1000, help="Square's queries per "
-                   "sample in an ensemble (AutoAttack's standard version: 5000)")
-    p.add_argument("--target-classes", type=int, default=9, dest="n_target_classes",
-                   help="APGD-T's target classes (the top ones other than the label)")
-    p.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD-CE, "
-                   "APGD-DLR and each APGD-T target")
-    p.add_argument("--seed", type=int, default=0, help="seed of the test subset, attack starts "
-                   "and reference draws")
-    p.add_argument("--group-size", type=int, default=None, help="test samples per shaped batch "
-                   "(1 = per-sample Eq. 6; default: batches of 100 samples as in the paper)")
-    p.add_argument("--batch-size", type=int, default=100, help="test batch size (the paper: 100)")
-    p.add_argument("--reference-pool", type=int, default=1000, dest="reference_pool_size",
-                   help="size of the reference pool drawn from the training set")
-    p.add_argument("--fresh-references", action="store_true", help="draw new references at "
-                   "every call (randomised classifier) instead of a seeded fixed draw")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--dataset", default=None, help="expected dataset; a checkpoint of another "
-                   "dataset is an error")
-    p.add_argument("--json", default=None, help="write the rows as JSON to this file")
-    p.add_argument("--no-cache", action="store_true", help="ignore and do not write the "
-                   "results cache (read beside the checkpoint or from the user's folder, "
-                   "written to the user's folder, NORMSHAPE_HOME)")
-
-
-def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``python -m normshape_core evaluate``."""
-    parser.add_argument("checkpoint", help="run folder, .safetensors or .json of a checkpoint")
-    parser.add_argument("--attacks", default="pgd,autoattack",
-                        help="comma-separated attacks (" + ", ".join(list(ATTACKS) +
-                                                                   ["adaptive"]) +
-                        ") and ensembles: autoattack (APGD-CE, APGD-T, Square), paper (PGD, "
-                        "C&W, FGSM, DeepFool, shaping) or members joined by + (apgd+square). "
-                        "An attack is crafted with --craft norms and classified with every "
-                        "--classify mode (the paper's protocol); an ensemble gives the worst "
-                        "case per sample through each classifier's own norms (PN, BN, exact "
-                        "shaped batches)")
-    parser.add_argument("--classify", default="pn,bn,shaped:1:9",
-                        help="inference modes: pn, bn, shaped:ADV:CLEAN (comma-separated)")
-    parser.add_argument("--craft", default="pn", help="norms the standard attacks craft with: "
-                        "pn (paper), bn, or pn,bn")
-    parser.add_argument("--fgsm-eps", type=float, default=None, help="FGSM's eps (default: "
-                        "--eps; the paper used twice the training eps)")
-    parser.add_argument("--cw-steps", type=int, default=100, help="C&W Adam steps per "
-                        "binary-search step")
-    parser.add_argument("--eot-draws", type=int, default=8, help="reference draws per step of "
-                        "the EOT adaptive attack")
-    parser.add_argument("--gap-threshold", type=float, default=DEFAULT_GAP_THRESHOLD,
-                        help="warn when PN-crafted robust acc exceeds the adaptive one by more")
-    parser.add_argument("--eps-sweep", action="store_true", help="also run the first "
-                        "ensemble (or attack) at 1/2, 2 and 4 times eps on the first test "
-                        "batch and warn if robust accuracy does not fall with eps")
-    _add_common(parser)
-    return document_defaults(parser)
-
-
-def _settings_from_args(args, **extra) -> Dict[str, Any]:
-    keys = ("n_test", "eps", "steps", "restarts", "seed", "group_size", "batch_size",
-            "reference_pool_size", "fresh_references", "fgsm_eps", "apgd_steps", "cw_steps",
-            "eot_draws", "square_queries", "n_target_classes")
-    out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
-    out.update(extra)
-    return out
-
-
-def _print_warnings(warnings: Sequence[str]) -> None:
-    for w in warnings:
-        print(f"warning: {w}")
-
-
-def cli_evaluate(args: argparse.Namespace) -> int:
-    """``evaluate CHECKPOINT``: print Tables I/II (and III), warnings; write --json rows."""
-    from .checkpoints import atomic_write_json
-
-    attacks, ensembles = split_attacks(args.attacks)
-    classify = parse_classify(args.classify)
-    craft = _parse_craft(args.craft)
-    check_cli_settings(args, attacks=attacks, ensembles=ensembles, classify=classify,
-                       craft=craft)
-    df, meta = evaluate_checkpoint(
-        args.checkpoint, dataset_name=args.dataset, device=args.device,
-        use_cache=not args.no_cache, progress=True, gap_threshold=args.gap_threshold,
-        **_settings_from_args(args, attacks=attacks, ensembles=ensembles, classify=classify,
-                              craft=craft))
-    name = meta.get("run_name", str(args.checkpoint))
-    print(f"{name}: n={int(df['n'].iloc[0]) if len(df) else 0}, eps={df['eps'].max():g}"
-          + (" (cached)" if df.attrs.get("cached") else ""))
-    main = table_like_paper(df)
-    if len(main):
-        print(format_table(main))
-    if df["attack"].isin(ADAPTIVE_ATTACKS).any():
-        print("\nadaptive attacks (Table III):")
-        print(format_table(table_iii(df)))
-    worst = table_worst_case(df)
-    if len(worst):
-        print("\nworst case per sample (the headline) beside the paper's protocol:")
-        print(format_table(worst.drop(columns=["ensemble"])))
-        print(ensemble_log(df))
-    warnings = list(df.attrs.get("warnings", []))
-    if args.eps_sweep:
-        sweep, sweep_warnings = eps_sweep_checkpoint(
-            args.checkpoint, attack=(ensembles or attacks)[0], classify=classify,
-            device=args.device, **{k: v for k, v in _settings_from_args(args).items()
-                                   if k in ("eps", "steps", "restarts", "seed", "group_size",
-                                            "batch_size", "reference_pool_size",
-                                            "apgd_steps", "square_queries",
-                                            "n_target_classes")})
-        print("\neps sweep (first test batch):")
-        print(format_table(sweep))
-        warnings += sweep_warnings
-    _print_warnings(warnings)
-    if args.json:
-        atomic_write_json(args.json, rows_of(df))
-    return 0
-
-
-def _check_json_target(path) -> None:
-    """A --json target must be writable before any work starts."""
-    from .config import check_writable_file
-
-    if path is not None:
-        check_writable_file(path, "--json")
-
-
-def check_cli_settings(args, **extra) -> EvalSettings:
-    """evaluate / grid: every flag checked before a checkpoint is read (the settings object
-    of these commands is ``EvalSettings``; eps may still come from the checkpoint)."""
-    parse_device(args.device)
-    if args.dataset is not None:
-        from .data import DATASETS
-
-        if args.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of: "
-                              f"{', '.join(DATASETS)}")
-    gap = getattr(args, "gap_threshold", DEFAULT_GAP_THRESHOLD)
-    if not math.isfinite(gap) or not 0 <= gap <= 1:
-        raise ConfigError(f"gap-threshold must be a finite number in [0, 1], got {gap}")
-    _check_json_target(args.json)
-    values = EvalSettings().to_dict()
-    values.update({k: v for k, v in _settings_from_args(args, **extra).items() if v is not None})
-    s = EvalSettings(**values)
-    if args.eps is None:
-        s.eps = None
-    _check_settings(s, eps_given=args.eps is not None)
-    return s
-
-
 def ensemble_log(df: pd.DataFrame) -> str:
     """Which attack of each ensemble broke how many samples (AutoAttack's log)."""
     lines = []
@@ -1193,19 +1027,6 @@ def eps_sweep_checkpoint(checkpoint, *, attack: str, classify: Sequence[str], de
     return eps_sweep(model, dataset, attack, classify, eps=eps, **settings)
 
 
-def add_grid_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Arguments of ``python -m normshape_core grid`` (Table IV)."""
-    parser.add_argument("checkpoints", nargs="+", help="checkpoints, one per training ratio")
-    parser.add_argument("--inference-ratios", default="1:0,1:1,1:3,1:9,1:19,1:49",
-                        help="inference ratios adv:clean (comma-separated)")
-    parser.add_argument("--attack", default="pgd", help="attack of the grid: pgd (the paper's "
-                        "protocol: crafted with PN) or fgsm / apgd, or an ensemble (autoattack, "
-                        "apgd+square): the worst case through each shaped classifier's exact "
-                        "shaped batches")
-    _add_common(parser)
-    return document_defaults(parser)
-
-
 def parse_ratio_list(text: str) -> List[str]:
     out = []
     for part in str(text).split(","):
@@ -1214,44 +1035,3 @@ def parse_ratio_list(text: str) -> List[str]:
     if not out:
         raise ConfigError("no inference ratio given (e.g. --inference-ratios 1:0,1:3,1:9)")
     return out
-
-
-def cli_grid(args: argparse.Namespace) -> int:
-    """``grid CHECKPOINT...``: Table IV, rows training ratio, columns inference ratio."""
-    from .checkpoints import atomic_write_json
-
-    ratios = parse_ratio_list(args.inference_ratios)
-    singles, ensembles = split_attacks(args.attack)
-    if len(singles) + len(ensembles) != 1:
-        raise ConfigError("the grid takes one attack or one ensemble (e.g. --attack pgd or "
-                          "--attack autoattack)")
-    attack = singles[0] if singles else None
-    if attack in ADAPTIVE_ATTACKS:
-        raise ConfigError("the grid uses one attack crafted once; choose fgsm, pgd or apgd, "
-                          "or an ensemble (autoattack)")
-    check_cli_settings(args, attacks=singles, ensembles=ensembles,
-                       classify=[f"shaped:{r}" for r in ratios])
-    dfs: Dict[str, pd.DataFrame] = {}
-    json_rows: List[Dict[str, Any]] = []
-    for ckpt in args.checkpoints:
-        df, meta = evaluate_checkpoint(
-            ckpt, dataset_name=args.dataset, device=args.device, use_cache=not args.no_cache,
-            progress=True, **_settings_from_args(args, attacks=singles, ensembles=ensembles,
-                                                 classify=[f"shaped:{r}" for r in ratios]))
-        label = training_label(meta)
-        if label in dfs:
-            label = f"{label} [{Path(ckpt).name}]"
-        dfs[label] = df
-        for r in rows_of(df):
-            json_rows.append({"training_ratio": label, "checkpoint": str(ckpt), **r})
-        _print_warnings(df.attrs.get("warnings", []))
-    if ensembles:
-        print(f"worst case per sample ({ensemble_label(ensembles[0])}), crafted through each "
-              f"classifier's exact shaped batches, classified with shaped inference:")
-        print(format_table(table_iv(dfs, attack=WORST, crafted_with="BN (exact refs)")))
-    else:
-        print(f"{attack} crafted with PN, classified with shaped inference:")
-        print(format_table(table_iv(dfs, attack=attack)))
-    if args.json:
-        atomic_write_json(args.json, json_rows)
-    return 0

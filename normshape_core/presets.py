@@ -34,11 +34,3 @@ PAPER_CIFAR10 = dict(dataset="cifar10", model="wide_resnet", model_depth=34, mod
                      lr_schedule="multistep")
 
 TRAIN_PRESETS: Dict[str, Dict[str, Any]] = {"cifar10-paper": PAPER_CIFAR10}
-
-
-def dataset_preset(name: str) -> Dict[str, Any]:
-    from .config import ConfigError
-
-    if name not in DATASET_PRESETS:
-        raise ConfigError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASET_PRESETS)}")
-    return dict(DATASET_PRESETS[name])

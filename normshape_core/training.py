@@ -1,16 +1,10 @@
-"""One training loop with pluggable objectives and the paper's three training modes.
+"""The training loop: data, craft, loss, step, callbacks, checkpoint (``Trainer.fit``).
 
-Methods: ``natural``, ``pgd`` (Madry PGD-AT), ``trades`` (Zhang et al. 2019).
-Shaping modes (the paper's Tables I-II rows):
-- ``none``: adv only. The whole batch is attacked, each PGD step through the adversarial
-  batch's own statistics (frozen BN), and the model is trained on the adversarial batch.
-- ``train``: shaping in training. The whole batch is attacked as in ``none``; the trained
-  batch is n clean parts + the adversarial version of the last part (ratio adv:clean).
-- ``attack+train``: the method (Eq. 5). Only the last part is perturbed; every attack step
-  forwards the whole mixed batch with frozen BN and takes the gradient w.r.t. the
-  adversarial part only.
-In every mode the training forward is the only forward that updates running statistics
-(unless ``polluted_running_stats`` reproduces the original TensorFlow behaviour).
+Methods ``natural``, ``pgd`` (Madry PGD-AT), ``trades`` (Zhang et al. 2019) are objectives,
+and the shaping modes ``none``, ``train``, ``attack+train`` are crafting rules, each a small
+unit in ``objectives.py`` (which says what each does). In every mode the training forward is
+the only forward that updates running statistics (unless ``polluted_running_stats``
+reproduces the original TensorFlow behaviour).
 
 The loop knows nothing of who watches it: ``trainer.add_callback("on_step", fn)``.
 """
@@ -27,15 +21,16 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from . import distributed
 from .attacks import pgd_linf
 from .config import ConfigError, Ratio, TrainConfig
+from .config import model_kwargs  # noqa: F401 - moved to config; this import path stays
 from .data import Dataset, load_dataset
 from .faults import FAULT_ENV, fault_point
 from .models import build_model
 from .norms import NormMode, attack_norm_mode, bn_modules, norm_mode
+from .objectives import OBJECTIVES, SHAPINGS, CraftedBatch
 
 EVENTS = ("on_step", "on_epoch_end", "on_train_end")
 
@@ -95,28 +90,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2 ** 32))
     torch.manual_seed(seed)
-
-
-@dataclass
-class CraftedBatch:
-    """The batch a training step trains on, and which rows of it are adversarial."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    n_clean: int  # rows [0, n_clean) are clean, the rest adversarial
-    clean_probs: Optional[torch.Tensor] = None  # TRADES: clean prediction of the adv rows
-
-
-def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
-    kw: Dict[str, Any] = {"channels_last": bool(cfg.channels_last)}
-    if cfg.model_width is not None:
-        kw["hidden" if cfg.model == "mlp" else ("channels" if cfg.model == "small_cnn"
-                                                 else "width")] = cfg.model_width
-    if cfg.model_depth is not None:
-        if cfg.model not in ("mlp", "wide_resnet"):
-            raise ConfigError(f"model {cfg.model} has a fixed depth; drop --model-depth")
-        kw["depth"] = cfg.model_depth
-    return kw
 
 
 def lr_factor(schedule: str, progress: float) -> float:
@@ -180,6 +153,8 @@ class Trainer:
         else:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                         weight_decay=cfg.weight_decay)
+        self.objective = OBJECTIVES[cfg.method]  # natural / pgd / trades
+        self.shaping = SHAPINGS[cfg.shaping]  # none / train / attack+train
         self.g_data = torch.Generator().manual_seed(cfg.seed)
         self.g_attack = torch.Generator().manual_seed(cfg.seed + 1)
         # DDP for the training forward only; attacks and evaluation use the bare module.
@@ -205,34 +180,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ crafting
     def craft(self, x: torch.Tensor, y: torch.Tensor) -> CraftedBatch:
-        """Build the batch to train on, per method and shaping mode (see module docstring)."""
-        cfg, model = self.cfg, self.model
-        if cfg.method == "natural":
+        """The batch to train on: the shaping mode's crafting rule with the objective's
+        attack, under the attack's norm mode (``objectives.py``)."""
+        cfg, objective = self.cfg, self.objective
+        if not objective.adversarial:
             return CraftedBatch(x, y, n_clean=len(x))
-        trades = cfg.method == "trades"
-        loss = "kl" if trades else "ce"
-        kw = dict(eps=cfg.eps, step_size=cfg.step_size, steps=cfg.steps,
-                  random_start=cfg.random_start, loss=loss, generator=self._attack_generator())
-        k = self.n_clean
-        with norm_mode(model, attack_norm_mode(cfg.polluted_running_stats)):
-            if cfg.shaping == "attack+train":
-                clean = x[:k]
-                clean_probs = None
-                if trades:
-                    with torch.no_grad():
-                        clean_probs = F.softmax(model(x)[k:], dim=1)
-                x_adv = pgd_linf(lambda xa: model(torch.cat([clean, xa]))[k:], x[k:], y[k:],
-                                 target_probs=clean_probs, **kw)
-                return CraftedBatch(torch.cat([clean, x_adv]), y, k, clean_probs)
-            clean_probs = None
-            if trades:
-                with torch.no_grad():
-                    clean_probs = F.softmax(model(x), dim=1)
-            x_adv = pgd_linf(model, x, y, target_probs=clean_probs, **kw)
-        if cfg.shaping == "none":
-            return CraftedBatch(x_adv, y, 0, clean_probs)
-        return CraftedBatch(torch.cat([x[:k], x_adv[k:]]), y, k,
-                            None if clean_probs is None else clean_probs[k:])
+        generator = self._attack_generator()
+
+        def attack(fn, xs, ys, target_probs):
+            return pgd_linf(fn, xs, ys, target_probs=target_probs, eps=cfg.eps,
+                            step_size=cfg.step_size, steps=cfg.steps,
+                            random_start=cfg.random_start, loss=objective.attack_loss,
+                            generator=generator)
+
+        with norm_mode(self.model, attack_norm_mode(cfg.polluted_running_stats)):
+            return self.shaping.craft(self.model, x, y, self.n_clean, objective, attack)
 
     def _attack_generator(self) -> torch.Generator:
         """Random starts of the training attack. Under torchrun each rank draws its own,
@@ -243,38 +205,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def loss(self, batch: CraftedBatch, x_clean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The training loss; the forward of ``batch.x`` here is the one that updates PN."""
-        cfg, model = self.cfg, self.model
-        with norm_mode(model, NormMode.BN_UPDATE):
+        """The objective's loss; the forward of ``batch.x`` here is the one that updates PN."""
+        with norm_mode(self.model, NormMode.BN_UPDATE):
             logits = self.train_model(batch.x)  # through DDP under torchrun: gradients sync
-        if cfg.method != "trades" or not cfg.trades_kl_in_loss:
-            return F.cross_entropy(logits, batch.y), logits
-        k = batch.n_clean
-        if cfg.shaping == "none":
-            # TRADES as published: CE on the clean batch + beta * KL(adv || clean), each
-            # forward in train mode with its own batch statistics.
-            with norm_mode(model, NormMode.BN_UPDATE):
-                clean_logits = model(x_clean)
-            ce = F.cross_entropy(clean_logits, batch.y)
-            kl = F.kl_div(F.log_softmax(logits, 1), F.softmax(clean_logits, 1),
-                          reduction="batchmean")
-            return ce + cfg.trades_beta * kl, logits
-        # Shaped TRADES: CE on the clean rows of the mixed batch; KL between the adversarial
-        # rows and their clean versions (taken with the clean batch's statistics, frozen BN,
-        # so the mixed batch stays the only forward that updates running statistics).
-        with norm_mode(model, NormMode.FROZEN_BN):
-            clean_ref = model(x_clean)[k:]
-        ce = F.cross_entropy(logits[:k], batch.y[:k])
-        kl = F.kl_div(F.log_softmax(logits[k:], 1), F.softmax(clean_ref, 1), reduction="batchmean")
-        return ce + cfg.trades_beta * kl, logits
+        return self.objective.loss(self.model, self.cfg, batch, logits, x_clean), logits
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> Dict[str, Any]:
-        cfg = self.cfg
-        for g in self.opt.param_groups:
-            g["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, self.step / max(1, self.total_steps))
+        """One optimiser step on the batch (x, y): craft, loss, step; returns its metrics."""
+        self._set_lr()
         batch = self.craft(x, y)
         self.last_composition = (batch.n_clean, len(batch.x) - batch.n_clean)
         loss, logits = self.loss(batch, x)
+        self._stop_if_diverged(loss)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.step += 1
+        return self._step_metrics(batch, loss, logits)
+
+    def _set_lr(self) -> None:
+        cfg = self.cfg
+        for g in self.opt.param_groups:
+            g["lr"] = cfg.lr * lr_factor(cfg.lr_schedule, self.step / max(1, self.total_steps))
+
+    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
+        cfg = self.cfg
         bad = not bool(torch.isfinite(loss.detach()).all())
         if self.dist.active:  # every rank stops together (one rank alone would hang the rest)
             bad = float(self.dist.all_reduce_sum([float(bad)])[0]) > 0
@@ -283,16 +238,15 @@ class Trainer:
                 f"training diverged at step {self.step + 1} (epoch {self.epoch + 1}): the loss "
                 f"is {float(loss.detach()):g}; lower --lr (now {cfg.lr:g}) or --weight-decay (now "
                 f"{cfg.weight_decay:g}); no checkpoint was written")
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        self.step += 1
+
+    def _step_metrics(self, batch: CraftedBatch, loss: torch.Tensor,
+                      logits: torch.Tensor) -> Dict[str, Any]:
         with torch.no_grad():
             correct = (logits.argmax(1) == batch.y).float()
             k = batch.n_clean
             m: Dict[str, Any] = {"step": self.step, "epoch": self.epoch,
                                  "train/loss": float(loss), "train/lr": self.opt.param_groups[0]["lr"]}
-            if cfg.method == "natural":
+            if not self.objective.adversarial:
                 m["train/clean_acc"] = float(correct.mean())
             else:
                 m["train/adv_acc"] = float(correct[k:].mean())
@@ -391,77 +345,106 @@ class Trainer:
             remove_orphan_states(run_dir)
 
     def _fit(self, run_dir: Optional[Path], resume: bool, progress: bool) -> "TrainResult":
-        from .checkpoints import (WEIGHTS_NAME, load_training_state, save_checkpoint,
-                                  save_training_state, state_files)
-
-        cfg = self.cfg
-        metrics_path = rank_log = None
-        if run_dir is not None:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            fault_point("lock.acquired", 1)
-            self._check_run_folder(run_dir, resume)
-            metrics_path = run_dir / "metrics.jsonl"
-            resumed = resume and (run_dir / "state.json").exists()
-            self.dist.same_on_all_ranks(resumed, f"not every rank sees the saved state in "
-                                        f"{run_dir}: put --out on a filesystem all nodes share")
-            if resumed:
-                load_training_state(run_dir, self)  # every rank loads the same state
-                self._truncate_metrics(metrics_path)
-            elif metrics_path.exists() and self.dist.is_main:
-                metrics_path.unlink()
-            # under torchrun: rank{r}.jsonl, each rank's own shaped-batch composition per step
-            rank_log = distributed.prepare_rank_logs(run_dir, self.dist,
-                                                     self.step if resumed else None)
-        bar = None
-        if progress and self.dist.is_main:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=self.total_steps, initial=self.step, unit="step",
-                       desc=f"{cfg.method}/{cfg.shaping}", dynamic_ncols=True)
-        x_all, y_all = self.data.x_train, self.data.y_train
+        metrics_path, rank_log = self._open_run(run_dir, resume)
+        bar = self._progress_bar(progress)
         t0 = time.time()
         stopped = False
         try:
             while self.step < self.total_steps:
-                perm = torch.randperm(len(x_all), generator=self.g_data)
-                for i in range(self.steps_per_epoch):
-                    if self.step >= self.total_steps:
-                        break
-                    idx = perm[i * cfg.batch_size:(i + 1) * cfg.batch_size]
-                    lo, hi = self.dist.batch_rows(len(idx))  # this rank's slice (all: 1 process)
-                    idx = idx[lo:hi]
-                    m = self.train_step(x_all[idx].to(self.device), y_all[idx].to(self.device))
-                    distributed.append_jsonl(rank_log, {
-                        "step": self.step, "epoch": self.epoch, "rank": self.dist.rank,
-                        "world_size": self.dist.world_size, "rows": [lo, hi],
-                        "n_clean": self.last_composition[0], "n_adv": self.last_composition[1],
-                        "train/loss": m["train/loss"]})
-                    m = self.dist.reduce_metrics(m)  # metrics of the global batch
-                    m["time/elapsed_s"] = time.time() - t0
-                    self._log(metrics_path, m)
-                    if bar is not None:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{m['train/loss']:.3f}",
-                                        acc=f"{m.get('train/adv_acc', m.get('train/clean_acc', 0)):.2f}")
-                    self._fire("on_step", m)
-                self.epoch += 1
-                self.dist.average_running_stats(self.model)  # one PN for all ranks
-                e = {"step": self.step, "epoch": self.epoch, "time/elapsed_s": time.time() - t0}
-                e.update(self.quick_eval())
-                self._log(metrics_path, e)
-                if bar is not None:
-                    bar.write(f"epoch {self.epoch}: " + ", ".join(
-                        f"{k}={v:.3f}" for k, v in e.items() if k.startswith("test/")))
-                if run_dir is not None:
-                    self._check_finite_weights()
-                    if self.dist.is_main:
-                        save_training_state(run_dir, self)
-                    self.dist.barrier()
-                self._fire("on_epoch_end", e)
+                for x, y, rows in self._epoch_batches():  # data (this rank's rows)
+                    m = self.train_step(x, y)  # craft, loss, step
+                    self._after_step(m, rows, t0, metrics_path, rank_log, bar)  # log, on_step
+                self._end_epoch(run_dir, t0, metrics_path, bar)  # eval, state, on_epoch_end
         except StopTraining:
             stopped = True
         finally:
             if bar is not None:
                 bar.close()
+        return self._finish(run_dir, stopped, t0)  # final metrics, checkpoint, on_train_end
+
+    def _open_run(self, run_dir: Optional[Path], resume: bool):
+        """The run folder checked (or resumed from); returns (metrics path, rank log)."""
+        from .checkpoints import load_training_state
+
+        if run_dir is None:
+            return None, None
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fault_point("lock.acquired", 1)
+        self._check_run_folder(run_dir, resume)
+        metrics_path = run_dir / "metrics.jsonl"
+        resumed = resume and (run_dir / "state.json").exists()
+        self.dist.same_on_all_ranks(resumed, f"not every rank sees the saved state in "
+                                    f"{run_dir}: put --out on a filesystem all nodes share")
+        if resumed:
+            load_training_state(run_dir, self)  # every rank loads the same state
+            self._truncate_metrics(metrics_path)
+        elif metrics_path.exists() and self.dist.is_main:
+            metrics_path.unlink()
+        # under torchrun: rank{r}.jsonl, each rank's own shaped-batch composition per step
+        rank_log = distributed.prepare_rank_logs(run_dir, self.dist,
+                                                 self.step if resumed else None)
+        return metrics_path, rank_log
+
+    def _progress_bar(self, progress: bool):
+        if not (progress and self.dist.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.total_steps, initial=self.step, unit="step",
+                    desc=f"{self.cfg.method}/{self.cfg.shaping}", dynamic_ncols=True)
+
+    def _epoch_batches(self):
+        """One epoch's batches (a seeded permutation), until the run's last step: (x, y,
+        (lo, hi)), this rank's rows lo:hi of the global batch (all of it on one process)."""
+        x_all, y_all, bs = self.data.x_train, self.data.y_train, self.cfg.batch_size
+        perm = torch.randperm(len(x_all), generator=self.g_data)
+        for i in range(self.steps_per_epoch):
+            if self.step >= self.total_steps:
+                return
+            idx = perm[i * bs:(i + 1) * bs]
+            lo, hi = self.dist.batch_rows(len(idx))
+            idx = idx[lo:hi]
+            yield x_all[idx].to(self.device), y_all[idx].to(self.device), (lo, hi)
+
+    def _after_step(self, m: Dict[str, Any], rows, t0: float, metrics_path, rank_log,
+                    bar) -> None:
+        lo, hi = rows
+        distributed.append_jsonl(rank_log, {
+            "step": self.step, "epoch": self.epoch, "rank": self.dist.rank,
+            "world_size": self.dist.world_size, "rows": [lo, hi],
+            "n_clean": self.last_composition[0], "n_adv": self.last_composition[1],
+            "train/loss": m["train/loss"]})
+        m = self.dist.reduce_metrics(m)  # metrics of the global batch
+        m["time/elapsed_s"] = time.time() - t0
+        self._log(metrics_path, m)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['train/loss']:.3f}",
+                            acc=f"{m.get('train/adv_acc', m.get('train/clean_acc', 0)):.2f}")
+        self._fire("on_step", m)
+
+    def _end_epoch(self, run_dir: Optional[Path], t0: float, metrics_path, bar) -> None:
+        from .checkpoints import save_training_state
+
+        self.epoch += 1
+        self.dist.average_running_stats(self.model)  # one PN for all ranks
+        e = {"step": self.step, "epoch": self.epoch, "time/elapsed_s": time.time() - t0}
+        e.update(self.quick_eval())
+        self._log(metrics_path, e)
+        if bar is not None:
+            bar.write(f"epoch {self.epoch}: " + ", ".join(
+                f"{k}={v:.3f}" for k, v in e.items() if k.startswith("test/")))
+        if run_dir is not None:
+            self._check_finite_weights()
+            if self.dist.is_main:
+                save_training_state(run_dir, self)
+            self.dist.barrier()
+        self._fire("on_epoch_end", e)
+
+    def _finish(self, run_dir: Optional[Path], stopped: bool, t0: float) -> "TrainResult":
+        """The final metrics and (with a run folder, unless stopped) the checkpoint."""
+        from .checkpoints import WEIGHTS_NAME, save_checkpoint, state_files
+
         self.dist.average_running_stats(self.model)
         final = self.history[-1] if self.history and any(
             k.startswith("test/") for k in self.history[-1]) else {**self.quick_eval()}

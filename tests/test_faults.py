@@ -4,7 +4,7 @@ run's; run folders are owned (lock), a finished run is never overwritten, ``--re
 other settings is refused naming them.
 
 The killed runs are forked children of one driver process (``python -m
-normshape_core.faults``), killed by SIGKILL from inside at the named write point
+normshape_core.cli.kill_drivers``), killed by SIGKILL from inside at the named write point
 (``NORMSHAPE_FAULT=<point>:<n>``): no interpreter start per run, so the 15 cases stay fast.
 """
 import hashlib
@@ -57,7 +57,7 @@ def fault_runs(tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "NORMSHAPE_FAULT_CASES": json.dumps(CASES)}
     env.pop("NORMSHAPE_FAULT", None)
-    proc = subprocess.run([sys.executable, "-m", "normshape_core.faults", "points", str(out),
+    proc = subprocess.run([sys.executable, "-m", "normshape_core.cli.kill_drivers", "points", str(out),
                            "--", *TRAIN], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -168,7 +168,7 @@ def test_a_second_run_on_a_held_folder_is_refused_naming_the_holder(tmp_path, ca
 @pytest.mark.slow
 def test_thirty_random_kills_then_resume_give_identical_weights(tmp_path):
     out = tmp_path / "loop.json"
-    proc = subprocess.run([sys.executable, "-m", "normshape_core.faults", "random", str(out),
+    proc = subprocess.run([sys.executable, "-m", "normshape_core.cli.kill_drivers", "random", str(out),
                            "30", "--", *TRAIN], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
                           timeout=1800)

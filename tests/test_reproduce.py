@@ -125,6 +125,19 @@ def test_committed_metadata_regenerates_its_checkpoint(dataset):
         assert torch.equal(v, again.model.state_dict()[k]), k
 
 
+# One shipped adversarial run per shaping mode, both adversarial objectives: the crafting
+# and loss units of objectives.py keep the arithmetic of the trainer, bit for bit (moons:
+# about 3 s each).
+@pytest.mark.parametrize("run", ["moons-mlp-pgd-adv-only-eps0.12-s0",
+                                 "moons-mlp-trades-shape-train-r1-3-eps0.12-nokl-s0",
+                                 "moons-mlp-pgd-shape-attack-train-r1-3-eps0.12-s0"])
+def test_committed_adversarial_metadata_regenerates_its_checkpoint(run):
+    model, meta = load_checkpoint(ROOT / "checkpoints" / "moons" / run)
+    again = train(TrainConfig.from_dict(meta["config"]))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), (run, k)
+
+
 def test_reproduction_md_tables_match_the_results_files():
     text = (ROOT / "REPRODUCTION.md").read_text()
     assert COMMITTED

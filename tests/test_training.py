@@ -177,3 +177,12 @@ def test_channels_last_is_an_opt_in_recorded_setting(digits):
     d = plain.cfg.to_dict()
     d.pop("channels_last")
     assert TrainConfig.from_dict(d).resolved().fingerprint() == plain.cfg.fingerprint()
+
+
+def test_every_method_and_shaping_mode_is_a_unit_of_the_loop():
+    from normshape_core.config import METHODS, SHAPING_MODES
+    from normshape_core.objectives import OBJECTIVES, SHAPINGS
+
+    assert set(OBJECTIVES) == set(METHODS)
+    assert set(SHAPINGS) == set(SHAPING_MODES)
+    assert [o.attack_loss for o in OBJECTIVES.values() if o.adversarial] == ["ce", "kl"]

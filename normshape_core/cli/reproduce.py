@@ -1,0 +1,99 @@
+"""``reproduce`` and ``report``: the flags become ReproduceSettings / ReportSettings (every
+run's settings validated before the first is trained); ``reproduce``'s functions train,
+evaluate and write the report."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from ..config import ConfigError
+from ..reproduce import (PAPER_SET, ReportSettings, ReproduceSettings, dataset_section,
+                         evaluate_set, train_set, update_report)
+
+
+def add_reproduce_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help="moons, spirals, digits or fashion_mnist "
+                   "(any registered dataset works; these have reproduction settings)")
+    p.add_argument("--out", default=None, help="folder of the runs and results (default: "
+                   "checkpoints/DATASET)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    p.add_argument("--n-test", type=int, default=None, help="test samples evaluated (default: "
+                   "moons 1000, digits 397, fashion_mnist 1000)")
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs of every run "
+                   "(default: the reproduction setting)")
+    p.add_argument("--only", default=None, help="comma-separated run keys to train and "
+                   "evaluate (default: the whole set: " + ", ".join(s.key for s in PAPER_SET) + ")")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads; the numbers are "
+                   "reproducible for a fixed thread count (default: 1)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    p.add_argument("--skip-eval", action="store_true", help="train only (default: off)")
+    p.add_argument("--no-worst-case", action="store_true", help="skip the worst-case "
+                   "(autoattack) evaluation, keeping the paper's protocol only (default: off)")
+    p.add_argument("--worst-n-test", type=int, default=None, help="test samples of the worst "
+                   "case (the first of the same subset; default: fashion_mnist 200, else "
+                   "--n-test)")
+    p.add_argument("--worst-target-classes", type=int, default=None, help="APGD-T target "
+                   "classes in the worst case (default: fashion_mnist 3, else 9)")
+    p.add_argument("--table-iv-worst-n-test", type=int, default=None, help="test samples of "
+                   "Table IV's worst case, 0 = skip (default: digits 100, fashion_mnist 0, "
+                   "else the worst case's)")
+
+
+def reproduce_settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
+    only = None
+    if args.only is not None:
+        only = [k.strip() for k in args.only.split(",") if k.strip()]
+    worst = {k: v for k, v in (("n_test", args.worst_n_test),
+                               ("n_target_classes", args.worst_target_classes),
+                               ("table_iv_n_test", args.table_iv_worst_n_test))
+             if v is not None}
+    return ReproduceSettings(
+        dataset=args.dataset, out=Path(args.out or Path("checkpoints") / args.dataset),
+        seed=args.seed, n_test=args.n_test, epochs=args.epochs, only=only,
+        threads=args.threads, device=args.device, worst=worst).validate()
+
+
+def cli_reproduce(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoints import atomic_write_json
+
+    rs = reproduce_settings_from_args(args)
+    torch.set_num_threads(rs.threads)
+    out, specs, overrides = rs.out, rs.specs(), rs.overrides()
+    t0 = time.time()
+    runs = train_set(args.dataset, out, seed=args.seed, specs=specs, overrides=overrides,
+                     device=args.device, progress=True)
+    if args.skip_eval:
+        print(f"trained {len(runs)} runs in {out} ({time.time() - t0:.0f} s)")
+        return 0
+    worst = rs.worst
+    results = evaluate_set(runs, args.dataset, seed=args.seed, n_test=args.n_test,
+                           device=None if args.device == "auto" else args.device,
+                           worst_case=not args.no_worst_case, worst=worst)
+    results["threads"] = args.threads
+    results["overrides"] = overrides
+    atomic_write_json(out / "results.json", results)
+    print(dataset_section(results))
+    print(f"results: {out / 'results.json'} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoints", default="checkpoints", help="folder whose */results.json "
+                   "are reported (default: checkpoints)")
+    p.add_argument("--out", default="REPRODUCTION.md", help="report to update (default: "
+                   "REPRODUCTION.md)")
+
+
+def cli_report(args: argparse.Namespace) -> int:
+    rs = ReportSettings(Path(args.checkpoints), Path(args.out)).validate()
+    paths = rs.results_paths()
+    try:
+        update_report(Path(args.out), paths)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ConfigError(f"a results file under {args.checkpoints} lacks what the report "
+                          f"needs ({type(e).__name__}: {str(e)[:120]})") from None
+    print(f"updated {args.out} from {len(paths)} results files")
+    return 0
