@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     nothing_saved = not (run_dir / "state.json").exists()
     try:
         result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
+        distributed.current().barrier()  # ranks leave the group together after a full run
     finally:
         distributed.cleanup()  # leave torchrun's process group; nothing on one process
     if not main_rank:
