@@ -10,14 +10,9 @@ import streamlit as st
 
 
 # ---------------------------------------------------------------- colours (every page)
-PN_COLOR = "#1f6fb4"       # PN: population norms (running statistics)
-BN_COLOR = "#e07020"       # BN: batch norms, shaped inference included
-CLEAN_COLOR = "#2a9d57"    # the clean batch's statistics (a reference line)
-# Classes: ten distinct colours, none of them PN's blue or BN's orange.
-CLASS_COLORS = ["#7b3294", "#008837", "#e6ab02", "#e7298a", "#666666", "#17becf", "#bcbd22",
-                "#8c564b", "#c2a5cf", "#111111"]
-REGION_COLORS = ["#e3d3ee", "#cfe9d6"]  # light fills of the two classes of a 2-D set
-WRONG_COLOR = "#d62728"    # a misclassified (adversarial) example, as in the paper's Fig. 1
+# defined with the figures (normshape_core.figures.colors), so pages and figures agree
+from normshape_core.figures.colors import (  # noqa: E402,F401
+    BN_COLOR, CLASS_COLORS, CLEAN_COLOR, PN_COLOR, REGION_COLORS, WRONG_COLOR)
 
 
 def norm_color(label: str) -> str:

@@ -1,0 +1,110 @@
+"""The science the pages show, run once per setting and cached (``st.cache_data``): each
+function takes a checkpoint's path and SHA-256 (the cache key) and plain settings, runs the
+core (classifiers, attacks, projections) and returns plain results for a figure function of
+``normshape_core.figures``. Pages call these and never import torch."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+import torch
+
+from normshape_app.inventory import load_dataset, load_model
+from normshape_core import projections as P
+from normshape_core.attacks import make_attack
+from normshape_core.shaping import PNClassifier, ShapedClassifier, make_reference_pool
+
+
+def _setup(path: str, sha: str):
+    model, meta = load_model(path, sha)
+    data = load_dataset(meta["config"]["dataset"])
+    eps = float(meta["config"].get("eps") or 0.1)
+    return model, meta, data, eps
+
+
+# ---------------------------------------------------------------- Decision boundaries
+@st.cache_data(show_spinner="Classifying the plane under PN and under shaped inference ...",
+               max_entries=32)
+def regions_2d(path: str, sha: str, ratio: str, craft: str, n_boxes: int, seed: int):
+    """The plane of a 2-D set classified with PN and with shaped inference ``ratio`` (one
+    fixed draw of references), ``n_boxes`` training samples and their PGD-20 examples
+    (``craft``: "own norms" = each panel attacked through its own norms, else PN's examples
+    for both), and the test accuracies."""
+    model, meta, data, eps = _setup(path, sha)
+    pool = make_reference_pool(data, 1000, seed=0)
+    pn = PNClassifier(model)
+    shaped = P.BatchMemberClassifier(model, P.fixed_references(pool, ratio, seed=0),
+                                     crafting_label="BN (exact refs)")
+    grid = P.grid_around(data.x_train, resolution=140, margin=0.05)
+    out = {"pn": P.decision_regions(pn, grid), "shaped": P.decision_regions(shaped, grid)}
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_train), generator=g)[:n_boxes]
+    x, y = data.x_train[idx], data.y_train[idx]
+    pgd = make_attack("pgd", eps=eps, steps=20, seed=seed)
+    adv_pn = pgd.run(pn, x, y)
+    if craft == "own norms":
+        adv_sh = pgd.run(shaped, x, y)  # through the exact shaped batches: adaptive
+    else:
+        adv_sh = adv_pn
+    with torch.no_grad():
+        for name, clf, res in (("pn", pn, adv_pn), ("shaped", shaped, adv_sh)):
+            out[name + "_points"] = {
+                "x_adv": res.x_adv.numpy(), "crafted_with": res.crafted_with,
+                "clean_right": (clf(x).argmax(1) == y).numpy(),
+                "adv_right": (clf(res.x_adv).argmax(1) == y).numpy()}
+            xt, yt = data.x_test, data.y_test
+            out[name + "_test_acc"] = float((clf(xt).argmax(1) == yt).float().mean())
+        # The same measured with shaped inference proper (per-sample fresh references).
+        proper = ShapedClassifier(model, pool, ratio, group_size=1, seed=0)
+        out["shaped_test_acc_proper"] = float((proper(xt).argmax(1) == yt).float().mean())
+    out.update(x=x.numpy(), y=y.numpy(), eps=eps, x_train=data.x_train.numpy(),
+               y_train=data.y_train.numpy())
+    return out
+
+
+@st.cache_data(show_spinner="Classifying the slice of input space ...", max_entries=32)
+def image_slice(path: str, sha: str, index: int, mode: str, extent: float, seed: int):
+    """A 2-D slice of input space around test image ``index``: the plane spanned by its
+    PGD-20 perturbation (crafted with PN) and a random orthogonal direction, classified with
+    PN and with ``mode`` ("BN": the image's test batch of 100, or "shaped 1:R")."""
+    model, meta, data, eps = _setup(path, sha)
+    x0, label = data.x_test[index], int(data.y_test[index])
+    pn = PNClassifier(model)
+    res = make_attack("pgd", eps=eps, steps=20, seed=seed).run(pn, x0[None], data.y_test[[index]])
+    d1 = (res.x_adv[0] - x0)
+    if float(d1.abs().max()) == 0:  # no gradient to follow: fall back to a random sign step
+        g = torch.Generator().manual_seed(seed)
+        d1 = eps * torch.sign(torch.randn(x0.shape, generator=g))
+    d2 = P.orthogonal_direction(d1, seed)
+    if mode == "BN":
+        start = (index // 100) * 100  # the test batch of 100 that holds the image
+        batch = data.x_test[start:start + 100]
+        right = P.BatchStatsClassifier(model, batch)
+        right_label = f"BN of its test batch ({len(batch)} images)"
+    else:
+        ratio = mode.split()[-1]
+        pool = make_reference_pool(data, 1000, seed=0)
+        right = P.BatchMemberClassifier(model, P.fixed_references(pool, ratio, seed=0))
+        right_label = f"shaped inference {ratio}"
+    with torch.no_grad():
+        adv_pred = {"PN": int(pn(res.x_adv).argmax(1)), "right": int(right(res.x_adv).argmax(1))}
+    return {"pn": P.input_slice(pn, x0, label, d1, d2, extent, 41),
+            "right": P.input_slice(right, x0, label, d1, d2, extent, 41),
+            "right_label": right_label, "x0": x0.numpy(), "x_adv": res.x_adv[0].numpy(),
+            "label": label, "classes": meta.get("classes"), "eps": eps, "adv_pred": adv_pred}
+
+
+@st.cache_data(show_spinner="Computing the feature map (UMAP compiles its code on first use in "
+                            "a process: about 15-20 s on two cores) ...", max_entries=32)
+def feature_map(path: str, sha: str, method: str, norms: str, n: int, seed: int):
+    """Penultimate features of ``n`` test samples and their PGD-20 examples (crafted with
+    PN), computed with PN or with each set's own batch statistics, mapped to 2-D."""
+    model, meta, data, eps = _setup(path, sha)
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_test), generator=g)[:n]
+    x, y = data.x_test[idx], data.y_test[idx]
+    x_adv = make_attack("pgd", eps=eps, steps=20, seed=seed).run(PNClassifier(model), x, y).x_adv
+    mode = "pn" if norms == "pn" else "frozen_bn"  # BN: each set with its own batch statistics
+    f = np.concatenate([P.penultimate_features(model, x, mode, chunk=len(x)),
+                        P.penultimate_features(model, x_adv, mode, chunk=len(x))])
+    return {"emb": P.embed_2d(f, method, seed=seed), "y": y.numpy(), "n": len(x),
+            "classes": meta.get("classes") or [str(i) for i in range(int(y.max()) + 1)]}
