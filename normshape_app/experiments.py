@@ -108,3 +108,35 @@ def feature_map(path: str, sha: str, method: str, norms: str, n: int, seed: int)
                         P.penultimate_features(model, x_adv, mode, chunk=len(x))])
     return {"emb": P.embed_2d(f, method, seed=seed), "y": y.numpy(), "n": len(x),
             "classes": meta.get("classes") or [str(i) for i in range(int(y.max()) + 1)]}
+
+
+# ---------------------------------------------------------------- Moving target
+@st.cache_data(show_spinner="Running PGD on the batch and recording BN statistics ...",
+               max_entries=64)
+def moving_target_trace(path: str, sha: str, ratio: str, batch: int, seed: int, eps: float,
+                        step_size: float, steps: int):
+    """PGD on a batch of ``batch`` training samples (composition ``ratio`` adv:clean), all
+    steps with the batch's own statistics: the BN statistics per step and layer, the points'
+    paths, and for a 2-D model the decision boundary of every step's batch."""
+    from normshape_core.diagnostics import moving_target
+
+    model, meta = load_model(path, sha)
+    data = load_dataset(meta["config"]["dataset"])
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_train), generator=g)[:batch]
+    x, y = data.x_train[idx], data.y_train[idx]
+    tr = moving_target(model, x, y, ratio, eps=eps, step_size=step_size, steps=steps, seed=seed)
+    out = {"frame": tr.frame, "summary": tr.summary(), "points": tr.points.numpy(),
+           "x": x.numpy(), "y": y.numpy(), "n_clean": tr.n_clean}
+    if list(meta["input_shape"]) == [2]:  # the decision boundary at every step
+        grid = P.grid_around(data.x_train, resolution=110, margin=0.05)
+        clean = x[:tr.n_clean]
+        batches = [torch.cat([clean, tr.points[t]]) for t in range(steps + 1)]
+        regions = P.regions_per_batch(model, batches, grid)
+        out["regions"] = [(r.xs, r.ys, r.probs[1], r.pred) for r in regions]
+        with torch.no_grad():
+            out["adv_pred"] = np.stack([
+                P.BatchStatsClassifier(model, b)(tr.points[t]).argmax(1).numpy()
+                for t, b in enumerate(batches)])
+        out["straightness"] = P.path_straightness(tr.points)
+    return out

@@ -107,3 +107,60 @@ def test_features_figure_has_a_clean_and_a_pgd_trace_per_class():
 def test_image_array_puts_channels_last_and_drops_a_grey_channel():
     assert DB.image_array(np.zeros((1, 8, 8))).shape == (8, 8)
     assert DB.image_array(np.zeros((3, 8, 6))).shape == (8, 6, 3)
+
+
+# ---------------------------------------------------------------- moving target
+def _frame(scale):
+    import pandas as pd
+
+    rows = [{"step": s, "layer": f"bn{k}", "distance_to_clean_mean": scale * s * (k + 1),
+             "distance_to_clean_var": scale * s} for s in range(4) for k in range(3)]
+    return pd.DataFrame(rows)
+
+
+def test_moving_target_steps_and_layers_figures_have_one_trace_per_batch():
+    from normshape_core.figures import moving_target as MT
+
+    frames = {"1:0": _frame(1.0), "1:3": _frame(0.25)}
+    fig = MT.steps_figure(frames, "distance_to_clean", "mean", 2)
+    assert_titled(fig, "std units")
+    assert fig.layout.title.text.startswith("Batch mean: distance to the clean batch's")
+    assert names(fig) == ["batch 1:0", "batch 1:3"]
+    assert [t.line.color for t in fig.data] == [C.BN_COLOR, "#7f2704"]
+    assert list(fig.data[0].y) == [0.0, 2.0, 4.0, 6.0]  # mean over the three layers
+    assert fig.layout.shapes[0].x0 == 2  # the chosen step
+    bars = MT.layers_figure(frames, "distance_to_clean", "var", 3)
+    assert_titled(bars, "RMS")
+    assert bars.layout.title.text.startswith("Per layer at PGD step 3")
+    assert [t.type for t in bars.data] == ["bar", "bar"] and list(bars.data[1].y) == [0.75] * 3
+
+
+def test_moving_target_boundary_figure_draws_both_boundaries_and_the_paths():
+    from normshape_core.figures import moving_target as MT
+
+    xs, ys = np.linspace(-1, 1, 7), np.linspace(-1, 1, 5)
+    pred = (np.add.outer(ys, xs) > 0).astype(int)
+    steps, n_adv = 3, 4
+    res = {"regions": [(xs, ys, pred * 1.0, pred)] * (steps + 1),
+           "x": np.zeros((6, 2)), "y": np.array([0, 1, 0, 1, 0, 1]), "n_clean": 2,
+           "points": np.random.default_rng(0).normal(size=(steps + 1, n_adv, 2)),
+           "adv_pred": np.array([[0, 1, 0, 1]] * steps + [[1, 1, 0, 0]])}
+    fig = MT.boundary_figure(res, steps, "1:3")
+    assert_titled(fig, "input units")
+    assert fig.layout.title.text == "Batch 1:3: decision boundary at PGD step 3"
+    [now] = [t for t in fig.data if t.name == "boundary at step 3 (BN of this batch)"]
+    assert now.line.color == C.BN_COLOR
+    [wrong] = [t for t in fig.data if t.name == "adversarial, misclassified"]
+    assert wrong.marker.color == C.WRONG_COLOR and len(wrong.x) == 2
+    [paths] = [t for t in fig.data if t.name == "PGD paths, step 0 to t"]
+    assert len(paths.x) == n_adv * (steps + 2)
+
+
+def test_damping_says_how_many_times_less_the_shaped_batch_moves():
+    from normshape_core.figures import moving_target as MT
+
+    s = [{"step_drift_mean": 0.4, "adv_acc": 0.1}, {"step_drift_mean": 0.1, "adv_acc": 0.5}]
+    factor, word, text = MT.damping_text(s, ["1:0", "1:3"])
+    assert (round(factor, 6), word) == (4.0, "less")
+    assert "**4.0 times less**" in text and "0.10 (1:0) and 0.50 (1:3)" in text
+    assert MT.damping_text([s[0], {"step_drift_mean": 0.0, "adv_acc": 0}], ["a", "b"]) is None
