@@ -4,11 +4,14 @@ core (classifiers, attacks, projections) and returns plain results for a figure 
 ``normshape_core.figures``. Pages call these and never import torch."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import streamlit as st
 import torch
 
-from normshape_app.inventory import load_dataset, load_model
+from normshape_app.inventory import load_dataset, load_model, shipped_checkpoints_dir
 from normshape_core import projections as P
 from normshape_core.attacks import make_attack
 from normshape_core.shaping import PNClassifier, ShapedClassifier, make_reference_pool
@@ -140,3 +143,53 @@ def moving_target_trace(path: str, sha: str, ratio: str, batch: int, seed: int, 
                 for t, b in enumerate(batches)])
         out["straightness"] = P.path_straightness(tr.points)
     return out
+
+
+# ---------------------------------------------------------------- Confoundings deck
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+@st.cache_data(show_spinner=False)
+def _shipped(results_path: str, lessons_path: str, mtimes: tuple):
+    return _read_json(Path(results_path)), _read_json(Path(lessons_path))
+
+
+def confoundings_shipped():
+    """(sweep results, lesson choices, lesson folder) as shipped (None where missing),
+    reread when a file changes."""
+    root = shipped_checkpoints_dir()
+    r, l = root / "sweep" / "confoundings.json", root / "lessons" / "lessons.json"
+    mt = tuple(p.stat().st_mtime_ns if p.exists() else 0 for p in (r, l))
+    return (*_shipped(str(r), str(l), mt), root / "lessons")
+
+
+@st.cache_data(show_spinner="Running PGD on a training batch, step by step ...", max_entries=8)
+def animation_frames(path: str, sha: str, batch: int, seed: int = 0):
+    """The moving-target trace of one training batch, all-adversarial (1:0) and shaped
+    (1:3), with the checkpoint's own attack settings."""
+    from normshape_core.diagnostics import moving_target
+
+    model, meta = load_model(path, sha)
+    cfg = meta["config"]
+    data = load_dataset(cfg["dataset"])
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.x_train), generator=g)[:batch]
+    x, y = data.x_train[idx], data.y_train[idx]
+    out = {}
+    for ratio in ("1:0", "1:3"):
+        tr = moving_target(model, x, y, ratio, eps=cfg["eps"], step_size=cfg["step_size"],
+                           steps=cfg["steps"], seed=seed)
+        out[ratio] = {"frame": tr.frame, "summary": tr.summary()}
+    return out
+
+
+def lesson_animation_frames(folder: Path, batch: int):
+    """``animation_frames`` for the lesson checkpoint in ``folder``."""
+    from normshape_core.checkpoints import read_meta
+
+    meta = read_meta(folder)
+    return animation_frames(str(folder), meta["weights_sha256"], int(batch))

@@ -164,3 +164,37 @@ def test_damping_says_how_many_times_less_the_shaped_batch_moves():
     assert (round(factor, 6), word) == (4.0, "less")
     assert "**4.0 times less**" in text and "0.10 (1:0) and 0.50 (1:3)" in text
     assert MT.damping_text([s[0], {"step_drift_mean": 0.0, "adv_acc": 0}], ["a", "b"]) is None
+
+
+# ---------------------------------------------------------------- confoundings deck sentences
+def _sweep():
+    cells = []
+    for i, (axis, v) in enumerate([("base", 0.30), ("seed", 0.20), ("depth", 0.05),
+                                   ("eps", 0.50)]):
+        cells.append({"id": f"moons-{axis}", "dataset": "moons", "axis": axis, "variant": i,
+                      "measures": {"logit_gap": v, "bn_layers": 2 + i, "eps": 0.1 * (i + 1)}})
+    return {"cells": cells}
+
+
+def test_confoundings_sentences_count_settings_and_name_the_clearest_cell():
+    from normshape_core.figures import confoundings as CF
+
+    res = _sweep()
+    assert CF.how_many(res, "II", 0.10) == "3 of 4 settings"
+    text = CF.sweep_takeaway(res, "II", 0.10)
+    assert text.startswith("Clearest at moons-eps (+50%)")
+    assert "+30% to +30%" in text and "±5%" in text  # seeds: (0.30 - 0.20) / 2
+    assert CF.sweep_takeaway(res, "II", 0.9).startswith("Largest at moons-eps")
+    m = {"damping": 3.2, "logit_gap": 0.4}
+    assert CF.lesson_takeaway("II", m, True, "3 of 4 settings") == (
+        "A shaped batch's statistics move 3.2x less per PGD step than an all-adversarial "
+        "batch's; the logit-error gap is +40% here (paper +63%; 3 of 4 settings reach +10%).")
+    m1 = {"acc_gap_bn_pn": 0.05, "acc_pn": 0.8, "acc_bn": 0.85}
+    assert "PN costs 0.050" in CF.lesson_takeaway("I", m1, True, "k")
+    assert CF.lesson_takeaway("I", m1, False, "k").startswith("No setting here shows it")
+    cap = CF.lesson_caption({"shows_effect": False, "checkpoints": {"plain": "x-pgd"}},
+                            {"dataset": "moons", "id": "moons-base", "measures": {
+                                "model": "mlp", "bn_layers": 2, "eps": 0.1, "batch": 64}},
+                            "+63% (Fig. 2)")
+    assert "`checkpoints/lessons/x-pgd`" in cap and "below the threshold" in cap
+    assert cap.endswith("Paper: +63% (Fig. 2).")
