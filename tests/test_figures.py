@@ -198,3 +198,19 @@ def test_confoundings_sentences_count_settings_and_name_the_clearest_cell():
                             "+63% (Fig. 2)")
     assert "`checkpoints/lessons/x-pgd`" in cap and "below the threshold" in cap
     assert cap.endswith("Paper: +63% (Fig. 2).")
+
+
+# ---------------------------------------------------------------- ratios
+def test_ratios_heatmap_writes_each_cell_and_leaves_missing_ones_blank():
+    from normshape_core.figures import ratios as R
+
+    table = R.PAPER_TABLE_IV.copy()
+    table.iloc[0, 0] = float("nan")
+    fig = R.grid_heatmap(table, "Paper, Table IV")
+    assert_titled(fig, "adv:clean")
+    [hm] = fig.data
+    assert hm.type == "heatmap" and (hm.zmin, hm.zmax) == (0, 1)
+    assert list(hm.x) == ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
+    assert list(hm.y) == ["1:1", "1:2", "1:3", "1:7"]
+    assert hm.text[0][0] == "" and hm.text[1][1] == "0.837"
+    assert fig.layout.yaxis.autorange == "reversed"  # training 1:1 on top, as in the paper
