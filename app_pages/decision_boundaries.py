@@ -76,10 +76,11 @@ else:
     sl = X.image_slice(ck.path, ck.sha, int(index), right, float(extent), int(seed))
     classes = sl["classes"] or [str(i) for i in range(10)]
     cols = st.columns([1, 1, 1, 3])
-    cols[0].image(F.image_array(sl["x0"]), caption=f"test image: {classes[sl['label']]}", clamp=True,
-                  width=110)
-    cols[1].image(F.image_array(sl["x_adv"]), caption=f"PGD (PN): {classes[sl['adv_pred']['PN']]} under "
-                  f"PN, {classes[sl['adv_pred']['right']]} under {sl['right_label']}",
+    cols[0].image(F.image_array(sl["x0"]), caption=f"test image: {classes[sl['label']]}",
+                  clamp=True, width=110)
+    cols[1].image(F.image_array(sl["x_adv"]),
+                  caption=f"PGD (PN): {classes[sl['adv_pred']['PN']]} under PN, "
+                  f"{classes[sl['adv_pred']['right']]} under {sl['right_label']}",
                   clamp=True, width=110)
     delta = np.asarray(sl["x_adv"]) - np.asarray(sl["x0"])
     cols[2].image(F.image_array(delta / (2 * sl["eps"]) + 0.5), caption="perturbation (grey = 0)",

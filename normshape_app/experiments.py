@@ -11,9 +11,13 @@ import numpy as np
 import streamlit as st
 import torch
 
-from normshape_app.inventory import load_dataset, load_model, shipped_checkpoints_dir
+from normshape_app.inventory import (load_dataset, load_model, shipped_checkpoints_dir,
+                                     warm_umap_in_background)
+from normshape_app.style import public_text
+from normshape_core import playground as PG
 from normshape_core import projections as P
 from normshape_core.attacks import make_attack
+from normshape_core.config import ConfigError
 from normshape_core.shaping import PNClassifier, ShapedClassifier, make_reference_pool
 
 
@@ -193,3 +197,58 @@ def lesson_animation_frames(folder: Path, batch: int):
 
     meta = read_meta(folder)
     return animation_frames(str(folder), meta["weights_sha256"], int(batch))
+
+
+# ---------------------------------------------------------------- Playground (per session)
+def playground_session(settings, specs):
+    """This session's live playground (two 2-D runs training side by side, kept in the
+    session); a new one when the data or model settings changed or Reset was pressed."""
+    pg = st.session_state.get("pg_obj")
+    want = (settings, tuple(specs))
+    ss = st.session_state
+    if pg is not None and (pg.settings, pg.specs) == want and not ss.pop("pg_reset", False):
+        return pg
+    if pg is not None:
+        pg.close()
+        st.session_state.pg_obj = None
+    st.session_state.pg_playing = False
+    try:
+        with st.spinner("Building the data and both models ..."):
+            try:
+                pg = PG.Playground(settings, specs)
+            except ImportError:
+                # scikit-learn imported at the same moment by the app's UMAP warm-up thread
+                # (a circular-import race between threads): wait for it, then once more.
+                warm = warm_umap_in_background()
+                if warm is not None:
+                    warm.join(timeout=90)
+                pg = PG.Playground(settings, specs)
+    except (ConfigError, ValueError) as e:
+        st.error(f"These settings cannot train: {public_text(e)}")
+        return None
+    st.session_state.pg_obj = pg
+    return pg
+
+
+def playground_toggle_play():  # the Play / Pause button
+    st.session_state.pg_playing = not st.session_state.pg_playing
+
+
+def playground_step_once():  # Step: one frame, then paused
+    st.session_state.pg_playing = False
+    st.session_state.pg_step_pending = True
+
+
+def playground_reset():  # Reset: both runs from their initial weights
+    st.session_state.pg_reset = True
+
+
+def playground_curves(pg, i: int, infer: str, every: int, draw):
+    """Run ``i``'s curves figure: while playing, redrawn (``draw()``) every ``every`` frames
+    (the same figure in between costs the browser nothing); paused, at every change."""
+    cache = st.session_state.setdefault("pg_curves", {})
+    mark = (id(pg), i, infer)
+    old = cache.get(mark)
+    if old is None or not st.session_state.pg_playing or pg.frame - old[0] >= every:
+        old = cache[mark] = (pg.frame, draw())
+    return old[1]

@@ -9,7 +9,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import streamlit as st
 
-from normshape_app.inventory import Ckpt, load_dataset, require_dataset_here, shipped_checkpoints_dir
+from normshape_app.inventory import (Ckpt, load_dataset, require_dataset_here,
+                                     shipped_checkpoints_dir)
 from normshape_app.style import md_escape
 
 

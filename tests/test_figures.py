@@ -214,3 +214,11 @@ def test_ratios_heatmap_writes_each_cell_and_leaves_missing_ones_blank():
     assert list(hm.y) == ["1:1", "1:2", "1:3", "1:7"]
     assert hm.text[0][0] == "" and hm.text[1][1] == "0.837"
     assert fig.layout.yaxis.autorange == "reversed"  # training 1:1 on top, as in the paper
+
+
+def test_playground_run_title_puts_the_parenthesis_in_a_subtitle():
+    from normshape_core.figures.playground import run_title
+
+    assert run_title("A", "PGD + shaping 1:3 (attack + train)") == \
+        "A: PGD + shaping 1:3<br><sup>(attack + train)</sup>"
+    assert run_title("B", "natural") == "B: natural"
