@@ -334,3 +334,21 @@ def no_checkpoints_message(what: str = "checkpoints") -> None:
     dirs = ", ".join(folder_label(d) for d in checkpoint_dirs())
     st.info(f"No {what} found in {dirs}. Train one on the **Train** page (a moons run takes "
             "about ten seconds), or point `NORMSHAPE_CHECKPOINT_DIRS` at a folder of run folders.")
+
+
+def default_comparison(ckpts: Sequence[Ckpt]) -> List[str]:
+    """natural, PGD adv only and PGD + shaping 1:3 of the dataset with the most runs."""
+    ds = max(sorted({c.dataset for c in ckpts}),  # most runs; 2-D sets first on a tie
+             key=lambda d: (sum(c.dataset == d for c in ckpts),
+                            any(c.is_2d for c in ckpts if c.dataset == d)))
+    pick = []
+    for want in (("natural", None, None), ("pgd", "none", None), ("pgd", "attack+train", "1:3")):
+        for c in ckpts:
+            cfg = c.config
+            if c.dataset == ds and cfg["method"] == want[0] and \
+                    not cfg.get("polluted_running_stats") and \
+                    (want[1] is None or cfg["shaping"] == want[1]) and \
+                    (want[2] is None or cfg["ratio"] == want[2]) and c.id not in pick:
+                pick.append(c.id)
+                break
+    return pick if len(pick) >= 2 else [c.id for c in ckpts[:2]]

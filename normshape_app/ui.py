@@ -20,10 +20,10 @@ from normshape_app.inventory import (  # noqa: F401
     dataset_here, require_dataset_here, max_active_runs, worker_threads, Ckpt, eps_text,
     checkpoints, checkpoint_errors, checkpoint_by_id, load_model, load_dataset, device_text,
     warm_umap_in_background, checkpoint_picker, prefer_2d_adversarial, prefer_2d_shaped,
-    no_checkpoints_message,
+    no_checkpoints_message, default_comparison,
 )
 from normshape_app.uploads import (  # noqa: F401
-    max_upload_mb, MAX_META_BYTES, Upload, import_checkpoint,
+    max_upload_mb, MAX_META_BYTES, Upload, import_checkpoint, upload_section,
 )
 from normshape_app.results import (  # noqa: F401
     USER_ERRORS, ResultStore, result_store, cached_result, Part, compute_parts, evaluation,

@@ -10,7 +10,8 @@ from typing import Dict, Optional
 
 import streamlit as st
 
-from normshape_app.inventory import dataset_here, uploads_dir
+from normshape_app.inventory import checkpoints, dataset_here, uploads_dir
+from normshape_app.style import md_code, message_text
 
 
 def max_upload_mb() -> int:
@@ -112,3 +113,38 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
     except BaseException:
         shutil.rmtree(incoming, ignore_errors=True)
         raise
+
+
+def upload_section() -> None:
+    """The upload box (Compare): one .safetensors + its .json, checked, stored once."""
+    limit = max_upload_mb()  # the server's limit (.streamlit/config.toml), said once here
+    st.markdown("**Upload a checkpoint** (`model.safetensors` + `model.json`, as written by "
+                f"normshape; up to {limit} MB per file). It is checked before use: metadata "
+                "that passes the checkpoint schema (known dataset, model and settings, a "
+                "bounded model size, a dataset present on this server), weights that match "
+                "their SHA-256 and fit the model. Pickle files are refused, never opened.")
+    files = st.file_uploader("Checkpoint files", type=["safetensors", "json"],
+                             accept_multiple_files=True, key="cmp_upload",
+                             max_upload_size=limit,
+                             help=f"At most {limit} MB per file: larger files are refused by "
+                                  "the upload box itself.")
+    if not files:
+        return
+    weights = [f for f in files if f.name.endswith(".safetensors")]
+    metas = [f for f in files if f.name.endswith(".json")]
+    if len(weights) != 1 or len(metas) != 1:
+        st.error("Upload exactly one .safetensors file and its .json metadata.")
+        return
+    try:
+        up = import_checkpoint(weights[0].getvalue(), metas[0].getvalue(), weights[0].name,
+                                  known={c.sha: c.id for c in checkpoints()},
+                                  meta_filename=metas[0].name)
+    except (ValueError, OSError) as e:  # OSError: the uploads folder cannot be written
+        st.error(f"Not accepted: {message_text(e)}")
+        return
+    if up.stored:
+        st.success(f"Accepted and stored as {md_code(up.name)}: it is now listed on every "
+                   "page.")
+    else:
+        st.success(f"Accepted: these weights are those of {md_code(up.name)} (same SHA-256), "
+                   "already listed on every page; nothing was stored again.")

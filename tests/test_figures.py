@@ -222,3 +222,50 @@ def test_playground_run_title_puts_the_parenthesis_in_a_subtitle():
     assert run_title("A", "PGD + shaping 1:3 (attack + train)") == \
         "A: PGD + shaping 1:3<br><sup>(attack + train)</sup>"
     assert run_title("B", "natural") == "B: natural"
+
+
+# ---------------------------------------------------------------- compare
+def _evaluation(acc):
+    import pandas as pd
+
+    rows = []
+    for clf, shift in (("PN", 0.0), ("shaped:1:9", 0.1)):
+        rows.append({"attack": "pgd", "crafted_with": "PN", "classified_with": clf,
+                     "clean_acc": acc, "robust_acc": acc / 2 + shift, "ensemble": None})
+    return pd.DataFrame(rows)
+
+
+def test_compare_bars_name_crafted_and_classified_norms_in_their_colours():
+    from normshape_core.figures import compare as CP
+
+    results = {"a": _evaluation(0.9), "b": _evaluation(0.8)}
+    m = CP.measures(results["a"])
+    assert m[("clean (no attack)", "PN")] == 0.9
+    assert m[("PGD-20, crafted PN", "shaped:1:9")] == pytest.approx(0.55)
+    fig, height = CP.accuracy_bars_figure(results, {"a": "run a", "b": "run b"})
+    assert fig.layout.title.text.startswith("Clean and robust accuracy of each checkpoint")
+    assert fig.layout.xaxis2.title.text == "accuracy (fraction)"  # under the last panel
+    assert [a.text for a in fig.layout.annotations] == ["run a", "run b"]
+    assert len(fig.data) == 4 and 300 < height <= 2400  # 2 checkpoints x 2 classifiers
+    colours = {t.name: t.marker.color for t in fig.data}
+    assert colours == {"classified with PN": C.PN_COLOR,
+                       "classified with shaped:1:9": CP.SHAPED_COLOR}
+    assert CP.norm_colour("BN") == C.BN_COLOR
+    assert CP.wrap("a-very-long-run-name-" * 3, 20).count("<br>") >= 2
+
+
+def test_compare_training_curves_one_colour_per_checkpoint_robust_dashed():
+    from normshape_core.figures import compare as CP
+
+    rows = [{"step": s, "train/loss": 1.0 / (s + 1)} for s in range(10)] + \
+        [{"step": 9, "test/clean_acc_pn": 0.8, "test/robust_acc_pgd10_pn_pn": 0.4}]
+    fig = CP.training_curves_figure({"a": rows, "b": rows}, label=lambda k: k.upper())
+    assert fig.layout.title.text == "Training curves overlaid"
+    assert fig.layout.xaxis.title.text == "training step"
+    assert (fig.layout.yaxis.title.text, fig.layout.yaxis2.title.text) == (
+        "loss", "accuracy (fraction)")
+    assert names(fig) == ["a", "a: TEST/CLEAN_ACC_PN", "a: TEST/ROBUST_ACC_PGD10_PN_PN",
+                          "b", "b: TEST/CLEAN_ACC_PN", "b: TEST/ROBUST_ACC_PGD10_PN_PN"]
+    assert [t.line.color for t in fig.data[:3]] == [CP.CKPT_COLORS[0]] * 3
+    assert fig.data[3].line.color == CP.CKPT_COLORS[1]
+    assert [t.line.dash for t in fig.data[1:3]] == ["solid", "dash"]
