@@ -4,14 +4,13 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from normshape_app import ui
 from normshape_core import jobs
 from normshape_core.config import MAX_SEED, ConfigError, TrainConfig
 from normshape_core.data import DATASETS, dataset_status
+from normshape_core.figures import train as F
 from normshape_core.models import MODELS
 from normshape_core.presets import DATASET_PRESETS
 
@@ -98,49 +97,19 @@ def run_form() -> None:
 
 
 def curves(rows, status: jobs.JobStatus, key: str) -> None:
-    df = pd.DataFrame([r for r in rows if "train/loss" in r])
-    ev = pd.DataFrame([r for r in rows if any(k.startswith("test/") for k in r)])
+    df, ev, window = F.split_rows(rows)
     if df.empty:
         st.caption("Waiting for the first training step ...")
         return
-    window = max(1, len(df) // 40)
-    smooth = (lambda s: s.rolling(window, min_periods=1).mean()) if window > 1 else (lambda s: s)
     c1, c2, c3 = st.columns(3)
     with c1:
-        fig = go.Figure(go.Scatter(x=df["step"], y=smooth(df["train/loss"]), name="training loss",
-                                   line=dict(color="#333333")))
-        fig.update_layout(xaxis_title="training step", yaxis_title="training loss")
-        ui.show(fig, key=f"{key}_loss", title="Training loss<br><sup>of the trained batch "
-                "(TRADES: its objective)</sup>", height=400, legend=False, columns=3)
+        ui.show(F.loss_figure(df, window), key=f"{key}_loss", height=400, legend=False,
+                columns=3)
     with c2:
-        fig = go.Figure()
-        if "train/adv_acc" in df:
-            fig.add_scatter(x=df["step"], y=smooth(df["train/adv_acc"]),
-                            name="adversarial rows (train)", line=dict(color=ui.WRONG_COLOR))
-        if "train/clean_acc" in df:
-            fig.add_scatter(x=df["step"], y=smooth(df["train/clean_acc"]),
-                            name="clean rows (train)", line=dict(color=ui.CLEAN_COLOR))
-        for col in [c for c in ev.columns if c.startswith("test/")]:
-            robust = "robust" in col
-            fig.add_scatter(x=ev["step"], y=ev[col], mode="lines+markers",
-                            name=f"test {ui.metric_label(col)}".replace(" acc.", ""),
-                            line=dict(color=ui.PN_COLOR, dash="dash" if robust else "solid"))
-        fig.update_layout(xaxis_title="training step", yaxis_title="accuracy (fraction)",
-                          yaxis_range=[0, 1.02], legend=dict(orientation="h", y=-0.4))
-        ui.show(fig, key=f"{key}_acc", title="Accuracy<br><sup>train rows with BN of the batch; "
-                "test at epoch ends with PN</sup>", height=400, columns=3)
+        ui.show(F.accuracy_figure(df, ev, window, ui.metric_label), key=f"{key}_acc",
+                height=400, columns=3)
     with c3:
-        fig = go.Figure()
-        for col, dash, label in (("bn/running_mean_drift", "solid", "running mean"),
-                                 ("bn/running_var_drift", "dot", "running variance")):
-            if col in df:
-                fig.add_scatter(x=df["step"], y=smooth(df[col]), name=label,
-                                line=dict(color=ui.PN_COLOR, dash=dash))
-        fig.update_layout(xaxis_title="training step", yaxis_type="log",
-                          yaxis_title="relative change per step",
-                          legend=dict(orientation="h", y=-0.4))
-        ui.show(fig, key=f"{key}_drift", title="Running-statistics (PN) drift<br><sup>relative "
-                "change per step, mean over BN layers</sup>", height=400, columns=3)
+        ui.show(F.drift_figure(df, window), key=f"{key}_drift", height=400, columns=3)
     if window > 1:
         st.caption(f"Training curves are smoothed over {window} steps.")
 

@@ -269,3 +269,28 @@ def test_compare_training_curves_one_colour_per_checkpoint_robust_dashed():
     assert [t.line.color for t in fig.data[:3]] == [CP.CKPT_COLORS[0]] * 3
     assert fig.data[3].line.color == CP.CKPT_COLORS[1]
     assert [t.line.dash for t in fig.data[1:3]] == ["solid", "dash"]
+
+
+# ---------------------------------------------------------------- train
+def test_train_curves_loss_accuracy_and_drift():
+    from normshape_core.figures import train as T
+
+    rows = [{"step": s, "train/loss": 2.0 - 0.01 * s, "train/adv_acc": 0.3, "train/clean_acc": 0.7,
+             "bn/running_mean_drift": 1e-3, "bn/running_var_drift": 1e-4} for s in range(80)]
+    rows.append({"step": 79, "test/clean_acc_pn": 0.8, "test/robust_acc_pgd10_pn_pn": 0.4})
+    df, ev, window = T.split_rows(rows)
+    assert (len(df), len(ev), window) == (80, 1, 2)
+    loss = T.loss_figure(df, window)
+    assert_titled(loss)
+    assert loss.layout.title.text.startswith("Training loss") and len(loss.data) == 1
+    acc = T.accuracy_figure(df, ev, window, label=lambda k: k.split("/")[1])
+    assert_titled(acc, "fraction")
+    assert names(acc) == ["adversarial rows (train)", "clean rows (train)",
+                          "test clean_acc_pn", "test robust_acc_pgd10_pn_pn"]
+    assert [t.line.color for t in acc.data] == [C.WRONG_COLOR, C.CLEAN_COLOR, C.PN_COLOR,
+                                                C.PN_COLOR]
+    assert acc.data[3].line.dash == "dash"
+    drift = T.drift_figure(df, window)
+    assert_titled(drift, "per step")
+    assert names(drift) == ["running mean", "running variance"]
+    assert drift.layout.yaxis.type == "log"
