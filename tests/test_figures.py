@@ -294,3 +294,14 @@ def test_train_curves_loss_accuracy_and_drift():
     assert_titled(drift, "per step")
     assert names(drift) == ["running mean", "running variance"]
     assert drift.layout.yaxis.type == "log"
+
+
+# ---------------------------------------------------------------- pages stay tables of contents
+@pytest.mark.parametrize("page", sorted((ROOT / "app_pages").glob("*.py")), ids=lambda p: p.name)
+def test_a_page_is_at_most_150_lines_and_imports_no_torch(page):
+    text = page.read_text()
+    assert len(text.splitlines()) <= 150, page.name
+    for node in ast.walk(ast.parse(text)):
+        mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+        assert not any(m.split(".")[0] == "torch" for m in mods), page.name
