@@ -2,11 +2,12 @@
 name the pages and tests use. The code lives in files by concern (see the README):
 
 - ``inventory``: checkpoint folders, the cached scan (``Ckpt``), model loading, the picker
-- ``uploads``: importing an uploaded checkpoint
+- ``uploads``: importing an uploaded checkpoint, the upload box
 - ``results``: the result store, cached evaluations, progress, default settings, ``warm``
 - ``urlparams``: ``URL_PARAMS`` and the query-parameter sanitizer
 - ``style``: colours, safe text, page furniture, figure layout (``style``, ``show``)
-- ``experiments``: the cached science calls of the pages
+- ``experiments``: the cached science calls of the pages (imported by the pages themselves)
+- ``tables``, ``runs``: Compare's tables, Train's run widgets (imported by those pages)
 """
 from __future__ import annotations
 
