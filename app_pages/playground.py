@@ -6,11 +6,13 @@ import time
 
 import streamlit as st
 
+from normshape_app import experiments as X
 from normshape_app import ui
 from normshape_core import playground as PG
 from normshape_core.config import MAX_SEED, ConfigError
 from normshape_core.data import DATASETS_2D
-from normshape_core.figures.playground import REGIONS_KEY, curves_figure, regions_figure
+from normshape_core.figures.playground import (REGIONS_KEY, curves_figure, regions_figure,
+                                               run_title)
 
 TRAIN_RATIOS = ["1:1", "1:2", "1:3", "1:5", "1:9"]
 SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES)",
@@ -77,58 +79,18 @@ def settings_form():
     return settings, specs
 
 
-def playground(settings, specs):
-    """This session's playground; a new one when the data or model settings changed."""
-    pg = ss.get("pg_obj")
-    want = (settings, tuple(specs))
-    if pg is not None and (pg.settings, pg.specs) == want and not ss.pop("pg_reset", False):
-        return pg
-    if pg is not None:
-        pg.close()
-        ss.pg_obj = None
-    ss.pg_playing = False
-    try:
-        with st.spinner("Building the data and both models ..."):
-            try:
-                pg = PG.Playground(settings, specs)
-            except ImportError:
-                # scikit-learn imported at the same moment by the app's UMAP warm-up thread
-                # (a circular-import race between threads): wait for it, then once more.
-                warm = ui.warm_umap_in_background()
-                if warm is not None:
-                    warm.join(timeout=90)
-                pg = PG.Playground(settings, specs)
-    except (ConfigError, ValueError) as e:
-        st.error(f"These settings cannot train: {ui.public_text(e)}")
-        return None
-    ss.pg_obj = pg
-    return pg
-
-
-def toggle_play():
-    ss.pg_playing = not ss.pg_playing
-
-
-def step_once():
-    ss.pg_playing = False
-    ss.pg_step_pending = True
-
-
-def reset():
-    ss.pg_reset = True
-
-
 settings, specs = settings_form()
-pg = playground(settings, specs)
+pg = X.playground_session(settings, specs)
 if pg is None:
     st.stop()
 
 b = st.columns([1.1, 1, 1.2, 2])
-b[0].button("Pause" if ss.pg_playing else "Play", key="pg_play", on_click=toggle_play,
-            type="primary", icon=":material/pause:" if ss.pg_playing else ":material/play_arrow:")
-b[1].button("Step", key="pg_step", on_click=step_once, icon=":material/skip_next:",
+b[0].button("Pause" if ss.pg_playing else "Play", key="pg_play", type="primary",
+            on_click=X.playground_toggle_play,
+            icon=":material/pause:" if ss.pg_playing else ":material/play_arrow:")
+b[1].button("Step", key="pg_step", on_click=X.playground_step_once, icon=":material/skip_next:",
             help="Advance one frame (the steps below) and stop")
-b[2].button("Reset", key="pg_reset_btn", on_click=reset, icon=":material/replay:",
+b[2].button("Reset", key="pg_reset_btn", on_click=X.playground_reset, icon=":material/replay:",
             help="Start both runs again from their initial weights")
 c = st.columns(3)
 spf = c[0].number_input("Training steps per frame", 1, 200, 5, key="pg_spf",
@@ -172,20 +134,12 @@ def live():
     for i, (col, f, spec) in enumerate(zip(cols, frames, pg.specs)):
         with col:
             side = "AB"[i] if i < 2 else str(i)
-            main, _, detail = spec.label().partition(" (")
-            title = f"{side}: {main}" + (f"<br><sup>({detail}</sup>" if detail else "")
-            st.plotly_chart(regions_figure(f, x_tr, y_tr, title),
+            st.plotly_chart(regions_figure(f, x_tr, y_tr, run_title(side, spec.label())),
                             key=f"pg_regions_{i}", width="stretch", theme=None,
                             config={"displaylogo": False})
-            # While playing, the curves are redrawn every CURVES_EVERY frames (the same
-            # figure in between costs the browser nothing); paused, at every change.
-            cache = ss.setdefault("pg_curves", {})
-            mark = (id(pg), i, infer)
-            old = cache.get(mark)
-            if old is None or not ss.pg_playing or pg.frame - old[0] >= CURVES_EVERY:
-                old = cache[mark] = (pg.frame, curves_figure(pg.history[i],
-                                                             f"Run {side}: curves", infer))
-            st.plotly_chart(old[1], key=f"pg_curves_{i}", width="stretch", theme=None,
+            fig = X.playground_curves(pg, i, infer, CURVES_EVERY, lambda: curves_figure(
+                pg.history[i], f"Run {side}: curves", infer))
+            st.plotly_chart(fig, key=f"pg_curves_{i}", width="stretch", theme=None,
                             config={"displaylogo": False})
 
 

@@ -2,20 +2,14 @@
 from __future__ import annotations
 
 import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
 from normshape_app import ui
 from normshape_core.evaluation import WORST, table_iv, training_label
+from normshape_core.figures import ratios as F
 
 INFERENCE_RATIOS = ui.INFERENCE_RATIOS
-# The paper's Table IV (CIFAR-10, PGD+shaping, PGD crafted with PN, classified with BN+shaping).
-PAPER_TABLE_IV = pd.DataFrame(
-    [[0.477, 0.478, 0.476, 0.476, 0.477, 0.476],
-     [0.385, 0.837, 0.835, 0.753, 0.668, 0.573],
-     [0.281, 0.692, 0.820, 0.817, 0.813, 0.815],
-     [0.039, 0.138, 0.706, 0.781, 0.776, 0.779]],
-    index=["1:1", "1:2", "1:3", "1:7"], columns=INFERENCE_RATIOS)
+PAPER_TABLE_IV = F.PAPER_TABLE_IV
 CRAFTING = {"PN": "PN: PGD through the running statistics (the paper's Table IV)",
             "BN (exact refs)": "BN through the defender's exact shaped batches (adaptive attack)",
             "worst case": "the worst case per sample over APGD-CE, APGD-T, FAB-T and Square, "
@@ -24,17 +18,7 @@ CRAFTING = {"PN": "PN: PGD through the running statistics (the paper's Table IV)
 
 
 def heatmap(table: pd.DataFrame, title: str, key: str) -> None:
-    z = table.values.astype(float)
-    text = [[("" if pd.isna(v) else f"{v:.3f}") for v in row] for row in z]
-    fig = go.Figure(go.Heatmap(
-        z=z, x=[f"1:{c.split(':')[1]}" for c in table.columns], y=list(table.index),
-        text=text, texttemplate="%{text}", colorscale="Oranges", zmin=0, zmax=1,
-        colorbar=dict(title="robust acc."),
-        hovertemplate="training %{y}, inference %{x}: %{z:.3f}<extra></extra>"))
-    fig.update_layout(xaxis_title="inference ratio adv:clean (shaped inference)",
-                      yaxis_title="training ratio adv:clean", yaxis_autorange="reversed",
-                      xaxis_type="category", yaxis_type="category")
-    ui.show(fig, key=key, title=title, height=380, legend=False, columns=2)
+    ui.show(F.grid_heatmap(table, title), key=key, height=380, legend=False, columns=2)
 
 
 st.title("Ratios: training x inference (Table IV)")

@@ -4,14 +4,14 @@ from __future__ import annotations
 import dataclasses
 import secrets
 
-import pandas as pd
-import plotly.graph_objects as go
 import streamlit as st
 
+from normshape_app import runs as X
 from normshape_app import ui
 from normshape_core import jobs
 from normshape_core.config import MAX_SEED, ConfigError, TrainConfig
 from normshape_core.data import DATASETS, dataset_status
+from normshape_core.figures import train as F
 from normshape_core.models import MODELS
 from normshape_core.presets import DATASET_PRESETS
 
@@ -98,90 +98,21 @@ def run_form() -> None:
 
 
 def curves(rows, status: jobs.JobStatus, key: str) -> None:
-    df = pd.DataFrame([r for r in rows if "train/loss" in r])
-    ev = pd.DataFrame([r for r in rows if any(k.startswith("test/") for k in r)])
+    df, ev, window = F.split_rows(rows)
     if df.empty:
         st.caption("Waiting for the first training step ...")
         return
-    window = max(1, len(df) // 40)
-    smooth = (lambda s: s.rolling(window, min_periods=1).mean()) if window > 1 else (lambda s: s)
     c1, c2, c3 = st.columns(3)
     with c1:
-        fig = go.Figure(go.Scatter(x=df["step"], y=smooth(df["train/loss"]), name="training loss",
-                                   line=dict(color="#333333")))
-        fig.update_layout(xaxis_title="training step", yaxis_title="training loss")
-        ui.show(fig, key=f"{key}_loss", title="Training loss<br><sup>of the trained batch "
-                "(TRADES: its objective)</sup>", height=400, legend=False, columns=3)
+        ui.show(F.loss_figure(df, window), key=f"{key}_loss", height=400, legend=False,
+                columns=3)
     with c2:
-        fig = go.Figure()
-        if "train/adv_acc" in df:
-            fig.add_scatter(x=df["step"], y=smooth(df["train/adv_acc"]),
-                            name="adversarial rows (train)", line=dict(color=ui.WRONG_COLOR))
-        if "train/clean_acc" in df:
-            fig.add_scatter(x=df["step"], y=smooth(df["train/clean_acc"]),
-                            name="clean rows (train)", line=dict(color=ui.CLEAN_COLOR))
-        for col in [c for c in ev.columns if c.startswith("test/")]:
-            robust = "robust" in col
-            fig.add_scatter(x=ev["step"], y=ev[col], mode="lines+markers",
-                            name=f"test {ui.metric_label(col)}".replace(" acc.", ""),
-                            line=dict(color=ui.PN_COLOR, dash="dash" if robust else "solid"))
-        fig.update_layout(xaxis_title="training step", yaxis_title="accuracy (fraction)",
-                          yaxis_range=[0, 1.02], legend=dict(orientation="h", y=-0.4))
-        ui.show(fig, key=f"{key}_acc", title="Accuracy<br><sup>train rows with BN of the batch; "
-                "test at epoch ends with PN</sup>", height=400, columns=3)
+        ui.show(F.accuracy_figure(df, ev, window, ui.metric_label), key=f"{key}_acc",
+                height=400, columns=3)
     with c3:
-        fig = go.Figure()
-        for col, dash, label in (("bn/running_mean_drift", "solid", "running mean"),
-                                 ("bn/running_var_drift", "dot", "running variance")):
-            if col in df:
-                fig.add_scatter(x=df["step"], y=smooth(df[col]), name=label,
-                                line=dict(color=ui.PN_COLOR, dash=dash))
-        fig.update_layout(xaxis_title="training step", yaxis_type="log",
-                          yaxis_title="relative change per step",
-                          legend=dict(orientation="h", y=-0.4))
-        ui.show(fig, key=f"{key}_drift", title="Running-statistics (PN) drift<br><sup>relative "
-                "change per step, mean over BN layers</sup>", height=400, columns=3)
+        ui.show(F.drift_figure(df, window), key=f"{key}_drift", height=400, columns=3)
     if window > 1:
         st.caption(f"Training curves are smoothed over {window} steps.")
-
-
-def _act(fn, j: jobs.JobStatus, done: str, **kw) -> None:
-    try:
-        fn(j.run_dir, **kw)
-    except jobs.JobError as e:
-        st.error(ui.public_text(e))
-        return
-    st.toast(done)
-
-
-def active_run(j: jobs.JobStatus) -> None:
-    """One active run: progress; Pause / Continue / Stop for this session's own runs; for
-    another session's run only a separate, confirmed Stop."""
-    mine = jobs.owns(j, st.session_state.owner)
-    with st.container(border=True):
-        c1, c2, c3 = st.columns([5, 1, 1])
-        who = "" if mine else " · started by another session"
-        c1.progress(j.progress, text=ui.md_escape(f"{j.name}: {j.describe()}{who}"))
-        if mine:
-            if j.state == "paused" or (j.run_dir / jobs.PAUSE_FILE).exists():
-                if c2.button("Continue", key=f"cont_{j.name}", help="Let the paused run go on"):
-                    _act(jobs.continue_job, j, f"Continuing {j.name}",
-                         owner=st.session_state.owner)
-            elif c2.button("Pause", key=f"pause_{j.name}",
-                           help="Hold the run after its current step; nothing is lost"):
-                _act(jobs.pause_job, j, f"Pausing {j.name} ...", owner=st.session_state.owner)
-            if c3.button("Stop", key=f"stop_{j.name}", help="Stop after the current step; the "
-                         "checkpoint of the last completed epoch is kept (resumable)"):
-                _act(jobs.stop_job, j, f"Stopping {j.name} ...", owner=st.session_state.owner)
-        else:
-            with c3.popover("Stop…", help="This run belongs to another browser session"):
-                st.caption("This run was started by another session. Stopping it ends "
-                           "someone else's work (its last completed epoch is kept).")
-                sure = st.checkbox("Yes, stop another session's run", key=f"sure_{j.name}")
-                if st.button("Stop another session's run", key=f"stop_other_{j.name}",
-                             disabled=not sure, type="primary"):
-                    _act(jobs.stop_job, j, f"Stopping {j.name} ...",
-                         owner=st.session_state.owner, other=True)
 
 
 def runs_panel() -> None:
@@ -197,40 +128,13 @@ def runs_panel() -> None:
                 "seconds on two CPU cores.")
         return
     for j in [j for j in all_jobs if j.active]:
-        active_run(j)
+        X.run_controls(j)
     names = [j.name for j in all_jobs]
-    default = st.session_state.get("train_run")
-    if default not in names:
+    if st.session_state.get("train_run") not in names:
         st.session_state.train_run = names[0]
     name = st.selectbox("Run to show", names, key="train_run")
     j = next(j for j in all_jobs if j.name == name)
-    if j.state == "failed" or j.state == "lost":
-        st.error(f"This run {ui.public_text(j.describe())}")
-        with st.expander("Worker log (last lines)"):
-            st.code(ui.public_text(jobs.read_log_tail(j.run_dir)) or "(empty)", language=None)
-    elif j.state == "finished":
-        fm = {ui.metric_label(k): f"{v:.3f}" for k, v in j.final_metrics.items()
-              if k.startswith("test/")}
-        st.success(f"Finished in {jobs.format_seconds(j.elapsed_s)}. Checkpoint "
-                   f"`{j.name}` (now listed on every page). "
-                   + "; ".join(f"{k}: {v}" for k, v in fm.items()))
-    elif j.state == "starting":
-        st.info(f"Starting: {j.phase or 'the worker process'} ... (the curves appear with the "
-                f"first training step)")
-    if j.state in ("stopped", "lost", "failed"):
-        if j.state == "stopped":
-            st.warning(f"This run was {j.describe()}.")
-        if st.button("Resume", key=f"resume_{j.name}", help="Continue from the last completed "
-                     "epoch to the full run (the same weights as a run never stopped); you "
-                     "become the run's owner"):
-            try:
-                jobs.resume_job(j.run_dir, owner=st.session_state.owner,
-                                threads=ui.worker_threads(), max_active=ui.max_active_runs(),
-                                runs_root=ui.runs_dir())
-            except jobs.JobError as e:
-                st.error(ui.public_text(e))
-            else:
-                st.rerun(scope="app")
+    X.run_outcome(j)
     cfg = j.config
     st.caption("Settings: " + ", ".join(f"{k}={cfg.get(k)}" for k in (
         "dataset", "model", "method", "shaping", "ratio", "eps", "step_size", "steps", "epochs",

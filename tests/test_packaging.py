@@ -87,7 +87,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_the_wheel_holds_the_core_the_app_and_the_shipped_checkpoints(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"normshape_core/__main__.py", "normshape_core/userdata.py", "normshape_core/attacks/apgd_t.py",
-            "normshape_app/ui.py", "normshape_app/cli.py", "normshape_app/bundle/app.py",
+            "normshape_app/ui.py", "normshape_app/cli.py", "normshape_app/inventory.py",
+            "normshape_app/results.py", "normshape_app/style.py", "normshape_app/bundle/app.py",
             "normshape_app/bundle/app_pages/compare.py",
             "normshape_app/bundle/.streamlit/config.toml"} <= names
     shipped = {p.relative_to(ROOT / "checkpoints").as_posix()

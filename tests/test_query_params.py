@@ -17,7 +17,7 @@ from normshape_app import ui
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
-SOURCES = [ROOT / "app.py", ROOT / "normshape_app" / "ui.py",
+SOURCES = [ROOT / "app.py", *sorted((ROOT / "normshape_app").glob("*.py")),
            *sorted((ROOT / "app_pages").glob("*.py"))]
 # non-finite, garbage (and markup), negative, huge, a repeated key, empty
 BAD = ["inf", "-inf", "1e400", "Infinity", "nan", "<img src=x onerror=alert(1)>", "-5",

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from normshape_app import ui
+from normshape_app import ui, uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")
@@ -313,7 +313,8 @@ def test_upload_limit_is_one_number(home, fresh, monkeypatch):
     assert box.proto.max_upload_size_mb == ui.max_upload_mb()
     assert any(f"up to {ui.max_upload_mb()} MB per file" in m.value for m in at.markdown)
     weights, meta = fresh
-    monkeypatch.setattr(ui, "max_upload_mb", lambda: 1)
+    monkeypatch.setattr(ui, "max_upload_mb", lambda: 1)  # the widget (the page asks ui)
+    monkeypatch.setattr(uploads, "max_upload_mb", lambda: 1)  # the check (import_checkpoint)
     at = open_page("app_pages/compare.py")  # a new limit is a new widget
     assert at.get("file_uploader")[0].proto.max_upload_size_mb == 1
     big = weights + b"\0" * (1 << 20)

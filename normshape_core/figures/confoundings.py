@@ -221,3 +221,67 @@ def claims_figure(results: Mapping[str, Any]) -> go.Figure:
                                                   range=[low * 1.2, top * 1.18]),
                       xaxis_title="confounding: measure")
     return fig
+
+
+# ---------------------------------------------------------------- the deck's sentences
+def pct(v: float) -> str:
+    return f"{v:+.0%}"
+
+
+def how_many(results: Mapping[str, Any], conf: str, threshold: float) -> str:
+    """'k of N settings': the sweep's cells whose magnitude clears the effect threshold."""
+    key = SWEEP_MEASURES[conf][0]
+    vals = [c["measures"].get(key) for c in results["cells"]]
+    vals = [v for v in vals if v is not None]
+    k = sum(v >= threshold for v in vals)
+    return f"{k} of {len(vals)} settings"
+
+
+def lesson_takeaway(conf: str, m: Mapping[str, Any], shows_effect: bool, many: str) -> str:
+    """The one-sentence lesson of a confounding's lesson slide (``m``: the lesson cell's
+    measures, ``many``: ``how_many`` for that confounding)."""
+    if conf == "I":
+        gap = m["acc_gap_bn_pn"]
+        if shows_effect:
+            return (f"Here PN costs {gap:.3f} of clean accuracy against the clean batch's own "
+                    f"statistics ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}); {many} show it.")
+        return (f"No setting here shows it: even in the clearest one PN costs {gap:+.3f} "
+                f"against clean-batch BN ({m['acc_pn']:.3f} vs {m['acc_bn']:.3f}).")
+    if conf == "II":
+        return (f"A shaped batch's statistics move {m['damping']:.1f}x less per PGD step than "
+                f"an all-adversarial batch's; the logit-error gap is {pct(m['logit_gap'])} "
+                f"here (paper +63%; {many} reach +10%).")
+    if shows_effect:
+        return (f"Crafted with constant PN, PGD perturbations are {pct(m['pn_vs_bn'])} larger "
+                f"than with the batch's own moving BN here (paper +17%; {many} reach +5%).")
+    return (f"No setting here shows it: at most {pct(m['pn_vs_bn'])} larger with PN than "
+            "with BN (paper +17%).")
+
+
+def sweep_takeaway(results: Mapping[str, Any], conf: str, threshold: float) -> str:
+    """Where the sweep shows the confounding most, its range at each dataset's own setting,
+    and how far seeds alone move it."""
+    key = SWEEP_MEASURES[conf][0]
+    cells = [c for c in results["cells"] if c["measures"].get(key) is not None]
+    base = [c["measures"][key] for c in cells if c["axis"] == "base"]
+    spread = max((seed_spread(cells, d, key) or 0) for d in {c["dataset"] for c in cells})
+    best = max(cells, key=lambda c: c["measures"][key])
+    fmt = (lambda v: f"{v:+.3f}") if conf == "I" else pct
+    shows = best["measures"][key] >= threshold
+    return (f"{'Clearest' if shows else 'Largest'} at {best['id']} "
+            f"({fmt(best['measures'][key])}); at each dataset's own setting "
+            f"{fmt(min(base))} to {fmt(max(base))}, and seeds alone move it ±"
+            f"{fmt(spread).lstrip('+')}.")
+
+
+def lesson_caption(choice: Mapping[str, Any], cell: Mapping[str, Any], paper_text: str) -> str:
+    """Which lesson checkpoint a lesson slide shows (``choice``: its entry in lessons.json,
+    ``cell``: its sweep cell) and why it was chosen."""
+    m = cell["measures"]
+    why = ("the largest effect of the whole sweep in the paper's direction"
+           if choice["shows_effect"] else
+           "the largest value of the sweep, and still below the threshold of an effect")
+    return (f"Lesson checkpoint: {cell['dataset']}, {m['model']} with {m['bn_layers']} BN "
+            f"layers, eps {m['eps']:g}, BN batch {m['batch']} (sweep cell {cell['id']}, "
+            f"`checkpoints/lessons/{choice['checkpoints']['plain']}`), chosen as {why}. "
+            f"Paper: {paper_text}.")

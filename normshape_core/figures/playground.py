@@ -152,3 +152,10 @@ def curves_figure(history: Sequence[Dict[str, float]], title: str, infer_ratio: 
     layout["yaxis3"]["type"] = "log"
     layout["xaxis"]["anchor"] = "y3"
     return go.Figure(data=data, layout=layout)
+
+
+def run_title(side: str, label: str) -> str:
+    """A run's panel title: ``A: PGD + shaping 1:3`` with the label's parenthesis (if any)
+    as a subtitle."""
+    main, _, detail = label.partition(" (")
+    return f"{side}: {main}" + (f"<br><sup>({detail}</sup>" if detail else "")

@@ -1,0 +1,354 @@
+"""Where checkpoints live and what they are: the folders scanned (shipped, runs, uploads,
+``NORMSHAPE_CHECKPOINT_DIRS``), the cached scan (``Ckpt``, ids), cached model and dataset loading
+(private copies per session), the checkpoint picker and the app's thread settings."""
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import streamlit as st
+
+from normshape_app import PACKAGE_DIR
+from normshape_app.style import md_escape, public_text
+from normshape_core import userdata
+
+
+SOURCE_ROOT = PACKAGE_DIR.parent  # the source tree, when the app runs from a checkout
+
+
+# ---------------------------------------------------------------- folders
+def shipped_checkpoints_dir() -> Path:
+    """The checkpoints that come with normshape (read-only inputs, results included): inside
+    the installed package, or ``checkpoints/`` of the source tree."""
+    inside = PACKAGE_DIR / "checkpoints"
+    return inside if inside.is_dir() else SOURCE_ROOT / "checkpoints"
+
+
+def _env_dirs(var: str) -> List[Path]:
+    raw = os.environ.get(var, "")
+    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def runs_dir() -> Path:
+    """Where the Train page puts new runs: ``NORMSHAPE_RUNS_DIR``, default ``runs/`` in the
+    user's folder (``userdata``)."""
+    return (_env_dirs("NORMSHAPE_RUNS_DIR") or [userdata.runs_dir()])[0]
+
+
+def uploads_dir() -> Path:
+    """Where accepted uploads are stored: ``uploads/`` in the user's folder."""
+    return userdata.uploads_dir()
+
+
+def checkpoint_dirs() -> List[Path]:
+    """Folders searched for checkpoints: ``NORMSHAPE_CHECKPOINT_DIRS`` (os.pathsep-separated;
+    default: the shipped checkpoints), plus the runs and uploads folders so that new runs and
+    uploads always show."""
+    dirs = _env_dirs("NORMSHAPE_CHECKPOINT_DIRS") or [shipped_checkpoints_dir()]
+    for d in (runs_dir(), uploads_dir()):
+        if d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+def folder_label(d: Path) -> str:
+    """What a folder is, for the page: never the server's path."""
+    if d == shipped_checkpoints_dir():
+        return "the shipped checkpoints"
+    if d == runs_dir():
+        return "your runs"
+    if d == uploads_dir():
+        return "your uploads"
+    return f"the folder {d.name!r}"
+
+
+def _set_threads() -> None:
+    """Tiny models on a machine with few cores run fastest on one torch thread (threads spin
+    against each other and against the background runs); ``NORMSHAPE_APP_THREADS`` overrides."""
+    import torch
+
+    n = os.environ.get("NORMSHAPE_APP_THREADS") or ("1" if (os.cpu_count() or 1) <= 4 else "")
+    if n and int(n) > 0 and torch.get_num_threads() != int(n):
+        torch.set_num_threads(int(n))
+
+
+_set_threads()
+
+
+def dataset_here(name: str) -> bool:
+    """Whether ``name``'s data are on this server (built in, or its files found in the
+    standard places), so that using it never downloads anything."""
+    from normshape_core.data import DATASETS, locate_files
+
+    if name not in DATASETS:
+        return False
+    return DATASETS[name].offline or locate_files(name, None)[0] is not None
+
+
+def require_dataset_here(name: str) -> None:
+    """Raise ``DatasetUnavailable`` (one line, shown by the page) unless ``name``'s data are
+    on this server: the app never downloads a dataset."""
+    from normshape_core.data import DatasetUnavailable
+
+    if not dataset_here(name):
+        raise DatasetUnavailable(f"the {name} dataset is not available offline on this server "
+                                 "(the app never downloads data); ask whoever runs it to "
+                                 "install its files")
+
+
+def max_active_runs() -> int:
+    return int(os.environ.get("NORMSHAPE_MAX_RUNS", "4"))
+
+
+def worker_threads() -> int:
+    return int(os.environ.get("NORMSHAPE_JOB_THREADS", "1"))
+
+
+# ---------------------------------------------------------------- checkpoints
+@dataclass(frozen=True)
+class Ckpt:
+    """A checkpoint as the pages see it: a short unique id (for pickers and URLs), the run
+    folder and its metadata."""
+
+    id: str
+    path: str
+    sha: str
+    meta: Dict[str, Any]
+
+    @property
+    def config(self) -> Dict[str, Any]:
+        return self.meta["config"]
+
+    @property
+    def dataset(self) -> str:
+        return self.config["dataset"]
+
+    @property
+    def is_2d(self) -> bool:
+        return list(self.meta.get("input_shape", [])) == [2]
+
+    def tag(self) -> str:
+        """A few words for a figure title: method, training mode, ratio."""
+        c = self.config
+        if c["method"] == "natural":
+            return "natural"
+        mode = {"none": "adv only", "train": "shaping in training",
+                "attack+train": "shaping"}[c["shaping"]]
+        if c["shaping"] != "none":
+            mode += f" {c['ratio']}"
+        polluted = ", polluted PN" if c.get("polluted_running_stats") else ""
+        return f"{c['method'].upper()} {mode}{polluted}"
+
+    def column_name(self) -> str:
+        """A column header that tells checkpoints apart: run name and training label."""
+        return f"{self.id} ({self.tag()})"
+
+    def short(self) -> str:
+        """dataset / method / training mode / ratio, in the paper's words."""
+        c = self.config
+        if c["method"] == "natural":
+            mode = "natural"
+        else:
+            mode = {"none": "adv only", "train": "shaping in training",
+                    "attack+train": "shaping in attack+training"}[c["shaping"]]
+            if c["shaping"] != "none":
+                mode += f" {c['ratio']}"
+            mode = f"{c['method'].upper()}, {mode}"
+        st_ = self.meta.get("stopped")  # a stopped background run's kept epoch
+        stop = (f", stopped at epoch {st_.get('epoch')}/{st_.get('epochs')}"
+                if isinstance(st_, dict) else "")
+        return f"{c['dataset']}: {mode}, eps {eps_text(c)}{stop}"
+
+
+def eps_text(config: Dict[str, Any]) -> str:
+    """A training config's eps (none for a natural run that never set it)."""
+    return "-" if config.get("eps") is None else f"{config['eps']:g}"
+
+
+def _signature(dirs: Sequence[Path]) -> Tuple:
+    """Cheap fingerprint of the checkpoint folders: each model.json path and mtime."""
+    sig = []
+    for d in dirs:
+        if d.is_dir():
+            for p in d.rglob("model.json"):
+                try:
+                    sig.append((str(p), p.stat().st_mtime_ns))
+                except OSError:
+                    pass
+    return tuple(sorted(sig))
+
+
+@st.cache_data(show_spinner=False)
+def _scan(dirs: Tuple[str, ...], signature: Tuple) -> Tuple[List[Ckpt], List[str]]:
+    from normshape_core.checkpoints import find_checkpoints
+
+    infos, errors = find_checkpoints(*dirs)
+    ckpts: List[Ckpt] = []
+    seen: Dict[str, int] = {}
+    for info in infos:
+        base = info.path.name
+        seen[base] = seen.get(base, 0) + 1
+        cid = base if seen[base] == 1 else f"{info.path.parent.name}/{base}"
+        ckpts.append(Ckpt(cid, str(info.path), info.meta["weights_sha256"], info.meta))
+    return ckpts, [_scan_error(e, dirs) for e in errors]
+
+
+def _scan_error(e, dirs: Sequence[str]) -> str:
+    """One line for a checkpoint the scan refused: where it lies (the folder's label and the
+    path inside it, never the server's path) and its problem (which names the field)."""
+    path = Path(e.path)
+    for d in sorted(map(Path, dirs), key=lambda d: -len(d.parts)):
+        try:
+            rel = path.relative_to(d)
+        except ValueError:
+            continue
+        return f"{folder_label(d)}: {rel.as_posix()}: {public_text(e.problem)}"
+    return public_text(str(e))
+
+
+def checkpoints() -> List[Ckpt]:
+    """Every valid checkpoint in the checkpoint folders (rescanned only when one changes)."""
+    dirs = checkpoint_dirs()
+    ckpts, _ = _scan(tuple(map(str, dirs)), _signature(dirs))
+    return ckpts
+
+
+def checkpoint_errors() -> List[str]:
+    dirs = checkpoint_dirs()
+    return _scan(tuple(map(str, dirs)), _signature(dirs))[1]
+
+
+def checkpoint_by_id(cid: str) -> Optional[Ckpt]:
+    return next((c for c in checkpoints() if c.id == cid), None)
+
+
+@st.cache_resource(show_spinner=False, max_entries=32)
+def _load_model(path: str, sha: str):
+    from normshape_core.checkpoints import CheckpointError, load_checkpoint
+
+    try:
+        return load_checkpoint(path)
+    except CheckpointError:
+        raise
+    except Exception as e:  # weights that break the reader: one message on the page
+        raise CheckpointError(Path(path).name, f"the weights cannot be read "
+                                               f"({type(e).__name__})") from None
+
+
+def load_model(ck: "Ckpt | str", sha: Optional[str] = None):
+    """(model, meta) of a checkpoint (or of a path and its weights' SHA-256): a private copy
+    of the cached model (norm-mode switches flip module flags; a copy keeps two sessions
+    from seeing each other's modes). PN mode (eval)."""
+    path, sha = (ck.path, ck.sha) if isinstance(ck, Ckpt) else (str(ck), sha)
+    model, meta = _load_model(path, sha)
+    return copy.deepcopy(model), meta
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def load_dataset(name: str):
+    """The dataset (shared, read-only tensors); never downloaded (``DatasetUnavailable``, which
+    the page shows as one message, when its files are not on this server)."""
+    from normshape_core.data import load_dataset as _load
+
+    require_dataset_here(name)
+    return _load(name, seed=0, download=False)
+
+
+def device_text() -> str:
+    import torch
+
+    from normshape_core.config import parse_device
+
+    dev = parse_device("auto")
+    extra = ""
+    if dev.type == "cuda":
+        extra = f" ({torch.cuda.get_device_name(0)})"
+    return f"{dev.type}{extra}, {torch.get_num_threads()} torch threads"
+
+
+@st.cache_resource(show_spinner=False)
+def warm_umap_in_background():
+    """Compile UMAP's numba code once per server process in a background thread (no
+    Streamlit calls in it), so the first UMAP map a user asks for takes about a second
+    instead of 15-20 s. ``NORMSHAPE_WARM_UMAP=0`` turns it off."""
+    import threading
+
+    if os.environ.get("NORMSHAPE_WARM_UMAP", "1") == "0":
+        return None
+
+    def work():
+        import numpy as np
+
+        from normshape_core.projections import embed_2d
+
+        try:
+            embed_2d(np.random.default_rng(0).normal(size=(40, 8)).astype("float32"), "umap")
+        except Exception:  # the page will report a real failure when it is asked for
+            pass
+
+    t = threading.Thread(target=work, name="normshape-umap-warmup", daemon=True)
+    t.start()
+    return t
+
+
+def checkpoint_picker(label: str, key: str, *, only_2d: Optional[bool] = None,
+                      predicate=None, prefer=None, help: Optional[str] = None) -> Optional[Ckpt]:
+    """A selectbox of checkpoints bound to the URL (``?key=<id>``); shows a short description.
+    ``only_2d``: True for 2-D datasets only, False for images only; ``prefer``: a sort key,
+    the smallest comes first (the default choice)."""
+    options = [c for c in checkpoints()
+               if (only_2d is None or c.is_2d == only_2d) and (predicate is None or predicate(c))]
+    if prefer is not None:
+        options.sort(key=prefer)
+    if not options:
+        return None
+    ids = [c.id for c in options]
+    by_id = {c.id: c for c in options}
+    # Plain ids as options: a bound widget keeps the option's text in the URL.
+    cid = st.selectbox(label, ids, key=key, bind="query-params", help=help)
+    ck = by_id.get(cid)
+    if ck is not None:
+        st.caption(md_escape(ck.short()))
+    return ck
+
+
+def prefer_2d_adversarial(c: Ckpt):
+    """Sort key: 2-D sets first, then plain adversarial training (adv only), then shaped."""
+    cfg = c.config
+    return (not c.is_2d, bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+            cfg["method"] != "pgd", cfg["shaping"] != "none", c.id)
+
+
+def prefer_2d_shaped(c: Ckpt):
+    """Sort key: 2-D sets first, then PGD + shaping in attack and training at 1:3."""
+    cfg = c.config
+    return (not c.is_2d, bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+            cfg["method"] != "pgd", cfg["shaping"] != "attack+train", cfg["ratio"] != "1:3",
+            c.id)
+
+
+def no_checkpoints_message(what: str = "checkpoints") -> None:
+    dirs = ", ".join(folder_label(d) for d in checkpoint_dirs())
+    st.info(f"No {what} found in {dirs}. Train one on the **Train** page (a moons run takes "
+            "about ten seconds), or point `NORMSHAPE_CHECKPOINT_DIRS` at a folder of run folders.")
+
+
+def default_comparison(ckpts: Sequence[Ckpt]) -> List[str]:
+    """natural, PGD adv only and PGD + shaping 1:3 of the dataset with the most runs."""
+    ds = max(sorted({c.dataset for c in ckpts}),  # most runs; 2-D sets first on a tie
+             key=lambda d: (sum(c.dataset == d for c in ckpts),
+                            any(c.is_2d for c in ckpts if c.dataset == d)))
+    pick = []
+    for want in (("natural", None, None), ("pgd", "none", None), ("pgd", "attack+train", "1:3")):
+        for c in ckpts:
+            cfg = c.config
+            if c.dataset == ds and cfg["method"] == want[0] and \
+                    not cfg.get("polluted_running_stats") and \
+                    (want[1] is None or cfg["shaping"] == want[1]) and \
+                    (want[2] is None or cfg["ratio"] == want[2]) and c.id not in pick:
+                pick.append(c.id)
+                break
+    return pick if len(pick) >= 2 else [c.id for c in ckpts[:2]]

@@ -1,0 +1,31 @@
+"""Figures of the Ratios page: robust accuracy over training ratio x inference ratio, like the
+paper's Table IV, and the paper's own table. Plotly only (no Streamlit, no torch)."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
+# The paper's Table IV (CIFAR-10, PGD+shaping, PGD crafted with PN, classified with BN+shaping).
+PAPER_TABLE_IV = pd.DataFrame(
+    [[0.477, 0.478, 0.476, 0.476, 0.477, 0.476],
+     [0.385, 0.837, 0.835, 0.753, 0.668, 0.573],
+     [0.281, 0.692, 0.820, 0.817, 0.813, 0.815],
+     [0.039, 0.138, 0.706, 0.781, 0.776, 0.779]],
+    index=["1:1", "1:2", "1:3", "1:7"], columns=INFERENCE_RATIOS)
+
+
+def grid_heatmap(table: pd.DataFrame, title: str) -> go.Figure:
+    """A table (rows: training ratios, columns: inference ratios adv:clean) of robust
+    accuracies as an annotated heatmap on a 0-1 orange scale; missing cells blank."""
+    z = table.values.astype(float)
+    text = [[("" if pd.isna(v) else f"{v:.3f}") for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=[f"1:{c.split(':')[1]}" for c in table.columns], y=list(table.index),
+        text=text, texttemplate="%{text}", colorscale="Oranges", zmin=0, zmax=1,
+        colorbar=dict(title="robust acc."),
+        hovertemplate="training %{y}, inference %{x}: %{z:.3f}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="inference ratio adv:clean (shaped inference)",
+                      yaxis_title="training ratio adv:clean", yaxis_autorange="reversed",
+                      xaxis_type="category", yaxis_type="category")
+    return fig
