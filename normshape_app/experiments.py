@@ -14,11 +14,12 @@ import torch
 from normshape_app.inventory import (load_dataset, load_model, shipped_checkpoints_dir,
                                      warm_umap_in_background)
 from normshape_app.style import public_text
+from normshape_core import experiments as E
 from normshape_core import playground as PG
 from normshape_core import projections as P
 from normshape_core.attacks import make_attack
 from normshape_core.config import ConfigError
-from normshape_core.shaping import PNClassifier, ShapedClassifier, make_reference_pool
+from normshape_core.shaping import PNClassifier, make_reference_pool
 
 
 def _setup(path: str, sha: str):
@@ -32,40 +33,9 @@ def _setup(path: str, sha: str):
 @st.cache_data(show_spinner="Classifying the plane under PN and under shaped inference ...",
                max_entries=32)
 def regions_2d(path: str, sha: str, ratio: str, craft: str, n_boxes: int, seed: int):
-    """The plane of a 2-D set classified with PN and with shaped inference ``ratio`` (one
-    fixed draw of references), ``n_boxes`` training samples and their PGD-20 examples
-    (``craft``: "own norms" = each panel attacked through its own norms, else PN's examples
-    for both), and the test accuracies."""
+    """``normshape_core.experiments.decision_regions_2d`` for a checkpoint, cached."""
     model, meta, data, eps = _setup(path, sha)
-    pool = make_reference_pool(data, 1000, seed=0)
-    pn = PNClassifier(model)
-    shaped = P.BatchMemberClassifier(model, P.fixed_references(pool, ratio, seed=0),
-                                     crafting_label="BN (exact refs)")
-    grid = P.grid_around(data.x_train, resolution=140, margin=0.05)
-    out = {"pn": P.decision_regions(pn, grid), "shaped": P.decision_regions(shaped, grid)}
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.x_train), generator=g)[:n_boxes]
-    x, y = data.x_train[idx], data.y_train[idx]
-    pgd = make_attack("pgd", eps=eps, steps=20, seed=seed)
-    adv_pn = pgd.run(pn, x, y)
-    if craft == "own norms":
-        adv_sh = pgd.run(shaped, x, y)  # through the exact shaped batches: adaptive
-    else:
-        adv_sh = adv_pn
-    with torch.no_grad():
-        for name, clf, res in (("pn", pn, adv_pn), ("shaped", shaped, adv_sh)):
-            out[name + "_points"] = {
-                "x_adv": res.x_adv.numpy(), "crafted_with": res.crafted_with,
-                "clean_right": (clf(x).argmax(1) == y).numpy(),
-                "adv_right": (clf(res.x_adv).argmax(1) == y).numpy()}
-            xt, yt = data.x_test, data.y_test
-            out[name + "_test_acc"] = float((clf(xt).argmax(1) == yt).float().mean())
-        # The same measured with shaped inference proper (per-sample fresh references).
-        proper = ShapedClassifier(model, pool, ratio, group_size=1, seed=0)
-        out["shaped_test_acc_proper"] = float((proper(xt).argmax(1) == yt).float().mean())
-    out.update(x=x.numpy(), y=y.numpy(), eps=eps, x_train=data.x_train.numpy(),
-               y_train=data.y_train.numpy())
-    return out
+    return E.decision_regions_2d(model, data, ratio, craft, n_boxes, seed, eps=eps)
 
 
 @st.cache_data(show_spinner="Classifying the slice of input space ...", max_entries=32)
@@ -122,31 +92,10 @@ def feature_map(path: str, sha: str, method: str, norms: str, n: int, seed: int)
                max_entries=64)
 def moving_target_trace(path: str, sha: str, ratio: str, batch: int, seed: int, eps: float,
                         step_size: float, steps: int):
-    """PGD on a batch of ``batch`` training samples (composition ``ratio`` adv:clean), all
-    steps with the batch's own statistics: the BN statistics per step and layer, the points'
-    paths, and for a 2-D model the decision boundary of every step's batch."""
-    from normshape_core.diagnostics import moving_target
-
+    """``normshape_core.experiments.moving_target_trace`` for a checkpoint, cached."""
     model, meta = load_model(path, sha)
     data = load_dataset(meta["config"]["dataset"])
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(len(data.x_train), generator=g)[:batch]
-    x, y = data.x_train[idx], data.y_train[idx]
-    tr = moving_target(model, x, y, ratio, eps=eps, step_size=step_size, steps=steps, seed=seed)
-    out = {"frame": tr.frame, "summary": tr.summary(), "points": tr.points.numpy(),
-           "x": x.numpy(), "y": y.numpy(), "n_clean": tr.n_clean}
-    if list(meta["input_shape"]) == [2]:  # the decision boundary at every step
-        grid = P.grid_around(data.x_train, resolution=110, margin=0.05)
-        clean = x[:tr.n_clean]
-        batches = [torch.cat([clean, tr.points[t]]) for t in range(steps + 1)]
-        regions = P.regions_per_batch(model, batches, grid)
-        out["regions"] = [(r.xs, r.ys, r.probs[1], r.pred) for r in regions]
-        with torch.no_grad():
-            out["adv_pred"] = np.stack([
-                P.BatchStatsClassifier(model, b)(tr.points[t]).argmax(1).numpy()
-                for t, b in enumerate(batches)])
-        out["straightness"] = P.path_straightness(tr.points)
-    return out
+    return E.moving_target_trace(model, data, ratio, batch, seed, eps, step_size, steps)
 
 
 # ---------------------------------------------------------------- Confoundings deck

@@ -33,7 +33,7 @@ LAYERS: List[List[str]] = [
     # 3 training and what it writes
     ["training", "objectives", "checkpoints", "distributed", "runlock"],
     # 4 measuring trained models
-    ["evaluation", "worst_case", "diagnostics", "projections"],
+    ["evaluation", "worst_case", "diagnostics", "projections", "experiments"],
     # 5 figures (plotly only)
     ["figures"],
     # 6 entry points: the package's public API, the command line, the app-facing jobs and
@@ -184,7 +184,6 @@ def test_the_checker_sees_function_level_imports(tmp_path):
     assert _imports("m", src, {"m", "training"}) == {"training", "ext:argparse"}
 
 
-@pytest.mark.xfail(strict=True, reason="pages still import torch: issue 13 point 4")
 def test_pages_do_not_import_torch():
     bad = []
     for p in sorted((ROOT / "app_pages").rglob("*.py")):

@@ -28,6 +28,13 @@ def test_readme_notebook_example_runs(monkeypatch, tmp_path, capsys):
     assert ((df["robust_acc"] >= 0) & (df["robust_acc"] <= df["clean_acc"] + 1e-9)).all()
     out = capsys.readouterr().out
     assert "1:0: statistics move" in out and "1:3: statistics move" in out
+    # the app's figures, drawn without Streamlit: titles, axis titles, the expected traces
+    for name in ("regions_pn", "regions_shaped", "drift"):
+        fig = namespace[name]
+        assert fig.layout.title.text and fig.layout.xaxis.title.text and \
+            fig.layout.yaxis.title.text, name
+    assert [t.type for t in namespace["regions_pn"].data[:2]] == ["heatmap", "contour"]
+    assert [t.name for t in namespace["drift"].data] == ["batch 1:0", "batch 1:3"]
 
 
 def test_public_names_resolve_and_the_import_stays_light():
