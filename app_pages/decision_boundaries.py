@@ -58,7 +58,7 @@ if ck.is_2d:
     res = X.regions_2d(ck.path, ck.sha, ratio, craft, int(n_boxes), int(seed))
     c1, c2 = st.columns(2)
     for col, which, title, color in ((c1, "pn", "Classified with PN", ui.PN_COLOR),
-                                     (c2, "shaped", f"Classified with shaped inference {ratio}",
+                                     (c2, "shaped", f"Shaped inference {ratio}",
                                       ui.BN_COLOR)):
         with col:
             ui.show(F.regions_figure(res, which, title, color), key=f"db_{which}", height=620,

@@ -316,16 +316,19 @@ def checkpoint_picker(label: str, key: str, *, only_2d: Optional[bool] = None,
 
 
 def prefer_2d_adversarial(c: Ckpt):
-    """Sort key: 2-D sets first, then plain adversarial training (adv only), then shaped."""
+    """Sort key: 2-D sets first, the reproduction's checkpoints before the lessons' (their
+    settings are chosen to show one confounding), then plain adversarial training (adv
+    only), then shaped."""
     cfg = c.config
-    return (not c.is_2d, bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+    return (not c.is_2d, c.id.startswith("lesson-"), bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
             cfg["method"] != "pgd", cfg["shaping"] != "none", c.id)
 
 
 def prefer_2d_shaped(c: Ckpt):
-    """Sort key: 2-D sets first, then PGD + shaping in attack and training at 1:3."""
+    """Sort key: 2-D sets first, the reproduction's checkpoints before the lessons', then
+    PGD + shaping in attack and training at 1:3."""
     cfg = c.config
-    return (not c.is_2d, bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+    return (not c.is_2d, c.id.startswith("lesson-"), bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
             cfg["method"] != "pgd", cfg["shaping"] != "attack+train", cfg["ratio"] != "1:3",
             c.id)
 

@@ -182,10 +182,10 @@ def test_decision_boundaries_change_with_the_shaped_ratio(app):
     at = app("app_pages/decision_boundaries.py",
              query={"db_ckpt": "moons-pgd-shaped-1-3", "db_map": "PCA"})
     right = figures(at)[1]
-    assert right["layout"]["title"]["text"] == "Classified with shaped inference 1:9"
+    assert right["layout"]["title"]["text"] == "Shaped inference 1:9"
     at.selectbox(key="db_ratio").set_value("1:1").run()
     right2 = figures(at)[1]
-    assert right2["layout"]["title"]["text"] == "Classified with shaped inference 1:1"
+    assert right2["layout"]["title"]["text"] == "Shaped inference 1:1"
     assert right["data"][0]["z"] != right2["data"][0]["z"]
     # PN's colour on the left, BN's on the right, on every page
     from normshape_app import ui
