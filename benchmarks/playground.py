@@ -15,21 +15,16 @@ Goals (issue 15): at least 5 boundary updates per second, first frame within 2 s
 """
 from __future__ import annotations
 
-import os
 import re
-import socket
+import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from _common import RESULTS, header, say, summary
+from normshape_app.serve import CHROMIUM, launch_chromium, serving
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("NORMSHAPE_CHROMIUM", "/usr/bin/chromium")
 
 
 def _median_time(fn, reps: int) -> float:
@@ -121,12 +116,6 @@ def section_playground(args, device) -> None:
                 1 / max(browser["browser_fps"], 1e-9), 0.2, fmt="{:.3f} s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _browser_fps(args, say):
     try:
         from playwright.sync_api import sync_playwright
@@ -137,29 +126,12 @@ def _browser_fps(args, say):
         say(f"no Chromium at {CHROMIUM}: browser frame rate not measured")
         return None
     tmp = Path(tempfile.mkdtemp(prefix="normshape-bench-pg-"))
-    port = _free_port()
-    env = dict(os.environ, NORMSHAPE_HOME=str(tmp / "home"), NORMSHAPE_RUNS_DIR=str(tmp / "runs"),
-               PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1")
-    log = open(tmp / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port",
-                             str(port), "--server.address", "127.0.0.1", "--server.headless",
-                             "true", "--browser.gatherUsageStats", "false",
-                             "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
+    env = dict(NORMSHAPE_HOME=str(tmp / "home"), NORMSHAPE_RUNS_DIR=str(tmp / "runs"))
     pattern = re.compile(r"frame (\d+) ·")
     try:
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(base + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
-        with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-                "--no-sandbox", "--disable-gpu", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update",
-                "--disable-sync"])
+        with serving(env, log_path=tmp / "streamlit.log", timeout=120) as base, \
+                sync_playwright() as p:
+            b = launch_chromium(p)
             page = b.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(base + "/playground")
             page.get_by_text(pattern).first.wait_for(timeout=120_000)
@@ -185,11 +157,4 @@ def _browser_fps(args, say):
         return {"first_frame_s": first if first is not None else float("nan"),
                 "browser_fps": fps}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        import shutil
         shutil.rmtree(tmp, ignore_errors=True)

@@ -5,30 +5,20 @@ temporary user folder and drives Debian's Chromium (headless) with Playwright. N
 the test suite (the tests never write into the tree)."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("NORMSHAPE_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+sys.path.insert(0, str(ROOT))  # the checkout's normshape_app, also when not installed
+from normshape_app.serve import launch_chromium, serving  # noqa: E402
+
 FRAME = re.compile(r"frame (\d+) ·")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def frame_no(page) -> int:
@@ -53,25 +43,11 @@ def main() -> int:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else ROOT / "docs" / "screenshots")
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="normshape-shots-"))
-    port = free_port()
-    env = dict(os.environ, NORMSHAPE_HOME=str(tmp / "home"), NORMSHAPE_RUNS_DIR=str(tmp / "runs"),
-               NORMSHAPE_JOB_THREADS="1", PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD="1")
-    log = open(tmp / "streamlit.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port",
-                             str(port), "--server.address", "127.0.0.1", "--server.headless",
-                             "true", "--browser.gatherUsageStats", "false",
-                             "--server.fileWatcherType", "none"], cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(base + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.5)
+    env = dict(NORMSHAPE_HOME=str(tmp / "home"), NORMSHAPE_RUNS_DIR=str(tmp / "runs"),
+               NORMSHAPE_JOB_THREADS="1")
+    with serving(env, log_path=tmp / "streamlit.log", timeout=120) as base:
         with sync_playwright() as p:
-            b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+            b = launch_chromium(p)
             for name, size, whole in (("playground", (1400, 1000), True),
                                       ("playground-1024", (1024, 768), False)):
                 page = b.new_page(viewport={"width": size[0], "height": size[1]})
@@ -109,14 +85,7 @@ def main() -> int:
             time.sleep(2.0)
             shot(page, out / "train_stopped.png", True)
             b.close()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
-        shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
     print(f"screenshots written to {out}")
     return 0
 

@@ -12,11 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,9 +20,7 @@ import pytest
 from _app_checkpoints import checkpoint_root
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("NORMSHAPE_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+from normshape_app.serve import CHROMIUM, CHROMIUM_ARGS as ARGS, serving  # noqa: E402
 # (url path, screenshot name, text that must appear once the page has finished)
 PAGES = [("/", "home", "Checkpoints found"),
          ("/ratios", "ratios", "Here the best cell is"),
@@ -43,42 +37,14 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"no Chromium at {CHROMIUM}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    port = free_port()
-    env = {**os.environ, "NORMSHAPE_CHECKPOINT_DIRS": str(checkpoint_root()),
-           "NORMSHAPE_RUNS_DIR": str(runs), "NORMSHAPE_JOB_THREADS": "1",
-           "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(base + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                assert proc.poll() is None, "streamlit exited"
-                time.sleep(0.5)
+    env = {"NORMSHAPE_CHECKPOINT_DIRS": str(checkpoint_root()), "NORMSHAPE_RUNS_DIR": str(runs),
+           "NORMSHAPE_JOB_THREADS": "1"}
+    with serving(env, log_path=tmp_path_factory.mktemp("log") / "streamlit.log",
+                 timeout=120) as base:
         yield base, runs
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -12,19 +12,13 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("NORMSHAPE_CHROMIUM", "/usr/bin/chromium")
-ARGS = ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync"]
+from normshape_app.serve import CHROMIUM, CHROMIUM_ARGS as ARGS, serving  # noqa: E402
 N_SLIDES = 7
 VIEWPORTS = [(1024, 768), (1920, 1080)]
 
@@ -33,44 +27,15 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason=f"no Chromium at {CHROMIUM}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """The app on a free port, its user folders in a temp folder (the deck reads the
     shipped sweep results and lesson checkpoints)."""
     tmp = tmp_path_factory.mktemp("slides")
-    port = _free_port()
-    env = {**os.environ, "NORMSHAPE_CHECKPOINT_DIRS": str(tmp / "none"),
-           "NORMSHAPE_HOME": str(tmp / "home"), "NORMSHAPE_RUNS_DIR": str(tmp / "runs"),
-           "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"}
-    log = open(tmp / "streamlit.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(url + "/_stcore/health", timeout=1)
-                break
-            except OSError:
-                assert proc.poll() is None, "streamlit exited"
-                time.sleep(0.5)
+    env = {"NORMSHAPE_CHECKPOINT_DIRS": str(tmp / "none"), "NORMSHAPE_HOME": str(tmp / "home"),
+           "NORMSHAPE_RUNS_DIR": str(tmp / "runs")}
+    with serving(env, log_path=tmp / "streamlit.log", timeout=120) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.fixture(scope="module")
