@@ -20,7 +20,7 @@ import pytest
 from _app_checkpoints import checkpoint_root
 
 ROOT = Path(__file__).resolve().parents[1]
-from normshape_app.serve import CHROMIUM, CHROMIUM_ARGS as ARGS, serving  # noqa: E402
+from normshape_app.serve import CHROMIUM, CHROMIUM_ARGS as ARGS, launch_chromium, serving  # noqa: E402,F401
 # (url path, screenshot name, text that must appear once the page has finished)
 PAGES = [("/", "home", "Checkpoints found"),
          ("/ratios", "ratios", "Here the best cell is"),
@@ -50,7 +50,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(server):
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

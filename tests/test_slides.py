@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-from normshape_app.serve import CHROMIUM, CHROMIUM_ARGS as ARGS, serving  # noqa: E402
+from normshape_app.serve import CHROMIUM, CHROMIUM_ARGS as ARGS, launch_chromium, serving  # noqa: E402,F401
 N_SLIDES = 7
 VIEWPORTS = [(1024, 768), (1920, 1080)]
 
@@ -41,7 +41,7 @@ def base(tmp_path_factory):
 @pytest.fixture(scope="module")
 def browser(base):
     with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        b = launch_chromium(p)
         yield b
         b.close()
 

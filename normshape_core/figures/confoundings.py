@@ -15,10 +15,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-PN_COLOR = "#1f6fb4"  # the app's colours (normshape_app.ui)
-BN_COLOR = "#e07020"
-SHAPED_COLOR = "#a63603"
-CLEAN_COLOR = "#2a9d57"
+from normshape_core.figures.colors import BN_COLOR, CLEAN_COLOR, PN_COLOR  # noqa: E402,F401
+
+SHAPED_COLOR = "#a63603"  # shaped batches: BN's family, darker
 DATASET_COLORS = {"moons": "#1b9e77", "spirals": "#d95f02", "digits": "#7570b3",
                   "fashion_mnist": "#e7298a"}
 DATASET_SYMBOLS = {"moons": "circle", "spirals": "square", "digits": "diamond",

@@ -7,11 +7,9 @@ from typing import Dict, Sequence
 import numpy as np
 import plotly.graph_objects as go
 
-# The app's colours (normshape_app.ui; DESIGN.md): PN blue, BN / shaped orange.
-PN_COLOR = "#1f6fb4"
-SHAPED_COLOR = "#e07020"
-CLASS_COLORS = ["#7b3294", "#008837"]
-REGION_COLORS = ["#e3d3ee", "#cfe9d6"]
+from normshape_core.figures.colors import BN_COLOR as SHAPED_COLOR  # noqa: F401
+from normshape_core.figures.colors import CLASS_COLORS, PN_COLOR, REGION_COLORS  # noqa: F401
+
 N_EVAL_TEXT = "100 test points, PGD-10"
 REGIONS_KEY = ("Left panel of each run: PN, blue boundary; right panel: shaped inference, "
                "orange boundary (every point classified with the same clean references). "
