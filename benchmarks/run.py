@@ -19,13 +19,15 @@ Prints, measured in one run, as ratios (BENCHMARKS.md records a run and what the
    of a shipped Fashion-MNIST checkpoint on 1,000 samples, PN and shaped 1:9 (``--quick``:
    a few samples, extrapolated);
 7. kill-safety: training runs killed (SIGKILL / SIGTERM) at random moments and resumed, 30
-   kills (``--quick``: 10), weights compared with an uninterrupted run's.
+   kills (``--quick``: 10), weights compared with an uninterrupted run's;
+8. the Playground: PN + shaped decision regions per frame, the server's frame round trip,
+   training steps/s with frames against without, and frames per second in headless Chromium.
 Uses a GPU when one is present (``--device``). It prints; it never asserts a time (noise on a
 shared machine must not fail CI). Timings interleave the compared functions and take medians
 of paired ratios (``_timing.py``); on CPU each ratio is given for wall time and CPU time.
 
 Each section is one file beside this one (``training_step.py``, ``attacks.py``, ``shaped.py``,
-``scaling.py``, ``app_timing.py``, ``worst_case.py``, ``kill_safety.py``); ``_common.py`` holds
+``scaling.py``, ``app_timing.py``, ``worst_case.py``, ``kill_safety.py``, ``playground.py``); ``_common.py`` holds
 what they share and ``_timing.py`` the paired timings. A section is one line of ``SECTIONS``.
 """
 from __future__ import annotations
