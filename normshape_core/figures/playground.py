@@ -1,11 +1,19 @@
 """Figures of the Playground: decision regions under PN and under shaped inference with the
-training points and eps-boxes, and the small live curves. Plotly only (no Streamlit)."""
+training points and eps-boxes, and the small live curves. Plotly figures, and the regions also
+as a raster image drawn on the server (numpy + Pillow: ``regions_image``, ``png_bytes``),
+cheap for a browser to show several times a second. No Streamlit."""
 from __future__ import annotations
 
-from typing import Dict, Sequence
+import html
+import io
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 import plotly.graph_objects as go
+from PIL import Image, ImageColor, ImageDraw, ImageFont
 
 from normshape_core.figures.colors import BN_COLOR as SHAPED_COLOR  # noqa: F401
 from normshape_core.figures.colors import CLASS_COLORS, PN_COLOR, REGION_COLORS  # noqa: F401
@@ -157,3 +165,297 @@ def run_title(side: str, label: str) -> str:
     as a subtitle."""
     main, _, detail = label.partition(" (")
     return f"{side}: {main}" + (f"<br><sup>({detail}</sup>" if detail else "")
+
+
+# ====================================================================== the regions as a raster
+# ``regions_image`` draws what ``regions_figure`` draws, as pixels: a plotly chart redrawn
+# several times a second is too slow for a browser without a GPU, a PNG of the same picture
+# is not. Sizes below are at scale 1 (CSS pixels); ``scale`` multiplies all of them.
+PANEL_PX = 256          # side of a square panel
+TEXT_COLOR = "#2a3f5f"  # plotly_white's text colour, as the page's other charts
+AXIS_COLOR = "#444444"  # panel frames and ticks
+TICKS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+TICK_TEXT = ("0", "0.2", "0.4", "0.6", "0.8", "1")
+POINT_ALPHA = 0.35      # training points, as the figure's marker opacity
+# font sizes: title, its subtitle, panel labels, tick labels, axis labels
+FONT_TITLE, FONT_SUB, FONT_PANEL, FONT_TICK, FONT_AXIS = 16, 12, 14, 11, 12
+PNG_COMPRESS_LEVEL = 1  # see png_bytes
+
+
+def _rgb(color: str) -> Tuple[int, int, int]:
+    return ImageColor.getrgb(color)[:3]
+
+
+@lru_cache(maxsize=32)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    """Pillow's own font at ``size`` px (a FreeType font: Pillow is built with FreeType)."""
+    return ImageFont.load_default(size=size)
+
+
+def _line_height(font: ImageFont.FreeTypeFont) -> int:
+    ascent, descent = font.getmetrics()
+    return ascent + descent
+
+
+def _title_lines(title: str) -> List[Tuple[str, bool]]:
+    """``run_title``'s markup as lines: (text, is_subtitle); ``<br>`` starts a line, a line
+    inside ``<sup>`` is a subtitle; other tags are dropped."""
+    out = []
+    for part in re.split(r"<br\s*/?>", title, flags=re.I):
+        sub = "<sup>" in part.lower()
+        text = html.unescape(re.sub(r"<[^>]*>", "", part)).strip()
+        if text:
+            out.append((text, sub))
+    return out
+
+
+def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> List[str]:
+    """Greedy word wrap to ``width`` px (a word longer than a line is cut by characters)."""
+    lines: List[str] = []
+    line = ""
+    for word in text.split():
+        while font.getlength(word) > width and len(word) > 1:  # a word wider than a line
+            k = len(word)
+            while k > 1 and font.getlength(word[:k]) > width:
+                k -= 1
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(word[:k])
+            word = word[k:]
+        cand = f"{line} {word}" if line else word
+        if line and font.getlength(cand) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = cand
+    if line:
+        lines.append(line)
+    return lines
+
+
+@dataclass(frozen=True)
+class _Layout:
+    scale: int
+    width: int
+    height: int
+    panel: int           # side of a panel
+    x0: Tuple[int, int]  # left column of each panel
+    y0: int              # top row of the panels
+
+
+def _layout(scale: int, title_h: int) -> _Layout:
+    """Margins from the fonts' metrics at scale 1 (so that no text is clipped), times
+    ``scale`` (so that scale 2 is exactly twice the size); ``title_h`` at scale 1."""
+    tick_font, axis_font = _font(FONT_TICK), _font(FONT_AXIS)
+    tick_w = int(np.ceil(max(tick_font.getlength(t) for t in TICK_TEXT)))
+    tick_len, pad = 4, 6
+    left = pad + _line_height(axis_font) + 4 + tick_w + 2 + tick_len + 1
+    gap = 1 + tick_len + 2 + tick_w + 20
+    right = max(10, int(np.ceil(tick_font.getlength(TICK_TEXT[-1]) / 2)) + 2)
+    y0 = title_h + _line_height(_font(FONT_PANEL)) + 3
+    bottom = 1 + tick_len + 2 + _line_height(tick_font) + 3 + _line_height(axis_font) + pad
+    p = PANEL_PX
+    s = scale
+    return _Layout(s, s * (left + 2 * p + gap + right), s * (y0 + p + bottom), s * p,
+                   (s * left, s * (left + p + gap)), s * y0)
+
+
+def _tick_pos(origin: int, t: float, p: int, s: int) -> int:
+    """First pixel of the ``s``-px tick at data value ``t`` along a panel starting at
+    ``origin``: t=0 and t=1 fall on the panel's frame (drawn just outside the panel)."""
+    return origin - s + int(round(t * (p + s)))
+
+
+@lru_cache(maxsize=32)
+def _background(scale: int, title: str, right_label: str) -> Tuple[np.ndarray, _Layout]:
+    """Everything that does not change from frame to frame: the title, the panel labels, the
+    frames, ticks and axis labels (read-only; a frame copies it)."""
+    s = scale
+    pad = 6 * s
+    # the title's lines, wrapped at scale 1 (the same lines at every scale)
+    width = _layout(1, 0).width
+    lines = []
+    for text, sub in _title_lines(title):
+        size = FONT_SUB if sub else FONT_TITLE
+        lines += [(t, size) for t in _wrap(text, _font(size), width - 12)]
+    text_h = sum(_line_height(_font(size)) for _, size in lines)
+    # room for a title and a subtitle at least, so that runs with and without a subtitle
+    # have images of the same size
+    title_h = 6 + max(text_h, _line_height(_font(FONT_TITLE)) + _line_height(_font(FONT_SUB)))
+    lay = _layout(s, title_h + 2)
+    img = Image.new("RGB", (lay.width, lay.height), "white")
+    draw = ImageDraw.Draw(img)
+    y = pad
+    for text, size in lines:
+        draw.text((pad, y), text, fill=TEXT_COLOR, font=_font(size * s))
+        y += s * _line_height(_font(size))
+    p, y0 = lay.panel, lay.y0
+    panel_font, tick_font, axis_font = (_font(FONT_PANEL * s), _font(FONT_TICK * s),
+                                        _font(FONT_AXIS * s))
+    tick_len = 4 * s
+    for x0, label in zip(lay.x0, ("PN", right_label)):
+        draw.text((x0 + p / 2, y0 - 3 * s), label, fill=TEXT_COLOR, font=panel_font,
+                  anchor="md")
+        # the frame, just outside the panel's p x p pixels
+        draw.rectangle([x0 - s, y0 - s, x0 + p + s - 1, y0 + p + s - 1], outline=AXIS_COLOR,
+                       width=s)
+        for t, text in zip(TICKS, TICK_TEXT):
+            cx = _tick_pos(x0, t, p, s)
+            draw.rectangle([cx, y0 + p + s, cx + s - 1, y0 + p + s + tick_len - 1],
+                           fill=AXIS_COLOR)
+            draw.text((cx + s / 2, y0 + p + s + tick_len + 2 * s), text, fill=TEXT_COLOR,
+                      font=tick_font, anchor="ma")
+            cy = y0 + p - int(round(t * (p + s)))
+            draw.rectangle([x0 - s - tick_len, cy, x0 - s - 1, cy + s - 1], fill=AXIS_COLOR)
+            draw.text((x0 - s - tick_len - 2 * s, cy + s / 2), text, fill=TEXT_COLOR,
+                      font=tick_font, anchor="rm")
+        ty = y0 + p + s + tick_len + 2 * s + s * _line_height(_font(FONT_TICK)) + 3 * s
+        draw.text((x0 + p / 2, ty), "x1 (input units)", fill=TEXT_COLOR, font=axis_font,
+                  anchor="ma")
+    # the y label, rotated, left of the left panel
+    text = "x2 (input units)"
+    w = int(np.ceil(axis_font.getlength(text)))
+    label = Image.new("L", (w, s * _line_height(_font(FONT_AXIS))), 0)
+    ImageDraw.Draw(label).text((0, 0), text, fill=255, font=axis_font)
+    label = label.rotate(90, expand=True)
+    img.paste(Image.new("RGB", label.size, TEXT_COLOR),
+              (pad, y0 + (p - label.size[1]) // 2), label)
+    arr = np.asarray(img).copy()
+    arr.flags.writeable = False
+    return arr, lay
+
+
+def _pixel_index(grid: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """For each pixel centre (data units), the index of the nearest grid value (each grid
+    value is a cell reaching halfway to its neighbours, as a heatmap's)."""
+    grid = np.asarray(grid, dtype=np.float64)
+    return np.searchsorted((grid[1:] + grid[:-1]) / 2, centres)
+
+
+def _dot_offsets(radius: float) -> np.ndarray:
+    r = int(np.ceil(radius))
+    dy, dx = np.mgrid[-r:r + 1, -r:r + 1]
+    keep = dx ** 2 + dy ** 2 <= radius ** 2
+    return np.stack([dy[keep], dx[keep]], 1)
+
+
+def _panel(frame, prob, color: str, adv, right, x_train: np.ndarray, y_train: np.ndarray,
+           p: int, s: int) -> np.ndarray:
+    """One panel's p x p pixels: regions, boundary, training points, eps-boxes, the boxed
+    points and their PGD examples. Anything outside the unit square is cut off here."""
+    centres = (np.arange(p) + 0.5) / p
+    ix = _pixel_index(frame.grid_x, centres)
+    iy = _pixel_index(frame.grid_y, 1.0 - centres)  # row 0 of the image is the top: y up
+    cls = (np.asarray(prob) > 0.5)[iy][:, ix]  # nearest-neighbour upscaling
+    # the boundary: the pixels on both sides of a change of class, s deep on each side
+    edge = np.zeros((p, p), dtype=bool)
+    h = cls[:, 1:] != cls[:, :-1]  # between column j and j + 1
+    v = cls[1:, :] != cls[:-1, :]  # between row i and i + 1
+    for k in range(s):
+        edge[:, :p - 1 - k] |= h[:, k:]
+        edge[:, 1 + k:] |= h[:, :p - 1 - k]
+        edge[:p - 1 - k, :] |= v[k:, :]
+        edge[1 + k:, :] |= v[:p - 1 - k, :]
+    idx = cls.view(np.uint8)  # 0, 1: the class regions; 2: the boundary
+    idx[edge] = 2
+    lut = np.array([_rgb(REGION_COLORS[0]), _rgb(REGION_COLORS[1]), _rgb(color)],
+                   dtype=np.uint8)
+    out = lut.take(idx, 0)
+    # the training points: small dots blended over what lies below
+    x_train = np.asarray(x_train, dtype=np.float64).reshape(-1, 2)
+    y_train = np.asarray(y_train).reshape(-1)
+    if len(x_train):
+        col = np.floor(x_train[:, 0] * p).astype(np.int64)
+        row = np.floor((1.0 - x_train[:, 1]) * p).astype(np.int64)
+        off = _dot_offsets(1.5 * s)
+        rr = (row[:, None] + off[None, :, 0]).ravel()
+        cc = (col[:, None] + off[None, :, 1]).ravel()
+        cls_of = np.repeat(y_train.astype(np.int64), len(off))
+        ok = (rr >= 0) & (rr < p) & (cc >= 0) & (cc < p)
+        rr, cc, cls_of = rr[ok], cc[ok], cls_of[ok]
+        palette = np.array([_rgb(c) for c in CLASS_COLORS], dtype=np.float32)
+        src = palette[cls_of % len(CLASS_COLORS)]
+        below = out[rr, cc].astype(np.float32)
+        out[rr, cc] = np.rint(below + POINT_ALPHA * (src - below)).astype(np.uint8)
+    img = Image.fromarray(out, "RGB")
+    draw = ImageDraw.Draw(img)
+
+    def px(pt):
+        return float(pt[0]) * p, (1.0 - float(pt[1])) * p
+
+    # the eps-boxes: dotted black outlines, s px wide, 2 s px on, 2 s px off
+    eps = float(frame.eps) * p
+    dots = []
+    for pt in np.asarray(frame.box_x, dtype=np.float64).reshape(-1, 2):
+        cx, cy = px(pt)
+        x0, x1, y0, y1 = (int(round(cx - eps)), int(round(cx + eps)), int(round(cy - eps)),
+                          int(round(cy + eps)))
+        along_x = np.arange(x0, x1 + s)
+        along_x = along_x[(along_x - x0) % (4 * s) < 2 * s]
+        along_y = np.arange(y0, y1 + s)
+        along_y = along_y[(along_y - y0) % (4 * s) < 2 * s]
+        for k in range(s):
+            for yy in (y0 + k, y1 + k):
+                dots.append(np.stack([along_x, np.full_like(along_x, yy)], 1))
+            for xx in (x0 + k, x1 + k):
+                dots.append(np.stack([np.full_like(along_y, xx), along_y], 1))
+    if dots:
+        xy = np.concatenate(dots)
+        xy = xy[(xy[:, 0] >= 0) & (xy[:, 0] < p) & (xy[:, 1] >= 0) & (xy[:, 1] < p)]
+        if len(xy):
+            draw.point(xy.ravel().tolist(), fill="black")
+    # the boxed points (bigger, class colour, black outline)
+    r = 4 * s
+    for pt, c in zip(np.asarray(frame.box_x).reshape(-1, 2), np.asarray(frame.box_y)):
+        cx, cy = px(pt)
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=CLASS_COLORS[int(c) % 10],
+                     outline="black", width=s)
+    # their PGD examples: x when it fools the model, o otherwise
+    r = 5 * s
+    a = 4 * s
+    for pt, ok in zip(np.asarray(adv).reshape(-1, 2), np.asarray(right, dtype=bool)):
+        cx, cy = px(pt)
+        if ok:
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=color, width=2 * s)
+        else:
+            draw.line([cx - a, cy - a, cx + a, cy + a], fill=color, width=2 * s)
+            draw.line([cx - a, cy + a, cx + a, cy - a], fill=color, width=2 * s)
+    return np.asarray(img)
+
+
+def regions_image(frame, x_train: np.ndarray, y_train: np.ndarray, title: str, *,
+                  scale: int = 1) -> Image.Image:
+    """``regions_figure`` as an RGB image drawn here (numpy + Pillow), for a page that shows
+    a frame several times a second: the title (a ``<br><sup>`` subtitle as a second, smaller
+    line), the PN panel (left, blue boundary) and the shaped-inference panel (right, orange
+    boundary) over the unit square, y up, with the training points, the eps-boxes (dotted),
+    the boxed points and their PGD examples (x: fools the model, o: does not), and the axes.
+
+    611 x 365 px at ``scale`` 1 (panels of 256 px; a title too long for one line wraps and
+    makes the image taller); ``scale=2`` draws everything twice as large, for HiDPI screens.
+    The static parts (title, labels, axes) are cached per title and inference ratio: a
+    moons frame takes about 1.5 ms to draw at scale 1 and 6.5 ms at scale 2 (two CPU cores;
+    3-13 ms more when the title or ratio is new), ``png_bytes`` 3 and 12 ms more."""
+    s = int(scale)
+    if s != scale or s < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    bg, lay = _background(s, title, f"shaped {frame.infer_ratio}")
+    canvas = bg.copy()
+    p, y0 = lay.panel, lay.y0
+    panels = ((frame.prob_pn, PN_COLOR, frame.adv_pn, frame.adv_pn_right),
+              (frame.prob_shaped, SHAPED_COLOR, frame.adv_shaped, frame.adv_shaped_right))
+    for x0, (prob, color, adv, right) in zip(lay.x0, panels):
+        canvas[y0:y0 + p, x0:x0 + p] = _panel(frame, prob, color, adv, right, x_train,
+                                              y_train, p, s)
+    return Image.fromarray(canvas, "RGB")
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    """``img`` as PNG at zlib level 1: the regions are large flat areas, so the fastest level
+    costs little size. Median of 20 on a moons frame, two CPU cores: at scale 1 (611 x 365)
+    level 1 takes 3.1-3.4 ms for 25 KiB, the default (6) 4.5-4.7 ms for 19 KiB; at scale 2
+    level 1 takes 11.7-12.0 ms for 67 KiB, the default 15.9 ms for 47 KiB."""
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
