@@ -170,7 +170,6 @@ PAGES = [
 ]
 
 page = st.navigation(PAGES)
-ui.warm_umap_in_background()
 with st.sidebar:
     st.toggle("Presentation mode", key="present", bind="query-params",
               help="Hide the settings and enlarge the figures (the choice is in the URL, so a "

@@ -18,6 +18,7 @@ RIGHT = {"BN": "BN: the statistics of the image's own test batch of 100",
 
 
 st.title("Decision boundaries")
+ui.warm_umap_in_background()  # the only page with UMAP maps: compile it while you choose
 if not ui.checkpoints():
     ui.no_checkpoints_message()
     st.stop()

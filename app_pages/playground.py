@@ -11,15 +11,14 @@ from normshape_app import ui
 from normshape_core import playground as PG
 from normshape_core.config import MAX_SEED, ConfigError
 from normshape_core.data import DATASETS_2D
-from normshape_core.figures.playground import (REGIONS_KEY, curves_figure, regions_figure,
-                                               run_title)
+from normshape_core.figures.playground import (REGIONS_KEY, curves_figure, png_bytes,
+                                               regions_image, run_title)
 
 TRAIN_RATIOS = ["1:1", "1:2", "1:3", "1:5", "1:9"]
 SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES)",
                   "train": "shaping in training",
                   "attack+train": "shaping in attack + training (the method)"}
 FRAME_EVERY_S = 0.1  # the live fragment asks for the next frame this soon after the last
-CURVES_EVERY = 4  # while playing, the curves are redrawn every this many frames
 
 st.title("Playground")
 ui.explain("Two small networks learn the same 2-D set with the same seed, side by side: by "
@@ -110,35 +109,39 @@ def live():
         return
     t0 = time.perf_counter()
     try:
-        # A timed refresh can interrupt the previous one before its frame reached the browser;
-        # then that frame is shown first (frames are cached), no training is wasted.
-        if ss.pg_playing and ss.get("pg_shown") == (id(pg), pg.frame):
-            pg.advance(int(spf))
-        elif ss.pop("pg_step_pending", False):
-            pg.advance(pg.steps_per_epoch if unit == "one epoch" else int(spf))
-        frames = pg.frames(infer)
+        if ss.pg_playing:  # show the frame made meanwhile, then begin the next one at once
+            if not pg.pending:
+                pg.begin(int(spf), infer)
+            frames = pg.frames(infer, accuracies=False)
+            pg.begin(int(spf), infer)
+        else:
+            if ss.pop("pg_step_pending", False):
+                pg.advance(pg.steps_per_epoch if unit == "one epoch" else int(spf))
+            frames = pg.frames(infer)
     except (RuntimeError, TimeoutError, ConfigError, ValueError) as e:
         ss.pg_playing = False
         st.error(f"The playground stopped: {ui.public_text(e)}. Press Reset.")
         return
-    t_frame = time.perf_counter() - t0
+    now, (last_frame, last_t) = time.perf_counter(), ss.get("pg_tick", (-1, 0.0))
+    ss.pg_tick = (pg.frame, now)
     f0 = frames[0]
     digest = "".join(f.digest()[:4] for f in frames)
+    rate = (f" · {1 / (now - last_t):.1f} frames/s" if ss.pg_playing
+            and pg.frame == last_frame + 1 else f" · ready in {1000 * (now - t0):.0f} ms")
     st.caption(f"frame {pg.frame} · epoch {f0.epoch:.2f} · step {f0.step} · boundary {digest}"
-               + (" · playing" if ss.pg_playing else " · paused")
-               + f" · training + frame {1000 * t_frame:.0f} ms")
-    ss.pg_shown = (id(pg), pg.frame)
+               + (" · playing" if ss.pg_playing else " · paused") + rate)
     st.caption(REGIONS_KEY)
     x_tr, y_tr = pg.data.x_train.numpy(), pg.data.y_train.numpy()
-    cols = st.columns(len(frames))
-    for i, (col, f, spec) in enumerate(zip(cols, frames, pg.specs)):
+    # the regions: server-drawn images at their own size, side by side where they fit, one
+    # above the other in a narrow window (a browser redraws an image several times a second)
+    with st.container(horizontal=True, gap="medium"):
+        for i, (f, spec) in enumerate(zip(frames, pg.specs)):
+            title = run_title("AB"[i] if i < 2 else str(i), spec.label())
+            st.image(png_bytes(regions_image(f, x_tr, y_tr, title)))
+    for i, col in enumerate(st.columns(len(frames))):
         with col:
-            side = "AB"[i] if i < 2 else str(i)
-            st.plotly_chart(regions_figure(f, x_tr, y_tr, run_title(side, spec.label())),
-                            key=f"pg_regions_{i}", width="stretch", theme=None,
-                            config={"displaylogo": False})
-            fig = X.playground_curves(pg, i, infer, CURVES_EVERY, lambda: curves_figure(
-                pg.history[i], f"Run {side}: curves", infer))
+            fig = X.playground_curves(pg, i, infer, frames[i].has_accuracies, lambda: curves_figure(
+                pg.history[i], f"Run {'AB'[i] if i < 2 else i}: curves", infer))
             st.plotly_chart(fig, key=f"pg_curves_{i}", width="stretch", theme=None,
                             config={"displaylogo": False})
 

@@ -192,12 +192,13 @@ def playground_reset():  # Reset: both runs from their initial weights
     st.session_state.pg_reset = True
 
 
-def playground_curves(pg, i: int, infer: str, every: int, draw):
-    """Run ``i``'s curves figure: while playing, redrawn (``draw()``) every ``every`` frames
-    (the same figure in between costs the browser nothing); paused, at every change."""
+def playground_curves(pg, i: int, infer: str, fresh: bool, draw):
+    """Run ``i``'s curves figure: while playing, redrawn (``draw()``) only on frames with
+    ``fresh`` accuracies (every ``ACCURACY_EVERY`` frames; the same figure in between costs
+    the browser nothing); paused, at every change."""
     cache = st.session_state.setdefault("pg_curves", {})
     mark = (id(pg), i, infer)
     old = cache.get(mark)
-    if old is None or not st.session_state.pg_playing or pg.frame - old[0] >= every:
+    if old is None or not st.session_state.pg_playing or (fresh and old[0] != pg.frame):
         old = cache[mark] = (pg.frame, draw())
     return old[1]

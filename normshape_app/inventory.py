@@ -273,7 +273,10 @@ def device_text() -> str:
 def warm_umap_in_background():
     """Compile UMAP's numba code once per server process in a background thread (no
     Streamlit calls in it), so the first UMAP map a user asks for takes about a second
-    instead of 15-20 s. ``NORMSHAPE_WARM_UMAP=0`` turns it off."""
+    instead of 15-20 s. Started by the Decision boundaries page (the only one with UMAP
+    maps), not at server start: the compilation keeps a core busy for 15-20 s, which
+    halved the Playground's frame rate when it ran first. ``NORMSHAPE_WARM_UMAP=0`` turns it
+    off."""
     import threading
 
     if os.environ.get("NORMSHAPE_WARM_UMAP", "1") == "0":

@@ -8,6 +8,12 @@ callback until it is granted more steps (:meth:`LiveRun.advance`). While it wait
 is still, so a frame (decision regions, adversarial examples, accuracies) is computed on a
 quiet model, and the numbers are those of ``fit`` with the same settings, step for step.
 
+While playing, the next frame is made while the current one is shown: :meth:`Playground.begin`
+grants the steps together with the frame to compute after them, both done in each run's own
+thread (the two runs in parallel, one per core), and :meth:`Playground.finish` collects them.
+The robust accuracies on the test points (the costly part of a frame) are measured every
+``ACCURACY_EVERY`` frames while playing, and on every frame asked for while paused.
+
 Everything is per object: a :class:`Playground` holds its data, its runs and its frames; two
 sessions never share one. A run's thread ends on :meth:`LiveRun.close` or after
 ``idle_timeout`` seconds without a request (a closed browser tab). Only the model's weight
@@ -18,11 +24,12 @@ This module never imports Streamlit.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -43,6 +50,7 @@ N_BOXES = 6  # training points shown with their eps-box and current adversarial 
 N_EVAL = 100  # test points of the per-frame clean / robust accuracies
 EVAL_STEPS = 10  # PGD steps of the per-frame robust accuracy
 EPOCHS = 100_000  # a playground run has no end; the trainer needs a length (constant lr)
+ACCURACY_EVERY = 4  # while playing, the test accuracies (clean and PGD) every this many frames
 
 # Weight initialisation reads torch's global generator (seeded by Trainer just before): one
 # run at a time builds its model, so concurrent sessions still get their seeded weights.
@@ -133,6 +141,8 @@ class LiveRun:
         self._granted = 0
         self._closed = False
         self._ended = False
+        self._job: Optional[Callable[[], Any]] = None  # run in this thread after the steps
+        self._result: Any = None
         self.error: Optional[str] = None
         self.last_step: Dict[str, Any] = {}  # the trainer's metrics of its last step
         self.epoch_checks: List[Dict[str, Any]] = []  # fit's end-of-epoch checks (PN)
@@ -152,6 +162,16 @@ class LiveRun:
     def _gate(self, trainer: Trainer, m: Dict[str, Any]) -> None:
         self.last_step = m
         with self._cv:
+            job = self._job if trainer.step >= self._granted else None
+        if job is not None:  # the granted steps are done: the model is still, make the frame
+            try:
+                result = job()
+            except Exception as e:  # noqa: BLE001 - reported by wait()
+                result = None
+                self.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            with self._cv:
+                self._result, self._job = result, None
+        with self._cv:
             self._cv.notify_all()
             while trainer.step >= self._granted and not self._closed:
                 if not self._cv.wait(timeout=self.idle_timeout):
@@ -160,6 +180,10 @@ class LiveRun:
                 raise StopTraining()
 
     def _main(self) -> None:
+        # One intra-op thread in this thread only (OpenMP's setting is per calling thread):
+        # the tensors are tiny, and two runs each forking an OpenMP team onto the same two
+        # cores made 5 PGD-AT steps of the 3 x 64 MLP take 62 ms instead of 9 ms.
+        torch.set_num_threads(1)
         try:
             self.trainer.fit(None)
         except BaseException as e:  # noqa: BLE001 - reported by advance()
@@ -169,31 +193,40 @@ class LiveRun:
                 self._ended = True
                 self._cv.notify_all()
 
-    def grant(self, n: int) -> None:
-        """Allow ``n`` more steps (returns at once)."""
+    def grant(self, n: int, then: Optional[Callable[[], Any]] = None) -> None:
+        """Allow ``n`` more steps (returns at once); ``then()`` runs in this run's thread once
+        they are done, on the still model, and :meth:`wait` returns its result."""
         if n < 1:
             raise ValueError("grant at least one step")
         with self._cv:
             if self._closed or self._ended:
                 raise RuntimeError(self.error or "this run is closed; reset it")
+            if self._job is not None:
+                raise RuntimeError("the previous steps of this run are still being made")
             self._granted = max(self._granted, self.trainer.step) + int(n)
+            self._job, self._result = then, None
             self._cv.notify_all()
         if self._thread is None:
             self._thread = threading.Thread(target=self._main, daemon=True,
                                             name=f"playground-{id(self):x}")
             self._thread.start()
 
-    def wait(self, timeout: float = 120.0) -> None:
-        """Block until the granted steps are done; the model is then still."""
+    def wait(self, timeout: float = 120.0) -> Any:
+        """Block until the granted steps (and the job given with them) are done; the model is
+        then still. Returns the job's result (None without a job)."""
         end = time.monotonic() + timeout
         with self._cv:
-            while self.trainer.step < self._granted and not self._ended:
+            while ((self.trainer.step < self._granted or self._job is not None)
+                   and not self._ended):
                 left = end - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("the run did not finish its steps in time")
                 self._cv.wait(timeout=left)
+            result, self._result = self._result, None
+            self._job = None
         if self.error:
             raise RuntimeError(self.error)
+        return result
 
     def advance(self, n: int, timeout: float = 120.0) -> None:
         self.grant(n)
@@ -229,6 +262,7 @@ class Frame:
     adv_shaped_right: np.ndarray
     metrics: Dict[str, float] = field(default_factory=dict)
     seconds: Dict[str, float] = field(default_factory=dict)
+    has_accuracies: bool = True  # the test-set accuracies measured (see ``ACCURACY_EVERY``)
 
     def digest(self) -> str:
         """A short fingerprint of both boundaries (class maps), to tell frames apart."""
@@ -247,8 +281,11 @@ METRIC_LABELS = {
 
 
 def compute_frame(run: LiveRun, grid: P.Grid2D, pool: torch.Tensor, box_idx: torch.Tensor,
-                  infer_ratio: str, seed: int) -> Frame:
-    """The frame of ``run`` now (call while it waits, i.e. after :meth:`LiveRun.wait`)."""
+                  infer_ratio: str, seed: int, accuracies: bool = True) -> Frame:
+    """The frame of ``run`` now (call while it waits, i.e. after :meth:`LiveRun.wait`, or in
+    its own thread as the job of :meth:`LiveRun.grant`). Without ``accuracies`` the test-set
+    numbers (clean and PGD on ``N_EVAL`` points) are left out: the metrics then hold the
+    training loss and the drift only."""
     t = run.trainer
     model, data, cfg = t.model, t.data, t.cfg
     times: Dict[str, float] = {}
@@ -265,27 +302,28 @@ def compute_frame(run: LiveRun, grid: P.Grid2D, pool: torch.Tensor, box_idx: tor
     eps = float(cfg.eps or 0.1)
     x_box, y_box = data.x_train[box_idx], data.y_train[box_idx]
     x_ev, y_ev = data.x_test[:N_EVAL], data.y_test[:N_EVAL]
-    x_all, y_all = torch.cat([x_box, x_ev]), torch.cat([y_box, y_ev])
+    x_all, y_all = (torch.cat([x_box, x_ev]), torch.cat([y_box, y_ev])) if accuracies \
+        else (x_box, y_box)
     kw = dict(eps=eps, step_size=eps / 4, steps=EVAL_STEPS, random_start=True)
     adv_pn = pgd_linf(pn, x_all, y_all, generator=torch.Generator().manual_seed(seed + 7), **kw)
     adv_sh = pgd_linf(shaped, x_all, y_all, generator=torch.Generator().manual_seed(seed + 7),
                       **kw)
-    with torch.no_grad():
-        right_pn = pn(adv_pn).argmax(1) == y_all
-        right_sh = shaped(adv_sh).argmax(1) == y_all
-        clean_pn = float((pn(x_ev).argmax(1) == y_ev).float().mean())
-        clean_sh = float((shaped(x_ev).argmax(1) == y_ev).float().mean())
-    times["attacks_s"] = time.perf_counter() - t1
     k = len(x_box)
     m = run.last_step
     metrics = {"loss": float(m.get("train/loss", float("nan"))),
-               "clean_pn": clean_pn, "clean_shaped": clean_sh,
-               "robust_pn": float(right_pn[k:].float().mean()),
-               "robust_shaped": float(right_sh[k:].float().mean()),
                "drift": float(m.get("bn/running_mean_drift", float("nan")))}
+    with torch.no_grad():
+        right_pn = pn(adv_pn).argmax(1) == y_all
+        right_sh = shaped(adv_sh).argmax(1) == y_all
+        if accuracies:
+            metrics.update(clean_pn=float((pn(x_ev).argmax(1) == y_ev).float().mean()),
+                           clean_shaped=float((shaped(x_ev).argmax(1) == y_ev).float().mean()),
+                           robust_pn=float(right_pn[k:].float().mean()),
+                           robust_shaped=float(right_sh[k:].float().mean()))
+    times["attacks_s"] = time.perf_counter() - t1
     return Frame(run.step, run.epoch, infer_ratio, eps, grid.xs, grid.ys, p_pn, p_sh,
                  x_box.numpy(), y_box.numpy(), adv_pn[:k].numpy(), adv_sh[:k].numpy(),
-                 right_pn[:k].numpy(), right_sh[:k].numpy(), metrics, times)
+                 right_pn[:k].numpy(), right_sh[:k].numpy(), metrics, times, accuracies)
 
 
 # ====================================================================== the playground
@@ -309,7 +347,9 @@ class Playground:
         self.frame = 0
         self.history: List[List[Dict[str, float]]] = [[] for _ in self.runs]
         self._frames: Dict[Tuple[int, int, str], Frame] = {}
-        self.last_advance_s = 0.0
+        self.last_advance_s = 0.0  # seconds from begin to finish of the last frame
+        self._pending = False
+        self._t_begin = 0.0
         # One caller at a time: a web app may run two script runs of one session at once
         # (a timed refresh and a click), and a frame patches the model's BN layers while it
         # classifies (per-group statistics), so two frames at once would see each other's.
@@ -322,41 +362,81 @@ class Playground:
     def key(self) -> Tuple[Any, ...]:
         return (asdict(self.settings), tuple(asdict(r).values() for r in self.specs))
 
+    def begin(self, steps: int, infer_ratio: Optional[str] = None) -> None:
+        """Start the next frame and return at once: every run trains ``steps`` more steps in
+        its own thread and then, if ``infer_ratio`` is given, computes its frame there (with
+        the test accuracies every ``ACCURACY_EVERY`` frames). :meth:`finish` collects it; a
+        frame begun is never lost (:meth:`frames` and :meth:`advance` finish it first)."""
+        if infer_ratio is not None:
+            Ratio.parse(infer_ratio, allow_zero_clean=False)
+        with self.lock:
+            self.finish()
+            acc = (self.frame + 1) % ACCURACY_EVERY == 0
+            self._t_begin = time.perf_counter()
+            for r in self.runs:
+                job = None if infer_ratio is None else functools.partial(
+                    compute_frame, r, self.grid, self.pool, self.box_idx, infer_ratio,
+                    self.settings.seed, acc)
+                r.grant(steps, job)
+            self._pending = True
+
+    def finish(self) -> bool:
+        """Wait for the frame begun (if any) and count it; True if there was one."""
+        with self.lock:
+            if not self._pending:
+                return False
+            try:
+                for i, r in enumerate(self.runs):
+                    f = r.wait()
+                    if f is not None:
+                        self._store(i, r, f)
+            finally:
+                self._pending = False
+            self.last_advance_s = time.perf_counter() - self._t_begin
+            self.frame += 1
+            return True
+
+    @property
+    def pending(self) -> bool:
+        """A frame is being made (begun, not yet finished)."""
+        return self._pending
+
     def advance(self, steps: int) -> None:
         """Every run trains ``steps`` more steps (in parallel), then the frame counter moves."""
         with self.lock:
-            t0 = time.perf_counter()
-            for r in self.runs:
-                r.grant(steps)
-            for r in self.runs:
-                r.wait()
-            self.last_advance_s = time.perf_counter() - t0
-            self.frame += 1
+            self.begin(steps)
+            self.finish()
 
-    def frames(self, infer_ratio: str) -> List[Frame]:
-        """The current frame of every run (cached per step and inference ratio); each new step
-        adds one point to the run's curves."""
+    def frames(self, infer_ratio: str, accuracies: bool = True) -> List[Frame]:
+        """The current frame of every run (cached per step and inference ratio; a frame begun
+        is finished first); each new step adds one point to the run's curves. A cached frame
+        without the test accuracies is completed unless ``accuracies`` is False."""
         Ratio.parse(infer_ratio, allow_zero_clean=False)
         with self.lock:
-            return self._frames_now(infer_ratio)
+            self.finish()
+            return self._frames_now(infer_ratio, accuracies)
 
-    def _frames_now(self, infer_ratio: str) -> List[Frame]:
+    def _frames_now(self, infer_ratio: str, accuracies: bool) -> List[Frame]:
         out = []
         for i, r in enumerate(self.runs):
-            key = (i, r.step, infer_ratio)
-            f = self._frames.get(key)
-            if f is None:
+            f = self._frames.get((i, r.step, infer_ratio))
+            if f is None or (accuracies and not f.has_accuracies):
                 f = compute_frame(r, self.grid, self.pool, self.box_idx, infer_ratio,
                                   self.settings.seed)
-                self._frames = {k: v for k, v in self._frames.items() if k[0] != i}
-                self._frames[key] = f
-                h = self.history[i]
-                if not h or h[-1]["step"] != r.step:
-                    h.append({"step": r.step, "epoch": r.epoch, **f.metrics})
-                else:  # same step, other inference ratio: the shaped numbers are redone
-                    h[-1].update(f.metrics)
+                self._store(i, r, f)
             out.append(f)
         return out
+
+    def _store(self, i: int, r: LiveRun, f: Frame) -> None:
+        """Cache run ``i``'s frame and put its numbers on the run's curves (one point per
+        step; the same step again, e.g. another inference ratio, updates that point)."""
+        self._frames = {k: v for k, v in self._frames.items() if k[0] != i}
+        self._frames[(i, f.step, f.infer_ratio)] = f
+        h = self.history[i]
+        if not h or h[-1]["step"] != f.step:
+            h.append({"step": f.step, "epoch": f.epoch, **f.metrics})
+        else:
+            h[-1].update(f.metrics)
 
     def close(self) -> None:
         with self.lock:

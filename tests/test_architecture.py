@@ -34,7 +34,7 @@ LAYERS: List[List[str]] = [
     ["training", "objectives", "checkpoints", "distributed", "runlock"],
     # 4 measuring trained models
     ["evaluation", "worst_case", "diagnostics", "projections", "experiments"],
-    # 5 figures (plotly only)
+    # 5 figures (plotly; the Playground's live regions with Pillow)
     ["figures"],
     # 6 entry points: the package's public API, the command line, the app-facing jobs and
     #   playground, the reproduce pipeline and the confounding sweep

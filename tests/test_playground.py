@@ -13,8 +13,7 @@ import torch
 from normshape_core import playground as PG
 from normshape_core.config import ConfigError
 from normshape_core.data import load_dataset
-from normshape_core.figures.playground import (PN_COLOR, SHAPED_COLOR, boundary_points,
-                                               curves_figure, regions_figure)
+from normshape_core.figures.playground import curves_figure
 from normshape_core.training import Trainer
 
 SMALL = PG.PlaySettings(n_samples=200, width=16, depth=2, batch_size=32, attack_steps=3)
@@ -152,36 +151,30 @@ def test_noise_and_sample_count_change_the_new_sets():
         assert set(a.y_train.tolist()) == {0, 1}
 
 
-def test_figures_have_titles_axes_and_the_norm_colours():
+def test_the_curves_name_their_norms_and_bridge_frames_without_accuracies():
     pg = PG.Playground(SMALL)
     try:
-        pg.advance(6)
-        f = pg.frames("1:3")[1]
-        fig = regions_figure(f, pg.data.x_train.numpy(), pg.data.y_train.numpy(), "Run B")
-        lay = fig.layout
-        assert lay.title.text == "Run B" and lay.xaxis.title.text == "x1 (input units)"
-        assert lay.yaxis.title.text == "x2 (input units)" and lay.xaxis2.title.text
-        edges = [t for t in fig.data if t.name and t.name.startswith("decision boundary")]
-        assert [t.marker.color for t in edges] == [PN_COLOR, SHAPED_COLOR]
-        boxes = [t for t in fig.data if t.name and t.name.startswith("eps-box")]
-        assert len(boxes) == 2 and len(boxes[0].x) == 6 * PG.N_BOXES
-        cf = curves_figure(pg.history[1], "curves", "1:3")
+        for _ in range(PG.ACCURACY_EVERY):  # played: the test accuracies every 4th frame
+            pg.begin(2, "1:3")
+            pg.finish()
+        h = pg.history[1]
+        assert [("robust_pn" in r) for r in h] == [False] * (PG.ACCURACY_EVERY - 1) + [True]
+        assert all(np.isfinite(r["loss"]) for r in h)
+        cf = curves_figure(h, "curves", "1:3")
         names = {t.name for t in cf.data}
         assert {"clean, PN", "robust, PGD with PN, PN", "clean, shaped 1:3",
                 "robust, PGD with shaped, shaped 1:3"} <= names
+        acc = [t for t in cf.data if t.yaxis == "y2"]
+        assert acc and all(t.connectgaps for t in acc)  # a line across frames without them
         assert cf.layout.yaxis2.title.text == "accuracy (fraction)"
         assert cf.layout.yaxis3.type == "log"
+        # paused, a frame asked for is complete: its accuracies are measured then
+        pg.begin(2, "1:3")
+        (a, b) = pg.frames("1:3")
+        assert a.has_accuracies and set(b.metrics) == set(PG.METRIC_LABELS)
+        assert set(pg.history[1][-1]) >= set(PG.METRIC_LABELS)
     finally:
         pg.close()
-
-
-def test_boundary_points_lie_between_differing_neighbours():
-    xs = ys = np.linspace(0, 1, 5)
-    pred = np.zeros((5, 5), dtype=bool)
-    pred[:, 3:] = True  # a vertical boundary between columns 2 and 3
-    pts = boundary_points(xs, ys, pred)
-    assert pts.shape == (5, 2) and np.allclose(pts[:, 0], 0.625)
-    assert len(boundary_points(xs, ys, np.zeros((5, 5), dtype=bool))) == 0
 
 
 def test_the_core_modules_never_import_streamlit():
@@ -216,7 +209,7 @@ def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_m
         return c
 
     assert not at.exception and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
-    assert len(at.get("plotly_chart")) == 4
+    assert len(at.get("plotly_chart")) == 2 and len(at.get("image")) == 2  # curves, regions
     at.button(key="pg_step").click().run()
     assert counter().startswith("frame 1 · epoch 0.83 · step 5 ·")
     at.selectbox(key="pg_unit").set_value("one epoch").run()

@@ -11,7 +11,7 @@ from PIL import Image, ImageColor
 
 from normshape_core import playground as PG
 from normshape_core.figures.colors import BN_COLOR, PN_COLOR, REGION_COLORS
-from normshape_core.figures.playground import png_bytes, regions_image, run_title
+from normshape_core.figures.playground import PANEL_PX, png_bytes, regions_image, run_title
 
 SMALL = PG.PlaySettings(n_samples=200, width=16, depth=2, batch_size=32, attack_steps=3)
 GRID = np.linspace(0.0, 1.0, 80)
@@ -70,10 +70,11 @@ def test_a_live_frame_is_an_rgb_image_with_regions_and_each_panels_boundary(live
     for i, (f, spec) in enumerate(zip(frames, specs)):
         img = regions_image(f, x, y, run_title("AB"[i], spec.label()))
         assert img.mode == "RGB"
-        assert 560 <= img.width <= 680 and 320 <= img.height <= 420, img.size
+        # two runs side by side in the page's 940 px at a 1400 px window (32 px apart)
+        assert 2 * img.width + 32 <= 940 and img.height <= PANEL_PX + 120, img.size
         arr = np.asarray(img)
         (t0, b0, l0, r0), (t1, b1, l1, r1) = _panels(arr)
-        assert r0 <= l1 and 230 <= r0 - l0 <= 280 and r0 - l0 == b0 - t0 == r1 - l1 == b1 - t1
+        assert r0 <= l1 and r0 - l0 == b0 - t0 == r1 - l1 == b1 - t1 == PANEL_PX
         assert (f.prob_pn > 0.5).any() and (f.prob_pn <= 0.5).any()  # a boundary to draw
         for t, b, lft, rgt in ((t0, b0, l0, r0), (t1, b1, l1, r1)):
             panel = arr[t:b, lft:rgt]

@@ -1,7 +1,9 @@
-"""Figures: one function per figure the app draws, plotly only (no Streamlit).
+"""Figures: one function per figure the app draws, plotly (no Streamlit).
 
 Each function takes core results (plain numbers, arrays, result objects) and returns a
-``plotly.graph_objects.Figure`` with its title, axis titles and units set, so that pages,
+``plotly.graph_objects.Figure`` with its title, axis titles and units set (one exception:
+the Playground's live regions, ``playground.regions_image``, a Pillow image with the same
+titles and axes, because a browser shows an image several times a second for free), so that pages,
 notebooks and tests draw the same figure. One module per subject (``playground``,
 ``confoundings``, ...); import the function from its module:
 
