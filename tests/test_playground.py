@@ -167,7 +167,7 @@ def test_the_curves_name_their_norms_and_bridge_frames_without_accuracies():
         acc = [t for t in cf.data if t.yaxis == "y2"]
         assert acc and all(t.connectgaps for t in acc)  # a line across frames without them
         assert cf.layout.yaxis2.title.text == "accuracy (fraction)"
-        assert cf.layout.yaxis3.type == "log"
+        assert cf.layout.yaxis3.type == "log" and cf.layout.yaxis3.dtick == 1
         # paused, a frame asked for is complete: its accuracies are measured then
         pg.begin(2, "1:3")
         (a, b) = pg.frames("1:3")

@@ -64,7 +64,7 @@ def curves_figure(history: Sequence[Dict[str, float]], title: str, infer_ratio: 
                                           yref="paper", xanchor="center", yanchor="bottom",
                                           showarrow=False, font=dict(size=12)))
     layout["yaxis2"]["range"] = [0, 1.02]
-    layout["yaxis3"]["type"] = "log"
+    layout["yaxis3"].update(type="log", dtick=1)  # one label per decade: the row is short
     layout["xaxis"]["anchor"] = "y3"
     return go.Figure(data=data, layout=layout)
 
