@@ -50,6 +50,28 @@ def test_an_idle_run_ends_its_thread_by_itself():
         run.grant(1)
 
 
+def test_a_frame_begun_is_made_in_the_runs_threads_and_closing_meanwhile_never_hangs():
+    pg = PG.Playground(SMALL)
+    try:
+        pg.begin(3, "1:3")  # returns at once; the runs train and draw in their threads
+        assert pg.pending and pg.frame == 0
+        a, b = pg.frames("1:3", accuracies=False)  # collects the frame begun (frame 1)
+        assert not pg.pending and pg.frame == 1 and a.step == b.step == 3
+        assert a is pg.frames("1:3", accuracies=False)[0]  # cached: made in the run's thread
+        gate = threading.Event()
+        pg.runs[0].grant(1, lambda: gate.wait(10) and "made")  # a job still running
+        with pytest.raises(RuntimeError, match="still being made"):
+            pg.runs[0].grant(1)
+        gate.set()
+        assert pg.runs[0].wait() == "made" and pg.runs[0].step == 4
+    finally:
+        pg.close()
+    p2 = PG.Playground(SMALL)
+    p2.begin(50, "1:3")  # Reset while a frame is being made
+    p2.close()
+    assert all(not r._thread.is_alive() for r in p2.runs)
+
+
 def test_frames_show_pn_and_shaped_regions_eps_boxes_and_named_metrics():
     pg = PG.Playground(SMALL)
     try:
