@@ -263,3 +263,17 @@ def test_one_process_runs_unchanged_without_torchrun(moons):
     assert (tr.n_clean, tr.n_adv) == (48, 16)
     assert TrainConfig(dataset="moons", sync_bn=False).fingerprint() == \
         TrainConfig(dataset="moons", dist_backend="gloo").fingerprint()
+
+
+@pytest.mark.parametrize("world, teardown", [("2", False), ("1", True)])
+def test_a_torchrun_worker_leaves_without_the_interpreters_teardown(world, teardown):
+    """Under torchrun (WORLD_SIZE > 1) the command ends with os._exit (no teardown, where
+    gloo's leftover threads sometimes aborted a finished rank), its output flushed."""
+    code = ("import atexit, sys; from normshape_core.__main__ import exit_process; "
+            "atexit.register(lambda: print('teardown ran')); print('done', end=''); "
+            "print('to stderr', file=sys.stderr, end=''); exit_process(3)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         env={**ENV, "WORLD_SIZE": world}, timeout=120)
+    assert out.returncode == 3 and out.stdout.startswith("done")
+    assert out.stderr.endswith("to stderr")
+    assert ("teardown ran" in out.stdout) == teardown
