@@ -35,6 +35,18 @@ def wait_frame(pg, pred, timeout=30.0):
     raise AssertionError(f"frame counter stayed at {frame_of(pg)}")
 
 
+def wait_for_play(pg, timeout=10.0):
+    """Wait for the Play button (after Pause); on failure say what the page shows."""
+    try:
+        pg.get_by_role("button", name="Play", exact=True).wait_for(timeout=timeout * 1000)
+    except Exception as e:  # noqa: BLE001 - re-raised with the page's state
+        counter = pg.get_by_text(FRAME)
+        raise AssertionError(
+            f"no Play button {timeout:g} s after Pause; buttons "
+            f"{pg.get_by_role('button').all_inner_texts()[:10]}, counter "
+            f"{counter.first.inner_text() if counter.count() else None!r}") from e
+
+
 def selected(pg, label):
     """The value a Streamlit selectbox shows (its combobox input's value or its text)."""
     box = pg.locator("[data-testid=stSelectbox]").filter(has_text=label).first
@@ -74,7 +86,7 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
           f"distinct boundaries in 10 s")
     assert len(frames) >= 5 and len(digests) >= 5, (frames, digests)
     pg.get_by_role("button", name="Pause", exact=True).click()
-    pg.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
+    wait_for_play(pg)
     time.sleep(1.0)
     held = frame_of(pg)
     time.sleep(2.0)
@@ -121,7 +133,7 @@ def test_two_sessions_each_run_their_own_playground(server, browser):  # noqa: F
     a_now = frame_of(a)[0]
     assert a_now >= 4  # A counts its own frames, B its own
     a.get_by_role("button", name="Pause", exact=True).click()
-    a.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
+    wait_for_play(a)
     time.sleep(1.0)
     assert frame_of(b) == stepped
     ctx_a.close()
