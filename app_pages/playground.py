@@ -109,11 +109,8 @@ def live():
         return
     t0 = time.perf_counter()
     try:
-        if ss.pg_playing:  # show the frame made meanwhile, then begin the next one at once
-            if not pg.pending:
-                pg.begin(int(spf), infer)
-            frames = pg.frames(infer, accuracies=False)
-            pg.begin(int(spf), infer)
+        if ss.pg_playing:  # the frame made meanwhile; the next one is begun at once
+            frames = pg.play(int(spf), infer)
         else:
             if ss.pop("pg_step_pending", False):
                 pg.advance(pg.steps_per_epoch if unit == "one epoch" else int(spf))

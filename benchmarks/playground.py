@@ -96,10 +96,7 @@ def section_playground(args, device) -> None:
                                reps)
 
         def page_frame():  # what one frame of the page does while playing, in the server
-            if not pg.pending:
-                pg.begin(5, "1:3")
-            fs = pg.frames("1:3", accuracies=False)
-            pg.begin(5, "1:3")
+            fs = pg.play(5, "1:3")
             for i, f in enumerate(fs):
                 png_bytes(regions_image(f, x_tr, y_tr, title))
                 if f.has_accuracies:

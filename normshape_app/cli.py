@@ -8,7 +8,6 @@ configuration whatever the working folder; flags given here override them.
 """
 from __future__ import annotations
 
-import os
 import sys
 from typing import List, Optional
 
@@ -53,12 +52,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["app"]:
         return run_app(argv[1:])
-    from normshape_core.__main__ import exit_process
+    from normshape_core.__main__ import leave_if_torchrun_worker
     from normshape_core.__main__ import main as core_main
 
     rc = core_main(argv, parser=build_parser())
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:  # a torchrun worker: see exit_process
-        exit_process(rc)
+    leave_if_torchrun_worker(rc)
     return rc
 
 

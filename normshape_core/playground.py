@@ -10,7 +10,8 @@ quiet model, and the numbers are those of ``fit`` with the same settings, step f
 
 While playing, the next frame is made while the current one is shown: :meth:`Playground.begin`
 grants the steps together with the frame to compute after them, both done in each run's own
-thread (the two runs in parallel, one per core), and :meth:`Playground.finish` collects them.
+thread (the two runs in parallel, one per core), and :meth:`Playground.finish` collects them;
+:meth:`Playground.play` is that loop's one step.
 The robust accuracies on the test points (the costly part of a frame) are measured every
 ``ACCURACY_EVERY`` frames while playing, and on every frame asked for while paused.
 
@@ -347,9 +348,7 @@ class Playground:
         self.frame = 0
         self.history: List[List[Dict[str, float]]] = [[] for _ in self.runs]
         self._frames: Dict[Tuple[int, int, str], Frame] = {}
-        self.last_advance_s = 0.0  # seconds from begin to finish of the last frame
         self._pending = False
-        self._t_begin = 0.0
         # One caller at a time: a web app may run two script runs of one session at once
         # (a timed refresh and a click), and a frame patches the model's BN layers while it
         # classifies (per-group statistics), so two frames at once would see each other's.
@@ -372,7 +371,6 @@ class Playground:
         with self.lock:
             self.finish()
             acc = (self.frame + 1) % ACCURACY_EVERY == 0
-            self._t_begin = time.perf_counter()
             for r in self.runs:
                 job = None if infer_ratio is None else functools.partial(
                     compute_frame, r, self.grid, self.pool, self.box_idx, infer_ratio,
@@ -392,7 +390,6 @@ class Playground:
                         self._store(i, r, f)
             finally:
                 self._pending = False
-            self.last_advance_s = time.perf_counter() - self._t_begin
             self.frame += 1
             return True
 
@@ -400,6 +397,17 @@ class Playground:
     def pending(self) -> bool:
         """A frame is being made (begun, not yet finished)."""
         return self._pending
+
+    def play(self, steps: int, infer_ratio: str) -> List[Frame]:
+        """One frame while playing: the frame made meanwhile (made now if none was begun, as
+        on the first frame after Play), test accuracies only where they were measured; the
+        next frame (``steps`` more steps) is begun before this returns."""
+        with self.lock:
+            if not self._pending:
+                self.begin(steps, infer_ratio)
+            frames = self.frames(infer_ratio, accuracies=False)
+            self.begin(steps, infer_ratio)
+            return frames
 
     def advance(self, steps: int) -> None:
         """Every run trains ``steps`` more steps (in parallel), then the frame counter moves."""

@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from _app_checkpoints import checkpoint_root
+from _apptest import open_app
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
 TIMEOUT = 120  # first views compute (evaluations, PGD traces) on two shared cores
 
 
@@ -34,13 +33,7 @@ def app(ckpt_root, tmp_path, monkeypatch):
     monkeypatch.setenv("NORMSHAPE_APP_THREADS", str(torch.get_num_threads()))
 
     def make(page=None, query=None):
-        at = AppTest.from_file(APP, default_timeout=TIMEOUT)
-        for k, v in (query or {}).items():
-            at.query_params[k] = v
-        at.run()
-        if page:
-            at.switch_page(page)
-            at.run()
+        at = open_app(page, query, TIMEOUT)
         assert not at.exception, [e.value for e in at.exception]
         return at
 

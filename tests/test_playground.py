@@ -211,20 +211,12 @@ def test_the_core_modules_never_import_streamlit():
 
 def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_message(
         tmp_path, monkeypatch):
-    from pathlib import Path
-
-    from streamlit.testing.v1 import AppTest
+    from _apptest import open_app
 
     monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("NORMSHAPE_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("NORMSHAPE_WARM_UMAP", "0")
-    app = str(Path(__file__).resolve().parents[1] / "app.py")
-    at = AppTest.from_file(app, default_timeout=120)
-    for k, v in {"pg_n": "200", "pg_width": "16", "pg_depth": "2"}.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page("app_pages/playground.py")
-    at.run()
+    at = open_app("app_pages/playground.py", {"pg_n": "200", "pg_width": "16", "pg_depth": "2"})
 
     def counter():
         (c,) = [c.value for c in at.caption if c.value.startswith("frame ")]

@@ -11,12 +11,11 @@ import re
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from normshape_app import ui
+from _apptest import open_app
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
 SOURCES = [ROOT / "app.py", *sorted((ROOT / "normshape_app").glob("*.py")),
            *sorted((ROOT / "app_pages").glob("*.py"))]
 # non-finite, garbage (and markup), negative, huge, a repeated key, empty
@@ -134,17 +133,7 @@ def app(tmp_path, monkeypatch):
     import torch
     monkeypatch.setenv("NORMSHAPE_APP_THREADS", str(torch.get_num_threads()))
 
-    def make(page, query):
-        at = AppTest.from_file(APP, default_timeout=120)
-        for k, v in query.items():
-            at.query_params[k] = v
-        at.run()
-        if page is not None:
-            at.switch_page(page)
-            at.run()
-        return at
-
-    return make
+    return open_app
 
 
 def widgets(at):

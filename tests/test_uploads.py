@@ -14,12 +14,11 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from normshape_app import ui, uploads
+from _apptest import APP, open_app
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
 SHIPPED = ROOT / "checkpoints"
 SOURCE = SHIPPED / "moons" / "moons-mlp-pgd-adv-only-eps0.12-s0"
 PAGES = [None, "app_pages/train.py", "app_pages/ratios.py", "app_pages/moving_target.py",
@@ -132,14 +131,7 @@ def offline(monkeypatch):
 
 
 def open_page(page=None, query=None):
-    at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in (query or {}).items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    return at
+    return open_app(page, query)
 
 
 def upload(at, weights, meta: bytes, wname="model.safetensors", mname="model.json"):

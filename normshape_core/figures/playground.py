@@ -16,8 +16,8 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from normshape_core.figures.colors import BN_COLOR as SHAPED_COLOR  # noqa: F401
-from normshape_core.figures.colors import CLASS_COLORS, PN_COLOR, REGION_COLORS  # noqa: F401
+from normshape_core.figures.colors import BN_COLOR as SHAPED_COLOR
+from normshape_core.figures.colors import CLASS_COLORS, PN_COLOR, REGION_COLORS, class_color
 
 N_EVAL_TEXT = "100 test points, PGD-10"
 REGIONS_KEY = ("Left panel of each run: PN, blue boundary; right panel: shaped inference, "
@@ -318,7 +318,7 @@ def _panel(frame, prob, color: str, adv, right, x_train: np.ndarray, y_train: np
     r = 4 * s
     for pt, c in zip(np.asarray(frame.box_x).reshape(-1, 2), np.asarray(frame.box_y)):
         cx, cy = px(pt)
-        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=CLASS_COLORS[int(c) % 10],
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=class_color(int(c)),
                      outline="black", width=s)
     # their PGD examples: x when it fools the model, o otherwise
     r = 5 * s
@@ -335,17 +335,18 @@ def _panel(frame, prob, color: str, adv, right, x_train: np.ndarray, y_train: np
 
 def regions_image(frame, x_train: np.ndarray, y_train: np.ndarray, title: str, *,
                   scale: int = 1) -> Image.Image:
-    """``regions_figure`` as an RGB image drawn here (numpy + Pillow), for a page that shows
-    a frame several times a second: the title (a ``<br><sup>`` subtitle as a second, smaller
+    """The decision regions of ``frame`` as an RGB image drawn here (numpy + Pillow), for a
+    page that shows a frame several times a second: the title (a ``<br><sup>`` subtitle as a second, smaller
     line), the PN panel (left, blue boundary) and the shaped-inference panel (right, orange
     boundary) over the unit square, y up, with the training points, the eps-boxes (dotted),
     the boxed points and their PGD examples (x: fools the model, o: does not), and the axes.
 
-    611 x 365 px at ``scale`` 1 (panels of 256 px; a title too long for one line wraps and
-    makes the image taller); ``scale=2`` draws everything twice as large, for HiDPI screens.
+    439 x 279 px at ``scale`` 1 (panels of ``PANEL_PX`` = 170 px: two runs side by side in a
+    1400 px window; a title too long for one line wraps and makes the image taller);
+    ``scale=2`` draws everything twice as large, for HiDPI screens.
     The static parts (title, labels, axes) are cached per title and inference ratio: a
-    moons frame takes about 1.5 ms to draw at scale 1 and 6.5 ms at scale 2 (two CPU cores;
-    3-13 ms more when the title or ratio is new), ``png_bytes`` 3 and 12 ms more."""
+    moons frame takes about 1.1 ms to draw at scale 1 and 3.1 ms at scale 2 (two CPU cores;
+    a few ms more when the title or ratio is new), ``png_bytes`` 2.0 and 6.6 ms more."""
     s = int(scale)
     if s != scale or s < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
@@ -362,9 +363,9 @@ def regions_image(frame, x_train: np.ndarray, y_train: np.ndarray, title: str, *
 
 def png_bytes(img: Image.Image) -> bytes:
     """``img`` as PNG at zlib level 1: the regions are large flat areas, so the fastest level
-    costs little size. Median of 20 on a moons frame, two CPU cores: at scale 1 (611 x 365)
-    level 1 takes 3.1-3.4 ms for 25 KiB, the default (6) 4.5-4.7 ms for 19 KiB; at scale 2
-    level 1 takes 11.7-12.0 ms for 67 KiB, the default 15.9 ms for 47 KiB."""
+    costs little size. Median of 20 on a moons frame, two CPU cores: at scale 1 (439 x 279)
+    level 1 takes 2.0 ms for 20 KiB, the default (6) 3.0 ms for 16 KiB; at scale 2 level 1
+    takes 6.6 ms for 52 KiB, the default 9.7 ms for 40 KiB."""
     buf = io.BytesIO()
     img.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buf.getvalue()
