@@ -39,7 +39,7 @@ REPRO_WORST: Dict[str, Dict[str, int]] = {
     "fashion_mnist": dict(n_test=100, n_target_classes=3, table_iv_n_test=0),
 }
 #: the ensemble of every worst-case number in the report
-WORST_ENSEMBLE = "autoattack"
+from .worst_case import DEFAULT_ENSEMBLE as WORST_ENSEMBLE  # noqa: E402
 
 
 def worst_case_settings(dataset: str, n_test: Optional[int] = None) -> Dict[str, Any]:

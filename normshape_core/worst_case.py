@@ -45,6 +45,8 @@ ENSEMBLES: Dict[str, tuple] = {
     "autoattack": ("apgd", "apgd_t", "fab_t", "square"),
     "paper": ("pgd", "cw", "fgsm", "deepfool", "shaping"),
 }
+#: the ensemble of every headline worst-case number (reproduce, the app, the benchmark)
+DEFAULT_ENSEMBLE = "autoattack"
 #: attacks that build their own crafting view from the target (not the defender's norms)
 OWN_VIEW_ATTACKS = ("shaping", "adaptive_eot")
 
