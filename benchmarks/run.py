@@ -13,11 +13,12 @@ Prints, measured in one run, as ratios (BENCHMARKS.md records a run and what the
    time against the number of points (first call and later calls);
 5. the app: every page's first view and a cached rerun (AppTest), cold start of
    ``streamlit run app.py`` to the first rendered page in headless Chromium;
-6. the worst case per sample (the ``autoattack`` ensemble, crafted through the defender's own
-   norms) against torchattacks: its AutoAttack on PN, its APGD-DLR and APGD-T through our exact
-   shaped batches (1:9), robust accuracy and time; and the time of the worst-case evaluation
-   of a shipped Fashion-MNIST checkpoint on 1,000 samples, PN and shaped 1:9 (``--quick``:
-   a few samples, extrapolated);
+6. the worst case per sample (the ``default`` ensemble, crafted through the defender's own
+   norms plus transfer) against torchattacks through the same views on the issue's four
+   cases; its time over its floor (PN and shaped 1:9) and over torchattacks' same members
+   at equal steps; the reproduction's recorded Fashion-MNIST times and floors. ``6x`` (not in
+   the default list; hours): every shipped checkpoint's PN, BN and shaped worst case against
+   torchattacks, and the member table;
 7. kill-safety: training runs killed (SIGKILL / SIGTERM) at random moments and resumed, 30
    kills (``--quick``: 10), weights compared with an uninterrupted run's;
 8. the Playground: PN + shaped decision regions per frame, the server's frame round trip,
@@ -55,7 +56,7 @@ from playground import section_playground  # noqa: E402
 from scaling import child_rss, child_umap, section_scaling  # noqa: E402
 from shaped import section_shaped  # noqa: E402
 from training_step import section_training, try_compile  # noqa: E402
-from worst_case import section_worst_case  # noqa: E402
+from worst_case import section_every_checkpoint, section_worst_case  # noqa: E402
 
 SECTIONS = {  # key: the section's function (its file beside this one)
     "1": section_training,
@@ -64,6 +65,7 @@ SECTIONS = {  # key: the section's function (its file beside this one)
     "4": section_scaling,
     "5": section_app,
     "6": section_worst_case,
+    "6x": section_every_checkpoint,
     "7": section_kill_safety,
     "8": section_playground,
     "compile": try_compile,

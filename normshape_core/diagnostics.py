@@ -322,7 +322,7 @@ class DiagnoseSettings:
     step_size: Optional[float] = None
     steps: Optional[int] = None
     seed: int = 0
-    worst_case: Optional[str] = "autoattack"  # an ensemble spec, or None to skip
+    worst_case: Optional[str] = "default"  # an ensemble spec, or None to skip
 
     MAX_N = 100_000
     MAX_STEPS = 100_000
@@ -370,13 +370,17 @@ def batch_worst_case(model, x, y, spec: str, *, eps: float, seed: int = 0
     batch's own BN (frozen BN): the robustness figure beside the diagnostics."""
     from .evaluation import ensemble_label
     from .shaping import BNClassifier, PNClassifier
-    from .worst_case import ensemble_members, make_ensemble, worst_case
+    from .worst_case import (SQUARE_QUERIES, crafted_label, ensemble_members, make_ensemble,
+                             worst_case)
 
     names = ensemble_members(spec)
     out = []
     for clf in (PNClassifier(model), BNClassifier(model)):
-        res = worst_case(clf, make_ensemble(names, eps=eps, seed=seed), x, y, eps=eps)
-        out.append({"ensemble": ensemble_label(spec), "crafted_with": clf.crafting_label,
+        members = make_ensemble(names, eps=eps, seed=seed, n_queries=SQUARE_QUERIES,
+                                vector_input=x.dim() == 2)
+        res = worst_case(clf, members, x, y, eps=eps)
+        out.append({"ensemble": ensemble_label(spec),
+                    "crafted_with": crafted_label(clf, clf, [st.attack for st in res.stages]),
                     "classified_with": clf.describe(), "n": len(x),
                     "clean_acc": float(res.clean_right.float().mean()),
                     "robust_acc": float(res.robust.float().mean())})

@@ -14,6 +14,7 @@ user's folder, written to the user's folder (``reproduce``: beside the checkpoin
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,16 +28,22 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import pandas as pd
 import torch
 
-from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, L2_MINIMAL, LINF, Attack, make_attack,
-                      parse_attack_names, zero_gradient_fraction)
+from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS, L2_MINIMAL, LINF,
+                      Attack, make_attack, parse_attack_names, zero_gradient_fraction)
 from .config import ConfigError, Ratio, parse_device
 from .shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
                       make_reference_pool, parse_classifier)
-from .worst_case import defender_view, ensemble_members, make_ensemble, worst_case
+from .eval_work import WorkStore, hex_mask, mask_of
+from .worst_case import (SQUARE_QUERIES, BatchState, Cost, applicable, counting_rows,
+                         crafted_label, defender_view, ensemble_members, floor_seconds,
+                         make_ensemble, row_groups, row_seconds, run_member, transfer_sources)
 
 ROW_KEYS = ("attack", "crafted_with", "classified_with", "ratio", "group_size", "clean_acc",
             "robust_acc", "n", "eps", "seconds", "median_l2", "randomized", "ensemble",
-            "broken")
+            "broken", "clean_mask", "robust_mask")
+#: the evaluation's version in its cache key: results of an earlier engine are recomputed
+#: (2: the default ensemble with transfer, breaks never undone, per-sample masks)
+ENGINE_VERSION = 2
 #: the ``attack`` of a worst-case row (its ``ensemble`` column names the members)
 WORST = "worst_case"
 #: warn when the worst case lies this far below the best single attack asked for
@@ -77,25 +84,20 @@ class EvalSettings:
     reference_pool_size: int = 1000
     fresh_references: bool = False
     eot_draws: int = 8
-    square_queries: int = 1000
+    square_queries: int = SQUARE_QUERIES
     """Square's query budget per sample (AutoAttack's standard version: 5000)"""
     n_target_classes: int = 9
     """APGD-T's target classes (the top ones other than the label)"""
+    apgd_restarts: Optional[int] = None
+    """APGD-CE's runs in an ensemble; None: 5 on vector inputs (moons, spirals), else
+    ``restarts``"""
     seed: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        d = self.to_dict()
-        # Fields added with the worst-case ensembles are hashed only when they matter, so the
-        # cache entries of earlier evaluations (no ensemble) keep their keys.
-        defaults = EvalSettings.__dataclass_fields__
-        for k in ("ensembles", "square_queries", "n_target_classes"):
-            f = defaults[k]
-            default = f.default_factory() if callable(f.default_factory) else f.default
-            if d[k] == default:
-                d.pop(k)
+        d = {**self.to_dict(), "engine": ENGINE_VERSION}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -147,7 +149,13 @@ def split_attacks(names: Union[str, Sequence[str]]) -> Tuple[List[str], List[str
             if spec not in ensembles:
                 ensembles.append(spec)
         else:
-            singles.extend(a for a in parse_attack_names(key) if a not in singles)
+            for a in parse_attack_names(key):
+                if a in ENSEMBLE_ONLY_ATTACKS:
+                    raise ConfigError(f"{a!r} is a member of the worst-case ensembles, not an "
+                                      f"attack of its own: use --attacks default (or "
+                                      f"apgd+{a}+square)")
+                if a not in singles:
+                    singles.append(a)
     if not singles and not ensembles:
         raise ConfigError("no attack given (e.g. --attacks autoattack or --attacks pgd,apgd)")
     return singles, ensembles
@@ -194,7 +202,7 @@ def _make_progress(progress, total: int):
     return update, (lambda: None)
 
 
-def _ensemble_jobs(s: EvalSettings, classifiers, dataset, device):
+def _ensemble_jobs(s: EvalSettings, classifiers, dataset, device, vector_input: bool = False):
     """(spec, classifier index, member attacks) for every ensemble x classifier."""
     out = []
     needs_pool = any("adaptive_eot" in ensemble_members(e) for e in s.ensembles)
@@ -206,7 +214,8 @@ def _ensemble_jobs(s: EvalSettings, classifiers, dataset, device):
                                 restarts=s.restarts, n_queries=s.square_queries,
                                 n_target_classes=s.n_target_classes, pgd_steps=s.steps,
                                 cw_steps=s.cw_steps, reference_pool=pool,
-                                eot_draws=s.eot_draws)
+                                eot_draws=s.eot_draws, apgd_restarts=s.apgd_restarts,
+                                vector_input=vector_input)
         for i in range(len(classifiers)):
             out.append((spec, i, members))
     return out
@@ -245,11 +254,13 @@ def evaluate(model: torch.nn.Module, dataset, attacks: Union[str, Sequence[str]]
              craft: Union[str, Sequence[str]] = ("pn",), group_size: Optional[int] = None,
              batch_size: int = 100, reference_pool_size: int = 1000,
              fresh_references: bool = False, eot_draws: int = 8, seed: int = 0,
-             ensembles: Sequence[str] = (), square_queries: int = 1000,
-             n_target_classes: int = 9,
+             ensembles: Sequence[str] = (), square_queries: int = SQUARE_QUERIES,
+             n_target_classes: int = 9, apgd_restarts: Optional[int] = None,
              device: Optional[Union[str, torch.device]] = None,
              progress: Union[None, bool, ProgressFn] = None,
-             gap_threshold: float = DEFAULT_GAP_THRESHOLD) -> pd.DataFrame:
+             gap_threshold: float = DEFAULT_GAP_THRESHOLD,
+             work_dir: Union[None, str, Path] = None,
+             on_bound: Optional[Callable[["BoundUpdate"], None]] = None) -> pd.DataFrame:
     """One row per (attack, crafted_with, classified_with, ratio, group_size) with clean_acc
     (that classifier on the clean subset), robust_acc, n, eps, seconds, median_l2 (C&W,
     DeepFool) and randomized. ``df.attrs["warnings"]``: sanity warnings (list of str);
@@ -264,6 +275,15 @@ def evaluate(model: torch.nn.Module, dataset, attacks: Union[str, Sequence[str]]
     ``ensembles``: each gives, per classifier, one row per member (``robust_acc``: robust
     after that member and the ones before it; ``broken``: samples it broke) and a
     ``worst_case`` row, the defender's verdict on the final examples (``worst_case.py``).
+    Every row carries the per-sample outcomes behind its accuracies (``clean_mask``,
+    ``robust_mask``: hex, ``stats.unpack_mask``), for intervals and paired tests.
+
+    Ensembles run member by member over all batches; ``on_bound`` receives a
+    ``BoundUpdate`` (the upper bound on robust accuracy so far, "<= 0.460 after apgd;
+    square to go") after every member on every batch, and the progress callback's text says
+    the same. ``work_dir``: the evaluation keeps its finished units there and a rerun with
+    the same folder and settings resumes from them, ending with the same numbers; the folder
+    is removed when the evaluation completes.
     """
     singles, found = split_attacks(attacks) if attacks else ([], [])
     for e in ensembles:
@@ -278,9 +298,9 @@ def evaluate(model: torch.nn.Module, dataset, attacks: Union[str, Sequence[str]]
         batch_size=int(batch_size), reference_pool_size=int(reference_pool_size),
         fresh_references=bool(fresh_references), eot_draws=int(eot_draws),
         square_queries=int(square_queries), n_target_classes=int(n_target_classes),
-        seed=int(seed))
+        apgd_restarts=apgd_restarts, seed=int(seed))
     return _evaluate(model, dataset, settings, device=device, progress=progress,
-                     gap_threshold=gap_threshold)
+                     gap_threshold=gap_threshold, work_dir=work_dir, on_bound=on_bound)
 
 
 def _parse_craft(craft) -> List[str]:
@@ -306,9 +326,9 @@ def _check_settings(s: EvalSettings, *, eps_given: bool = True) -> None:
     checkpoint (the CLI's check before reading it)."""
     for name in ("steps", "restarts", "apgd_steps", "cw_steps", "eot_draws", "square_queries",
                  "n_target_classes", "batch_size", "reference_pool_size", "n_test",
-                 "group_size"):
+                 "group_size", "apgd_restarts"):
         v = getattr(s, name)
-        if v is None and name in ("n_test", "group_size"):
+        if v is None and name in ("n_test", "group_size", "apgd_restarts"):
             continue
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_EVAL_COUNT:
             raise ConfigError(f"{name.replace('_', '-')} must be a whole number in [1, "
@@ -356,23 +376,123 @@ def _validate(settings: EvalSettings, dataset) -> None:
 
 
 def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=None,
-              gap_threshold: float = DEFAULT_GAP_THRESHOLD) -> pd.DataFrame:
+              gap_threshold: float = DEFAULT_GAP_THRESHOLD,
+              work_dir: Union[None, str, Path] = None,
+              on_bound: Optional[Callable[["BoundUpdate"], None]] = None,
+              key: Optional[str] = None, keep_work: bool = False) -> pd.DataFrame:
+    """Plan the units, run those not done yet (``work_dir``: kept there, resumed from there),
+    make the rows from the records; the work folder is removed at the end unless
+    ``keep_work`` (the caller removes it once the results are stored)."""
     _validate(settings, dataset)
+    plan = _plan(model, dataset, settings, device)
+    store = WorkStore(work_dir, key or settings.fingerprint())
+    unit_costs = [_row_seconds(plan)] if plan.ens else []  # the floor prices worst cases
+    total = plan.n_batches * (1 + len(plan.jobs)) + sum(
+        plan.n_batches * (len(e.members) + 1) for e in plan.ens) + (1 if plan.ens else 0)
+    update, close = _make_progress(progress, total)
+    try:
+        for b in range(plan.n_batches):
+            _run_unit(store, f"clean/{b}", lambda: _unit_clean(plan, b), update, "clean", plan)
+            for j, job in enumerate(plan.jobs):
+                _run_unit(store, f"single/{j}/{b}", lambda: _unit_single(plan, j, b), update,
+                          job.attack.name, plan)
+        if plan.ens:
+            _run_unit(store, "random", lambda: _unit_random(plan), update, "randomness check",
+                      plan)
+        for k in range(len(plan.ens)):
+            _run_ensemble(plan, store, k, update, on_bound)
+    finally:
+        close()
+        store.close()
+    df = _rows(plan, store)
+    df.attrs["warnings"] = _warnings(plan, store, df, gap_threshold)
+    df.attrs["settings"] = settings.to_dict()
+    df.attrs["zero_gradients"] = _zero_gradients(plan, store)
+    df.attrs["resumed_units"] = store.resumed
+    df.attrs["cost"], df.attrs["wall_s"] = _cost_and_wall(store)
+    df.attrs["row_seconds"] = df.attrs["floor_s"] = None
+    if unit_costs:
+        unit_costs.append(_row_seconds(plan))
+        df.attrs["row_seconds"] = {k: (unit_costs[0][k] + unit_costs[1][k]) / 2
+                                   for k in unit_costs[0]}
+        df.attrs["floor_s"] = round(floor_seconds(df.attrs["cost"], df.attrs["row_seconds"]),
+                                    3)
+    if not keep_work:
+        store.finish()
+    return df
+
+
+def _run_unit(store: "WorkStore", unit: str, compute, update, desc: str,
+              plan: Optional["_Plan"] = None) -> Dict[str, Any]:
+    """Run one unit unless its record exists; every record carries its wall time and the
+    rows the model forwarded (``worst_case.Cost``), for the benchmark's floor."""
+    rec = store.get(unit)
+    if rec is None:
+        counter = (counting_rows(plan.model) if plan is not None
+                   else contextlib.nullcontext(Cost()))
+        t0 = time.perf_counter()
+        with counter as cost:
+            rec = compute()
+        rec["wall"] = time.perf_counter() - t0
+        rec["cost"] = cost.as_dict()
+        store.add(unit, rec)
+    update(desc)
+    return rec
+
+
+def _row_seconds(plan: "_Plan") -> Dict[str, float]:
+    """The unit costs of a row (``worst_case.row_seconds``) on a batch of the evaluation's
+    batch size (training rows: the test subset may be smaller), measured at the evaluation's
+    start and end so that the floor is priced under the same load."""
+    return row_seconds(plan.model, plan.probe)
+
+
+def _cost_and_wall(store: "WorkStore") -> Tuple[Dict[str, int], float]:
+    """Rows forwarded by kind and wall seconds over every unit (resumed ones included)."""
+    cost, wall = Cost(), 0.0
+    for rec in store.records.values():
+        c = rec.get("cost") or {}
+        cost.add(Cost(**{k: int(c.get(k, 0)) for k in Cost().as_dict()}))
+        wall += float(rec.get("wall", 0.0))
+    return cost.as_dict(), round(wall, 3)
+
+
+@dataclass
+class _EnsJob:
+    spec: str
+    i: int  # the classifier
+    members: List[Attack]  # those that apply to the classifier, in order
+    skipped: List[str]
+
+
+@dataclass
+class _Plan:
+    s: EvalSettings
+    model: torch.nn.Module
+    device: Any
+    x_all: torch.Tensor
+    y_all: torch.Tensor
+    n: int
+    n_batches: int
+    classifiers: List[Classifier]
+    jobs: List[_Job]
+    ens: List[_EnsJob]
+    probe: torch.Tensor  # a batch of training rows of the batch size: prices the floor
+
+
+def _plan(model, dataset, s: EvalSettings, device) -> _Plan:
+    """The classifiers, the single attacks (each with the classifiers that judge it) and the
+    ensembles x classifiers of an evaluation."""
     device = parse_device(str(device)) if device is not None else next(
         model.parameters()).device
     model = model.to(device)
-    s = settings
     data = dataset.subset(n_test=s.n_test, seed=s.seed) if s.n_test is not None else dataset
-    x_all, y_all = data.x_test, data.y_test
-    n = len(x_all)
-
     pool = make_reference_pool(dataset, s.reference_pool_size, s.seed).to(device)
     classifiers: List[Classifier] = [
         parse_classifier(spec, model, pool, group_size=s.group_size, seed=s.seed,
                          fresh_references=s.fresh_references) for spec in s.classify]
     shaped_idx = [i for i, c in enumerate(classifiers) if isinstance(c, ShapedClassifier)]
     all_idx = list(range(len(classifiers)))
-
     common = dict(eps=s.eps, step_size=s.step_size, steps=s.steps, restarts=s.restarts,
                   seed=s.seed, eot_draws=s.eot_draws)
     jobs: List[_Job] = []
@@ -385,148 +505,369 @@ def _evaluate(model, dataset, settings: EvalSettings, *, device=None, progress=N
                 jobs.append(_Job(make_attack(name, reference_pool=attacker_pool, **common),
                                  classifiers[i], [i]))
             continue
-        kw = dict(common)
-        if name == "fgsm" and s.fgsm_eps is not None:
-            kw["eps"] = s.fgsm_eps
-        if name.startswith("apgd") or name == "fab_t":
-            kw["steps"] = s.apgd_steps
-        if name == "apgd_t":
-            kw["n_target_classes"] = s.n_target_classes
-        if name == "square":
-            kw["n_queries"] = s.square_queries
-        if name == "cw":
-            kw["steps"] = s.cw_steps
-        attack = make_attack(name, **kw)
+        attack = make_attack(name, **_single_settings(s, name, common))
         if name == "shaping":  # crafts through its own 1:3 batches: once
             jobs.append(_Job(attack, PNClassifier(model), all_idx))
             continue
         for c in s.craft:
             target = PNClassifier(model) if c == "pn" else BNClassifier(model)
             jobs.append(_Job(attack, target, all_idx))
-
-    ens_jobs = _ensemble_jobs(s, classifiers, dataset, device)
-    ens_robust = [0] * len(ens_jobs)
-    ens_stage = [[[0, 0, 0.0] for _ in members] for (_, _, members) in ens_jobs]
-    ens_seconds = [0.0] * len(ens_jobs)
-    ens_crafted: List[Optional[str]] = [None] * len(ens_jobs)
-    ens_mismatch = [0] * len(ens_jobs)
-    randomness: Dict[str, float] = {}
-
-    n_batches = math.ceil(n / s.batch_size)
-    update, close = _make_progress(progress, n_batches * (1 + len(jobs) + len(ens_jobs)))
-    clean_correct = [0] * len(classifiers)
-    robust_correct = [[0] * len(classifiers) for _ in jobs]
-    seconds = [[0.0] * len(classifiers) for _ in jobs]
-    l2s: List[List[torch.Tensor]] = [[] for _ in jobs]
-    crafted_with: List[Optional[str]] = [None] * len(jobs)
-    linf_violation: Dict[str, float] = {}
-    zero_grads: Dict[str, float] = {}
-    try:
-        for b in range(n_batches):
-            xb = x_all[b * s.batch_size:(b + 1) * s.batch_size].to(device)
-            yb = y_all[b * s.batch_size:(b + 1) * s.batch_size].to(device)
-            counted = torch.ones(len(xb), dtype=torch.bool, device=device)
-            if len(xb) < 2 and b > 0:  # a last batch of one sample has no BN statistics:
-                xb = x_all[-2:].to(device)  # batch it with its predecessor, count it once
-                yb = y_all[-2:].to(device)
-                counted = torch.tensor([False, True], device=device)
-            for i in shaped_idx:
-                classifiers[i].reference_offset = b
-            with torch.inference_mode():
-                for i, clf in enumerate(classifiers):
-                    clean_correct[i] += int(((clf(xb).argmax(1) == yb) & counted).sum())
-            update("clean")
-            for j, job in enumerate(jobs):
-                if b == 0:
-                    view = job.attack.crafting_view(job.target, xb)
-                    label = job.attack.crafted_with(view)
-                    if label not in zero_grads:
-                        zero_grads[label] = zero_gradient_fraction(view, xb, yb)
-                res = job.attack.run(job.target, xb, yb)
-                crafted_with[j] = res.crafted_with
-                if job.attack.threat_model == LINF:
-                    over = float((res.x_adv - xb).abs().max()) - job.attack.settings.eps
-                    if over > 1e-6:
-                        linf_violation[job.attack.name] = max(over, linf_violation.get(
-                            job.attack.name, 0.0))
-                if res.success is not None:
-                    l2s[j].append(res.l2(xb)[res.success & counted].cpu())
-                for i in job.valid:
-                    t0 = time.perf_counter()
-                    with torch.inference_mode():
-                        pred = classifiers[i](res.x_adv).argmax(1)
-                    robust_correct[j][i] += int(((pred == yb) & counted).sum())
-                    seconds[j][i] += res.seconds + time.perf_counter() - t0
-                update(job.attack.name)
-            if b == 0 and ens_jobs:
-                randomness = _randomness_check(classifiers, xb)
-            for k, (spec, i, members) in enumerate(ens_jobs):
-                t0 = time.perf_counter()
-                res = worst_case(classifiers[i], members, xb, yb, eps=s.eps)
-                ens_seconds[k] += time.perf_counter() - t0
-                ens_crafted[k] = _label_of_view(defender_view(classifiers[i], len(xb)))
-                ens_robust[k] += int((res.robust & counted).sum())
-                ens_mismatch[k] += int(((res.robust != res.bookkept) & counted).sum())
-                by_name = {st.attack: st for st in res.stages}
-                right_now = res.clean_right
-                for m, att in enumerate(members):
-                    st = by_name.get(att.name)
-                    if st is not None:
-                        ens_stage[k][m][0] += int((st.broken_mask & counted).sum())
-                        ens_stage[k][m][2] += st.seconds
-                        right_now = st.right_after
-                    ens_stage[k][m][1] += int((right_now & counted).sum())
-                update(spec)
-    finally:
-        close()
-
-    rows = []
-    for j, job in enumerate(jobs):
-        minimal = job.attack.threat_model == L2_MINIMAL
-        med = float("nan")
-        if minimal and l2s[j]:
-            cat = torch.cat(l2s[j])
-            med = float(cat.median()) if len(cat) else float("nan")
-        for i in job.valid:
-            clf = classifiers[i]
-            rows.append({
-                "attack": job.attack.name, "crafted_with": crafted_with[j],
-                "classified_with": clf.describe(), "ratio": _ratio_of(clf),
-                "group_size": _group_of(clf), "clean_acc": clean_correct[i] / n,
-                "robust_acc": robust_correct[j][i] / n, "n": n,
-                "eps": float("nan") if minimal else float(job.attack.settings.eps),
-                "seconds": round(seconds[j][i], 3), "median_l2": med,
-                "randomized": bool(clf.randomized)})
-    for k, (spec, i, members) in enumerate(ens_jobs):
+    vector = data.x_test.dim() == 2
+    ens = []
+    for spec, i, members in _ensemble_jobs(s, classifiers, dataset, device, vector):
         clf = classifiers[i]
-        base = {"crafted_with": ens_crafted[k], "classified_with": clf.describe(),
-                "ratio": _ratio_of(clf), "group_size": _group_of(clf),
-                "clean_acc": clean_correct[i] / n, "n": n, "eps": float(s.eps),
-                "median_l2": float("nan"), "randomized": bool(clf.randomized),
-                "ensemble": ensemble_label(spec)}
-        for m, att in enumerate(members):
-            broken, robust_after, secs = ens_stage[k][m]
-            rows.append({**base, "attack": att.name, "robust_acc": robust_after / n,
-                         "seconds": round(secs, 3), "broken": int(broken)})
-        rows.append({**base, "attack": WORST, "robust_acc": ens_robust[k] / n,
-                     "seconds": round(ens_seconds[k], 3), "broken": None})
-    df = _typed(pd.DataFrame(rows, columns=list(ROW_KEYS)))
-    warnings = sanity_warnings(df, gap_threshold=gap_threshold, zero_gradients=zero_grads)
-    for name, diff in randomness.items():
+        ens.append(_EnsJob(spec, i, [a for a in members if applicable(a.name, clf)],
+                           [a.name for a in members if not applicable(a.name, clf)]))
+    n = len(data.x_test)
+    return _Plan(s, model, device, data.x_test, data.y_test, n, math.ceil(n / s.batch_size),
+                 classifiers, jobs, ens, dataset.x_train[:s.batch_size].to(device))
+
+
+def _single_settings(s: EvalSettings, name: str, common: Dict[str, Any]) -> Dict[str, Any]:
+    """A single attack's settings from the evaluation's (the budget fields by attack)."""
+    kw = dict(common)
+    if name == "fgsm" and s.fgsm_eps is not None:
+        kw["eps"] = s.fgsm_eps
+    if name.startswith("apgd") or name in ("fab_t", "transfer"):
+        kw["steps"] = s.apgd_steps
+    if name in ("apgd_t", "transfer", "fab_t"):
+        kw["n_target_classes"] = s.n_target_classes
+    if name == "square":
+        kw["n_queries"] = s.square_queries
+    if name == "cw":
+        kw["steps"] = s.cw_steps
+    return kw
+
+
+def _batch(plan: _Plan, b: int):
+    """(x, y, counted) of test batch b on the device; the shaped classifiers' reference
+    draw moved to batch b. A last batch of one sample has no BN statistics: it is batched
+    with its predecessor and counted once."""
+    s = plan.s
+    xb = plan.x_all[b * s.batch_size:(b + 1) * s.batch_size].to(plan.device)
+    yb = plan.y_all[b * s.batch_size:(b + 1) * s.batch_size].to(plan.device)
+    counted = torch.ones(len(xb), dtype=torch.bool, device=plan.device)
+    if len(xb) < 2 and b > 0:
+        xb, yb = plan.x_all[-2:].to(plan.device), plan.y_all[-2:].to(plan.device)
+        counted = torch.tensor([False, True], device=plan.device)
+    for clf in plan.classifiers:
+        if isinstance(clf, ShapedClassifier):
+            clf.reference_offset = b
+    return xb, yb, counted
+
+
+def _unit_clean(plan: _Plan, b: int) -> Dict[str, Any]:
+    xb, yb, _ = _batch(plan, b)
+    with torch.inference_mode():
+        return {"right": [hex_mask(clf(xb).argmax(1) == yb) for clf in plan.classifiers]}
+
+
+def _unit_single(plan: _Plan, j: int, b: int) -> Dict[str, Any]:
+    """One single attack on batch b, its examples classified by every valid classifier."""
+    job = plan.jobs[j]
+    xb, yb, counted = _batch(plan, b)
+    rec: Dict[str, Any] = {}
+    if b == 0:
+        view = job.attack.crafting_view(job.target, xb)
+        rec["zero_grad"] = {job.attack.crafted_with(view): zero_gradient_fraction(view, xb, yb)}
+    res = job.attack.run(job.target, xb, yb)
+    rec["crafted_with"] = res.crafted_with
+    if job.attack.threat_model == LINF:
+        rec["linf_over"] = float((res.x_adv - xb).abs().max()) - job.attack.settings.eps
+    if res.success is not None:
+        rec["l2"] = [float(v) for v in res.l2(xb)[res.success & counted].cpu()]
+    rec["right"], rec["seconds"] = {}, {}
+    for i in job.valid:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            pred = plan.classifiers[i](res.x_adv).argmax(1)
+        rec["right"][str(i)] = hex_mask(pred == yb)
+        rec["seconds"][str(i)] = res.seconds + time.perf_counter() - t0
+    return rec
+
+
+def _unit_random(plan: _Plan) -> Dict[str, Any]:
+    xb, _, _ = _batch(plan, 0)
+    return {"randomness": _randomness_check(plan.classifiers, xb)}
+
+
+def _clean_right(plan: _Plan, store: "WorkStore", i: int, b: int, rows: int) -> torch.Tensor:
+    return mask_of(store.get(f"clean/{b}")["right"][i], rows, plan.device)
+
+
+def _ens_state(plan: _Plan, store: "WorkStore", k: int, b: int, states: Dict) -> BatchState:
+    """Ensemble k's state on batch b: in memory, else rebuilt from the records (resume)."""
+    if (k, b) in states:
+        return states[(k, b)]
+    e = plan.ens[k]
+    xb, yb, _ = _batch(plan, b)
+    clean = _clean_right(plan, store, e.i, b, len(xb))
+    st = BatchState(xb, yb, xb.clone(), clean.clone(), clean)
+    for m in reversed(range(len(e.members))):
+        rec = store.get(f"ens/{k}/{m}/{b}")
+        if rec is not None:
+            st.x_adv = store.load_state(k, b, m).to(plan.device, xb.dtype)
+            st.right = mask_of(rec["right"], len(xb), plan.device)
+            break
+    states[(k, b)] = st
+    return st
+
+
+def _run_ensemble(plan: _Plan, store: "WorkStore", k: int, update, on_bound) -> None:
+    """Ensemble job k member by member, each over every batch (so its upper bound after a
+    member covers all samples), then the defender's re-check of each batch."""
+    e = plan.ens[k]
+    clf = plan.classifiers[e.i]
+    states: Dict = {}
+    names = [a.name for a in e.members]
+    independent = bool(getattr(clf, "rows_independent", False))
+    for m, attack in enumerate(e.members):
+        if independent and not store.done(f"ens/{k}/{m}/0"):
+            _member_all_rows(plan, store, k, m, attack, states)
+        for b in range(plan.n_batches):
+            unit = f"ens/{k}/{m}/{b}"
+            if not store.done(unit):
+                t0 = time.perf_counter()
+                with counting_rows(plan.model) as cost:
+                    st = _ens_state(plan, store, k, b, states)
+                    _batch(plan, b)  # the reference draw of batch b
+                    view = defender_view(clf, len(st.x))
+                    rec = run_member(clf, view, row_groups(view, len(st.x)).to(plan.device),
+                                     attack, st, eps=plan.s.eps)
+                store.save_state(k, b, m, st.x_adv)
+                store.add(unit, {"attack": attack.name, "attempted": rec.attempted,
+                                 "broken": hex_mask(rec.broken_mask),
+                                 "right": hex_mask(st.right), "seconds": rec.seconds,
+                                 "wall": time.perf_counter() - t0, "cost": cost.as_dict()})
+                store.prune_states(k, b, m)
+            bound = _bound(plan, store, k, m, b + 1, names)
+            update(f"{e.spec} [{clf.describe()}]: {bound.text()}")
+            if on_bound is not None:
+                on_bound(bound)
+    for b in range(plan.n_batches):
+        unit = f"final/{k}/{b}"
+        if not store.done(unit):
+            t0 = time.perf_counter()
+            with counting_rows(plan.model) as cost:
+                st = _ens_state(plan, store, k, b, states)
+                _batch(plan, b)
+                with torch.no_grad():
+                    robust = defender_view(clf, len(st.x))(st.x_adv).argmax(1) == st.y
+            wall = time.perf_counter() - t0
+            store.add(unit, {"robust": hex_mask(robust), "bookkept": hex_mask(st.right),
+                             "seconds": wall, "wall": wall, "cost": cost.as_dict()})
+        update(f"{e.spec} [{clf.describe()}]: re-check")
+        states.pop((k, b), None)
+    if on_bound is not None:
+        on_bound(_bound(plan, store, k, len(e.members), plan.n_batches, names, final=True))
+
+
+def _member_all_rows(plan: _Plan, store: "WorkStore", k: int, m: int, attack,
+                     states: Dict) -> None:
+    """Member m of ensemble k through a row-independent view (PN) on every batch at once:
+    rows do not interact, and one call on all of them keeps the batches large (and the
+    per-call overhead small) while fooled rows drop out. Written back as per-batch records
+    (the time and rows forwarded on the first)."""
+    clf = plan.classifiers[plan.ens[k].i]
+    t0 = time.perf_counter()
+    with counting_rows(plan.model) as cost:
+        parts = [_ens_state(plan, store, k, b, states) for b in range(plan.n_batches)]
+        sizes = [len(p.x) for p in parts]
+        st = BatchState(*(torch.cat([getattr(p, f) for p in parts]) for f in
+                          ("x", "y", "x_adv", "right", "clean_right")))
+        view = defender_view(clf, len(st.x))
+        rec = run_member(clf, view, row_groups(view, len(st.x)).to(plan.device), attack, st,
+                         eps=plan.s.eps)
+    wall = time.perf_counter() - t0
+    start, records = 0, []
+    for b, (p, size) in enumerate(zip(parts, sizes)):
+        sl = slice(start, start + size)
+        start += size
+        p.x_adv, p.right = st.x_adv[sl].clone(), st.right[sl].clone()
+        store.save_state(k, b, m, p.x_adv)
+        first = b == 0
+        records.append((f"ens/{k}/{m}/{b}", {
+            "attack": attack.name, "attempted": int(rec.broken_mask[sl].sum() + p.right.sum()),
+            "broken": hex_mask(rec.broken_mask[sl]), "right": hex_mask(p.right),
+            "seconds": rec.seconds if first else 0.0, "wall": wall if first else 0.0,
+            "cost": cost.as_dict() if first else Cost().as_dict()}))
+    store.add_many(records)  # one write: every batch's record of this member, or none
+    for b in range(len(parts)):
+        store.prune_states(k, b, m)
+
+
+def _counted(plan: _Plan, b: int) -> Tuple[int, torch.Tensor]:
+    """(rows of batch b, its counted mask) without moving data."""
+    s = plan.s
+    rows = len(plan.y_all[b * s.batch_size:(b + 1) * s.batch_size])
+    if rows < 2 and b > 0:
+        return 2, torch.tensor([False, True])
+    return rows, torch.ones(rows, dtype=torch.bool)
+
+
+def _right_after(plan: _Plan, store: "WorkStore", k: int, m: int, b: int) -> torch.Tensor:
+    """Counted rows of batch b right under ensemble k after its member m (-1: clean)."""
+    rows, counted = _counted(plan, b)
+    e = plan.ens[k]
+    for mm in range(m, -1, -1):
+        rec = store.get(f"ens/{k}/{mm}/{b}")
+        if rec is not None:
+            return mask_of(rec["right"], rows)[counted]
+    return mask_of(store.get(f"clean/{b}")["right"][e.i], rows)[counted]
+
+
+@dataclass
+class BoundUpdate:
+    """An ensemble's upper bound on robust accuracy while it runs (anytime): the samples
+    it has not broken yet, after the members done (and the current one on the batches it
+    has finished). ``final``: the defender's re-check is done and ``robust`` is the result."""
+
+    classified_with: str
+    ensemble: str
+    done: List[str]
+    current: Optional[str]
+    batches_done: int
+    batches: int
+    to_go: List[str]
+    robust: int
+    n: int
+    final: bool = False
+
+    @property
+    def value(self) -> float:
+        return self.robust / self.n
+
+    def text(self) -> str:
+        if self.final:
+            return f"{self.value:.3f} (worst case, n={self.n})"
+        after = ", ".join(self.done) or "no attack yet"
+        now = (f", {self.current} on {self.batches_done}/{self.batches} batches"
+               if self.current else "")
+        rest = f"; {', '.join(self.to_go)} to go" if self.to_go else ""
+        return f"<= {self.value:.3f} after {after}{now}{rest}"
+
+
+def _bound(plan: _Plan, store: "WorkStore", k: int, m: int, batches_done: int,
+           names: List[str], final: bool = False) -> BoundUpdate:
+    e = plan.ens[k]
+    if final:
+        robust = sum(int(mask_of(store.get(f"final/{k}/{b}")["robust"], _counted(plan, b)[0])
+                         [_counted(plan, b)[1]].sum()) for b in range(plan.n_batches))
+        return BoundUpdate(plan.classifiers[e.i].describe(), e.spec, names, None,
+                           plan.n_batches, plan.n_batches, [], robust, plan.n, True)
+    complete = batches_done == plan.n_batches
+    robust = sum(int(_right_after(plan, store, k, m if b < batches_done else m - 1, b).sum())
+                 for b in range(plan.n_batches))
+    done = names[:m + 1] if complete else names[:m]
+    current = None if complete else names[m]
+    return BoundUpdate(plan.classifiers[e.i].describe(), e.spec, done, current, batches_done,
+                       plan.n_batches, names[m + 1:], robust, plan.n)
+
+
+def _gather(plan: _Plan, masks_by_batch) -> torch.Tensor:
+    """[n] per-sample mask from per-batch hex masks (``masks_by_batch(b)``), counted rows."""
+    parts = []
+    for b in range(plan.n_batches):
+        rows, counted = _counted(plan, b)
+        parts.append(mask_of(masks_by_batch(b), rows)[counted])
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
+
+
+def _rows(plan: _Plan, store: "WorkStore") -> pd.DataFrame:
+    """The evaluation's rows, from the records alone."""
+    s, n = plan.s, plan.n
+    clean = [_gather(plan, lambda b, i=i: store.get(f"clean/{b}")["right"][i])
+             for i in range(len(plan.classifiers))]
+    rows = []
+
+    def base(i: int) -> Dict[str, Any]:
+        clf = plan.classifiers[i]
+        return {"classified_with": clf.describe(), "ratio": _ratio_of(clf),
+                "group_size": _group_of(clf), "clean_acc": float(clean[i].sum()) / n, "n": n,
+                "randomized": bool(clf.randomized), "clean_mask": hex_mask(clean[i])}
+
+    for j, job in enumerate(plan.jobs):
+        recs = [store.get(f"single/{j}/{b}") for b in range(plan.n_batches)]
+        minimal = job.attack.threat_model == L2_MINIMAL
+        l2 = [v for r in recs for v in r.get("l2", [])]
+        med = float(torch.tensor(l2).median()) if (minimal and l2) else float("nan")
+        for i in job.valid:
+            robust = _gather(plan, lambda b, i=i: recs[b]["right"][str(i)])
+            rows.append({**base(i), "attack": job.attack.name,
+                         "crafted_with": recs[0]["crafted_with"],
+                         "robust_acc": float(robust.sum()) / n,
+                         "eps": float("nan") if minimal else float(job.attack.settings.eps),
+                         "seconds": round(sum(r["seconds"][str(i)] for r in recs), 3),
+                         "median_l2": med, "robust_mask": hex_mask(robust)})
+    for k, e in enumerate(plan.ens):
+        clf = plan.classifiers[e.i]
+        view = defender_view(clf, min(n, s.batch_size))
+        names = [a.name for a in e.members]
+        common = {**base(e.i), "eps": float(s.eps), "median_l2": float("nan"),
+                  "ensemble": ensemble_label(e.spec),
+                  "crafted_with": crafted_label(clf, view, names)}
+        total = 0.0
+        for m, name in enumerate(names):
+            recs = [store.get(f"ens/{k}/{m}/{b}") for b in range(plan.n_batches)]
+            right = _gather(plan, lambda b: recs[b]["right"])
+            broken = _gather(plan, lambda b: recs[b]["broken"])
+            secs = sum(r["seconds"] for r in recs)
+            total += secs
+            rows.append({**common, "attack": name, "robust_acc": float(right.sum()) / n,
+                         "seconds": round(secs, 3), "broken": int(broken.sum()),
+                         "robust_mask": hex_mask(right),
+                         "crafted_with": _member_label(clf, view, name)})
+        fin = [store.get(f"final/{k}/{b}") for b in range(plan.n_batches)]
+        robust = _gather(plan, lambda b: fin[b]["robust"])
+        total += sum(r["seconds"] for r in fin)
+        rows.append({**common, "attack": WORST, "robust_acc": float(robust.sum()) / n,
+                     "seconds": round(total, 3), "broken": None,
+                     "robust_mask": hex_mask(robust)})
+    return _typed(pd.DataFrame(rows, columns=list(ROW_KEYS)))
+
+
+def _member_label(clf, view, name: str) -> str:
+    own = _label_of_view(view)
+    if name == "transfer":
+        return "transfer from " + ", ".join(x.upper() for x in transfer_sources(clf))
+    return own
+
+
+def _zero_gradients(plan: _Plan, store: "WorkStore") -> Dict[str, float]:
+    out: Dict[str, float] = {}
+    for j in range(len(plan.jobs)):
+        for label, frac in (store.get(f"single/{j}/0") or {}).get("zero_grad", {}).items():
+            out.setdefault(label, frac)
+    return out
+
+
+def _warnings(plan: _Plan, store: "WorkStore", df: pd.DataFrame,
+              gap_threshold: float) -> List[str]:
+    warnings = sanity_warnings(df, gap_threshold=gap_threshold,
+                               zero_gradients=_zero_gradients(plan, store))
+    rnd = (store.get("random") or {}).get("randomness", {})
+    for name, diff in rnd.items():
         warnings.append(f"{name}: two calls on the same inputs gave logits {diff:.2e} apart: "
                         f"the classifier is randomised, so any single number is one draw; "
                         f"evaluate with fixed references or with EOT attacks (adaptive_eot)")
-    for k, bad in enumerate(ens_mismatch):
+    for k, e in enumerate(plan.ens):
+        fin = [store.get(f"final/{k}/{b}") for b in range(plan.n_batches)]
+        robust = _gather(plan, lambda b: fin[b]["robust"])
+        kept = _gather(plan, lambda b: fin[b]["bookkept"])
+        bad = int((robust != kept).sum())
         if bad:
-            warnings.append(f"worst case {ens_jobs[k][0]}: the ensemble's bookkeeping and the "
+            warnings.append(f"worst case {e.spec}: the ensemble's bookkeeping and the "
                             f"defender's re-check disagree on {bad} samples (the re-check is "
                             f"reported; please report this)")
-    for name, over in linf_violation.items():
-        warnings.append(f"{name}: perturbations exceed eps by {over:.2e} (a bug: report it)")
-    df.attrs["warnings"] = warnings
-    df.attrs["settings"] = s.to_dict()
-    df.attrs["zero_gradients"] = zero_grads
-    return df
+    over: Dict[str, float] = {}
+    for j, job in enumerate(plan.jobs):
+        for b in range(plan.n_batches):
+            v = store.get(f"single/{j}/{b}").get("linf_over")
+            if v is not None and v > 1e-6:
+                over[job.attack.name] = max(v, over.get(job.attack.name, 0.0))
+    for name, v in over.items():
+        warnings.append(f"{name}: perturbations exceed eps by {v:.2e} (a bug: report it)")
+    return warnings
 
 
 # ====================================================================== sanity warnings
@@ -738,8 +1079,9 @@ def table_iv(dfs_by_training_ratio: Mapping[str, pd.DataFrame], attack: str = "p
     under ``attack`` crafted with ``crafted_with`` and classified with shaped inference."""
     rows = {}
     for training, df in dfs_by_training_ratio.items():
-        d = df[(df["attack"] == attack) & (df["crafted_with"] == crafted_with) &
-               df["ratio"].notna()]
+        d = df[(df["attack"] == attack) & df["ratio"].notna()]
+        if attack != WORST:  # a worst case is crafted through each classifier's own norms
+            d = d[d["crafted_with"] == crafted_with]
         rows[training] = {r: a for r, a in zip(d["ratio"], d["robust_acc"])}
     out = pd.DataFrame.from_dict(rows, orient="index")
     if len(out.columns):
@@ -749,9 +1091,26 @@ def table_iv(dfs_by_training_ratio: Mapping[str, pd.DataFrame], attack: str = "p
     return out
 
 
-def format_table(df: pd.DataFrame, digits: int = 3) -> str:
-    with pd.option_context("display.max_columns", None, "display.width", 200):
+def format_table(df: pd.DataFrame, digits: int = 3, n: Optional[int] = None) -> str:
+    """The table as text; with ``n``, every accuracy cell (all numeric cells except
+    differences, "overstated by") carries its 95 % Clopper-Pearson interval at that n."""
+    if n is not None:
+        df = df.copy()
+        for col in df.columns:
+            if "overstated" in str(col) or not pd.api.types.is_numeric_dtype(df[col]):
+                continue
+            df[col] = [_with_interval(v, n, digits) for v in df[col]]
+    with pd.option_context("display.max_columns", None, "display.width", 250):
         return df.round(digits).to_string()
+
+
+def _with_interval(v, n: int, digits: int = 3) -> str:
+    from .stats import Proportion
+
+    if v is None or v != v:
+        return ""
+    lo, hi = Proportion.of(float(v), n).interval
+    return f"{float(v):.{digits}f} [{lo:.{digits - 1}f}, {hi:.{digits - 1}f}]"
 
 
 # ====================================================================== checkpoints + cache
@@ -823,6 +1182,42 @@ def update_cache(path: Path, key: str, entry: Dict[str, Any]) -> None:
         os.close(fd)  # releases the lock
 
 
+def prune_cache(path: Path) -> int:
+    """Drop the entries of the cache file at ``path`` that no current evaluation can ask
+    for (their key is not the key of their own settings any more: an earlier engine's
+    results); returns how many went. Under the same lock as ``update_cache``."""
+    import fcntl
+    import os
+
+    from .checkpoints import atomic_write_json
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cache = _read_cache(path)
+        keep = {}
+        fields = set(EvalSettings().to_dict())
+        for key, entry in cache["entries"].items():
+            try:
+                settings = {k: v for k, v in entry["settings"].items() if k in fields}
+                if set(entry["settings"]) - fields:
+                    continue
+                if _cache_key(entry["weights_sha256"], EvalSettings(**settings)) == key:
+                    keep[key] = entry
+            except (KeyError, TypeError, AttributeError):
+                continue
+        gone = len(cache["entries"]) - len(keep)
+        if gone:
+            cache["entries"] = keep
+            atomic_write_json(path, cache)
+        return gone
+    finally:
+        os.close(fd)
+
+
 def _json_safe(v):
     if v is None or v is pd.NA:
         return None
@@ -834,8 +1229,20 @@ def _json_safe(v):
 
 
 def rows_of(df: pd.DataFrame) -> List[Dict[str, Any]]:
-    """Rows as JSON-ready dicts (NaN -> null)."""
-    return [{k: _json_safe(v) for k, v in r.items()} for r in df.to_dict(orient="records")]
+    """Rows as JSON-ready dicts (NaN -> null), each accuracy with its 95 % Clopper-Pearson
+    interval (``clean_ci``, ``robust_ci``: [low, high] at the row's n)."""
+    from .stats import INTERVAL_NAME, Proportion
+
+    out = []
+    for r in df.to_dict(orient="records"):
+        row = {k: _json_safe(v) for k, v in r.items()}
+        n = row.get("n")
+        for acc, ci in (("clean_acc", "clean_ci"), ("robust_acc", "robust_ci")):
+            v = row.get(acc)
+            row[ci] = (list(Proportion.of(v, n).interval) if v is not None and n else None)
+        row["interval"] = INTERVAL_NAME
+        out.append(row)
+    return out
 
 
 def _typed(df: pd.DataFrame) -> pd.DataFrame:
@@ -847,6 +1254,8 @@ def _typed(df: pd.DataFrame) -> pd.DataFrame:
     df["ratio"] = df["ratio"].astype(object).where(df["ratio"].notna(), None)
     df["ensemble"] = df["ensemble"].astype(object).where(df["ensemble"].notna(), None)
     df["broken"] = pd.to_numeric(df["broken"]).astype("Int64")
+    for k in ("clean_mask", "robust_mask"):
+        df[k] = df[k].astype(object).where(df[k].notna(), None)
     return df
 
 
@@ -896,13 +1305,21 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
                         cache_dir: Union[None, str, Path] = None,
                         progress: Union[None, bool, ProgressFn] = None,
                         gap_threshold: float = DEFAULT_GAP_THRESHOLD,
+                        work_dir: Union[None, bool, str, Path] = None,
+                        on_bound: Optional[Callable[["BoundUpdate"], None]] = None,
                         **settings) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     """``evaluate`` on a checkpoint's model and dataset; ``eps`` defaults to the training eps.
     Results are cached, keyed by the weights' SHA-256 and the settings' hash, and reused when
     both match: read from ``<weights stem>.eval.json`` beside the checkpoint (the shipped
     results) or from the cache file of ``cache_path_for(checkpoint, cache_dir)``, written to
     the latter (default: the user's folder; ``cache_dir=BESIDE``: beside the checkpoint).
-    Returns (df, meta); ``df.attrs["cached"]`` says whether the numbers came from the cache."""
+    Returns (df, meta); ``df.attrs["cached"]`` says whether the numbers came from the cache.
+
+    The evaluation keeps its finished units in ``work_dir`` (default: the user's folder,
+    ``evaluations/work/<cache key>``; ``False``: in memory only), so that a killed
+    evaluation run again with the same settings resumes where it stopped and ends with the
+    same numbers; the folder goes once the results are cached. ``on_bound``: see
+    ``evaluate``."""
     from .checkpoints import (CheckpointError, read_meta, resolve_paths,
                               sha256_file)
 
@@ -939,18 +1356,36 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
         if entry is not None and weights.exists() and sha256_file(weights) == meta["weights_sha256"]:
             df = _df_from_rows(entry["rows"])
             df.attrs.update(warnings=list(entry.get("warnings", [])), settings=entry["settings"],
-                            cached=True)
+                            cached=True, cost=entry.get("cost"), wall_s=entry.get("wall_s"),
+                            row_seconds=entry.get("row_seconds"), floor_s=entry.get("floor_s"))
             return df, meta
     model, meta, dataset = load_for_evaluation(checkpoint, dataset_name, device)
     _validate(s, dataset)
+    default_work = work_dir is None
+    if default_work:
+        from .userdata import eval_cache_dir
+
+        work_dir = eval_cache_dir() / "work" / key
     df = _evaluate(model, dataset, s, device=device, progress=progress,
-                   gap_threshold=gap_threshold)
+                   gap_threshold=gap_threshold, work_dir=work_dir or None, on_bound=on_bound,
+                   key=key, keep_work=True)
     df.attrs["cached"] = False
     if use_cache:
         update_cache(path, key, {"weights_sha256": meta["weights_sha256"],
                                  "settings": s.to_dict(), "rows": rows_of(df),
                                  "warnings": df.attrs["warnings"],
+                                 "cost": df.attrs["cost"], "wall_s": df.attrs["wall_s"],
+                                 "row_seconds": df.attrs["row_seconds"],
+                                 "floor_s": df.attrs["floor_s"],
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    if work_dir:
+        WorkStore.remove(work_dir)
+        for parent in ((Path(work_dir).parent, Path(work_dir).parent.parent)
+                       if default_work else ()):
+            try:  # the default folders, if nothing else is in them
+                parent.rmdir()
+            except OSError:
+                break
     return df, meta
 
 

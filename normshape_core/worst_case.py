@@ -1,13 +1,15 @@
 """Worst case per sample over an ensemble of attacks (AutoAttack's protocol), crafted through
-the defender's own norms.
+the defender's own norms, plus transfer from other norms.
 
-A sample counts as robust only if it survives every attack of the ensemble. The attacks run
-in sequence and each one attacks only the samples that are still robust, so the ensemble
-costs little more than its first attack once most samples are broken.
+A sample counts as robust only if it survives every member of the ensemble. Members run in
+sequence and each attacks only the samples that are still robust, so the ensemble costs
+little more than its first member once most samples are broken.
 
 Whose norms. The defender's own: PN for a PN classifier, the test batch's own statistics
 (frozen BN) for BN, and the defender's **exact shaped batches** (its own reference draw) for
-shaped inference.
+shaped inference. The ``transfer`` member adds examples crafted through *other* norms (the
+defender's ``transfer_from``: PN for BN; PN and BN for shaped inference), judged under the
+defender's own.
 
 Rows that share BN statistics. Under PN every row is on its own. Under BN the whole test
 batch is one batch, and under shaped inference the g test rows of a group share one shaped
@@ -15,44 +17,64 @@ batch with their references: changing one row changes the statistics its group-m
 normalised with. The rule used here, for every classifier alike:
 
 - a *group* is a set of rows that share statistics (PN: one row; BN: the batch; shaped: the
-  g rows of one shaped batch, ``FixedReferenceView.row_groups``);
-- an attack runs on the groups that still hold a robust row, on those robust rows only; the
-  group's other rows stay at their current adversarial examples and go through every attack
-  step with them (``PinnedRowsView``), so the attacker crafts through the very batches the
-  defender will classify;
-- the attack's result for a group is accepted only if the defender then classifies fewer of
-  that group's rows right than before (groups never interact, so each is decided alone);
+  g rows of one shaped batch, ``FixedReferenceView.row_groups``); groups never interact;
+- a member runs on the groups that still hold a robust row, on those robust rows only; the
+  group's other rows stay at their current examples and go through every attack step with
+  them (``PinnedRowsView``), so the attacker crafts through the very batches the defender
+  will classify;
+- **a break is never undone** (``accept``): a group takes the member's whole proposal only
+  if no row the defender classified wrong becomes right and at least one right row becomes
+  wrong. Otherwise the proposal's candidates are tried one row at a time (each group's k-th
+  candidate in round k, all groups in one forward), and each one that fools its row without
+  making any wrong row right is kept. So the rows classified wrong only grow, and the
+  per-member counts of rows broken add up exactly to clean-right minus robust;
 - the number reported is the defender's own verdict on the returned examples, recomputed on
   the full batch at the end (``WorstCaseResult.robust``), not the attacker's bookkeeping (the
   tests check that the two agree).
 
 Attacks with an unbounded threat model (C&W-L2, DeepFool) take part with their examples
 projected into the eps-ball: any point of the ball is a legitimate L-inf candidate.
+
+The ensembles (``ENSEMBLES``) and why: ``default`` is APGD-CE (5 restarts on vector inputs,
+where the 2-D sets showed restarts break more; 1 on images), transfer, APGD-DLR, APGD-T and
+Square with 5,000 queries (the gradient-free check). ``full`` is the default followed by
+FAB-T, so that its last member's count is exactly what FAB-T adds to the default; the member
+table of BENCHMARKS.md (section 6) shows what each member broke on the shipped checkpoints
+and why FAB-T is not in the default. ``autoattack`` is AutoAttack's standard set.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from .attacks import ADAPTIVE_ATTACKS, ATTACKS, Attack, make_attack
+from .attacks.transfer import Transfer
 from .config import ConfigError
 
-#: ensembles by name; members that do not exist in the registry are left out (FAB-T)
+#: ensembles by name; members that do not exist in the registry are left out
 ENSEMBLES: Dict[str, tuple] = {
+    "default": ("apgd", "transfer", "apgd_dlr", "apgd_t", "square"),
+    "full": ("apgd", "transfer", "apgd_dlr", "apgd_t", "square", "fab_t"),
     "autoattack": ("apgd", "apgd_t", "fab_t", "square"),
     "paper": ("pgd", "cw", "fgsm", "deepfool", "shaping"),
 }
 #: the ensemble of every headline worst-case number (reproduce, the app, the benchmark)
-DEFAULT_ENSEMBLE = "autoattack"
+DEFAULT_ENSEMBLE = "default"
 #: attacks that build their own crafting view from the target (not the defender's norms)
 OWN_VIEW_ATTACKS = ("shaping", "adaptive_eot")
+#: APGD-CE's runs on vector inputs (moons, spirals), where a second start often finds what
+#: the first missed; images get one (``make_ensemble``'s ``apgd_restarts=None``)
+APGD_RESTARTS_VECTORS = 5
+#: Square's queries in the default and full ensembles (AutoAttack's standard version)
+SQUARE_QUERIES = 5000
 
 
 def ensemble_members(name_or_list: Union[str, Sequence[str]]) -> List[str]:
-    """``"autoattack"`` -> its registered members; a spec ``"apgd+square"`` or a list ->
+    """``"default"`` -> its registered members; a spec ``"apgd+square"`` or a list ->
     the members checked against the registry."""
     from .attacks import parse_attack_names
 
@@ -67,6 +89,7 @@ def ensemble_members(name_or_list: Union[str, Sequence[str]]) -> List[str]:
     return members
 
 
+# ====================================================================== views and groups
 def row_groups(view, n: int) -> torch.Tensor:
     """[n] group index per row: rows with the same index share BN statistics."""
     if getattr(view, "rows_independent", False):
@@ -102,9 +125,130 @@ class PinnedRowsView:
         return self.base(full)[self.free]
 
 
+def defender_view(defender, n: int):
+    """The defender's own, deterministic norms for a call on n rows: PN, BN, or its exact
+    shaped batches (the reference draw of its next call)."""
+    if hasattr(defender, "with_exact_references"):
+        return defender.with_exact_references(n)
+    return defender
+
+
+def transfer_sources(defender) -> Tuple[str, ...]:
+    """The classifier specs whose examples the ``transfer`` member re-checks under this
+    defender (its ``transfer_from``; none for a PN classifier)."""
+    return tuple(getattr(defender, "transfer_from", ()) or ())
+
+
+def applicable(name: str, defender) -> bool:
+    """Adaptive attacks target shaped inference only; transfer needs a source other than the
+    defender's own norms."""
+    from .shaping import ShapedClassifier
+
+    if name in ADAPTIVE_ATTACKS:
+        return isinstance(defender, ShapedClassifier)
+    if name == "transfer":
+        return bool(transfer_sources(defender))
+    return True
+
+
+def crafted_label(defender, view, members: Sequence[str] = ()) -> str:
+    """What a worst-case row was crafted with: "BN (exact refs) + transfer from PN, BN"."""
+    own = getattr(view, "crafting_label", type(view).__name__)
+    sources = transfer_sources(defender) if "transfer" in members else ()
+    if not sources:
+        return own
+    return f"{own} + transfer from {', '.join(s.upper() for s in sources)}"
+
+
+# ====================================================================== cost
+@dataclass
+class Cost:
+    """Rows forwarded by the model (shaped references included), by kind: with a backward
+    (``fb``) or forward only (``f``), with batch statistics (``bn``: BN, shaped batches) or
+    PN statistics (``pn``). The benchmark turns them into the evaluation's floor."""
+
+    fb_pn: int = 0
+    fb_bn: int = 0
+    f_pn: int = 0
+    f_bn: int = 0
+
+    def add(self, other: "Cost") -> None:
+        self.fb_pn += other.fb_pn
+        self.fb_bn += other.fb_bn
+        self.f_pn += other.f_pn
+        self.f_bn += other.f_bn
+
+    def as_dict(self) -> Dict[str, int]:
+        return {"fb_pn": self.fb_pn, "fb_bn": self.fb_bn, "f_pn": self.f_pn, "f_bn": self.f_bn}
+
+
+@contextlib.contextmanager
+def counting_rows(model: torch.nn.Module) -> Iterator[Cost]:
+    """Inside the block, every forward of ``model`` adds its rows to the yielded ``Cost``."""
+    from .norms import bn_modules
+
+    cost = Cost()
+    bns = bn_modules(model)
+
+    def hook(module, args):
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor):
+            return
+        rows = int(x.shape[0])
+        grad = torch.is_grad_enabled() and x.requires_grad
+        batch_stats = bool(bns) and bns[0].training
+        if grad:
+            if batch_stats:
+                cost.fb_bn += rows
+            else:
+                cost.fb_pn += rows
+        elif batch_stats:
+            cost.f_bn += rows
+        else:
+            cost.f_pn += rows
+
+    handle = model.register_forward_pre_hook(hook)
+    try:
+        yield cost
+    finally:
+        handle.remove()
+
+
+def row_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> Dict[str, float]:
+    """Seconds per row of one forward (``f``) and one forward + backward to the input
+    (``fb``), with PN and with batch statistics (frozen BN), on the batch ``x`` (the
+    evaluation's batch size): the unit costs of ``Cost``, measured beside the work they
+    price (the median of ``repeats`` calls after one warm-up)."""
+    from .shaping import BNClassifier, PNClassifier
+
+    out: Dict[str, float] = {}
+    rows = len(x)
+    for kind, clf in (("pn", PNClassifier(model)), ("bn", BNClassifier(model))):
+        for mode in ("f", "fb"):
+            times = []
+            for i in range(repeats + 1):
+                xx = x.detach().clone().requires_grad_(mode == "fb")
+                t0 = time.perf_counter()
+                if mode == "f":
+                    with torch.no_grad():
+                        clf(xx)
+                else:
+                    torch.autograd.grad(clf(xx).sum(), xx)
+                if i:
+                    times.append(time.perf_counter() - t0)
+            out[f"{mode}_{kind}"] = sorted(times)[len(times) // 2] / rows
+    return out
+
+
+def floor_seconds(cost: Dict[str, int], per_row: Dict[str, float]) -> float:
+    """The least time the rows of ``cost`` can take at ``per_row`` seconds each."""
+    return sum(float(cost.get(k, 0)) * float(per_row.get(k, 0.0)) for k in Cost().as_dict())
+
+
+# ====================================================================== records
 @dataclass
 class StageRecord:
-    """One attack of the ensemble: how many samples it broke that had survived so far."""
+    """One member of the ensemble: how many samples it broke that had survived so far."""
 
     attack: str
     attempted: int
@@ -115,6 +259,7 @@ class StageRecord:
     """[n] bool: rows still classified right after this attack (bookkeeping)"""
     broken_mask: Optional[torch.Tensor] = None
     """[n] bool: rows this attack broke"""
+    cost: Cost = field(default_factory=Cost)
 
 
 @dataclass
@@ -129,114 +274,227 @@ class WorstCaseResult:
     skipped: List[str] = field(default_factory=list)
 
 
+@dataclass
+class BatchState:
+    """The ensemble's state on one test batch: each row's current example and whether the
+    defender classifies it right there (wrong rows only ever grow)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    x_adv: torch.Tensor
+    right: torch.Tensor
+    clean_right: torch.Tensor
+
+    @classmethod
+    def start(cls, view, x: torch.Tensor, y: torch.Tensor) -> "BatchState":
+        x, y = x.detach(), y.detach()
+        with torch.no_grad():
+            right = view(x).argmax(1) == y
+        return cls(x, y, x.clone(), right, right.clone())
+
+
 def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(x_adv, x - eps), x + eps).clamp(0.0, 1.0)
 
 
-def _craft(attack: Attack, defender, view, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    if attack.name in OWN_VIEW_ATTACKS:
-        fn = attack.crafting_view(defender, x)
+# ====================================================================== acceptance
+def accept(view, groups: torch.Tensor, st: BatchState, free: torch.Tensor,
+           cand: torch.Tensor) -> None:
+    """Fold the candidates ``cand`` for rows ``free`` (rows the defender classifies right)
+    into ``st`` so that no wrong row becomes right (see the module's docstring): per group,
+    the whole proposal if it breaks a row and undoes none; otherwise each candidate alone, in
+    turn (round k tries every such group's k-th candidate in one forward), where it does the
+    same."""
+    if len(free) == 0:
+        return
+    y = st.y
+    if getattr(view, "rows_independent", False):
+        with torch.no_grad():
+            fooled = view(cand).argmax(1) != y[free]
+        take = free[fooled]
+        st.x_adv[take] = cand[fooled]
+        st.right[take] = False
+        return
+    dev = y.device
+    all_groups = torch.unique(groups)
+    active = torch.unique(groups[free])
+
+    def cut(sel_groups: torch.Tensor):
+        """(rows of ``sel_groups`` in order, the defender's view on exactly those rows)."""
+        rows = torch.isin(groups, sel_groups).nonzero().squeeze(1)
+        try:
+            return rows, _restricted(view, sel_groups.cpu())
+        except ValueError:  # a view that cannot be cut: every row goes through
+            return torch.arange(len(y), device=dev), view
+
+    rows, sub = cut(active)
+    if len(rows) == len(y):
+        active = all_groups
+    local = torch.searchsorted(active, groups[rows])  # group of each row: 0..len(active)-1
+    pos = torch.full((len(y),), -1, dtype=torch.long, device=dev)
+    pos[rows] = torch.arange(len(rows), device=dev)
+    free_local = pos[free]
+    template = st.x_adv[rows].clone()
+    right = st.right[rows].clone()
+    proposal = template.clone()
+    proposal[free_local] = cand
+    with torch.no_grad():
+        new_right = sub(proposal).argmax(1) == y[rows]
+    n_groups = len(active)
+
+    def per_group(mask: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_groups, device=dev).index_add_(0, where, mask.float()) > 0
+
+    ok = per_group(right & ~new_right, local) & ~per_group(~right & new_right, local)
+    take = ok[local]
+    template[take] = proposal[take]
+    right[take] = new_right[take]
+    # one candidate at a time in the groups whose whole proposal was not taken
+    rest = ~ok[local[free_local]]
+    todo_rows, todo_cand = free_local[rest], cand[rest]
+    changed = (todo_cand != template[todo_rows]).flatten(1).any(1)
+    todo_rows, todo_cand = todo_rows[changed], todo_cand[changed]
+    if len(todo_rows):
+        g_of = local[todo_rows]
+        order = torch.argsort(g_of, stable=True)
+        todo_rows, todo_cand, g_of = todo_rows[order], todo_cand[order], g_of[order]
+        rank = torch.arange(len(g_of), device=dev) - torch.searchsorted(g_of, g_of)
+        for k in range(int(rank.max()) + 1):
+            pick = rank == k
+            t_rows, t_cand, t_g = todo_rows[pick], todo_cand[pick], g_of[pick]
+            r_rows, r_sub = cut(active[t_g])  # only the groups tried in this round
+            if bool((pos[r_rows] < 0).any()):  # that cut fell back to the whole batch
+                r_rows, r_sub = rows, sub
+            r_pos = pos[r_rows]
+            trial = template[r_pos].clone()
+            back = torch.full((len(rows),), -1, dtype=torch.long, device=dev)
+            back[r_pos] = torch.arange(len(r_pos), device=dev)
+            trial[back[t_rows]] = t_cand
+            with torch.no_grad():
+                t_right = r_sub(trial).argmax(1) == y[rows][r_pos]
+            r_local = local[r_pos]
+            was = right[r_pos]
+            good = per_group(was & ~t_right, r_local) & ~per_group(~was & t_right, r_local)
+            keep = good[r_local]
+            template[r_pos[keep]] = trial[keep]
+            right[r_pos[keep]] = t_right[keep]
+    st.x_adv[rows] = template
+    st.right[rows] = right
+
+
+# ====================================================================== one member
+def _source_view(defender, spec: str, st: BatchState, free: torch.Tensor):
+    """The view a transfer source crafts the free rows through: PN directly; BN (or any
+    coupled view) over the whole test batch with the other rows pinned at their examples."""
+    from .shaping import BNClassifier, PNClassifier, parse_classifier
+
+    model = defender.model
+    if spec == "pn":
+        base = PNClassifier(model)
+    elif spec == "bn":
+        base = BNClassifier(model)
     else:
-        fn = view
-    return attack.craft(fn, x, y)[0].detach()
+        base = parse_classifier(spec, model, getattr(defender, "pool", None))
+    view = defender_view(base, len(st.x))
+    if getattr(view, "rows_independent", False):
+        return view
+    return PinnedRowsView(view, st.x_adv, free)
 
 
-def applicable(name: str, defender) -> bool:
-    """Adaptive attacks target shaped inference only."""
-    from .shaping import ShapedClassifier
-
-    return name not in ADAPTIVE_ATTACKS or isinstance(defender, ShapedClassifier)
-
-
-def defender_view(defender, n: int):
-    """The defender's own, deterministic norms for a call on n rows: PN, BN, or its exact
-    shaped batches (the reference draw of its next call)."""
-    from .shaping import ShapedClassifier
-
-    if isinstance(defender, ShapedClassifier):
-        return defender.with_exact_references(n)
-    return defender
+def run_member(defender, view, groups: torch.Tensor, attack: Attack, st: BatchState, *,
+               eps: float) -> StageRecord:
+    """One member of the ensemble on one test batch: attack the rows still right (in the
+    groups holding one, the others pinned), fold the candidates in with ``accept``."""
+    t0 = time.perf_counter()
+    n_before = int(st.right.sum())
+    before = st.right.clone()
+    model = getattr(defender, "model", None)
+    counter = counting_rows(model) if model is not None else contextlib.nullcontext(Cost())
+    with counter as cost:
+        if n_before:
+            free = st.right.nonzero().squeeze(1)
+            if isinstance(attack, Transfer):
+                for spec in transfer_sources(defender):
+                    free = st.right.nonzero().squeeze(1)
+                    if not len(free):
+                        break
+                    src = _source_view(defender, spec, st, free)
+                    for cand in attack.candidates(src, st.x[free], st.y[free]):
+                        still = st.right[free]  # rows an earlier candidate broke are done
+                        accept(view, groups, st, free[still],
+                               _project(cand[still], st.x[free][still], eps))
+                        if not bool(st.right[free].any()):
+                            break
+            else:
+                if getattr(view, "rows_independent", False):
+                    craft_view = view
+                else:
+                    active = torch.unique(groups[free])
+                    rows = torch.isin(groups, active).nonzero().squeeze(1)
+                    try:
+                        sub = _restricted(view, active.cpu())
+                    except ValueError:
+                        rows, sub = torch.arange(len(st.x), device=st.x.device), view
+                    pos = torch.full((len(st.x),), -1, dtype=torch.long, device=st.x.device)
+                    pos[rows] = torch.arange(len(rows), device=st.x.device)
+                    craft_view = PinnedRowsView(sub, st.x_adv[rows], pos[free])
+                if attack.name in OWN_VIEW_ATTACKS:
+                    craft_view = attack.crafting_view(defender, st.x[free])
+                with torch.enable_grad():
+                    cand = attack.craft(craft_view, st.x[free], st.y[free])[0].detach()
+                accept(view, groups, st, free, _project(cand, st.x[free], eps))
+    broken = before & ~st.right
+    return StageRecord(attack.name, n_before, int(broken.sum()), int(st.right.sum()),
+                       time.perf_counter() - t0, st.right.clone(), broken, cost)
 
 
 def worst_case(defender, attacks: Sequence[Attack], x: torch.Tensor, y: torch.Tensor, *,
-               eps: float) -> WorstCaseResult:
+               eps: float, on_member: Optional[Callable[[StageRecord], None]] = None
+               ) -> WorstCaseResult:
     """Per-sample worst case of ``attacks`` (run in order) against ``defender`` on one test
-    batch, crafted through the defender's own norms (``defender_view``)."""
-    x, y = x.detach(), y.detach()
+    batch, crafted through the defender's own norms (``defender_view``) and, for the
+    ``transfer`` member, through the norms of ``defender.transfer_from``."""
     n = len(x)
     view = defender_view(defender, n)
     groups = row_groups(view, n).to(x.device)
-    with torch.no_grad():
-        right = view(x).argmax(1) == y
-    clean_right = right.clone()
-    x_adv = x.clone()
+    st = BatchState.start(view, x, y)
     stages, skipped = [], []
     for attack in attacks:
         if not applicable(attack.name, defender):
             skipped.append(attack.name)
             continue
-        if not bool(right.any()):
-            stages.append(StageRecord(attack.name, 0, 0, 0, 0.0, right.clone(),
-                                      torch.zeros_like(right)))
-            continue
-        t0 = time.perf_counter()
-        independent = bool(getattr(view, "rows_independent", False))
-        if independent:
-            rows = right.nonzero().squeeze(1)
-            sub_view = view
-        else:
-            active_groups = torch.unique(groups[right])
-            rows = torch.isin(groups, active_groups).nonzero().squeeze(1)
-            try:
-                sub_view = _restricted(view, active_groups.cpu())
-            except ValueError:  # a view that cannot be cut: every row goes through
-                rows, sub_view = torch.arange(n, device=x.device), view
-        free_local = right[rows].nonzero().squeeze(1)
-        free = rows[free_local]
-        template = x_adv[rows]
-        craft_view = sub_view if independent else PinnedRowsView(sub_view, template, free_local)
-        cand = _project(_craft(attack, defender, craft_view, x[free], y[free]), x[free], eps)
-        with torch.no_grad():
-            proposal = template.clone()
-            proposal[free_local] = cand
-            new_right = sub_view(proposal).argmax(1) == y[rows]
-            if independent:
-                accept_rows = ~new_right
-            else:  # a group's result is taken only if fewer of its rows are then right
-                g_rows = groups[rows]
-                before = torch.zeros(int(groups.max()) + 1, device=x.device).index_add_(
-                    0, g_rows, right[rows].float())
-                after = torch.zeros_like(before).index_add_(0, g_rows, new_right.float())
-                accept_rows = (after < before)[g_rows]
-            n_before = int(right.sum())
-            before_mask = right.clone()
-            take = rows[accept_rows]
-            x_adv[take] = proposal[accept_rows]
-            right[take] = new_right[accept_rows]
-        stages.append(StageRecord(attack.name, len(free), n_before - int(right.sum()),
-                                  int(right.sum()), time.perf_counter() - t0, right.clone(),
-                                  before_mask & ~right))
+        rec = run_member(defender, view, groups, attack, st, eps=eps)
+        stages.append(rec)
+        if on_member is not None:
+            on_member(rec)
     with torch.no_grad():
-        robust = view(x_adv).argmax(1) == y
-    return WorstCaseResult(x_adv, robust, clean_right, right.clone(), stages, skipped)
+        robust = view(st.x_adv).argmax(1) == st.y
+    return WorstCaseResult(st.x_adv, robust, st.clean_right, st.right.clone(), stages, skipped)
 
 
+# ====================================================================== the ensemble
 def make_ensemble(members: Sequence[str], *, eps: float, seed: int = 0, steps: int = 100,
                   restarts: int = 1, n_queries: Optional[int] = None,
                   n_target_classes: Optional[int] = None, pgd_steps: int = 20,
-                  cw_steps: int = 100, reference_pool=None, eot_draws: int = 8
+                  cw_steps: int = 100, reference_pool=None, eot_draws: int = 8,
+                  apgd_restarts: Optional[int] = None, vector_input: bool = False
                   ) -> List[Attack]:
-    """The ensemble's attacks with their settings: APGD-type attacks ``steps`` iterations,
-    PGD-type ones ``pgd_steps``, Square ``n_queries``."""
+    """The ensemble's attacks with their settings: APGD-type attacks and transfer ``steps``
+    iterations, PGD-type ones ``pgd_steps``, Square ``n_queries``. APGD-CE runs
+    ``apgd_restarts`` times (None: ``APGD_RESTARTS_VECTORS`` on vector inputs, else
+    ``restarts``)."""
     out = []
     for name in members:
         kw = dict(eps=eps, seed=seed, restarts=restarts, eot_draws=eot_draws)
-        if name.startswith("apgd") or name == "fab_t":
+        if name.startswith("apgd") or name in ("fab_t", "transfer"):
             kw["steps"] = steps
         elif name == "cw":
             kw["steps"] = cw_steps
         else:
             kw["steps"] = pgd_steps
+        if name == "apgd":
+            kw["restarts"] = (apgd_restarts if apgd_restarts is not None else
+                              max(restarts, APGD_RESTARTS_VECTORS) if vector_input else restarts)
         if n_queries is not None:
             kw["n_queries"] = n_queries
         if n_target_classes is not None:

@@ -33,12 +33,12 @@ LAYERS: List[List[str]] = [
     # 3 training and what it writes
     ["training", "objectives", "checkpoints", "distributed", "runlock"],
     # 4 measuring trained models
-    ["evaluation", "worst_case", "diagnostics", "projections", "experiments"],
+    ["evaluation", "eval_work", "worst_case", "diagnostics", "projections", "experiments"],
     # 5 figures (plotly; the Playground's live regions with Pillow)
     ["figures"],
     # 6 entry points: the package's public API, the command line, the app-facing jobs and
     #   playground, the reproduce pipeline and the confounding sweep
-    ["", "__main__", "cli", "jobs", "playground", "reproduce", "sweep"],
+    ["", "__main__", "cli", "jobs", "playground", "reproduce", "report", "sweep"],
 ]
 
 # argparse only in the command-line layer.

@@ -156,7 +156,7 @@ add(OK, DIAG, "--json", "{out}/d.json",
 for flags in (["--dataset", "imagenet"], ["--epochs", "0"], ["--epochs", "-1"],
               ["--seed", "-1"], ["--seed", BIG], ["--n-test", "0"], ["--only", "nope"],
               ["--only", ","], ["--threads", "0"], ["--device", "tpu"],
-              ["--worst-n-test", "0"], ["--worst-target-classes", "0"],
+              ["--worst-n-test", "0"], ["--worst-n-test-others", "0"],
               ["--table-iv-worst-n-test", "-1"]):
     add(E, REPRO, *flags)
 for out in ("{file}", "{ro}"):

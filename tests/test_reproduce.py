@@ -7,8 +7,8 @@ import torch
 
 from normshape_core.checkpoints import find_checkpoints, load_checkpoint
 from normshape_core.config import TrainConfig
-from normshape_core.reproduce import (PAPER_SET, dataset_section, evaluate_set, load_results,
-                                      train_set, verdicts)
+from normshape_core.report import dataset_section, summary_markdown, verdicts
+from normshape_core.reproduce import PAPER_SET, evaluate_set, load_results, train_set
 from normshape_core.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,8 @@ def _small_repro(out: Path):
     runs = train_set("moons", out, specs=SMALL, overrides={"epochs": 10}, progress=False,
                      log=lambda *_: None)
     return evaluate_set(runs, "moons", n_test=400, table_attacks=["pgd"], diagnostics=False,
-                        worst=dict(n_test=100, table_iv_n_test=50), log=lambda *_: None)
+                        worst=dict(n_test=100, table_iv_n_test=50), log=lambda *_: None,
+                        worst_budget=dict(apgd_steps=20, square_queries=200))
 
 
 @pytest.fixture(scope="module")
@@ -49,35 +50,58 @@ def test_small_reproduction_shows_the_moons_effects(small):
     assert pgd["robust_acc"] >= nat["robust_acc"] + 0.2, msg
     assert nat["clean_acc"] >= pgd["clean_acc"] + 0.03, msg
     assert shaped["clean_acc"] >= pgd["clean_acc"] + 0.03, msg
-    claims = {c: v for c, v, _ in verdicts(small)}
+    claims = {v.claim: v for v in verdicts(small)}
     key = next(c for c in claims if c.startswith("clean accuracy: PGD-AT"))
-    assert claims[key] == "reproduced"
+    assert claims[key].verdict == "reproduced", claims[key].numbers
+    assert "McNemar exact p" in claims[key].numbers and "n=400" in claims[key].numbers
 
 
 def test_small_reproduction_has_the_worst_case_beside_the_paper_protocol(small):
     """Every robust number of Tables I-III also as the worst case through the classifier's
-    own norms, on the same samples as a PGD-20 row, never above it; Table IV's worst case
-    on its own sample count; the verdicts are re-derived on the worst case."""
+    own norms plus transfer, never above PGD-20 on the same samples (the first n of the same
+    seeded subset); Table IV's worst case on its own sample count; the verdicts are paired
+    tests, and every accuracy of the report carries its interval."""
+    from normshape_core.stats import unpack_mask
+
     assert small["n_test_worst"] == 100 and small["n_test_table_iv_worst"] == 50
     for key in ("natural", "pgd/adv-only", "pgd/shaping-in-attack+training"):
         rows = small["runs"][key]["rows"]
         worst = [r for r in rows if r["attack"] == "worst_case" and r["n"] == 100]
         assert {w["classified_with"] for w in worst} >= {"PN", "BN", "shaped 1:9 (g=10)"}
         for w in worst:
-            pgd = next(r for r in rows if r["attack"] == "pgd" and r["n"] == 100 and
+            pgd = next(r for r in rows if r["attack"] == "pgd" and r["n"] == 400 and
                        r["crafted_with"] == "PN" and r["classified_with"] == w["classified_with"])
-            assert w["robust_acc"] <= pgd["robust_acc"] + 1e-9, (key, w, pgd)
-            assert w["crafted_with"] == {"PN": "PN", "BN": "BN"}.get(w["classified_with"],
-                                                                    "BN (exact refs)")
+            pgd_first = unpack_mask(pgd["robust_mask"], 400)[:100]
+            robust = unpack_mask(w["robust_mask"], 100)
+            assert sum(robust) <= sum(pgd_first), (key, w["classified_with"])
+            assert w["crafted_with"] == {
+                "PN": "PN", "BN": "BN + transfer from PN"}.get(
+                w["classified_with"], "BN (exact refs) + transfer from PN, BN")
+            assert w["robust_ci"][0] <= w["robust_acc"] <= w["robust_ci"][1]
     iv = [r for r in small["runs"]["pgd/shaping-in-attack+training"]["rows"]
           if r["attack"] == "worst_case" and r["n"] == 50]
     assert {r["ratio"] for r in iv} == {"1:0", "1:1", "1:3", "1:9", "1:19", "1:49"}
-    claims = [c for c, _, _ in verdicts(small)]
-    assert any(c.startswith("robustness, worst case per sample") for c in claims)
+    claims = [v.claim for v in verdicts(small)]
+    assert any("worst case through the own norms" in c for c in claims)
     assert any(c.startswith("no gradient masking") for c in claims)
-    assert any(c.startswith("Table IV (worst case") for c in claims)
+    # one training ratio only here (1:3): Table IV's claims compare training ratios, so none
+    assert not any(c.startswith("Table IV") for c in claims)
+    for v in verdicts(small):
+        assert v.verdict in ("reproduced", "reversed", "inconclusive at 95 %", "holds",
+                             "does not hold", "not reproduced", "not reproduced (reversed)")
     text = dataset_section(small)
     assert "worst case per sample beside the paper's protocol" in text
+    # every accuracy cell of the report's tables carries its interval
+    import re
+    for section in text.split("### ")[1:]:
+        title = section.splitlines()[0]
+        if "confounding" in title or "verdicts" in title or "settings" in title:
+            continue
+        for line in section.splitlines():
+            if line.startswith("| ") and "---" not in line:
+                for value in re.findall(r"(?<!p < )(?<!p = )\b[01]\.\d{3}\b(?! \[)", line):
+                    assert False, f"an accuracy without its interval: {value} in {line}"
+    assert "summary" in summary_markdown([small])
 
 
 def test_reproduce_again_gives_the_same_numbers(small, tmp_path):
@@ -115,14 +139,28 @@ def test_committed_checkpoints_load_and_match_their_results(path):
         assert TrainConfig.from_dict(meta["config"]).resolved().run_name()
 
 
+def _same_weights(model, again, what) -> None:
+    """Bit for bit; a CNN trained on another processor is held to within 5 % of each
+    tensor's largest value instead: oneDNN picks convolution kernels by instruction set
+    (AVX-512 or AVX2), whose float sums differ in the last bits and drift by ~1e-3 over 30
+    epochs (measured: digits' natural model, 0.5e-4 to 4.9e-3 per tensor). The same machine
+    gives the same weights bit for bit (``test_training``'s re-run tests)."""
+    for k, v in model.state_dict().items():
+        w = again.model.state_dict()[k]
+        if torch.equal(v, w):
+            continue
+        assert v.dtype.is_floating_point, (what, k)
+        tol = 0.05 * float(v.abs().max()) + 1e-6
+        assert float((v - w).abs().max()) <= tol, (what, k, float((v - w).abs().max()), tol)
+
+
 @pytest.mark.parametrize("dataset", ["moons", "digits"])
 def test_committed_metadata_regenerates_its_checkpoint(dataset):
-    """A shipped checkpoint's metadata is enough to train it again, bit for bit."""
+    """A shipped checkpoint's metadata is enough to train it again (``_same_weights``)."""
     meta_path = next((ROOT / "checkpoints" / dataset).glob("*natural*/model.json"))
     model, meta = load_checkpoint(meta_path.parent)
     again = train(TrainConfig.from_dict(meta["config"]))
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, again.model.state_dict()[k]), k
+    _same_weights(model, again, dataset)
 
 
 # One shipped adversarial run per shaping mode, both adversarial objectives: the crafting
@@ -134,7 +172,7 @@ def test_committed_metadata_regenerates_its_checkpoint(dataset):
 def test_committed_adversarial_metadata_regenerates_its_checkpoint(run):
     model, meta = load_checkpoint(ROOT / "checkpoints" / "moons" / run)
     again = train(TrainConfig.from_dict(meta["config"]))
-    for k, v in model.state_dict().items():
+    for k, v in model.state_dict().items():  # an MLP: the same on every x86 processor
         assert torch.equal(v, again.model.state_dict()[k]), (run, k)
 
 
@@ -145,3 +183,5 @@ def test_reproduction_md_tables_match_the_results_files():
         section = dataset_section(load_results(path))
         assert section in text, (f"REPRODUCTION.md is out of date for {path.parent.name}: "
                                  f"regenerate with python -m normshape_core report")
+    summary = summary_markdown([load_results(p) for p in COMMITTED])
+    assert summary in text, "REPRODUCTION.md's summary is out of date: run report"

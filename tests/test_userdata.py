@@ -91,7 +91,8 @@ def test_reproduce_writes_its_results_beside_the_checkpoints(tmp_path, monkeypat
     monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
     ckpt = _checkpoint(tmp_path / "checkpoints" / "run")
     res = evaluate_set({"natural": ckpt}, "moons", n_test=60, table_attacks=["fgsm"],
-                       diagnostics=False, log=lambda *_: None)
+                       diagnostics=False, log=lambda *_: None,
+                       worst_budget=dict(apgd_steps=10, square_queries=50))
     assert res["runs"]["natural"]["rows"]
     assert (ckpt / "model.eval.json").exists()
     assert not (tmp_path / "home" / "evaluations").exists()

@@ -226,20 +226,30 @@ def _cli(*args, cwd=None):
                           capture_output=True, text=True, cwd=cwd or ROOT, timeout=300)
 
 
-def test_cli_evaluate_autoattack_json_rows(tmp_path):
+def test_cli_evaluate_default_ensemble_json_rows_carry_intervals(tmp_path):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(MOONS_SHAPED, ckpt)
     out = tmp_path / "out.json"
-    r = _cli("evaluate", ckpt, "--attacks", "autoattack", "--classify", "pn,shaped:1:9",
-             "--json", out, "--n-test", "100", "--apgd-steps", "10", "--square-queries", "30")
+    r = _cli("evaluate", ckpt, "--attacks", "default", "--classify", "pn,shaped:1:9",
+             "--json", out, "--n-test", "100", "--apgd-steps", "10", "--square-queries", "30",
+             "--apgd-restarts", "2")
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())
     worst = [x for x in rows if x["attack"] == WORST]
     assert {w["classified_with"] for w in worst} == {"PN", "shaped 1:9 (g=10)"}
-    members = [x for x in rows if x["attack"] != WORST]
-    assert {m["attack"] for m in members} == set(ensemble_members("autoattack"))
+    shaped = [x for x in rows if x["attack"] != WORST and x["classified_with"] != "PN"]
+    assert [m["attack"] for m in shaped] == ensemble_members("default")
+    pn = [x for x in rows if x["attack"] != WORST and x["classified_with"] == "PN"]
+    assert "transfer" not in {m["attack"] for m in pn}  # no other norms to transfer from
     assert all(x["crafted_with"] and x["classified_with"] for x in rows)
+    for x in rows:  # every accuracy with its interval, its n, and the outcomes behind it
+        lo, hi = x["robust_ci"]
+        assert lo <= x["robust_acc"] <= hi and x["n"] == 100
+        assert x["interval"].startswith("95 % Clopper-Pearson")
+        assert len(x["robust_mask"]) == 25
     assert "worst case per sample" in r.stdout and "re-checked by the defender" in r.stdout
+    assert "Clopper-Pearson" in r.stdout
+    assert "<= " in r.stderr and "to go" not in r.stderr.splitlines()[-1]  # bound lines
 
 
 @pytest.mark.parametrize("args", [

@@ -54,10 +54,11 @@ from .deepfool import DeepFool, DeepFoolSettings
 from .fab_t import FABTargeted, FABTSettings, fab_run, linf_to_hyperplane
 from .fgsm import FGSM, FGSMSettings
 from .pgd import PGD, PGDSettings, pgd_linf, pgd_with_restarts
-from .registry import (ADAPTIVE_ATTACKS, ATTACK_ALIASES, ATTACKS, LINF_ATTACKS, make_attack,
-                       parse_attack_names, zero_gradient_fraction)
+from .registry import (ADAPTIVE_ATTACKS, ATTACK_ALIASES, ATTACKS, ENSEMBLE_ONLY_ATTACKS,
+                       LINF_ATTACKS, make_attack, parse_attack_names, zero_gradient_fraction)
 from .shaping_attack import ShapingAttack, ShapingAttackSettings, ShapingBatchView
 from .square import Square, SquareSettings, square_fraction
+from .transfer import Transfer, TransferSettings
 from .threat import (L2, L2_MINIMAL, LINF, L2Ball, LinfBall, linf_bounds, project_linf,
                      random_start_linf)
 

@@ -12,7 +12,8 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .base import LINF, Attack, BestIterate, dlr_loss, per_row, per_sample_ce, until_fooled
+from .base import (LINF, Attack, BestIterate, dlr_loss, per_row, per_sample_ce,
+                   rows_independent, until_fooled)
 from .threat import LinfBall
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -52,22 +53,34 @@ def _loss_grad(fn, x_adv, y, loss_fn: LossFn, active: Optional[torch.Tensor]):
 
 
 def apgd_run(fn, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, s: APGDSettings,
-             x_start: torch.Tensor, active: Optional[torch.Tensor] = None) -> BestIterate:
+             x_start: torch.Tensor, active: Optional[torch.Tensor] = None, *,
+             keep_last: bool = False) -> BestIterate:
     """One APGD run (Alg. 1) from ``x_start``: step 2*eps, momentum ``s.momentum``, at each
     checkpoint the step of a sample is halved and the sample restarted from its highest-loss
     point when its loss stalled (condition 1: increased in fewer than ``rho`` of the steps
     since the last checkpoint; condition 2: step and best loss unchanged since then).
     ``active`` [N] bool: only these rows move (the others stay at ``x_start``, for views
     whose rows are coupled); every call to ``fn`` carries all rows given. Returns the
-    per-sample best iterate (first misclassified, else lowest margin)."""
+    per-sample best iterate (first misclassified, else lowest margin; ``keep_last``: the last
+    misclassified, the example to transfer to other norms).
+
+    Through a row-independent view (PN) a sample stops iterating once it is misclassified:
+    its best iterate is then fixed (the first misclassified one), so the rest of its run
+    could not change the result; the run forwards only the samples still to fool. Exact per
+    sample, since no row's trajectory depends on another's. A loss with per-row arguments
+    (APGD-T's targets) must then offer ``take(sel)``: the loss of the rows ``sel``."""
     ball = LinfBall(float(s.eps))
     n = len(x)
     marks = set(apgd_checkpoints(s.steps))
+    shrink = active is None and not keep_last and rows_independent(fn)
     keep = None if active is None else per_row(active, x)
+    best = BestIterate(x_start, last=keep_last)
+    # rows still iterating (all of them unless ``shrink``); per-row state below is for these
+    idx = torch.arange(n, device=x.device)
+    xs, ys = x, y
     step = torch.full((n,) + (1,) * (x.dim() - 1), 2 * ball.eps, device=x.device, dtype=x.dtype)
     x_adv = x_start.detach().clone()
     loss, grad, logits = _loss_grad(fn, x_adv, y, loss_fn, active)
-    best = BestIterate(x_adv)
     best.update(x_adv, logits, y, active)
     # x_max: the highest-loss point, where a stalled sample restarts (not what is returned)
     x_max, loss_max, grad_max = x_adv.clone(), loss.clone(), grad.clone()
@@ -78,16 +91,32 @@ def apgd_run(fn, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, s: APGDSetti
     halved_at_mark = torch.ones(n, dtype=torch.bool, device=x.device)  # no condition 2 at w_1
     x_prev = x_adv.clone()
     for i in range(s.steps):
+        if shrink:
+            alive = ~best.fooled[idx]
+            if not bool(alive.all()):
+                if not bool(alive.any()):
+                    break
+                sel = alive.nonzero().squeeze(1)
+                idx, xs, ys = idx[sel], xs[sel], ys[sel]
+                if hasattr(loss_fn, "take"):  # a loss with per-row arguments (targets)
+                    loss_fn = loss_fn.take(sel)
+                (step, x_adv, x_prev, grad, loss_prev, x_max, loss_max, grad_max, increases,
+                 loss_max_at_mark, halved_at_mark) = (
+                    t[sel] for t in (step, x_adv, x_prev, grad, loss_prev, x_max, loss_max,
+                                     grad_max, increases, loss_max_at_mark, halved_at_mark))
         with torch.no_grad():
             a = s.momentum if i > 0 else 1.0
-            z = ball.project(ball.step(x_adv, grad, step), x)
-            x_new = ball.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), x)
+            z = ball.project(ball.step(x_adv, grad, step), xs)
+            x_new = ball.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), xs)
             if keep is not None:
                 x_new = torch.where(keep, x_new, x_adv)
             x_prev, x_adv = x_adv, x_new
-        loss, grad, logits = _loss_grad(fn, x_adv, y, loss_fn, active)
+        loss, grad, logits = _loss_grad(fn, x_adv, ys, loss_fn, active)
         with torch.no_grad():
-            best.update(x_adv, logits, y, active)
+            if shrink:
+                best.update_rows(idx, x_adv, logits, ys)
+            else:
+                best.update(x_adv, logits, ys, active)
             increases += (loss > loss_prev).float()
             loss_prev = loss
             higher = loss > loss_max

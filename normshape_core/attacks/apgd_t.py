@@ -23,10 +23,23 @@ class APGDTSettings:
     seed: int = 0
 
 
+class TargetedLoss:
+    """The targeted DLR loss towards per-row targets; ``take(sel)`` gives the loss of a
+    subset of the rows (APGD drops rows it has fooled)."""
+
+    def __init__(self, targets: torch.Tensor):
+        self.targets = targets
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return targeted_dlr_loss(logits, y, self.targets)
+
+    def take(self, sel: torch.Tensor) -> "TargetedLoss":
+        return TargetedLoss(self.targets[sel])
+
+
 def _targeted_loss(targets: torch.Tensor):
     def make_loss(rows):
-        t = targets[rows]
-        return lambda logits, y: targeted_dlr_loss(logits, y, t)
+        return TargetedLoss(targets[rows])
     return make_loss
 
 

@@ -111,12 +111,17 @@ def targeted_dlr_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
 class BestIterate:
     """Per sample, the best example seen so far: the first misclassified one found, otherwise
     the one with the lowest margin z_y - max_{i != y} z_i (never simply the last iterate).
-    ``fooled`` [N] bool, ``margin`` [N] (+inf before any update), ``x_adv`` [N, ...]."""
+    ``fooled`` [N] bool, ``margin`` [N] (+inf before any update), ``x_adv`` [N, ...].
 
-    def __init__(self, x: torch.Tensor):
+    ``last=True``: a misclassified iterate replaces an earlier misclassified one (the last
+    misclassified iterate is kept, as AutoAttack's ``x_best_adv``): the deeper example, which
+    transfers better to other norms than the first one across the boundary."""
+
+    def __init__(self, x: torch.Tensor, last: bool = False):
         self.x_adv = x.detach().clone()
         self.fooled = torch.zeros(len(x), dtype=torch.bool, device=x.device)
         self.margin = torch.full((len(x),), math.inf, device=x.device)
+        self.last = bool(last)
 
     @torch.no_grad()
     def update(self, x_adv: torch.Tensor, logits: torch.Tensor, y: torch.Tensor,
@@ -124,10 +129,30 @@ class BestIterate:
         """Fold in one iterate; ``rows`` [N] bool restricts the update to those rows."""
         wrong = logits.argmax(1) != y
         m = margin(logits.detach(), y).to(self.margin.dtype)
-        take = ~self.fooled & (wrong | (m < self.margin))
+        if self.last:
+            take = wrong | (~self.fooled & (m < self.margin))
+        else:
+            take = ~self.fooled & (wrong | (m < self.margin))
         if rows is not None:
             take &= rows
         self._take(take, x_adv.detach(), m, wrong)
+
+    @torch.no_grad()
+    def update_rows(self, idx: torch.Tensor, x_adv: torch.Tensor, logits: torch.Tensor,
+                    y: torch.Tensor) -> None:
+        """Fold in one iterate of the rows ``idx`` only (``x_adv``, ``logits``, ``y`` given
+        for those rows): the same rule as ``update``."""
+        wrong = logits.argmax(1) != y
+        m = margin(logits.detach(), y).to(self.margin.dtype)
+        fooled, best_m = self.fooled[idx], self.margin[idx]
+        if self.last:
+            take = wrong | (~fooled & (m < best_m))
+        else:
+            take = ~fooled & (wrong | (m < best_m))
+        sel = idx[take]
+        self.x_adv[sel] = x_adv.detach()[take]
+        self.margin[sel] = m[take]
+        self.fooled[sel] = fooled[take] | wrong[take]
 
     @torch.no_grad()
     def merge(self, other: "BestIterate", idx: Optional[torch.Tensor] = None) -> None:

@@ -20,11 +20,12 @@ from .fgsm import FGSM
 from .pgd import PGD
 from .shaping_attack import ShapingAttack
 from .square import Square
+from .transfer import Transfer
 
 ATTACKS: Dict[str, Type[Attack]] = {
     a.name: a for a in (FGSM, PGD, APGD, APGDDLR, APGDTargeted, FABTargeted, Square,
                         CarliniWagnerL2, DeepFool, ShapingAttack, AdaptiveExactReferences,
-                        AdaptiveOwnReferencesEOT)
+                        AdaptiveOwnReferencesEOT, Transfer)
 }
 ATTACK_ALIASES: Dict[str, Tuple[str, ...]] = {
     "adaptive": ("adaptive_exact", "adaptive_eot"),
@@ -32,6 +33,9 @@ ATTACK_ALIASES: Dict[str, Tuple[str, ...]] = {
     "apgd-t": ("apgd_t",), "fab-t": ("fab_t",), "square-linf": ("square",), "cw-l2": ("cw",),
     "cw_l2": ("cw",),
 }
+#: members of the worst-case ensembles only: they need the ensemble (transfer hands over
+#: candidates for the defender to judge), so they are not offered as attacks of their own
+ENSEMBLE_ONLY_ATTACKS = ("transfer",)
 #: attacks that target shaped inference only (crafted per shaped classifier)
 ADAPTIVE_ATTACKS = ("adaptive_exact", "adaptive_eot")
 #: attacks with an eps bound (the others are minimal-perturbation attacks)

@@ -25,7 +25,7 @@ def add_diagnose_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--dataset", default=None, help="expected dataset; a checkpoint of "
                         "another dataset is an error")
-    parser.add_argument("--worst-case", default="autoattack", help="ensemble whose worst case "
+    parser.add_argument("--worst-case", default="default", help="ensemble whose worst case "
                         "per sample on the same batch is printed beside the moving-target "
                         "accuracies (through PN and through the batch's own BN); 'none' to skip")
     return document_defaults(parser)

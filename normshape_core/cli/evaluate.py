@@ -9,14 +9,27 @@ from typing import Any, Dict, List, Sequence
 
 import pandas as pd
 
-from ..attacks import ADAPTIVE_ATTACKS, ATTACKS
+from ..attacks import ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS
 from ..config import ConfigError, parse_device
 from ..evaluation import (DEFAULT_GAP_THRESHOLD, WORST, EvalSettings, _check_settings,
                           _parse_craft, ensemble_label, ensemble_log, eps_sweep_checkpoint,
                           evaluate_checkpoint, format_table, parse_classify,
                           parse_ratio_list, rows_of, split_attacks, table_iii, table_iv,
                           table_like_paper, table_worst_case, training_label)
+from ..stats import INTERVAL_NAME
+from ..worst_case import DEFAULT_ENSEMBLE, SQUARE_QUERIES
 from ._common import document_defaults
+
+
+def _print_bound(update) -> None:
+    """A worst case's bound after each member and its final number, on stderr (anytime)."""
+    import sys
+
+    if update.current is None:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"  {update.ensemble} [{update.classified_with}]: {update.text()}",
+                   file=sys.stderr)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -26,8 +39,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    "checkpoint's training eps)")
     p.add_argument("--steps", type=int, default=20, help="PGD steps")
     p.add_argument("--restarts", type=int, default=1, help="PGD / APGD restarts")
-    p.add_argument("--square-queries", type=int, default=1000, help="Square's queries per "
-                   "sample in an ensemble (AutoAttack's standard version: 5000)")
+    p.add_argument("--apgd-restarts", type=int, default=None, help="APGD-CE's runs in an "
+                   "ensemble (default: 5 on vector inputs such as moons, else --restarts)")
+    p.add_argument("--square-queries", type=int, default=SQUARE_QUERIES, help="Square's "
+                   "queries per sample in an ensemble (AutoAttack's standard version)")
     p.add_argument("--target-classes", type=int, default=9, dest="n_target_classes",
                    help="APGD-T's target classes (the top ones other than the label)")
     p.add_argument("--apgd-steps", type=int, default=100, help="iterations of APGD-CE, "
@@ -53,11 +68,14 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``python -m normshape_core evaluate``."""
     parser.add_argument("checkpoint", help="run folder, .safetensors or .json of a checkpoint")
-    parser.add_argument("--attacks", default="pgd,autoattack",
-                        help="comma-separated attacks (" + ", ".join(list(ATTACKS) +
-                                                                   ["adaptive"]) +
-                        ") and ensembles: autoattack (APGD-CE, APGD-T, Square), paper (PGD, "
-                        "C&W, FGSM, DeepFool, shaping) or members joined by + (apgd+square). "
+    parser.add_argument("--attacks", default=f"pgd,{DEFAULT_ENSEMBLE}",
+                        help="comma-separated attacks (" + ", ".join(
+                            [a for a in ATTACKS if a not in ENSEMBLE_ONLY_ATTACKS] +
+                            ["adaptive"]) +
+                        ") and ensembles: default (APGD-CE, transfer from other norms, "
+                        "APGD-DLR, APGD-T, Square), full (+ FAB-T), autoattack (APGD-CE, "
+                        "APGD-T, FAB-T, Square), paper (PGD, C&W, FGSM, DeepFool, shaping) or "
+                        "members joined by + (apgd+transfer+square). "
                         "An attack is crafted with --craft norms and classified with every "
                         "--classify mode (the paper's protocol); an ensemble gives the worst "
                         "case per sample through each classifier's own norms (PN, BN, exact "
@@ -84,7 +102,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 def _settings_from_args(args, **extra) -> Dict[str, Any]:
     keys = ("n_test", "eps", "steps", "restarts", "seed", "group_size", "batch_size",
             "reference_pool_size", "fresh_references", "fgsm_eps", "apgd_steps", "cw_steps",
-            "eot_draws", "square_queries", "n_target_classes")
+            "eot_draws", "square_queries", "n_target_classes", "apgd_restarts")
     out = {k: getattr(args, k) for k in keys if hasattr(args, k)}
     out.update(extra)
     return out
@@ -107,21 +125,24 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     df, meta = evaluate_checkpoint(
         args.checkpoint, dataset_name=args.dataset, device=args.device,
         use_cache=not args.no_cache, progress=True, gap_threshold=args.gap_threshold,
+        on_bound=_print_bound,
         **_settings_from_args(args, attacks=attacks, ensembles=ensembles, classify=classify,
                               craft=craft))
     name = meta.get("run_name", str(args.checkpoint))
-    print(f"{name}: n={int(df['n'].iloc[0]) if len(df) else 0}, eps={df['eps'].max():g}"
-          + (" (cached)" if df.attrs.get("cached") else ""))
+    n = int(df['n'].iloc[0]) if len(df) else 0
+    print(f"{name}: n={n}, eps={df['eps'].max():g}"
+          + (" (cached)" if df.attrs.get("cached") else "")
+          + f"; every accuracy with its {INTERVAL_NAME} at n={n}")
     main = table_like_paper(df)
     if len(main):
-        print(format_table(main))
+        print(format_table(main, n=n))
     if df["attack"].isin(ADAPTIVE_ATTACKS).any():
         print("\nadaptive attacks (Table III):")
-        print(format_table(table_iii(df)))
+        print(format_table(table_iii(df), n=n))
     worst = table_worst_case(df)
     if len(worst):
         print("\nworst case per sample (the headline) beside the paper's protocol:")
-        print(format_table(worst.drop(columns=["ensemble"])))
+        print(format_table(worst.drop(columns=["ensemble"]), n=n))
         print(ensemble_log(df))
     warnings = list(df.attrs.get("warnings", []))
     if args.eps_sweep:
@@ -178,11 +199,17 @@ def add_grid_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--inference-ratios", default="1:0,1:1,1:3,1:9,1:19,1:49",
                         help="inference ratios adv:clean (comma-separated)")
     parser.add_argument("--attack", default="pgd", help="attack of the grid: pgd (the paper's "
-                        "protocol: crafted with PN) or fgsm / apgd, or an ensemble (autoattack, "
+                        "protocol: crafted with PN) or fgsm / apgd, or an ensemble (default, "
                         "apgd+square): the worst case through each shaped classifier's exact "
                         "shaped batches")
     _add_common(parser)
     return document_defaults(parser)
+
+
+def n_of(dfs: Dict[str, pd.DataFrame]) -> int:
+    """The samples behind a grid's cells (one n for all: the same seeded subset)."""
+    ns = {int(df["n"].iloc[0]) for df in dfs.values() if len(df)}
+    return ns.pop() if len(ns) == 1 else 0
 
 
 def cli_grid(args: argparse.Namespace) -> int:
@@ -193,11 +220,11 @@ def cli_grid(args: argparse.Namespace) -> int:
     singles, ensembles = split_attacks(args.attack)
     if len(singles) + len(ensembles) != 1:
         raise ConfigError("the grid takes one attack or one ensemble (e.g. --attack pgd or "
-                          "--attack autoattack)")
+                          "--attack default)")
     attack = singles[0] if singles else None
     if attack in ADAPTIVE_ATTACKS:
         raise ConfigError("the grid uses one attack crafted once; choose fgsm, pgd or apgd, "
-                          "or an ensemble (autoattack)")
+                          "or an ensemble (default)")
     check_cli_settings(args, attacks=singles, ensembles=ensembles,
                        classify=[f"shaped:{r}" for r in ratios])
     dfs: Dict[str, pd.DataFrame] = {}
@@ -205,8 +232,9 @@ def cli_grid(args: argparse.Namespace) -> int:
     for ckpt in args.checkpoints:
         df, meta = evaluate_checkpoint(
             ckpt, dataset_name=args.dataset, device=args.device, use_cache=not args.no_cache,
-            progress=True, **_settings_from_args(args, attacks=singles, ensembles=ensembles,
-                                                 classify=[f"shaped:{r}" for r in ratios]))
+            progress=True, on_bound=_print_bound,
+            **_settings_from_args(args, attacks=singles, ensembles=ensembles,
+                                  classify=[f"shaped:{r}" for r in ratios]))
         label = training_label(meta)
         if label in dfs:
             label = f"{label} [{Path(ckpt).name}]"
@@ -216,11 +244,13 @@ def cli_grid(args: argparse.Namespace) -> int:
         _print_warnings(df.attrs.get("warnings", []))
     if ensembles:
         print(f"worst case per sample ({ensemble_label(ensembles[0])}), crafted through each "
-              f"classifier's exact shaped batches, classified with shaped inference:")
-        print(format_table(table_iv(dfs, attack=WORST, crafted_with="BN (exact refs)")))
+              f"classifier's exact shaped batches plus transfer, classified with shaped "
+              f"inference; n={n_of(dfs)}, {INTERVAL_NAME} in brackets:")
+        print(format_table(table_iv(dfs, attack=WORST), n=n_of(dfs)))
     else:
-        print(f"{attack} crafted with PN, classified with shaped inference:")
-        print(format_table(table_iv(dfs, attack=attack)))
+        print(f"{attack} crafted with PN, classified with shaped inference; n={n_of(dfs)}, "
+              f"{INTERVAL_NAME} in brackets:")
+        print(format_table(table_iv(dfs, attack=attack), n=n_of(dfs)))
     if args.json:
         atomic_write_json(args.json, json_rows)
     return 0

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from ..config import ConfigError
-from ..reproduce import (PAPER_SET, ReportSettings, ReproduceSettings, dataset_section,
-                         evaluate_set, train_set, update_report)
+from ..report import ReportSettings, dataset_section, update_report
+from ..reproduce import PAPER_SET, ReproduceSettings, evaluate_set, train_set
 
 
 def add_reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -29,15 +29,17 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     p.add_argument("--skip-eval", action="store_true", help="train only (default: off)")
     p.add_argument("--no-worst-case", action="store_true", help="skip the worst-case "
-                   "(autoattack) evaluation, keeping the paper's protocol only (default: off)")
-    p.add_argument("--worst-n-test", type=int, default=None, help="test samples of the worst "
-                   "case (the first of the same subset; default: fashion_mnist 200, else "
-                   "--n-test)")
-    p.add_argument("--worst-target-classes", type=int, default=None, help="APGD-T target "
-                   "classes in the worst case (default: fashion_mnist 3, else 9)")
+                   "evaluation (the default ensemble), keeping the paper's protocol only "
+                   "(default: off)")
+    p.add_argument("--worst-n-test", type=int, default=None, help="test samples of the "
+                   "headline models' worst case (the first of the same subset; default: "
+                   "every evaluated sample)")
+    p.add_argument("--worst-n-test-others", type=int, default=None, help="test samples of "
+                   "the other models' worst case (default: fashion_mnist 200, else every "
+                   "evaluated sample)")
     p.add_argument("--table-iv-worst-n-test", type=int, default=None, help="test samples of "
-                   "Table IV's worst case, 0 = skip (default: digits 100, fashion_mnist 0, "
-                   "else the worst case's)")
+                   "Table IV's worst case per cell, 0 = skip (default: fashion_mnist 200, "
+                   "else every evaluated sample)")
 
 
 def reproduce_settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
@@ -45,7 +47,7 @@ def reproduce_settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
     if args.only is not None:
         only = [k.strip() for k in args.only.split(",") if k.strip()]
     worst = {k: v for k, v in (("n_test", args.worst_n_test),
-                               ("n_target_classes", args.worst_target_classes),
+                               ("others_n_test", args.worst_n_test_others),
                                ("table_iv_n_test", args.table_iv_worst_n_test))
              if v is not None}
     return ReproduceSettings(
@@ -69,11 +71,17 @@ def cli_reproduce(args: argparse.Namespace) -> int:
         print(f"trained {len(runs)} runs in {out} ({time.time() - t0:.0f} s)")
         return 0
     worst = rs.worst
+
+    def save(partial):
+        atomic_write_json(out / "results.json", {**partial, "threads": args.threads,
+                                                 "overrides": overrides})
+
     results = evaluate_set(runs, args.dataset, seed=args.seed, n_test=args.n_test,
                            device=None if args.device == "auto" else args.device,
-                           worst_case=not args.no_worst_case, worst=worst)
+                           worst_case=not args.no_worst_case, worst=worst, save=save)
     results["threads"] = args.threads
     results["overrides"] = overrides
+    results["seconds"] = round(time.time() - t0, 1)
     atomic_write_json(out / "results.json", results)
     print(dataset_section(results))
     print(f"results: {out / 'results.json'} ({time.time() - t0:.0f} s)")
