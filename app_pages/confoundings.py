@@ -86,7 +86,7 @@ def slide_title(results, lessons) -> None:
             ui.show(F.claims_figure(results), key="slide_title", height=fig_height(), columns=2)
     else:
         c2.info("The sweep's results are not shipped with this copy: run `python -m "
-                "normshape_core sweep-confoundings` to make them.")
+                "normshape_core sweep-confoundings --ship` in a checkout to make them.")
 
 
 def lesson_takeaway(conf: str, ch, m, results) -> None:
@@ -135,7 +135,7 @@ if name == "title":
     slide_title(results, lessons)
 elif not results or not lessons:
     st.info("The sweep's results and the lesson checkpoints are not shipped with this copy: "
-            "`python -m normshape_core sweep-confoundings` makes them.")
+            "`python -m normshape_core sweep-confoundings --ship` makes them.")
 else:
     conf = name.split("-")[0]
     cells = {c["id"]: c for c in results["cells"]}

@@ -22,11 +22,11 @@ SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES, the whole batch adversa
 
 st.title("Train")
 ui.explain("Start a run: it trains in its own process, so it goes on while you change pages, "
-           "rerun or refresh the browser, and several runs can go at once. The curves below "
-           "refresh by themselves. A finished run's checkpoint appears on every page. Pause "
-           "holds a run; Stop ends it and keeps the checkpoint of its last completed epoch "
-           "(marked *stopped at epoch k*, listed on every page), which Resume continues to the "
-           "full run. You can pause or stop only the runs this browser session started.")
+           "rerun or refresh the browser, and several runs can go at once. A finished run's "
+           "checkpoint appears on every page. Pause holds a run; Stop ends it and keeps the "
+           "checkpoint of its last completed epoch (marked *stopped at epoch k*, listed on every "
+           "page), which Resume continues to the full run. You control the runs this session "
+           "started; another session's only through the confirmed Stop… and Resume… controls.")
 
 if "owner" not in st.session_state:  # this session's token: kept in job.json, never shown
     st.session_state.owner = secrets.token_hex(16)
@@ -146,5 +146,5 @@ with ui.settings_block("New run"):
     run_form()
 
 st.subheader("Runs")
-any_active = any(j.active for j in jobs.list_jobs(ui.runs_dir()))
-st.fragment(run_every=1.0 if any_active else None)(runs_panel)()
+any_active = any(j.active for j in jobs.list_jobs(ui.runs_dir()))  # idle: every 3 s
+st.fragment(run_every=1.0 if any_active else 3.0)(runs_panel)()

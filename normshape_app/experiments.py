@@ -4,7 +4,6 @@ core (classifiers, attacks, projections) and returns plain results for a figure 
 ``normshape_core.figures``. Pages call these and never import torch."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -100,10 +99,10 @@ def moving_target_trace(path: str, sha: str, ratio: str, batch: int, seed: int, 
 
 # ---------------------------------------------------------------- Confoundings deck
 def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """A shipped JSON file (bounded, a regular file: ``files``), or None."""
+    from normshape_core.files import read_json_or_none
+
+    return read_json_or_none(path, 64 << 20)
 
 
 @st.cache_data(show_spinner=False)

@@ -272,11 +272,11 @@ def compare_settings(attacks: Sequence[str], ratio: str, n_test: int, also_bn: b
 
 @st.cache_data(show_spinner=False)
 def _results_worst(path: str, mtime: float) -> Dict[str, Dict[str, float]]:
-    import json as _json
+    from normshape_core.files import UnreadableFile, read_json
 
     out: Dict[str, Dict[str, float]] = {}
     try:
-        results = _json.loads(Path(path).read_text())
+        results = read_json(path, 64 << 20, "results file")
         n_worst = results.get("n_test_worst", results.get("n_test"))
         for entry in results.get("runs", {}).values():
             for r in entry.get("rows", []):
@@ -284,7 +284,7 @@ def _results_worst(path: str, mtime: float) -> Dict[str, Dict[str, float]]:
                         r.get("ratio") in (None, "1:9"):
                     key = "shaped 1:9" if r.get("ratio") == "1:9" else r["classified_with"]
                     out.setdefault(entry["weights_sha256"], {})[key] = r["robust_acc"]
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (UnreadableFile, OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}
     return out
 

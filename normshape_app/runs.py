@@ -1,6 +1,7 @@
 """The Train page's run widgets: an active run's progress with Pause / Continue / Stop (this
 session's runs; another session's only through a confirmed Stop), and a run's outcome (error
-and log, final metrics, Resume). The runs themselves are background processes
+and log, final metrics, Resume; another session's run only through a confirmed Resume, which
+leaves the run its owner's). The runs themselves are background processes
 (``normshape_core.jobs``); ``st.session_state.owner`` is this session's token."""
 from __future__ import annotations
 
@@ -69,14 +70,29 @@ def run_outcome(j: jobs.JobStatus) -> None:
     if j.state in ("stopped", "lost", "failed"):
         if j.state == "stopped":
             st.warning(f"This run was {j.describe()}.")
-        if st.button("Resume", key=f"resume_{j.name}", help="Continue from the last completed "
-                     "epoch to the full run (the same weights as a run never stopped); you "
-                     "become the run's owner"):
-            try:
-                jobs.resume_job(j.run_dir, owner=st.session_state.owner,
-                                threads=worker_threads(), max_active=max_active_runs(),
-                                runs_root=runs_dir())
-            except jobs.JobError as e:
-                st.error(public_text(e))
-            else:
-                st.rerun(scope="app")
+        if jobs.owns(j, st.session_state.owner):
+            if st.button("Resume", key=f"resume_{j.name}", help="Continue from the last "
+                         "completed epoch to the full run (the same weights as a run never "
+                         "stopped)"):
+                _resume(j, other=False)
+            return
+        with st.popover("Resume…", help="This run belongs to another browser session"):
+            st.caption("This run was started by another session. Resuming it restarts "
+                       "someone else's run, and it stays theirs: they keep Pause and Stop, "
+                       "this session only the confirmed Stop control.")
+            sure = st.checkbox("Yes, resume another session's run", key=f"sure_resume_{j.name}")
+            if st.button("Resume another session's run", key=f"resume_other_{j.name}",
+                         disabled=not sure, type="primary"):
+                _resume(j, other=True)
+
+
+def _resume(j: jobs.JobStatus, other: bool) -> None:
+    """Resume run ``j`` in a new worker (its owner unchanged), then refresh the page."""
+    try:
+        jobs.resume_job(j.run_dir, owner=st.session_state.owner, other=other,
+                        threads=worker_threads(), max_active=max_active_runs(),
+                        runs_root=runs_dir())
+    except jobs.JobError as e:
+        st.error(public_text(e))
+    else:
+        st.rerun(scope="app")

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
+from . import files
 from .faults import fault_point
 
 FORMAT = "normshape-checkpoint"
@@ -86,11 +87,23 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
+def sha256_file(path: str | Path, max_bytes: Optional[int] = None) -> str:
+    """SHA-256 of a regular file of at most ``max_bytes`` (default: the largest weights file
+    a checkpoint may have), checked before reading; ``CheckpointError`` otherwise."""
+    limit = MAX_WEIGHTS_BYTES if max_bytes is None else max_bytes
+    try:
+        files.check_file(path, limit, "file")
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                limit -= len(chunk)
+                if limit < 0:
+                    raise files.UnreadableFile(path, "file grew while being read")
+    except files.UnreadableFile as e:
+        raise CheckpointError(path, e.problem) from None
+    except OSError as e:
+        raise CheckpointError(path, f"cannot be read ({e.strerror or type(e).__name__})") from None
     return h.hexdigest()
 
 
@@ -180,12 +193,19 @@ def read_jsonl(path: str | Path, max_step: Optional[int] = None) -> List[Dict[st
     path = Path(path)
     if not path.exists():
         return rows
-    for line in path.read_text().splitlines():
+    try:
+        text = files.read_text(path, MAX_METRICS_BYTES, "metrics log", errors="replace")
+    except files.UnreadableFile as e:
+        raise CheckpointError(path, e.problem) from None
+    for line in text.splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if max_step is None or row.get("step", 0) <= max_step:
+        if not isinstance(row, dict):
+            continue
+        step = row.get("step", 0)
+        if max_step is None or (isinstance(step, (int, float)) and step <= max_step):
             rows.append(row)
     return rows
 
@@ -201,7 +221,10 @@ def resolve_paths(path: str | Path) -> Tuple[Path, Path]:
     if p.suffix == ".safetensors":
         return p, p.with_suffix(".json")
     if p.exists():
-        head = p.read_bytes()[:2]
+        try:
+            head = files.read_head(p, 2)
+        except files.UnreadableFile as e:
+            raise CheckpointError(p, e.problem) from None
         if head == b"PK" or head[:1] == b"\x80":
             raise CheckpointError(p, "this is a pickle / torch.save file; normshape never unpickles "
                                      "files (they can run code). Checkpoints are .safetensors + .json.")
@@ -228,18 +251,13 @@ def read_meta(path: str | Path) -> Dict[str, Any]:
     """The checkpoint's metadata, validated against the schema (``validate_meta``); no
     weights read, no model built."""
     _, meta_path = resolve_paths(path)
-    if not meta_path.exists():
-        raise CheckpointError(meta_path, "metadata file not found (every checkpoint is a "
-                                         ".safetensors file with a .json beside it)")
     try:
-        if meta_path.stat().st_size > MAX_META_BYTES:
-            raise CheckpointError(meta_path, f"metadata: larger than {MAX_META_BYTES >> 20} MB, "
-                                             "not a normshape model.json")
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
-        raise CheckpointError(meta_path, f"metadata: not valid JSON ({e})") from None
-    except OSError as e:
-        raise CheckpointError(meta_path, f"metadata: cannot be read ({e.strerror})") from None
+        meta = files.read_json(meta_path, MAX_META_BYTES, "metadata")
+    except files.UnreadableFile as e:
+        if e.missing:
+            raise CheckpointError(meta_path, "metadata file not found (every checkpoint is a "
+                                             ".safetensors file with a .json beside it)") from None
+        raise CheckpointError(meta_path, e.problem) from None
     return validate_meta(meta, meta_path)
 
 
@@ -256,6 +274,12 @@ MAX_PARAMETERS = 100_000_000
 MAX_DEPTH = 1000
 MAX_WIDTH = 100_000
 MAX_META_BYTES = 16 * 1024 * 1024
+#: The largest files read from a run folder, checked before reading (``files``): weights of
+#: MAX_PARAMETERS parameters in float64 with as many buffers, plus the header; the resume
+#: state adds the optimizer's moments; the metrics log of a long run is tens of MB.
+MAX_WEIGHTS_BYTES = 16 * MAX_PARAMETERS + MAX_HEADER
+MAX_STATE_BYTES = 4 * MAX_WEIGHTS_BYTES
+MAX_METRICS_BYTES = files.MAX_LOG_BYTES
 #: Settings every checkpoint's config names (the pages read them); the others may be absent
 #: (checkpoints written before they existed) and then have TrainConfig's defaults.
 REQUIRED_CONFIG = ("dataset", "model", "method", "shaping", "ratio", "eps")
@@ -498,13 +522,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
     """
     weights_path, meta_path = resolve_paths(path)
     meta = read_meta(meta_path)
-    if not weights_path.exists():
-        raise CheckpointError(weights_path, "weights file not found")
-    data = weights_path.read_bytes()
     expected = meta.get("weights_bytes")
-    if expected is not None and expected != len(data):
-        raise CheckpointError(weights_path, f"file is {len(data)} bytes but its metadata says "
-                                            f"{expected}: truncated or replaced")
+    try:  # a regular file of the size the metadata says, checked before a byte is read
+        size = files.check_file(weights_path, MAX_WEIGHTS_BYTES, "weights file")
+        if expected is not None and expected != size:
+            raise CheckpointError(weights_path, f"file is {size} bytes but its metadata says "
+                                                f"{expected}: truncated or replaced")
+        data = files.read_bytes(weights_path, size if expected is not None
+                                else MAX_WEIGHTS_BYTES, "weights file")
+    except files.UnreadableFile as e:
+        raise CheckpointError(weights_path, e.problem) from None
     if sha256_bytes(data) != meta["weights_sha256"]:
         raise CheckpointError(weights_path, "SHA-256 of the weights does not match the metadata: "
                                             "the file is corrupt or belongs to another checkpoint")
@@ -522,9 +549,32 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         raise CheckpointError(weights_path, "weights do not fit the model in the metadata "
                                             f"(missing {missing[:3]}, unexpected {unexpected[:3]}, "
                                             f"wrong shape {bad_shape[:3]}): a foreign checkpoint?")
+    check_weight_values(weights_path, tensors, own)
     model.load_state_dict(tensors, strict=True)
     model.to(device).eval()
     return model, meta
+
+
+def check_weight_values(path: str | Path, tensors: Dict[str, torch.Tensor],
+                        own: Dict[str, torch.Tensor]) -> None:
+    """Every weight and running statistic of a floating type and finite (a NaN, inf or
+    integer-typed weight would be evaluated silently as a constant classifier); the model's
+    integer buffers (BN's ``num_batches_tracked``) integer. ``CheckpointError`` names the
+    first tensor that is not."""
+    for name, want in own.items():
+        t = tensors[name]
+        if want.is_floating_point():
+            if not t.is_floating_point():
+                raise CheckpointError(path, f"tensor {name[:60]!r} is {str(t.dtype)[6:]}, not a "
+                                            f"floating-point type: not trained weights")
+            if not bool(torch.isfinite(t).all()):
+                bad = int((~torch.isfinite(t)).sum())
+                raise CheckpointError(path, f"tensor {name[:60]!r} holds {bad} of {t.numel()} "
+                                            f"values that are NaN or infinite: a diverged or "
+                                            f"corrupt run")
+        elif t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise CheckpointError(path, f"tensor {name[:60]!r} is {str(t.dtype)[6:]}, not the "
+                                        f"whole-number type of {str(want.dtype)[6:]}")
 
 
 # ------------------------------------------------------------------ resumable state
@@ -566,8 +616,8 @@ def remove_orphan_states(run_dir: str | Path) -> None:
     state.json a kill never committed). Only while holding the run folder."""
     run_dir = Path(run_dir)
     try:
-        current = json.loads((run_dir / "state.json").read_text()).get("state_file")
-    except (OSError, ValueError, AttributeError):
+        current = files.read_json(run_dir / "state.json", MAX_META_BYTES).get("state_file")
+    except (files.UnreadableFile, AttributeError):
         current = None
     for old in state_files(run_dir):
         if old.name != current:
@@ -576,10 +626,7 @@ def remove_orphan_states(run_dir: str | Path) -> None:
 
 def saved_state_summary(run_dir: str | Path) -> Optional[Dict[str, Any]]:
     """state.json of an interrupted run (None when there is none or it is unreadable)."""
-    try:
-        meta = json.loads((Path(run_dir) / "state.json").read_text())
-    except (OSError, ValueError):
-        return None
+    meta = files.read_json_or_none(Path(run_dir) / "state.json", MAX_META_BYTES)
     return meta if isinstance(meta, dict) else None
 
 
@@ -608,9 +655,9 @@ def load_training_state(run_dir: str | Path, trainer) -> None:
     run_dir = Path(run_dir)
     meta_path = run_dir / "state.json"
     try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(meta_path, f"cannot read the saved training state ({e})") from None
+        meta = files.read_json(meta_path, MAX_META_BYTES, "saved training state")
+    except files.UnreadableFile as e:
+        raise CheckpointError(meta_path, e.problem) from None
     if not isinstance(meta, dict):
         raise CheckpointError(meta_path, "the saved training state is not a JSON object")
     if meta.get("config_fingerprint") != trainer.cfg.fingerprint():
@@ -624,9 +671,9 @@ def load_training_state(run_dir: str | Path, trainer) -> None:
     if Path(name).name != name:
         raise CheckpointError(meta_path, "the saved training state names a file outside its folder")
     try:
-        data = (run_dir / name).read_bytes()
-    except OSError as e:
-        raise CheckpointError(run_dir / name, f"cannot read the saved training state ({e})") from None
+        data = files.read_bytes(run_dir / name, MAX_STATE_BYTES, "saved training state")
+    except files.UnreadableFile as e:
+        raise CheckpointError(run_dir / name, e.problem) from None
     if sha256_bytes(data) != meta.get("state_sha256"):
         raise CheckpointError(run_dir / name, "state file does not match its JSON "
                                               "(corrupt or half-written)")

@@ -345,6 +345,23 @@ def _can_write_in(folder: Path) -> bool:
     return True
 
 
+def _check_name_lengths(p: Path, flag: str) -> None:
+    """Each name of the path within the file system's limit (255 bytes on most), the whole
+    within PATH_MAX: a longer one fails only when the first file is written."""
+    import os
+
+    try:
+        name_max = os.pathconf(_nearest_existing(p.absolute()), "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        name_max = 255
+    for part in p.parts:
+        if len(os.fsencode(part)) > name_max:
+            raise ConfigError(f"{flag}: the name {part[:40]}... is {len(os.fsencode(part))} "
+                              f"bytes long, more than the {name_max} this file system allows")
+    if len(os.fsencode(str(p.absolute()))) >= 4096:
+        raise ConfigError(f"{flag}: the path is longer than the 4096 bytes a path may have")
+
+
 def check_writable_dir(path, flag: str) -> Path:
     """A folder that is, or can be created as, a writable folder (checked before any work;
     nothing is created here)."""
@@ -353,6 +370,7 @@ def check_writable_dir(path, flag: str) -> Path:
     p = Path(str(path)).expanduser()
     if not str(path).strip():
         raise ConfigError(f"{flag} is empty; give a folder")
+    _check_name_lengths(p, flag)
     if p.exists() and not p.is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder")
     base = _nearest_existing(p.absolute())
@@ -363,21 +381,50 @@ def check_writable_dir(path, flag: str) -> Path:
     return p
 
 
-def check_writable_file(path, flag: str) -> Path:
-    """A file path whose folder exists and is writable, and that is not a folder."""
+def check_writable_file(path, flag: str, make_parents: bool = False) -> Path:
+    """A file path whose folder exists (``make_parents``: or can be created) and is
+    writable, and that is not a folder nor anything else that is not a regular file (a
+    FIFO, a device)."""
     import os
+    import stat
 
     p = Path(str(path)).expanduser()
     if not str(path).strip():
         raise ConfigError(f"{flag} is empty; give a file name")
+    _check_name_lengths(p, flag)
     if p.is_dir():
         raise ConfigError(f"{flag} {path} is a folder; give a file name")
+    if p.exists() and not stat.S_ISREG(p.stat().st_mode):
+        raise ConfigError(f"{flag} {path} is not a regular file (a FIFO, a device?); give "
+                          f"a file name")
     parent = p.parent if str(p.parent) else Path(".")
+    if make_parents:
+        check_writable_dir(parent, f"{flag} {path}: its folder")
+        if not parent.exists():
+            return p
     if not parent.is_dir():
         raise ConfigError(f"{flag} {path}: the folder {parent} does not exist")
     if not _can_write_in(parent) or (p.exists() and not os.access(p, os.W_OK)):
         raise ConfigError(f"{flag} {path} is not writable")
     return p
+
+
+def check_user_folder(folder: Path, hint: str = "") -> Path:
+    """``folder``, in the user's normshape folder (``userdata``), is or can become a writable
+    folder: a ``NORMSHAPE_HOME`` that is a file or read-only is one line here rather than a
+    failure after the work is done."""
+    from .userdata import HOME_ENV, data_home
+
+    home = data_home()
+    where = f"the user's normshape folder {home} ({HOME_ENV} or the platform's data folder)"
+    base = _nearest_existing(Path(folder).absolute())
+    if not base.is_dir():
+        raise ConfigError(f"{where}: {base} is a file, not a folder; set {HOME_ENV} to a "
+                          f"writable folder{hint}")
+    if not _can_write_in(base):
+        raise ConfigError(f"{where} is not writable ({base} does not allow writing); set "
+                          f"{HOME_ENV} to a writable folder{hint}")
+    return Path(folder)
 
 
 def check_existing_dir(path, flag: str) -> Path:

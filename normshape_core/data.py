@@ -5,7 +5,6 @@ Add a dataset: write ``load_x(spec_args) -> Dataset`` and register a ``DatasetSp
 """
 from __future__ import annotations
 
-import gzip
 import io
 import math
 import os
@@ -19,6 +18,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from . import files as _files
 
 
 class DatasetUnavailable(RuntimeError):
@@ -356,13 +357,38 @@ def _find_or_download(name: str, root: Optional[str], download: bool, search_sys
 
 
 # ---- idx files (Fashion-MNIST, MNIST)
-def _read_maybe_gzip(path: Path) -> bytes:
-    """The file's bytes, gunzipped when it is gzip data (by content, not by name)."""
+#: the largest dataset file read (and gunzipped): CIFAR-10's archive is 170 MB, Fashion-
+#: MNIST's training images 47 MB
+MAX_DATA_FILE_BYTES = 1 << 30
+
+
+def _read_data_file(path: Path) -> bytes:
+    """A dataset file's bytes (``files``: a regular file of at most MAX_DATA_FILE_BYTES)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        return _files.read_bytes(path, MAX_DATA_FILE_BYTES, "dataset file")
+    except _files.UnreadableFile as e:
+        raise DatasetUnavailable(str(e)) from None
+
+
+def _read_maybe_gzip(path: Path) -> bytes:
+    """The file's bytes, gunzipped when it is gzip data (by content, not by name), at most
+    MAX_DATA_FILE_BYTES either way."""
+    raw = _read_data_file(path)
+    try:
         if raw[:2] == b"\x1f\x8b":
-            raw = gzip.decompress(raw)
+            parts, left, rest = [], MAX_DATA_FILE_BYTES + 1, raw
+            while rest[:2] == b"\x1f\x8b":  # gzip members one after another, as gzip reads
+                d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+                parts.append(d.decompress(rest, left))
+                left -= len(parts[-1])
+                if left <= 0:
+                    raise DatasetUnavailable(f"{path}: unpacks to more than "
+                                             f"{MAX_DATA_FILE_BYTES >> 20} MB: not a dataset "
+                                             f"file")
+                if not d.eof:
+                    raise EOFError("compressed file ended before the end-of-stream marker")
+                rest = d.unused_data
+            raw = b"".join(parts)
     except (OSError, EOFError, zlib.error) as e:
         raise DatasetUnavailable(f"{path}: cannot be read, the file is corrupt or truncated "
                                  f"({type(e).__name__}: {e})") from e
@@ -566,13 +592,20 @@ def _cifar_classes(raw: Optional[bytes], where: str) -> List[str]:
 def _cifar_raw_files(loc: Path, files: Dict[str, Path]) -> Dict[str, bytes]:
     """Bytes of each needed file, from the folder or straight out of the archive."""
     if "archive" not in files:
-        return {n: p.read_bytes() for n, p in files.items()}
+        return {n: _read_data_file(p) for n, p in files.items()}
     out: Dict[str, bytes] = {}
+    try:  # the archive: a regular file of bounded size, checked before it is opened
+        _files.check_file(loc, MAX_DATA_FILE_BYTES, "dataset archive")
+    except _files.UnreadableFile as e:
+        raise DatasetUnavailable(str(e)) from None
     try:
         with tarfile.open(loc, "r:gz") as tar:  # read in memory: nothing is extracted
             for m in tar.getmembers():
                 base = m.name.rsplit("/", 1)[-1]
                 if m.isfile() and base in _CIFAR_FILES + (_CIFAR_META,) and base not in out:
+                    if m.size > MAX_DATA_FILE_BYTES:
+                        raise DatasetUnavailable(f"{loc}: member {base} is larger than "
+                                                 f"{MAX_DATA_FILE_BYTES >> 20} MB")
                     out[base] = tar.extractfile(m).read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         raise DatasetUnavailable(f"{loc}: cannot be read, the archive is corrupt or "

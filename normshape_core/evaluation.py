@@ -53,6 +53,8 @@ WORST_CASE_GAP = 0.03
 BLACK_BOX_GAP = 0.01
 DEFAULT_GAP_THRESHOLD = 0.10
 CACHE_FORMAT = "normshape-evaluation-cache"
+#: the largest evaluation cache file read (the shipped ones: under 1 MB)
+MAX_CACHE_BYTES = 256 << 20
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -1146,10 +1148,9 @@ def _cache_key(weights_sha256: str, settings: EvalSettings) -> str:
 
 def _read_cache(path: Path, *more: Path) -> Dict[str, Any]:
     """The cache file at ``path``; with ``more``, their entries merged in (``path``'s win)."""
-    try:
-        obj = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        obj = None
+    from .files import read_json_or_none
+
+    obj = read_json_or_none(path, MAX_CACHE_BYTES)  # a FIFO, device or huge file: no cache
     if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
         obj = {"format": CACHE_FORMAT, "entries": {}}
     if not isinstance(obj.get("entries"), dict):

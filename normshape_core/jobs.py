@@ -23,8 +23,9 @@ step the worker reports ``starting`` with what it is doing (importing, loading t
 building the model).
 
 Runs are owned: ``start_job(owner=TOKEN)`` keeps the caller's token in job.json, and
-:func:`stop_job` / :func:`pause_job` / :func:`continue_job` given ``owner=`` refuse a run
-started with another token unless ``other=True`` (the app's separate, confirmed control).
+:func:`stop_job` / :func:`pause_job` / :func:`continue_job` / :func:`resume_job` given
+``owner=`` refuse a run started with another token unless ``other=True`` (the app's
+separate, confirmed control); resuming never changes a run's owner.
 
 This module never imports Streamlit, and imports torch only inside the worker.
 """
@@ -75,11 +76,16 @@ def _atomic_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+#: the largest job.json / status.json read (they hold a config and a few numbers)
+MAX_JOB_FILE_BYTES = 1 << 20
+
+
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """A job file's JSON object, or None (missing, not a regular file, too large, not JSON)."""
+    from .files import read_json_or_none
+
+    obj = read_json_or_none(path, MAX_JOB_FILE_BYTES)
+    return obj if isinstance(obj, dict) else None
 
 
 # ====================================================================== status
@@ -192,9 +198,11 @@ def job_status(run_dir: str | Path) -> JobStatus:
         if st.get(key) is not None:
             setattr(status, key, st[key])
     if status.pid is None:
+        from .files import UnreadableFile, read_text
+
         try:
-            status.pid = int((run_dir / PID_FILE).read_text().strip())
-        except (OSError, ValueError):
+            status.pid = int(read_text(run_dir / PID_FILE, 64).strip())
+        except (UnreadableFile, ValueError):
             pass
     if status.state in ALIVE_STATES and not _pid_alive(status.pid):
         status.state, status.eta_s = "lost", None
@@ -204,7 +212,34 @@ def job_status(run_dir: str | Path) -> JobStatus:
         if (status.pid and not _pid_alive(status.pid)) or age > QUEUED_TIMEOUT_S:
             status.state = "lost"
             status.error = "the worker process never started; see worker.log"
+    if status.state in ("stopped", "lost", "failed"):
+        _finished_elsewhere(status)
     return status
+
+
+def _finished_elsewhere(status: JobStatus) -> None:
+    """A stopped (or lost, failed) run that was then resumed to its end outside the app
+    (``normshape train ... --resume`` on its folder): its checkpoint is final (no
+    ``stopped`` record, no resume state left), so the run is finished, with the
+    checkpoint's metrics."""
+    from .files import read_json_or_none
+
+    run_dir = status.run_dir
+    if (run_dir / "state.json").exists():
+        return
+    meta = read_json_or_none(run_dir / "model.json", 16 << 20)
+    if not isinstance(meta, dict) or "stopped" in meta or not isinstance(
+            meta.get("config"), dict):
+        return
+    final = meta.get("final_metrics")
+    status.state, status.error, status.eta_s, status.stopped_epoch = "finished", None, None, None
+    status.checkpoint = str(run_dir / "model.safetensors")
+    status.final_metrics = ({k: v for k, v in final.items() if isinstance(v, (int, float))}
+                            if isinstance(final, dict) else {})
+    if isinstance(meta.get("steps"), int):
+        status.step = status.total_steps = meta["steps"]
+    if isinstance(meta.get("epochs"), int):
+        status.epoch = status.epochs = meta["epochs"]
 
 
 def list_jobs(runs_root: str | Path) -> List[JobStatus]:
@@ -223,11 +258,13 @@ def list_jobs(runs_root: str | Path) -> List[JobStatus]:
 
 def read_metrics(run_dir: str | Path) -> List[Dict[str, Any]]:
     """The rows of ``metrics.jsonl`` (a half-written last line is skipped)."""
+    from .files import MAX_LOG_BYTES, UnreadableFile, read_text
+
     path = Path(run_dir) / METRICS_FILE
     rows: List[Dict[str, Any]] = []
     try:
-        text = path.read_text()
-    except OSError:
+        text = read_text(path, MAX_LOG_BYTES, errors="replace")
+    except UnreadableFile:
         return rows
     for line in text.splitlines():
         try:
@@ -240,9 +277,12 @@ def read_metrics(run_dir: str | Path) -> List[Dict[str, Any]]:
 
 
 def read_log_tail(run_dir: str | Path, max_chars: int = 4000) -> str:
+    """The end of the worker's log (only its last bytes are read, whatever its size)."""
+    from .files import UnreadableFile, read_tail
+
     try:
-        text = (Path(run_dir) / LOG_FILE).read_text(errors="replace")
-    except OSError:
+        text = read_tail(Path(run_dir) / LOG_FILE, 4 * max_chars).decode("utf-8", "replace")
+    except UnreadableFile:
         return ""
     return text[-max_chars:]
 
@@ -378,17 +418,23 @@ def continue_job(run_dir: str | Path, *, owner: Optional[str] = None,
     return job_status(run_dir)
 
 
-def resume_job(run_dir: str | Path, *, owner: str = "", threads: Optional[int] = None,
+def resume_job(run_dir: str | Path, *, owner: Optional[str] = None, other: bool = False,
+               threads: Optional[int] = None,
                max_active: Optional[int] = None, runs_root: Optional[str | Path] = None,
                python: Optional[str] = None, cwd: Optional[str | Path] = None) -> JobStatus:
     """Continue a stopped (or lost / failed) run in a new worker from its saved training state
-    to its full length: the same weights as a run that was never stopped. The caller becomes
-    the run's owner (nobody else is running it). A run stopped before its first epoch ended
-    has no state and starts again from step 0."""
+    to its full length: the same weights as a run that was never stopped. A run stopped
+    before its first epoch ended has no state and starts again from step 0.
+
+    Like :func:`stop_job`, ``owner`` given: a run started by another token is refused
+    (JobError) unless ``other`` is set (the app's confirmed control). The run keeps its
+    owner, who keeps Pause and Stop; only a run that has none (started by a script)
+    becomes the resuming session's."""
     run_dir = Path(run_dir)
     status = job_status(run_dir)
     if status.state not in ("stopped", "lost", "failed"):
         raise JobError(f"{status.name} is {status.state}; only a stopped run can be resumed")
+    _check_owner(status, owner, other, "resume")
     if max_active is not None:
         active = [j for j in list_jobs(runs_root or run_dir.parent) if j.active]
         if len(active) >= max_active:
@@ -399,7 +445,9 @@ def resume_job(run_dir: str | Path, *, owner: str = "", threads: Optional[int] =
         (run_dir / f).unlink(missing_ok=True)
     if threads is not None:
         job["threads"] = threads
-    job.update(owner=owner, resume=True)
+    if owner and not job.get("owner"):
+        job["owner"] = owner
+    job["resume"] = True
     _atomic_json(run_dir / JOB_FILE, job)  # also restarts the queued timeout (mtime)
     _atomic_json(run_dir / STATUS_FILE, {"state": "queued", "updated": _now(),
                                          "resumes": status.resumes + 1,

@@ -26,6 +26,8 @@ from .stats import (HOLDS, INCONCLUSIVE, INTERVAL_NAME, REVERSED, PairedVerdict,
                     paired_verdict, unpack_mask)
 
 WORST = "worst_case"
+#: the largest report read and rewritten
+MAX_REPORT_BYTES = 16 << 20
 PAPER_CLAIMS = {  # the paper's numbers beside each claim (Tables I-III)
     ("clean", "pgd"): "0.942 vs 0.869", ("clean", "trades"): "0.944 vs 0.888",
     ("pgd", "pgd"): "0.816 vs 0.470", ("pgd", "trades"): "0.817 vs 0.462",
@@ -569,7 +571,10 @@ def summary_markdown(all_results: List[Dict[str, Any]]) -> str:
 def update_report(md_path: Path, results_paths: List[Path]) -> str:
     """Replace (or append) each dataset's generated block and the summary in
     REPRODUCTION.md."""
-    text = md_path.read_text() if md_path.exists() else "# Reproduction\n"
+    from .files import read_text
+
+    text = (read_text(md_path, MAX_REPORT_BYTES, "report") if md_path.exists()
+            else "# Reproduction\n")
     all_results = [load_results(p) for p in results_paths]
     blocks = [(r["dataset"], dataset_section(r)) for r in all_results]
     blocks.append(("summary", summary_markdown(all_results)))

@@ -301,8 +301,15 @@ def _fmt(v) -> str:
     return "-" if v is None or v != v else f"{v:.3f}"
 
 
+#: the largest results file read (the shipped ones: a few MB with per-sample outcomes)
+MAX_RESULTS_BYTES = 64 << 20
+
+
 def load_results(path: Path) -> Dict[str, Any]:
-    return json.loads(Path(path).read_text())
+    """A reproduce results file (a regular file of bounded size, ``files``)."""
+    from .files import read_json
+
+    return read_json(path, MAX_RESULTS_BYTES, "results file")
 
 
 @dataclass

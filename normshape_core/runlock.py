@@ -40,11 +40,28 @@ class RunLock:
         self.path = self.run_dir / LOCK_NAME
         self._fd: Optional[int] = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self, announce: bool = True) -> "RunLock":
+        """Take the lock. ``announce``: also write this process as the holder at once;
+        otherwise the holder text stays as it was until :meth:`announce` (a run refused
+        after taking the lock, e.g. on a finished run folder, leaves it unchanged)."""
         import fcntl
+        import stat
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # never through a symlink, never blocking on a FIFO
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) |
+                         getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as e:
+            what = ("a folder" if os.path.isdir(self.path) and not os.path.islink(self.path)
+                    else "a symbolic link" if os.path.islink(self.path)
+                    else f"not usable ({e.strerror or type(e).__name__})")
+            raise ConfigError(f"run folder {self.run_dir}: its {LOCK_NAME} is {what}, not the "
+                              f"run's lock file; remove it or choose another --name or --out"
+                              ) from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"run folder {self.run_dir}: its {LOCK_NAME} is not a regular "
+                              f"file; remove it or choose another --name or --out")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -55,13 +72,20 @@ class RunLock:
             raise RunFolderBusy(f"run folder {self.run_dir} is in use by {_holder_text(raw)}; "
                                 f"wait for that run to end or choose another --name or --out"
                                 ) from None
+        self._fd = fd
+        if announce:
+            self.announce()
+        return self
+
+    def announce(self) -> None:
+        """Write this process (id, host, start time, command) as the lock's holder."""
+        if self._fd is None:
+            raise RuntimeError("announce() needs the lock held")
         info = {"pid": os.getpid(), "host": socket.gethostname(),
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "command": " ".join(sys.argv)[:500]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
-        self._fd = fd
-        return self
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, (json.dumps(info) + "\n").encode(), 0)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .config import ConfigError
-from .reproduce import REPRO_SETTINGS, RunSpec, _fmt, load_results, train_set
+from .reproduce import REPRO_SETTINGS, RunSpec, _fmt, train_set
 
 SWEEP_VERSION = 1
 #: the two trainings of every cell (keys as in ``reproduce``)
@@ -147,6 +147,208 @@ def build_grid(datasets: Sequence[str] = DATASETS, tiny: bool = False) -> List[C
         for s in EXTRA_SEEDS:
             cells.append(Cell(ds, "seed", f"seed{s}", {"seed": s}))
     return cells
+
+
+#: the largest results file and document read (the shipped ones: 0.2 MB and 30 kB)
+MAX_RESULTS_BYTES = 64 << 20
+MAX_DOC_BYTES = 16 << 20
+#: what every cell of a results file holds (a report reads these)
+_CELL_FIELDS = {"id": str, "dataset": str, "axis": str, "variant": str, "key": str,
+                "measures": dict, "settings": dict, "seconds_train": (int, float),
+                "seconds_measure": (int, float)}
+_MEASURE_FIELDS = {"model": str, "bn_layers": int, "eps": (int, float), "batch": int}
+
+
+def load_results(path: str | Path) -> Dict[str, Any]:
+    """A sweep's results file, read safely (``files``) and checked: a JSON object whose
+    ``cells`` are objects with the fields a report reads. Anything else raises one
+    ``ConfigError`` line naming the file and what is wrong."""
+    from .files import UnreadableFile, read_json
+
+    try:
+        results = read_json(path, MAX_RESULTS_BYTES, "results file")
+    except UnreadableFile as e:
+        raise ConfigError(str(e)) from None
+
+    def bad(problem: str):
+        raise ConfigError(f"results file {path}: {problem}; not the results of "
+                          f"sweep-confoundings")
+
+    if not isinstance(results, dict):
+        bad(f"a JSON {type(results).__name__}, not an object")
+    cells = results.get("cells", [])
+    if not isinstance(cells, list):
+        bad("'cells' is not a list")
+    seen = set()
+    for i, c in enumerate(cells):
+        if not isinstance(c, dict):
+            bad(f"cell {i} is a JSON {type(c).__name__}, not an object")
+        for k, t in _CELL_FIELDS.items():
+            if not isinstance(c.get(k), t) or isinstance(c.get(k), bool):
+                bad(f"cell {i}: {k!r} is missing or not a {getattr(t, '__name__', 'number')}")
+        for k, t in _MEASURE_FIELDS.items():
+            v = c["measures"].get(k)
+            if not isinstance(v, t) or isinstance(v, bool):
+                bad(f"cell {c['id'][:60]!r}: measures.{k} is missing or not a "
+                    f"{getattr(t, '__name__', 'number')}")
+        if c["id"] in seen:
+            bad(f"cell {c['id'][:60]!r} appears twice")
+        seen.add(c["id"])
+    for k in ("seed", "epochs_override", "n_test_override"):
+        v = results.get(k)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+            bad(f"{k!r} is not a whole number")
+    return results
+
+
+def _canonical_order(ids: Sequence[str]) -> List[str]:
+    """Cell ids in the full grid's order (dataset, then axis), unknown ids last as given."""
+    rank = {c.id: i for i, c in enumerate(build_grid(DATASETS))}
+    return sorted(ids, key=lambda i: (rank.get(i, len(rank)), list(ids).index(i)))
+
+
+def check_merge(old: Dict[str, Any], results_path: Path, *, seed: int,
+                epochs: Optional[int], n_test: Optional[int]) -> None:
+    """A sweep writes into an existing results file only when the file's run-wide settings
+    are this run's (its cells are then kept and added to): a file of another seed, epochs
+    or test size is refused rather than mixed."""
+    diff = [f"{name} (file {old.get(key)!r}, now {now!r})"
+            for name, key, now in (("--seed", "seed", seed), ("--epochs", "epochs_override",
+                                                            epochs),
+                                   ("--n-test", "n_test_override", n_test))
+            if old.get("cells") and old.get(key, 0 if key == "seed" else None) != now]
+    if diff:
+        raise ConfigError(f"results file {results_path} holds cells measured with other "
+                          f"settings: {'; '.join(diff)}; they are kept as they are: write "
+                          f"this sweep to another --out")
+
+
+#: the source tree whose shipped results ``--ship`` rewrites (a checkout)
+SOURCE_ROOT = Path(__file__).resolve().parents[1]
+MAX_THREADS = 1024
+MAX_EPOCHS = 100_000
+
+
+@dataclass
+class SweepSettings:
+    """The settings of ``sweep-confoundings``, checked in one place (``validate``) before any
+    cell is trained: every number bounded, every path usable, an existing results file
+    readable and of this run's settings, each dataset loadable.
+
+    Where results go: by default the user's folder (``userdata``): ``sweep/`` holds the
+    trained cells, ``confoundings.json``, ``CONFOUNDINGS.md`` and ``lessons/``. Only
+    ``ship=True`` (``--ship``) writes the shipped files of the source checkout
+    (``checkpoints/sweep/confoundings.json``, ``CONFOUNDINGS.md``, ``checkpoints/lessons``);
+    a path given explicitly wins over either. ``doc`` / ``lessons`` "none": not written."""
+
+    datasets: List[str]
+    grid: str = "full"
+    epochs: Optional[int] = None
+    n_test: Optional[int] = None
+    seed: int = 0
+    threads: int = 1
+    device: str = "auto"
+    ship: bool = False
+    report_only: bool = False
+    work: Optional[Path] = None
+    out: Optional[Path] = None
+    doc: Optional[str] = None
+    lessons: Optional[str] = None
+
+    def resolved(self) -> "SweepSettings":
+        """The paths filled in (user's folder, or the checkout with ``ship``)."""
+        from .userdata import data_home
+
+        if self.ship:
+            if not ((SOURCE_ROOT / "CONFOUNDINGS.md").is_file() and
+                    (SOURCE_ROOT / "checkpoints" / "sweep").is_dir()):
+                raise ConfigError(f"--ship rewrites the shipped results of a source checkout; "
+                                  f"{SOURCE_ROOT} is not one (no CONFOUNDINGS.md and "
+                                  f"checkpoints/sweep/)")
+            out, doc, lessons = (SOURCE_ROOT / "checkpoints" / "sweep" / "confoundings.json",
+                                 SOURCE_ROOT / "CONFOUNDINGS.md",
+                                 SOURCE_ROOT / "checkpoints" / "lessons")
+        else:
+            home = data_home() / "sweep"
+            out, doc, lessons = (home / "confoundings.json", home / "CONFOUNDINGS.md",
+                                 home / "lessons")
+        return SweepSettings(
+            datasets=list(self.datasets), grid=self.grid, epochs=self.epochs,
+            n_test=self.n_test, seed=self.seed, threads=self.threads, device=self.device,
+            ship=self.ship, report_only=self.report_only,
+            work=Path(self.work) if self.work is not None else data_home() / "sweep",
+            out=Path(self.out) if self.out is not None else out,
+            doc=str(self.doc) if self.doc is not None else str(doc),
+            lessons=str(self.lessons) if self.lessons is not None else str(lessons))
+
+    def validate(self) -> "SweepSettings":
+        """Every check that needs no training, in the order a user would fix them; returns
+        the resolved settings. Datasets are loaded (``datasets()``) only by ``run``."""
+        from .config import MAX_SEED, check_writable_dir, check_writable_file, parse_device
+
+        if self.grid not in ("full", "tiny"):
+            raise ConfigError(f"--grid must be full or tiny, got {self.grid!r}")
+        if not self.report_only:
+            if not self.datasets:
+                raise ConfigError(f"--datasets names no dataset; choose from: "
+                                  f"{', '.join(DATASETS)}")
+            unknown = [d for d in self.datasets if d not in BASE]
+            if unknown:
+                raise ConfigError(f"no sweep settings for dataset {unknown[0]!r}; choose "
+                                  f"from: {', '.join(BASE)}")
+            for name, v, most in (("epochs", self.epochs, MAX_EPOCHS),
+                                  ("n-test", self.n_test, 10 ** 6),
+                                  ("threads", self.threads, MAX_THREADS)):
+                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or
+                                      not 1 <= v <= most):
+                    raise ConfigError(f"--{name} must be a whole number in [1, {most:,}], "
+                                      f"got {v}")
+            if isinstance(self.seed, bool) or not isinstance(self.seed, int) or \
+                    not 0 <= self.seed <= MAX_SEED:
+                raise ConfigError(f"--seed must be a whole number in [0, {MAX_SEED}], got "
+                                  f"{self.seed}")
+            parse_device(self.device)
+        defaults = [self.out, self.doc] + ([] if self.report_only else [self.lessons])
+        if (self.work is None and not self.report_only) or (
+                not self.ship and None in defaults):
+            from .config import check_user_folder
+            from .userdata import data_home
+
+            check_user_folder(data_home() / "sweep", " or give --work, --out, --doc and "
+                              "--lessons")
+        r = self.resolved()
+        if r.doc == "none" and r.report_only:
+            raise ConfigError("--report-only with --doc none has nothing to do")
+        if r.doc != "none":
+            check_writable_file(r.doc, "--doc", make_parents=True)
+            read_document(Path(r.doc))  # a document there must be one (not a FIFO, a device)
+        if r.report_only:
+            if not r.out.exists():
+                raise ConfigError(f"no results file {r.out}: run the sweep first"
+                                  + ("" if r.ship else " (--ship: the shipped results)"))
+            report_block(load_results(r.out), f"results file {r.out}")
+            return r
+        check_writable_file(r.out, "--out", make_parents=True)
+        if r.out.exists():
+            check_merge(load_results(r.out), r.out, seed=r.seed, epochs=r.epochs,
+                        n_test=r.n_test)
+        check_writable_dir(r.work, "--work")
+        if r.lessons != "none" and r.grid == "full":
+            check_writable_dir(r.lessons, "--lessons")
+        return r
+
+    def datasets_checked(self) -> Dict[str, Any]:
+        """Each dataset loaded once (a missing one is an error before any training), and
+        ``n_test`` checked against each test set."""
+        from .data import load_dataset
+
+        loaded = {d: load_dataset(d, seed=self.seed) for d in self.datasets}
+        for d, data in loaded.items():
+            n = self.n_test or N_TEST.get(d, 500)
+            if n > len(data.x_test):
+                raise ConfigError(f"--n-test {n} is larger than the {len(data.x_test)} test "
+                                  f"samples of {d}")
+        return loaded
 
 
 def cell_key(cell: Cell, settings: Dict[str, Any], n_test: int, seed: int) -> str:
@@ -277,21 +479,24 @@ def _train_cell(dataset: str, variant: str, settings: Dict[str, Any], work: Path
 
 def run_sweep(cells: Sequence[Cell], work: Path, results_path: Path, *, seed: int = 0,
               epochs: Optional[int] = None, n_test: Optional[int] = None,
-              device: str = "auto", grid: str = "full", log: Callable = print
-              ) -> Dict[str, Any]:
-    """Train and measure every cell not done yet; the results file is rewritten (atomically)
-    after each cell, so a killed sweep resumes where it stopped."""
+              device: str = "auto", grid: str = "full", log: Callable = print,
+              datasets: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Train and measure every cell not done yet, merged into the results file: its other
+    cells are kept (a cell is only ever replaced by a new measurement of itself), and the
+    file is rewritten (atomically) after each cell, so a killed sweep resumes where it
+    stopped. A file of another seed, epochs or test size is refused (``check_merge``)."""
     from .checkpoints import atomic_write_json
     from .data import load_dataset
 
     old = load_results(results_path) if results_path.exists() else {}
-    done = {c["id"]: c for c in old.get("cells", []) if c.get("grid") == grid}
-    results: Dict[str, Any] = {"version": SWEEP_VERSION, "seed": seed, "grid": grid,
-                               "epochs_override": epochs, "cells": []}
-    by_id = {c.id: c for c in cells}
-    order = [c.id for c in cells]
-    kept = {k: v for k, v in done.items() if k in by_id}
-    datasets: Dict[str, Any] = {}
+    check_merge(old, results_path, seed=seed, epochs=epochs, n_test=n_test)
+    kept: Dict[str, Any] = {c["id"]: c for c in old.get("cells", [])}
+    results: Dict[str, Any] = {
+        "version": SWEEP_VERSION, "seed": seed,
+        "grid": "full" if grid == "full" or old.get("grid") == "full" else grid,
+        "epochs_override": epochs, "n_test_override": n_test, "cells": []}
+    order = _canonical_order(list(kept) + [c.id for c in cells if c.id not in kept])
+    datasets = dict(datasets or {})
     for i, cell in enumerate(cells, 1):
         nt = n_test or N_TEST.get(cell.dataset, 500)
         settings = cell.settings(epochs)
@@ -318,7 +523,7 @@ def run_sweep(cells: Sequence[Cell], work: Path, results_path: Path, *, seed: in
             f"(I {_fmt(measures['acc_gap_bn_pn'])}, II {_pct(measures['logit_gap'])}, "
             f"III {_pct(measures['pn_vs_bn'])})")
     results["cells"] = [kept[c] for c in order if c in kept]
-    results["missing"] = [c for c in order if c not in kept]
+    results["missing"] = [c.id for c in cells if c.id not in kept]
     results["total_seconds"] = round(sum(c["seconds_train"] + c["seconds_measure"]
                                          for c in results["cells"]), 1)
     atomic_write_json(results_path, results)
@@ -495,11 +700,34 @@ def generated_block(results: Dict[str, Any]) -> str:
         "<!-- end generated:sweep -->"])
 
 
+def report_block(results: Dict[str, Any], where: str = "the results") -> str:
+    """``generated_block``, with a results file that lacks what the tables read said in one
+    ``ConfigError`` line."""
+    try:
+        return generated_block(results)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise ConfigError(f"{where} lack what the report needs ({type(e).__name__}: "
+                          f"{str(e)[:120]})") from None
+
+
+def read_document(md_path: Path) -> str:
+    """The document whose generated block is rewritten (``files``: a regular file of at most
+    MAX_DOC_BYTES), or a new one's title when there is none."""
+    from .files import UnreadableFile, read_text
+
+    try:
+        return read_text(md_path, MAX_DOC_BYTES, "document")
+    except UnreadableFile as e:
+        if e.missing:
+            return "# Confoundings\n"
+        raise ConfigError(str(e)) from None
+
+
 def update_document(md_path: Path, results: Dict[str, Any]) -> str:
     from .checkpoints import atomic_write_bytes
 
-    text = md_path.read_text() if md_path.exists() else "# Confoundings\n"
-    block = generated_block(results)
+    text = read_document(Path(md_path))
+    block = report_block(results)
     pattern = re.compile(r"<!-- generated:sweep -->.*?<!-- end generated:sweep -->", re.S)
     text = (pattern.sub(lambda _: block, text) if pattern.search(text)
             else text.rstrip("\n") + "\n\n" + block + "\n")

@@ -255,10 +255,13 @@ class Trainer:
             m.update(self._running_stats_drift())
         return m
 
+    def _running_snapshot(self) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+        return [(b.running_mean.detach().clone(), b.running_var.detach().clone())
+                for b in bn_modules(self.model)]
+
     def _running_stats_drift(self) -> Dict[str, float]:
         """Relative change of the running mean / variance in this step, averaged over layers."""
-        cur = [(b.running_mean.detach().clone(), b.running_var.detach().clone())
-               for b in bn_modules(self.model)]
+        cur = self._running_snapshot()
         out: Dict[str, float] = {}
         if self._prev_running is not None and cur:
             dm = [float((c[0] - p[0]).norm() / (p[0].norm() + 1e-8)) for c, p in zip(cur, self._prev_running)]
@@ -309,9 +312,12 @@ class Trainer:
         from .runlock import RunLock
 
         run_dir = Path(out_dir) if out_dir is not None else None
-        lock = RunLock(run_dir).acquire() if run_dir is not None and self.dist.is_main else None
+        # The holder text is written once the folder passed its checks: a refused run leaves
+        # the run.lock of the run it refused as it was.
+        lock = (RunLock(run_dir).acquire(announce=False)
+                if run_dir is not None and self.dist.is_main else None)
         try:
-            return self._fit(run_dir, resume, progress)
+            return self._fit(run_dir, resume, progress, lock)
         finally:
             if lock is not None:
                 lock.release()
@@ -344,8 +350,9 @@ class Trainer:
         if self.dist.is_main:
             remove_orphan_states(run_dir)
 
-    def _fit(self, run_dir: Optional[Path], resume: bool, progress: bool) -> "TrainResult":
-        metrics_path, rank_log = self._open_run(run_dir, resume)
+    def _fit(self, run_dir: Optional[Path], resume: bool, progress: bool,
+             lock=None) -> "TrainResult":
+        metrics_path, rank_log = self._open_run(run_dir, resume, lock)
         bar = self._progress_bar(progress)
         t0 = time.time()
         stopped = False
@@ -362,8 +369,9 @@ class Trainer:
                 bar.close()
         return self._finish(run_dir, stopped, t0)  # final metrics, checkpoint, on_train_end
 
-    def _open_run(self, run_dir: Optional[Path], resume: bool):
-        """The run folder checked (or resumed from); returns (metrics path, rank log)."""
+    def _open_run(self, run_dir: Optional[Path], resume: bool, lock=None):
+        """The run folder checked (or resumed from), the lock's holder written; returns
+        (metrics path, rank log)."""
         from .checkpoints import load_training_state
 
         if run_dir is None:
@@ -371,12 +379,17 @@ class Trainer:
         run_dir.mkdir(parents=True, exist_ok=True)
         fault_point("lock.acquired", 1)
         self._check_run_folder(run_dir, resume)
+        if lock is not None:
+            lock.announce()
         metrics_path = run_dir / "metrics.jsonl"
         resumed = resume and (run_dir / "state.json").exists()
         self.dist.same_on_all_ranks(resumed, f"not every rank sees the saved state in "
                                     f"{run_dir}: put --out on a filesystem all nodes share")
         if resumed:
             load_training_state(run_dir, self)  # every rank loads the same state
+            # the running statistics the first resumed step's drift is measured from: those
+            # the saved epoch ended with, as in a run never interrupted
+            self._prev_running = self._running_snapshot()
             self._truncate_metrics(metrics_path)
         elif metrics_path.exists() and self.dist.is_main:
             metrics_path.unlink()
@@ -523,10 +536,10 @@ def _stopped_record(meta_path: Path) -> Optional[Dict[str, Any]]:
     """The ``stopped`` record of a checkpoint kept by a stopped background run (jobs.py), or
     None (no checkpoint, a finished one, or metadata that cannot be read: treated as
     finished, so never overwritten)."""
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError):
-        return None
+    from .checkpoints import MAX_META_BYTES
+    from .files import read_json_or_none
+
+    meta = read_json_or_none(meta_path, MAX_META_BYTES)
     stopped = meta.get("stopped") if isinstance(meta, dict) else None
     return stopped if isinstance(stopped, dict) else None
 

@@ -55,23 +55,58 @@ def uploads_dir() -> Path:
 
 
 def logs_dir() -> Path:
-    """Error reports: the traceback of an unexpected CLI failure, one file per failure."""
+    """Error reports: the traceback of an unexpected CLI failure, one file per failure, the
+    newest ``MAX_ERROR_LOGS`` kept."""
     return data_home() / "logs"
+
+
+#: error logs kept in the logs folder (older ones are removed when a new one is written)
+MAX_ERROR_LOGS = 50
+ERROR_LOG_PREFIX = "error-"
+#: the prefix in the system's temporary folder (shared: only normshape's own are rotated)
+TMP_ERROR_LOG_PREFIX = "normshape-error-"
+
+
+def rotate_error_logs(folder: Path, prefix: str = ERROR_LOG_PREFIX,
+                      keep: int = MAX_ERROR_LOGS) -> None:
+    """Remove all but the newest ``keep`` ``<prefix>*.log`` files of ``folder``."""
+    try:
+        logs = [p for p in folder.glob(f"{prefix}*.log") if p.is_file() and not p.is_symlink()]
+        logs.sort(key=lambda p: (p.stat().st_mtime, p.name))
+    except OSError:
+        return
+    for old in logs[:max(0, len(logs) - keep)]:
+        try:
+            old.unlink()
+        except OSError:
+            pass
 
 
 def write_error_log(text: str) -> Path:
     """Write ``text`` to a new file in ``logs_dir()`` (or, when that folder cannot be
-    written, in the system's temporary folder); returns its path."""
+    written, in the system's temporary folder, as ``normshape-error-...``); the newest
+    ``MAX_ERROR_LOGS`` of either folder are kept. Returns its path."""
     import tempfile
     import time
 
-    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    for folder in (logs_dir(), Path(tempfile.gettempdir())):
+    now = time.time()
+    stamp = (f"{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}."
+             f"{int(now * 1e6) % 1000000:06d}-{os.getpid()}")
+    for folder, prefix in ((logs_dir(), ERROR_LOG_PREFIX),
+                           (Path(tempfile.gettempdir()), TMP_ERROR_LOG_PREFIX)):
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            path = folder / name
-            path.write_text(text)
-            return path
         except OSError:
             continue
+        for n in range(100):  # a second failure in the same second gets its own file
+            path = folder / f"{prefix}{stamp}{f'-{n}' if n else ''}.log"
+            try:
+                with open(path, "x") as f:  # never through a file or link already there
+                    f.write(text)
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+            rotate_error_logs(folder, prefix)
+            return path
     raise OSError("no folder to write the error log to")

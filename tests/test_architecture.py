@@ -24,8 +24,9 @@ CORE = ROOT / "normshape_core"
 # (``attacks`` covers ``attacks.pgd``); the most specific entry wins.
 LAYERS: List[List[str]] = [
     # 0 foundations: the version, registries of datasets and models, the norm layers, the
-    #   user folder, the fault-injection points, intervals and paired tests (stats)
-    ["_version", "data", "models", "norms", "userdata", "faults", "stats"],
+    #   user folder, the fault-injection points, intervals and paired tests (stats), reading
+    #   a file safely (files)
+    ["_version", "data", "models", "norms", "userdata", "faults", "stats", "files"],
     # 1 settings
     ["config", "presets"],
     # 2 building blocks of training and evaluation

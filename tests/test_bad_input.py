@@ -29,6 +29,12 @@ BIG = "1180591620717411303424"  # 2**70
 MALFORMED = ["config-list", "eps-string", "header-list", "int-offsets", "sha-path",
              "not-json", "no-format", "sha-mismatch", "truncated", "shape-strings",
              "classes-string", "header-huge", "pickle"]
+NOT_A_MODEL = ["zero-weights", "fifo-weights", "fifo-meta", "nan-weights", "inf-weights",
+               "int-weights", "fifo-cache"]
+ROOT = Path(__file__).resolve().parents[1]
+#: the shipped files the sweep must never change unless asked (--ship)
+SHIPPED = [ROOT / "checkpoints" / "sweep" / "confoundings.json", ROOT / "CONFOUNDINGS.md",
+           *sorted((ROOT / "checkpoints" / "lessons").rglob("*.*"))]
 
 E, OK = "error", "ok"
 CASES = []
@@ -171,6 +177,77 @@ add(E, [])
 add(E, ["nope"])
 add(E, ["train", "--out"])
 
+# ------------------------------------------------------------------ hardening, round two
+# (issue 26) Every case below once ended in a traceback, a hang, a segfault, data loss or a
+# silent accept. Files that are not regular files: a FIFO would hang a read, /dev/zero read
+# forever; weights that cannot be a trained model; the sweep's paths and numbers, checked
+# before anything trains; the user's folder unusable; Streamlit's flags of `normshape app`.
+for kind in ("zero-weights", "fifo-weights", "fifo-meta", "nan-weights", "inf-weights",
+             "int-weights", "fifo-cache"):
+    add(E, ["evaluate", f"{{bad:{kind}}}", "--attacks", "pgd", "--classify", "pn",
+            "--n-test", "20", "--steps", "2"])
+for kind in ("zero-weights", "fifo-meta", "nan-weights"):
+    add(E, ["diagnose", f"{{bad:{kind}}}", "--n", "16", "--steps", "2", "--worst-case", "none"])
+for kind in ("fifo-weights", "inf-weights", "int-weights"):
+    add(E, ["grid", f"{{bad:{kind}}}", "--n-test", "20", "--steps", "2", "--no-cache"])
+add(E, ["evaluate", "/dev/zero", "--attacks", "pgd", "--no-cache"])
+add(E, ["evaluate", "{fifo}", "--attacks", "pgd", "--no-cache"])
+# run folders whose run.lock is a folder, a FIFO, a link to /dev/zero; an --out name longer
+# than the file system allows
+for kind in ("dir", "fifo", "link"):
+    add(E, ["train", *TINY, "--out", "{world}/locks", "--name", kind])
+add(E, ["train", *TINY, "--out", "{out}/" + "n" * 300])
+add(E, EVAL, "--json", "{out}/" + "j" * 300 + ".json")
+add(E, EVAL, "--json", "{fifo}")
+# the user's folder a file or not writable (the cache of evaluate is written there)
+for home in ("{file}", "/proc/normshape-home"):
+    add(E, [f"ENV:NORMSHAPE_HOME={home}", "evaluate", "{ck}", "--attacks", "pgd",
+            "--classify", "pn", "--n-test", "20", "--steps", "2"])
+# report: a FIFO among the results files, a FIFO as the report
+add(E, REPORT, "--checkpoints", "{badresults:fifo}")
+add(E, REPORT, "--out", "{fifo}")
+add(E, REPRO, "--threads", "100000")
+add(E, ["reproduce", "--dataset", "moons", "--out", "{out}", "--n-test", "100000"])
+# a run folder whose saved training state is a FIFO
+add(E, ["train", *TINY, "--out", "{world}/locks", "--name", "state-fifo", "--resume"])
+
+# the confounding sweep: nothing trains unless every flag, path and input is usable. The
+# tiny grid on moons, so that a case wrongly accepted costs seconds, not the whole grid.
+SWEEP = ["sweep-confoundings", "--grid", "tiny", "--datasets", "moons", "--epochs", "1",
+         "--n-test", "50", "--work", "{out}/w", "--out", "{out}/r.json", "--doc", "{out}/C.md"]
+for flags in (["--datasets", ""], ["--datasets", ","], ["--datasets", " , "],
+              ["--datasets", "imagenet"], ["--threads", "100000", "--datasets", "imagenet"],
+              ["--threads", "100000"], ["--threads", "0"], ["--threads", "-1"],
+              ["--epochs", "0"], ["--epochs", "10000000"], ["--n-test", "0"],
+              ["--n-test", "100000"], ["--seed", "-1"], ["--seed", BIG], ["--device", "tpu"],
+              ["--report-only", "--out", "{sweepresults:garbage}"],
+              ["--report-only", "--out", "{sweepresults:list}"],
+              ["--report-only", "--out", "{sweepresults:malformed}"],
+              ["--report-only", "--out", "{sweepresults:thin}"],
+              ["--report-only", "--out", "{sweepresults:fifo}"],
+              ["--report-only", "--out", "{missing}/r.json"],
+              ["--report-only", "--out", "{sweepresults:shipped}", "--doc", "none"],
+              ["--out", "{sweepresults:garbage}"], ["--out", "{sweepresults:shipped}"],
+              ["--out", "{sweepresults:fifo}"],
+              ["--doc", "/proc/x.md"], ["--doc", "{emptydir}"], ["--doc", "{fifo}"],
+              ["--doc", "{file}/C.md"], ["--out", "{emptydir}"], ["--out", "/proc/s.json"],
+              ["--out", "{out}/" + "r" * 300 + ".json"], ["--work", "{file}"],
+              ["--work", "/proc/w"], ["--grid", "full", "--lessons", "{file}"],
+              ["--grid", "huge"]):
+    add(E, SWEEP, *flags)
+SWEEP_HOME = ["sweep-confoundings", "--grid", "tiny", "--datasets", "moons", "--epochs", "1",
+              "--n-test", "50"]  # every path in the user's folder
+for home in ("{file}", "/proc/normshape-home"):
+    add(E, [f"ENV:NORMSHAPE_HOME={home}", *SWEEP_HOME])
+
+# `normshape app`: Streamlit's flags checked before a server starts
+for flags in (["--server.maxUploadSize", "-5"], ["--server.maxUploadSize=0"],
+              ["--server.port", "99999"], ["--server.port", "-1"], ["--server.port", "abc"],
+              ["--server.address", "999.1.1.1"], ["--server.address", "bad host!"],
+              ["--server.headless", "maybe"], ["--server.port"], ["--nope", "3"],
+              ["stray"], ["--server.fileWatcherType", "bogus"], ["--theme.base", "purple"]):
+    add(E, ["app", *flags])
+
 
 # ------------------------------------------------------------------ fixtures
 def _sha_pair(run: Path):
@@ -183,9 +260,44 @@ def _sha_pair(run: Path):
     (run / "model.json").write_text(json.dumps(meta))
 
 
+def _bad_weights(run: Path, kind: str) -> None:
+    """Weights that parse but cannot be a trained model (the metadata matches them)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(run / "model.safetensors"))
+    for name, t in tensors.items():
+        if t.is_floating_point():
+            if kind == "nan-weights" and name.endswith("weight"):
+                tensors[name] = torch.full_like(t, float("nan"))
+            elif kind == "inf-weights":
+                tensors[name] = torch.full_like(t, float("inf"))
+            elif kind == "int-weights":
+                tensors[name] = t.round().to(torch.int64)
+    save_file(tensors, str(run / "model.safetensors"))
+    _sha_pair(run)
+
+
+def _not_regular(run: Path, kind: str) -> None:
+    """A file of the checkpoint replaced by a FIFO or a link to /dev/zero."""
+    target = {"zero-weights": "model.safetensors", "fifo-weights": "model.safetensors",
+              "fifo-meta": "model.json", "fifo-cache": "model.eval.json"}[kind]
+    (run / target).unlink(missing_ok=True)
+    if kind == "zero-weights":
+        os.symlink("/dev/zero", run / target)
+    else:
+        os.mkfifo(run / target)
+
+
 def _malformed(good: Path, root: Path, kind: str) -> Path:
     run = root / kind
     shutil.copytree(good, run)
+    if kind in ("nan-weights", "inf-weights", "int-weights"):
+        _bad_weights(run, kind)
+        return run
+    if kind in ("zero-weights", "fifo-weights", "fifo-meta", "fifo-cache"):
+        _not_regular(run, kind)
+        return run
     meta_path, w = run / "model.json", run / "model.safetensors"
     meta = json.loads(meta_path.read_text())
     if kind == "config-list":
@@ -236,14 +348,33 @@ def world(tmp_path_factory):
     good = root / "runs" / "good"
     bad = root / "bad"
     bad.mkdir()
-    for kind in MALFORMED:
+    for kind in MALFORMED + NOT_A_MODEL:
         _malformed(good, bad, kind)
     (root / "file.bin").write_bytes(os.urandom(64))
+    os.mkfifo(root / "fifo")
     results = root / "results"
     for kind, text in (("notjson", "{oops"), ("list", "[1, 2]"), ("nodataset", "{}"),
                        ("thin", json.dumps({"dataset": "moons"}))):
         (results / kind / "moons").mkdir(parents=True)
         (results / kind / "moons" / "results.json").write_text(text)
+    (results / "fifo" / "moons").mkdir(parents=True)
+    os.mkfifo(results / "fifo" / "moons" / "results.json")
+    sweep = root / "sweepresults"
+    sweep.mkdir()
+    for kind, text in (("garbage", "\x00\x01 not json"), ("list", "[1, 2]"),
+                       ("malformed", json.dumps({"cells": [{"id": 3}]})),
+                       ("thin", json.dumps({"cells": [{"id": "moons/base"}]}))):
+        (sweep / kind).write_text(text)
+    # the shipped results: other settings than the tiny grid's --epochs 1
+    shutil.copy(ROOT / "checkpoints" / "sweep" / "confoundings.json", sweep / "shipped")
+    os.mkfifo(sweep / "fifo")
+    locks = root / "locks"
+    for kind in ("dir", "fifo", "link", "state-fifo"):
+        (locks / kind).mkdir(parents=True)
+    os.mkfifo(locks / "state-fifo" / "state.json")
+    (locks / "dir" / "run.lock").mkdir()
+    os.mkfifo(locks / "fifo" / "run.lock")
+    os.symlink("/dev/zero", locks / "link" / "run.lock")
     return root
 
 
@@ -251,7 +382,8 @@ def _fill(argv, world: Path, out: Path):
     subs = {"{out}": str(out), "{ck}": str(world / "runs" / "good"),
             "{missing}": str(world / "no" / "such"), "{file}": str(world / "file.bin"),
             "{ro}": "/proc/normshape-not-writable", "{emptydir}": str(out / "empty"),
-            "{results}": str(world / "results" / "thin")}
+            "{results}": str(world / "results" / "thin"), "{fifo}": str(world / "fifo"),
+            "{world}": str(world)}
     (out / "empty").mkdir(exist_ok=True)
     filled = []
     for a in argv:
@@ -261,38 +393,76 @@ def _fill(argv, world: Path, out: Path):
             a = str(world / "bad" / a[5:-1])
         if a.startswith("{badresults:"):
             a = str(world / "results" / a[12:-1])
+        if a.startswith("{sweepresults:"):
+            a = str(world / "sweepresults" / a[14:-1])
         filled.append(a)
     return filled
 
 
 def _tree(*roots: Path):
-    return {str(p): p.stat().st_size for r in roots for p in r.rglob("*")}
+    """Every file under the roots with its size and modification time (a rewrite shows);
+    folders by name only (a checked folder's probe file changes its time)."""
+    import stat
+
+    out = {}
+    for r in roots:
+        for p in r.rglob("*"):
+            st = p.lstat()
+            out[str(p)] = None if stat.S_ISDIR(st.st_mode) else (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _sha256(paths):
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def _run(argv):
+    """``normshape ARGV`` in this process: the core's subcommands, or ``app``."""
+    if argv[:1] == ["app"]:
+        from normshape_app.cli import main as app_main
+
+        return app_main(argv)
+    return main(argv)
+
+
+def _case_id(i, argv):
+    argv = [a for a in argv if not a.startswith("ENV:")]
+    base = {"train": TRAIN, "evaluate": EVAL, "grid": GRID, "diagnose": DIAG,
+            "reproduce": REPRO, "report": REPORT, "sweep-confoundings": SWEEP}.get(
+        argv[0] if argv else "", [])
+    if argv[:len(base)] != base:
+        base = []
+    return f"{i:03d}-" + " ".join(argv[:1] + argv[len(base):])[:60]
 
 
 @pytest.mark.parametrize("expect,argv,check", CASES,
-                         ids=[f"{i:03d}-" + " ".join(a[:1] + a[len(
-                             {"train": TRAIN, "evaluate": EVAL, "grid": GRID,
-                              "diagnose": DIAG, "reproduce": REPRO, "report": REPORT}.get(
-                                 a[0] if a else "", [])):])[:60] for i, (_, a, _) in
-                             enumerate(CASES)])
-def test_bad_input(expect, argv, check, world, tmp_path, capsys):
+                         ids=[_case_id(i, a) for i, (_, a, _) in enumerate(CASES)])
+def test_bad_input(expect, argv, check, world, tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     out.mkdir()
     argv = _fill(argv, world, out)
-    before = _tree(world, out)
+    while argv and argv[0].startswith("ENV:"):  # an environment of its own
+        name, _, value = argv.pop(0)[4:].partition("=")
+        monkeypatch.setenv(name, value)
+    home = Path(os.environ["NORMSHAPE_HOME"])
+    roots = [world, out] + ([home] if home.is_dir() else [])
+    before, shipped = _tree(*roots), _sha256(SHIPPED)
     try:
-        rc = main(argv)
+        rc = _run(argv)
     except SystemExit as e:
         rc = e.code
     cap = capsys.readouterr()
-    after = _tree(world, out)
+    after = _tree(*roots)
     assert not [p for p in after if p.endswith(".tmp")], after  # no partial file anywhere
     assert {p: s for p, s in after.items() if p in before} == before  # nothing rewritten
+    assert _sha256(SHIPPED) == shipped  # the shipped results untouched
     if expect == E:
         err = cap.err.strip()
         assert rc == 2, (rc, cap.err)
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-        assert "error" in err, err
+        assert "error" in err and "please report" not in err, err
         # nothing written but, for a run that started, its lock file and its metrics log
         new = [Path(p) for p in after if p not in before]
         assert all(p.is_dir() or p.name in ("run.lock", "metrics.jsonl") for p in new), new
@@ -305,9 +475,11 @@ def test_bad_input(expect, argv, check, world, tmp_path, capsys):
 def test_at_least_150_cases_over_every_subcommand():
     per = {}
     for _, argv, _ in CASES:
+        argv = [a for a in argv if not a.startswith("ENV:")]
         per[argv[0] if argv else ""] = per.get(argv[0] if argv else "", 0) + 1
     assert len(CASES) >= 150
-    assert {"train", "evaluate", "grid", "diagnose", "reproduce", "report"} <= set(per), per
+    assert {"train", "evaluate", "grid", "diagnose", "reproduce", "report",
+            "sweep-confoundings", "app"} <= set(per), per
 
 
 def test_an_unexpected_error_is_one_line_with_a_log_file(monkeypatch, capsys, tmp_path):

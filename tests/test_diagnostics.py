@@ -122,3 +122,28 @@ def test_cli_diagnose_writes_json(tmp_path, capsys):
         [str(ckpt), "--ratios", "1:0,3:1:2"])
     with pytest.raises(ConfigError):
         cli_diagnose(bad)
+
+
+def test_cli_diagnose_prints_n_a_for_an_undefined_ratio_never_nan(tmp_path, capsys,
+                                                                   monkeypatch):
+    """A relative difference whose base is zero (no logit error with the batch's own BN, a
+    PGD that never moved) is undefined: printed as n/a, never "+nan%"."""
+    from normshape_core.cli import diagnose as D
+
+    real = D.diagnose_checkpoint
+
+    def undefined(*a, **kw):
+        out, ds = real(*a, **kw)
+        out["confounding_ii"].update(error_with_adv_bn=0.0, relative_difference=float("nan"))
+        out["confounding_iii"].update(pn_vs_bn=float("nan"), shaping_vs_bn=float("inf"))
+        for mode in out["confounding_iii"]["modes"].values():
+            mode["mean_l2"] = float("nan")
+        return out, ds
+
+    monkeypatch.setattr(D, "diagnose_checkpoint", undefined)
+    args = add_diagnose_args(argparse.ArgumentParser()).parse_args(
+        [str(_save(tmp_path)), "--n", "16", "--steps", "2", "--worst-case", "none"])
+    assert cli_diagnose(args) == 0
+    text = capsys.readouterr().out
+    assert "nan" not in text.lower() and "inf%" not in text, text
+    assert text.count("n/a (undefined") == 3 and "confounding II" in text

@@ -80,6 +80,8 @@ def test_a_kill_at_a_write_point_resumes_to_identical_weights(fault_runs, i):
     assert case["tmp_left"] == [] and case["state_left"] == [], case  # nothing stale
     if kill not in AFTER_COMMIT:
         assert case["metrics_same"], case  # no cut line, no line of a step done twice
+    # every line has the uninterrupted run's fields (the first resumed step's drift values)
+    assert case["metrics_difference"] is None, case["metrics_difference"]
     if kill.endswith(".tmp:1") or kill.endswith(".tmp:2") or kill.endswith(".tmp:3"):
         assert case["tmp_after_kill"], case  # the kill did leave a .tmp file to clean
 
@@ -100,7 +102,10 @@ def test_resume_on_a_finished_run_refuses_and_leaves_it_unchanged(tmp_path, caps
     base = ["train", *TRAIN, "--out", str(tmp_path), "--name", "keep", "--quiet"]
     assert _run(base, capsys)[0] == 0
     run = tmp_path / "keep"
-    before = {f: _sha(run / f) for f in ("model.safetensors", "model.json", "metrics.jsonl")}
+    # the lock file names its last holder; a refused run must not rewrite it
+    (run / "run.lock").write_text('{"pid": 4242, "host": "elsewhere", "started": "then"}\n')
+    before = {f: _sha(run / f) for f in ("model.safetensors", "model.json", "metrics.jsonl",
+                                         "run.lock")}
     for extra in (["--resume"], ["--resume", "--method", "trades", "--eps", "0.05"], []):
         rc, out = _run(base + extra, capsys)
         err = out.err.strip()
@@ -175,3 +180,4 @@ def test_thirty_random_kills_then_resume_give_identical_weights(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     r = json.loads(out.read_text())
     assert r["kills"] >= 30 and r["identical"] and r["finished_runs"] >= 1, r
+    assert r["metrics_differences"] == [], r["metrics_differences"]

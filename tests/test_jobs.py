@@ -132,9 +132,14 @@ def test_stop_keeps_the_last_epoch_and_resume_ends_bit_identical_to_an_uninterru
     found, errors = find_checkpoints(tmp_path / "runs")  # every page's checkpoint scan
     assert [f.path for f in found] == [run.run_dir] and not errors
     assert found[0].meta["stopped"]["epoch"] == k
-    # resumed by another session: it becomes the owner, the run goes on to its full length
-    again = jobs.resume_job(run.run_dir, owner="b", threads=1)
-    assert again.active and again.owner == "b" and again.resumes == 1
+    # another session resumes it only through the confirmed control, and the run stays
+    # its owner's (who keeps Pause and Stop); it goes on to its full length
+    with pytest.raises(jobs.JobError, match="another session"):
+        jobs.resume_job(run.run_dir, owner="b", threads=1)
+    assert jobs.job_status(run.run_dir).state == "stopped"
+    again = jobs.resume_job(run.run_dir, owner="b", other=True, threads=1)
+    assert again.active and again.owner == "a" and again.resumes == 1
+    assert jobs.owns(again, "a") and not jobs.owns(again, "b")
     done = jobs.wait_for(run.run_dir, timeout=180)
     assert done.state == "finished", jobs.read_log_tail(run.run_dir)
     assert done.step == done.total_steps == 60 * 15
@@ -146,6 +151,32 @@ def test_stop_keeps_the_last_epoch_and_resume_ends_bit_identical_to_an_uninterru
     assert a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
     steps = [r["step"] for r in jobs.read_metrics(run.run_dir) if "train/loss" in r]
     assert steps == list(range(1, 60 * 15 + 1))  # the redone steps are logged once
+
+
+def test_a_run_stopped_in_the_app_and_finished_with_the_cli_resume_is_finished(
+        tmp_path, capsys):
+    from normshape_core.__main__ import main
+    from normshape_core.checkpoints import read_meta
+
+    run = jobs.start_job({**TINY, "epochs": 40}, tmp_path, owner="a", threads=1)
+    _wait_until(run.run_dir, lambda s: s.epoch >= 1)
+    jobs.pause_job(run.run_dir, owner="a")
+    _wait_until(run.run_dir, lambda s: s.state == "paused")
+    jobs.stop_job(run.run_dir, owner="a")
+    stopped = jobs.wait_for(run.run_dir, timeout=60)
+    assert stopped.state == "stopped" and stopped.stopped_epoch >= 1
+    assert read_meta(run.run_dir)["stopped"]["epochs"] == 40
+    rc = main(["train", "--dataset", "moons", "--method", "pgd", "--shaping", "attack+train",
+               "--ratio", "1:3", "--epochs", "40", "--eval-samples", "100", "--threads", "1",
+               "--out", str(tmp_path), "--name", run.run_dir.name, "--resume", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    meta = read_meta(run.run_dir)
+    assert "stopped" not in meta and meta["epochs"] == 40  # the checkpoint's mark is gone
+    done = jobs.job_status(run.run_dir)  # and so is the app's
+    assert done.state == "finished" and done.stopped_epoch is None, done
+    assert done.step == done.total_steps == 40 * 15 and done.progress == 1.0
+    assert done.final_metrics["test/clean_acc_pn"] == meta["final_metrics"]["test/clean_acc_pn"]
+    assert "finished" in done.describe() and "stopped" not in done.describe()
 
 
 def test_a_failing_run_reports_its_error_in_one_line(tmp_path):

@@ -65,7 +65,9 @@ def test_report_only_rewrites_only_the_generated_block(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, needle", [
     (["--datasets", "cifar100"], "no sweep settings for dataset 'cifar100'"),
-    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--epochs", "0"], "--epochs must be a whole number in [1, 100,000], got 0"),
+    (["--datasets", ""], "--datasets names no dataset"),
+    (["--threads", "100000"], "--threads must be a whole number in [1, 1,024]"),
     (["--report-only", "--out", "/nonexistent/r.json"], "no results file"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
@@ -73,6 +75,73 @@ def test_bad_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
                str(tmp_path / "r.json"), *argv])  # a later --out wins
     err = capsys.readouterr().err.strip()
     assert rc == 2 and needle in err and "\n" not in err
+
+
+def _sha256_of_shipped():
+    import hashlib
+
+    files = [RESULTS, ROOT / "CONFOUNDINGS.md", *sorted(LESSONS.rglob("*.*"))]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+def test_the_readme_smoke_command_from_a_checkout_leaves_the_shipped_results_alone(
+        tmp_path, capsys, monkeypatch):
+    """The README's smoke command, run from the checkout's root, writes to the user's
+    folder: the shipped results, CONFOUNDINGS.md and the lessons keep their SHA-256. Run
+    again into the same results file, it merges: its cells come from the cache, and a cell
+    of another run already in the file is kept."""
+    readme = (ROOT / "README.md").read_text()
+    (cmd,) = re.findall(r"^normshape (sweep-confoundings --grid tiny[^#\n]*?)\s*#", readme,
+                        re.M)
+    argv = cmd.split()
+    assert argv == ["sweep-confoundings", "--grid", "tiny", "--datasets", "moons", "--epochs",
+                    "2"]
+    home = tmp_path / "home"
+    monkeypatch.setenv("NORMSHAPE_HOME", str(home))
+    monkeypatch.chdir(ROOT)
+    before = _sha256_of_shipped()
+    assert main(argv) == 0
+    assert _sha256_of_shipped() == before
+    mine = home / "sweep" / "confoundings.json"
+    results = json.loads(mine.read_text())
+    assert [c["id"] for c in results["cells"]] == ["moons/base", "moons/mlp10"]
+    assert generated_block(results) in (home / "sweep" / "CONFOUNDINGS.md").read_text()
+    # another run's cell in the same file (same seed, epochs and test size): never dropped
+    other = dict(json.loads(RESULTS.read_text())["cells"][-1], id="spirals/base",
+                 dataset="spirals")
+    results["cells"].append(other)
+    mine.write_text(json.dumps(results))
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("done already") == 2
+    merged = json.loads(mine.read_text())
+    assert [c["id"] for c in merged["cells"]] == ["moons/base", "moons/mlp10", "spirals/base"]
+    assert merged["cells"][:2] == results["cells"][:2] and merged["cells"][2] == other
+    assert "| spirals/base |" in (home / "sweep" / "CONFOUNDINGS.md").read_text()
+    assert _sha256_of_shipped() == before
+
+
+def test_a_sweep_into_results_of_other_settings_is_refused_and_keeps_them(tmp_path, capsys):
+    import shutil
+
+    target = tmp_path / "r.json"
+    shutil.copy(RESULTS, target)  # the shipped settings: no epochs override
+    before = target.read_bytes()
+    rc = main(["sweep-confoundings", "--grid", "tiny", "--datasets", "moons", "--epochs", "2",
+               "--work", str(tmp_path / "w"), "--out", str(target), "--doc", "none"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "--epochs (file None, now 2)" in err, err
+    assert target.read_bytes() == before and not (tmp_path / "w").exists()
+
+
+def test_ship_names_the_checkouts_files():
+    from normshape_core.sweep import SweepSettings
+
+    s = SweepSettings(datasets=["moons"], ship=True).resolved()
+    assert s.out == RESULTS and Path(s.doc) == ROOT / "CONFOUNDINGS.md"
+    assert Path(s.lessons) == LESSONS
+    mine = SweepSettings(datasets=["moons"]).resolved()
+    assert ROOT not in mine.out.parents and ROOT not in Path(mine.doc).parents
 
 
 def test_the_full_grid_varies_one_axis_at_a_time():

@@ -428,3 +428,23 @@ def test_weights_that_break_the_reader_give_one_message_on_a_page(home, fresh):
     [error] = [plain(e.value) for e in at.error]
     # (names the folder, or the weights file when the reader itself reports the problem)
     assert error.startswith("This cannot be shown: checkpoint ") and "\n" not in error, error
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "int"])
+def test_weights_that_cannot_be_a_trained_model_are_refused(home, fresh, kind):
+    """NaN, all-inf or integer-typed weights with matching metadata would evaluate silently
+    as a constant classifier (accuracy 0.5 on moons): refused when read, nothing stored."""
+    import torch
+    from safetensors.torch import load, save
+
+    weights, meta = fresh
+    tensors = load(weights)
+    for name, t in tensors.items():
+        if t.is_floating_point():
+            tensors[name] = (torch.full_like(t, float(kind)) if kind != "int"
+                             else t.round().to(torch.int64))
+    bad = save(tensors)
+    with pytest.raises(ValueError, match=r"^model\.safetensors: tensor '.*' (holds|is int64)"):
+        ui.import_checkpoint(bad, json.dumps(with_weights(meta, bad)).encode(),
+                             "model.safetensors")
+    assert stored(home) == []

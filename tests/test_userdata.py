@@ -102,3 +102,35 @@ def test_reproduce_writes_its_results_beside_the_checkpoints(tmp_path, monkeypat
 def test_the_user_folder_is_documented():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "NORMSHAPE_HOME" in readme and "~/.local/share/normshape" in readme
+
+
+def test_error_logs_rotate_and_never_follow_a_file_already_there(monkeypatch, tmp_path):
+    from normshape_core import userdata
+
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path))
+    n = userdata.MAX_ERROR_LOGS + 7
+    paths = [userdata.write_error_log(f"failure {i}\n") for i in range(n)]
+    assert len(set(paths)) == len(paths)  # the same second, the same process: own files
+    kept = sorted(userdata.logs_dir().glob("error-*.log"))
+    assert len(kept) == userdata.MAX_ERROR_LOGS
+    assert set(kept) == set(paths[-userdata.MAX_ERROR_LOGS:])  # the newest ones
+    assert paths[-1].read_text() == f"failure {userdata.MAX_ERROR_LOGS + 6}\n"
+
+
+def test_an_error_log_goes_to_the_temporary_folder_when_the_user_folder_is_unusable(
+        monkeypatch, tmp_path):
+    import tempfile
+
+    from normshape_core import userdata
+
+    (tmp_path / "home").write_text("a file, not a folder")
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    path = userdata.write_error_log("x")
+    assert path.parent == tmp_path / "tmp" and path.name.startswith("normshape-error-")
+    (tmp_path / "tmp" / "error-other-program.log").write_text("not ours")
+    for _ in range(userdata.MAX_ERROR_LOGS + 2):
+        userdata.write_error_log("y")
+    assert len(list((tmp_path / "tmp").glob("normshape-error-*.log"))) == userdata.MAX_ERROR_LOGS
+    assert (tmp_path / "tmp" / "error-other-program.log").exists()  # only ours rotate

@@ -56,12 +56,13 @@ def main(argv: Optional[List[str]] = None,
     one line with "please report" and the path of a log file holding the traceback, exit 1."""
     from ..checkpoints import CheckpointError
     from ..data import DatasetUnavailable
+    from ..files import UnreadableFile
 
     parser = parser or build_parser()
     args = parser.parse_args(argv)
     try:
         rc = args.func(args)
-    except (ConfigError, CheckpointError, DatasetUnavailable) as e:
+    except (ConfigError, CheckpointError, DatasetUnavailable, UnreadableFile) as e:
         print(one_line(f"error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,6 +51,21 @@ def diagnose_settings_from_args(args: argparse.Namespace) -> DiagnoseSettings:
                             worst_case=members).validate()
 
 
+def _pct(v) -> str:
+    """A relative difference as +NN%, or "n/a" where it is undefined (a zero or non-finite
+    base: e.g. no logit error, or PGD that never moved): never "+nan%"."""
+    import math
+
+    return f"{v:+.0%}" if isinstance(v, (int, float)) and math.isfinite(v) else \
+        "n/a (undefined: its base is zero or not finite)"
+
+
+def _num(v, fmt: str = ".4f") -> str:
+    import math
+
+    return format(v, fmt) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
+
+
 def cli_diagnose(args: argparse.Namespace) -> int:
     """``diagnose CHECKPOINT``: print the three measurements; write --json."""
     from ..checkpoints import atomic_write_json
@@ -61,23 +76,23 @@ def cli_diagnose(args: argparse.Namespace) -> int:
     steps = ds.steps
     for r, tr in out["moving_target"].items():
         s = tr["summary"]
-        print(f"moving target {r}: BN statistics move {s['step_drift_mean']:.4f} (mean, per step)"
-              f", end {s['final_distance_to_clean_mean']:.4f} from the clean batch's; "
-              f"accuracy after PGD-{steps} crafted through this batch (BN), classified "
-              f"with BN: {s['adv_acc']:.3f}")
+        print(f"moving target {r}: BN statistics move {_num(s['step_drift_mean'])} (mean, "
+              f"per step), end {_num(s['final_distance_to_clean_mean'])} from the clean "
+              f"batch's; accuracy after PGD-{steps} crafted through this batch (BN), "
+              f"classified with BN: {_num(s['adv_acc'], '.3f')}")
     for w in out.get("worst_case", ()):
         print(f"worst case per sample ({w['ensemble']}) on the same batch, crafted with "
               f"{w['crafted_with']}, classified with {w['classified_with']}: "
-              f"{w['robust_acc']:.3f} (clean {w['clean_acc']:.3f})")
+              f"{_num(w['robust_acc'], '.3f')} (clean {_num(w['clean_acc'], '.3f')})")
     c2 = out["confounding_ii"]
-    print(f"confounding II: logit error with the clean batch's BN {c2['error_with_clean_bn']:.4f}"
-          f" vs the adversarial batch's own {c2['error_with_adv_bn']:.4f}: "
-          f"{c2['relative_difference']:+.0%} (paper: +63%)")
+    print(f"confounding II: logit error with the clean batch's BN "
+          f"{_num(c2['error_with_clean_bn'])} vs the adversarial batch's own "
+          f"{_num(c2['error_with_adv_bn'])}: {_pct(c2['relative_difference'])} (paper: +63%)")
     c3 = out["confounding_iii"]
-    sizes = ", ".join(f"{k} {v['mean_l2']:.4f} (straightness {v['straightness']:.2f})"
-                      for k, v in c3["modes"].items())
+    sizes = ", ".join(f"{k} {_num(v['mean_l2'])} (straightness "
+                      f"{_num(v['straightness'], '.2f')})" for k, v in c3["modes"].items())
     print(f"confounding III: mean L2 of PGD perturbations: {sizes}; PN vs BN "
-          f"{c3['pn_vs_bn']:+.0%} (paper: +17%), shaping vs BN {c3['shaping_vs_bn']:+.0%} "
+          f"{_pct(c3['pn_vs_bn'])} (paper: +17%), shaping vs BN {_pct(c3['shaping_vs_bn'])} "
           f"(paper: +41%)")
     if args.json:
         atomic_write_json(args.json, _finite(out))

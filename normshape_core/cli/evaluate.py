@@ -122,6 +122,8 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     craft = _parse_craft(args.craft)
     check_cli_settings(args, attacks=attacks, ensembles=ensembles, classify=classify,
                        craft=craft)
+    if not args.no_cache:
+        check_cache_files(args.checkpoint)
     df, meta = evaluate_checkpoint(
         args.checkpoint, dataset_name=args.dataset, device=args.device,
         use_cache=not args.no_cache, progress=True, gap_threshold=args.gap_threshold,
@@ -162,6 +164,28 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_cache_files(checkpoint) -> None:
+    """The evaluation cache files of ``checkpoint`` that exist (beside it and in the user's
+    folder) are regular files of bounded size (``files``), checked before they are read: a
+    FIFO there would hang the reading. The checkpoint's own files are checked when read."""
+    import os
+
+    from ..checkpoints import CheckpointError
+    from ..evaluation import BESIDE, MAX_CACHE_BYTES, cache_path_for
+    from ..files import UnreadableFile, check_file
+
+    try:
+        paths = [cache_path_for(checkpoint, BESIDE), cache_path_for(checkpoint)]
+    except (CheckpointError, ConfigError):
+        return  # the checkpoint itself is refused, with its own message, when it is read
+    for path in paths:
+        if os.path.lexists(path):
+            try:
+                check_file(path, MAX_CACHE_BYTES, "evaluation cache")
+            except UnreadableFile as e:
+                raise ConfigError(f"{e}; remove it, or pass --no-cache") from None
+
+
 def _check_json_target(path) -> None:
     """A --json target must be writable before any work starts."""
     from ..config import check_writable_file
@@ -184,6 +208,11 @@ def check_cli_settings(args, **extra) -> EvalSettings:
     if not math.isfinite(gap) or not 0 <= gap <= 1:
         raise ConfigError(f"gap-threshold must be a finite number in [0, 1], got {gap}")
     _check_json_target(args.json)
+    if not args.no_cache:
+        from ..config import check_user_folder
+        from ..userdata import eval_cache_dir
+
+        check_user_folder(eval_cache_dir(), " or pass --no-cache")
     values = EvalSettings().to_dict()
     values.update({k: v for k, v in _settings_from_args(args, **extra).items() if v is not None})
     s = EvalSettings(**values)
@@ -227,6 +256,9 @@ def cli_grid(args: argparse.Namespace) -> int:
                           "or an ensemble (default)")
     check_cli_settings(args, attacks=singles, ensembles=ensembles,
                        classify=[f"shaped:{r}" for r in ratios])
+    if not args.no_cache:
+        for ckpt in args.checkpoints:
+            check_cache_files(ckpt)
     dfs: Dict[str, pd.DataFrame] = {}
     json_rows: List[Dict[str, Any]] = []
     for ckpt in args.checkpoints:

@@ -67,18 +67,35 @@ def run_cli_forked(argv, env=None) -> int:
 
 
 def _metrics_shape(path) -> list:
-    """(step, epoch row or not) of every metrics.jsonl line; None for a line that is not
-    JSON (a cut line)."""
+    """(step, the line's field names) of every metrics.jsonl line; None for a line that is
+    not JSON (a cut line)."""
     import json
 
+    from ..files import MAX_LOG_BYTES, UnreadableFile, read_text
+
+    try:
+        text = read_text(path, MAX_LOG_BYTES, "metrics log", errors="replace")
+    except UnreadableFile:
+        return []
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         try:
             row = json.loads(line)
-            out.append([row["step"], any(k.startswith("test/") for k in row)])
+            out.append([row["step"], sorted(row)])
         except (ValueError, KeyError, TypeError):
             out.append(None)
     return out
+
+
+def _first_difference(want: list, got: list):
+    """The first metrics line whose step or fields differ from the uninterrupted run's:
+    {line, want, got}; None when the two logs have the same lines with the same fields."""
+    for i in range(max(len(want), len(got))):
+        a = want[i] if i < len(want) else None
+        b = got[i] if i < len(got) else None
+        if a != b:
+            return {"line": i + 1, "want": a, "got": b}
+    return None
 
 
 def fault_point_runs(workdir, train_args, cases) -> dict:
@@ -117,7 +134,9 @@ def fault_point_runs(workdir, train_args, cases) -> dict:
                     "state_left": sorted(p.name for p in state_files(workdir / name)) +
                     (["state.json"] if (workdir / name / "state.json").exists() else []),
                     "metrics_same": _metrics_shape(workdir / name / "metrics.jsonl")
-                    == want_metrics})
+                    == want_metrics,
+                    "metrics_difference": _first_difference(
+                        want_metrics, _metrics_shape(workdir / name / "metrics.jsonl"))})
     return {"want_sha256": want, "cases": out}
 
 
@@ -144,8 +163,10 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
         raise RuntimeError("the uninterrupted run failed")
     duration = time.time() - started  # the training itself: kills land in [0, 1.1 x] of it
     want = sha256_file(workdir / "full" / "model.safetensors")
+    want_metrics = _metrics_shape(workdir / "full" / "metrics.jsonl")
     made = resumes = finished = 0
     identical = True
+    metrics_differences = []
     while made < kills:
         name = f"killed{finished}"
         while True:
@@ -170,8 +191,12 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
             break
         finished += 1
         identical = identical and sha256_file(workdir / name / "model.safetensors") == want
+        diff = _first_difference(want_metrics, _metrics_shape(workdir / name / "metrics.jsonl"))
+        if diff is not None:
+            metrics_differences.append({"run": name, **diff})
     return {"kills": made, "resumes": resumes, "finished_runs": finished,
-            "identical": identical, "seconds": round(time.time() - t0, 1)}
+            "identical": identical, "metrics_differences": metrics_differences,
+            "seconds": round(time.time() - t0, 1)}
 
 
 def _wait_for_lock(run_dir, pid: int, timeout: float = 120.0) -> float:
@@ -180,14 +205,15 @@ def _wait_for_lock(run_dir, pid: int, timeout: float = 120.0) -> float:
     import json
     import time
 
+    from ..files import UnreadableFile, read_text
     from ..runlock import LOCK_NAME
 
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            if json.loads((run_dir / LOCK_NAME).read_text()).get("pid") == pid:
+            if json.loads(read_text(run_dir / LOCK_NAME, 4096)).get("pid") == pid:
                 return time.time()
-        except (OSError, ValueError, AttributeError):
+        except (UnreadableFile, ValueError, AttributeError):
             pass
         time.sleep(0.002)
     raise RuntimeError(f"process {pid} did not start training in {run_dir} in {timeout:.0f} s")

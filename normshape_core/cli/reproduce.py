@@ -62,6 +62,8 @@ def cli_reproduce(args: argparse.Namespace) -> int:
     from ..checkpoints import atomic_write_json
 
     rs = reproduce_settings_from_args(args)
+    if not args.skip_eval:
+        check_test_size(rs)
     torch.set_num_threads(rs.threads)
     out, specs, overrides = rs.out, rs.specs(), rs.overrides()
     t0 = time.time()
@@ -88,6 +90,19 @@ def cli_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_test_size(rs: ReproduceSettings) -> None:
+    """The test samples evaluated (``--n-test``, default the reproduction's) exist in the
+    dataset's test set: checked before the first run trains, not after the last."""
+    from ..data import load_dataset
+    from ..reproduce import REPRO_N_TEST
+
+    n = rs.n_test or REPRO_N_TEST.get(rs.dataset, 1000)
+    n_all = len(load_dataset(rs.dataset, seed=rs.seed).x_test)
+    if n > n_all:
+        raise ConfigError(f"--n-test {n}{'' if rs.n_test else ' (the default)'} is larger than "
+                          f"the {n_all} test samples of {rs.dataset}")
+
+
 def add_report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoints", default="checkpoints", help="folder whose */results.json "
                    "are reported (default: checkpoints)")
@@ -95,8 +110,25 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
                    "REPRODUCTION.md)")
 
 
+def check_report_inputs(rs: ReportSettings) -> None:
+    """Every file ``report`` reads is a regular file of bounded size (``files``), checked
+    before any is read: a FIFO or a device would hang the reading."""
+    from ..files import UnreadableFile, check_file
+    from ..report import MAX_REPORT_BYTES
+    from ..reproduce import MAX_RESULTS_BYTES
+
+    try:
+        for p in sorted(Path(rs.checkpoints).glob("*/results.json")):
+            check_file(p, MAX_RESULTS_BYTES, "results file")
+        if rs.out.exists():
+            check_file(rs.out, MAX_REPORT_BYTES, "report")
+    except UnreadableFile as e:
+        raise ConfigError(str(e)) from None
+
+
 def cli_report(args: argparse.Namespace) -> int:
     rs = ReportSettings(Path(args.checkpoints), Path(args.out)).validate()
+    check_report_inputs(rs)
     paths = rs.results_paths()
     try:
         update_report(Path(args.out), paths)
