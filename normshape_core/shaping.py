@@ -28,7 +28,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -190,6 +190,9 @@ class Classifier:
     rows_independent: bool = False
     """True when a row's logits do not depend on the other rows (PN): attacks may then
     forward any subset of rows"""
+    transfer_from: Tuple[str, ...] = ()
+    """classify specs of the other views an attacker should also craft through and transfer
+    from (the worst case re-checks their examples under this view's own norms)"""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -226,6 +229,7 @@ class BNClassifier(Classifier):
     """BN: the batch being classified supplies its own statistics (frozen BN)."""
 
     crafting_label = "BN"
+    transfer_from = ("pn",)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -281,6 +285,7 @@ class ShapedClassifier(Classifier):
     """
 
     DRAW_CACHE_SIZE = 8
+    transfer_from = ("pn", "bn")
 
     def __init__(self, model: nn.Module, reference_pool: torch.Tensor,
                  ratio: "Ratio | str" = "1:9", group_size: Optional[int] = 1, seed: int = 0,
