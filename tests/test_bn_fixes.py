@@ -176,3 +176,36 @@ def test_the_command_evaluates_every_row_through_its_own_norms(tmp_path):
         assert r["n"] == 10 and r["crafted_with"] == crafted[r["spec"]], r
         assert r["classified_with"] == describe_spec(r["spec"], norms.get(r["key"], "bn"))
     assert not list((ROOT / "checkpoints").rglob(bf.RESULTS_NAME))  # nothing shipped written
+
+
+# ====================================================================== the shipped runs
+@pytest.mark.parametrize("dataset", ["moons", "digits", "fashion_mnist"])
+def test_the_shipped_set_is_there_and_valid(dataset):
+    from normshape_core.checkpoints import find_checkpoints
+
+    s = bf.AlternativesSettings(dataset=dataset, out=ROOT / "checkpoints" / dataset,
+                                repro=ROOT / "checkpoints" / dataset)
+    found, errors = find_checkpoints(ROOT / "checkpoints" / dataset)
+    assert not errors, errors
+    shipped = {f.path.name: f.meta for f in found if f.meta["config"].get("norm", "bn") != "bn"}
+    expected = {bf.run_config(dataset, a).run_name(): a for a in s.alternatives()}
+    assert set(shipped) == set(expected)
+    for name, meta in shipped.items():  # at the reproduction's settings, seed 0
+        want = bf.run_config(dataset, expected[name])
+        assert meta["config"] == {**want.to_dict(), "device": meta["config"]["device"]}, name
+
+
+@pytest.mark.parametrize("key", ["dual_bn/pgd", "no_batch_stats/pgd"])
+def test_a_shipped_run_regenerates_bit_for_bit(key):
+    import torch
+
+    from normshape_core.checkpoints import load_checkpoint
+    from normshape_core.config import TrainConfig
+    from normshape_core.training import train
+
+    alt = next(a for a in bf.ALTERNATIVE_SET if a.key == key)
+    folder = ROOT / "checkpoints" / "moons" / bf.run_config("moons", alt).run_name()
+    model, meta = load_checkpoint(folder)
+    again = train(TrainConfig.from_dict(meta["config"]))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), (key, k)
