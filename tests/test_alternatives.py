@@ -216,6 +216,9 @@ def test_each_view_equals_its_inference_forward_row_for_row(moons):
     clean, adv = (alt.make_classifier(f"dual:{b}", dual, pool) for b in (CLEAN, ADV))
     assert clean.transfer_from == ("dual:adv",) and adv.transfer_from == ("dual:clean",)
     assert tts.transfer_from == ("pn",)
+    assert alt.make_classifier("own", ln, pool).transfer_from == ()
+    assert [alt.make_classifier(s, bn_model, pool).transfer_from for s in
+            ("pn", "bn", "shaped:1:9")] == [(), ("pn",), ("pn", "bn")]
     with torch.no_grad():
         assert not torch.equal(clean(x), adv(x))  # two classifiers
 
