@@ -111,7 +111,7 @@ class TrainConfig:
     agc_clip: Optional[float] = _f(None, "adaptive gradient clipping (Brock et al. 2021): clip "
                                          "each unit's gradient to this fraction of its weight "
                                          "norm, final layer excepted; normalizer-free runs use "
-                                         "0.01; default: off")
+                                         "0.01; none: no clipping")
     batch_size: Optional[int] = _f(None, "training batch size B")
     epochs: Optional[int] = _f(None, "training epochs (ignored when max_steps is set)")
     max_steps: Optional[int] = _f(None, "stop after this many training steps (paper: 80000)")
