@@ -189,7 +189,7 @@ def test_poisoned_re_estimation_set_replaces_its_last_rows(moons):
 # ====================================================================== views = forwards
 def test_each_view_equals_its_inference_forward_row_for_row(moons):
     x = moons.x_test[:30]
-    pool = make_reference_pool(moons, 64, 0)
+    pool = make_reference_pool(moons, 128, 0)
     dual = train(_cfg(norm="dual_bn", max_steps=3)).model
     ln = train(_cfg(norm="ln", max_steps=3)).model
     bn_model, _ = load_checkpoint(MOONS_PGD)
