@@ -104,7 +104,10 @@ def inventory_rows(ckpts) -> pd.DataFrame:
         training = "natural" if natural else f"{cfg['method'].upper()}, {TRAINING[cfg['shaping']]}"
         if not natural and cfg["shaping"] != "none":
             training += f" {cfg['ratio']}"
+        if cfg.get("norm") == "dual_bn":
+            training = f"{cfg['method'].upper()}, clean + adv"
         row = {"checkpoint": c.id, "dataset": cfg["dataset"], "training": training,
+               "norms": ui.norm_text(cfg) or "BN",
                "polluted PN": "yes" if cfg.get("polluted_running_stats") else "no",
                "eps": ui.eps_text(cfg)}
         for k, v in fm.items():

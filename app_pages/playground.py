@@ -59,19 +59,23 @@ def settings_form():
         cols = st.columns(2)
         for side, col, default in (("a", cols[0], PG.DEFAULT_SPECS[0]),
                                    ("b", cols[1], PG.DEFAULT_SPECS[1])):
-            c = col.columns(3)
+            c = col.columns(4)
             method = c[0].selectbox(f"Run {side.upper()}: method", PG.METHODS,
                                     index=PG.METHODS.index(default.method),
                                     key=f"pg_{side}_method", bind="query-params")
+            norm = c[3].selectbox(f"Run {side.upper()}: norms", PG.NORMS, key=f"pg_{side}_norm",
+                                  format_func=PG.NORM_LABELS.get, bind="query-params")
             shaping = c[1].selectbox(f"Run {side.upper()}: shaping", PG.SHAPINGS,
                                      index=PG.SHAPINGS.index(default.shaping),
                                      format_func=SHAPING_LABELS.get, key=f"pg_{side}_shaping",
-                                     bind="query-params", disabled=method == "natural")
+                                     bind="query-params",
+                                     disabled=method == "natural" or norm == "dual_bn")
             ratio = c[2].selectbox(f"Run {side.upper()}: ratio adv:clean", TRAIN_RATIOS,
                                    index=TRAIN_RATIOS.index(default.ratio),
                                    key=f"pg_{side}_ratio", bind="query-params",
                                    disabled=method == "natural" or shaping == "none")
-            specs.append(PG.RunSpec(method, "none" if method == "natural" else shaping, ratio))
+            specs.append(PG.RunSpec(method, "none" if method == "natural" else shaping, ratio,
+                                    norm))
     settings = PG.PlaySettings(dataset=dataset, noise=float(noise), n_samples=int(n),
                                seed=int(seed), width=int(width), depth=int(depth), lr=float(lr),
                                batch_size=int(bs), eps=float(eps), attack_steps=int(k))

@@ -29,7 +29,8 @@ ui.explain("Each row is a model trained with PGD + shaping in attack and trainin
            "the training ratio, and that 1:1 training gains nothing from shaping. Missing "
            "cells are computed on demand and kept.")
 
-candidates = [c for c in ui.checkpoints() if c.config["method"] != "natural"]
+candidates = [c for c in ui.checkpoints() if c.config["method"] != "natural"
+              and c.config.get("norm", "bn") == "bn"]  # Table IV: BN models
 if not candidates:
     ui.no_checkpoints_message("adversarially trained checkpoints")
     st.stop()

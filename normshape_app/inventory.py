@@ -131,16 +131,20 @@ class Ckpt:
         return list(self.meta.get("input_shape", [])) == [2]
 
     def tag(self) -> str:
-        """A few words for a figure title: method, training mode, ratio."""
+        """A few words for a figure title: method, training mode, ratio, norms (other than
+        BN's)."""
         c = self.config
+        norms = f", {norm_text(c)}" if norm_text(c) else ""
         if c["method"] == "natural":
-            return "natural"
+            return "natural" + norms
         mode = {"none": "adv only", "train": "shaping in training",
                 "attack+train": "shaping"}[c["shaping"]]
+        if c.get("norm") == "dual_bn":
+            mode = "clean + adv"
         if c["shaping"] != "none":
             mode += f" {c['ratio']}"
         polluted = ", polluted PN" if c.get("polluted_running_stats") else ""
-        return f"{c['method'].upper()} {mode}{polluted}"
+        return f"{c['method'].upper()} {mode}{polluted}{norms}"
 
     def column_name(self) -> str:
         """A column header that tells checkpoints apart: run name and training label."""
@@ -154,13 +158,28 @@ class Ckpt:
         else:
             mode = {"none": "adv only", "train": "shaping in training",
                     "attack+train": "shaping in attack+training"}[c["shaping"]]
+            if c.get("norm") == "dual_bn":
+                mode = "clean + adv"
             if c["shaping"] != "none":
                 mode += f" {c['ratio']}"
             mode = f"{c['method'].upper()}, {mode}"
+        if norm_text(c):
+            mode += f", {norm_text(c)}"
         st_ = self.meta.get("stopped")  # a stopped background run's kept epoch
         stop = (f", stopped at epoch {st_.get('epoch')}/{st_.get('epochs')}"
                 if isinstance(st_, dict) else "")
         return f"{c['dataset']}: {mode}, eps {eps_text(c)}{stop}"
+
+
+#: a checkpoint's norm layers as the pages name them: dual BN's pages classify with its
+#: adversarial set (PN, BN and shaped inference of that set)
+NORM_TEXT = {"bn": "", "dual_bn": "dual BN [adv norms]", "gn": "GroupNorm (no batch statistics)",
+             "ln": "LayerNorm (no batch statistics)", "nf": "normalizer-free (no batch statistics)"}
+
+
+def norm_text(config: Dict[str, Any]) -> str:
+    """The norms of a checkpoint other than BN, named ("" for BN)."""
+    return NORM_TEXT.get(config.get("norm", "bn"), str(config.get("norm")))
 
 
 def eps_text(config: Dict[str, Any]) -> str:
@@ -323,7 +342,8 @@ def prefer_2d_adversarial(c: Ckpt):
     settings are chosen to show one confounding), then plain adversarial training (adv
     only), then shaped."""
     cfg = c.config
-    return (not c.is_2d, c.id.startswith("lesson-"), bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+    return (not c.is_2d, c.id.startswith("lesson-"), cfg.get("norm", "bn") != "bn",
+            bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
             cfg["method"] != "pgd", cfg["shaping"] != "none", c.id)
 
 
@@ -331,7 +351,8 @@ def prefer_2d_shaped(c: Ckpt):
     """Sort key: 2-D sets first, the reproduction's checkpoints before the lessons', then
     PGD + shaping in attack and training at 1:3."""
     cfg = c.config
-    return (not c.is_2d, c.id.startswith("lesson-"), bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
+    return (not c.is_2d, c.id.startswith("lesson-"), cfg.get("norm", "bn") != "bn",
+            bool(cfg.get("polluted_running_stats")), cfg["method"] == "natural",
             cfg["method"] != "pgd", cfg["shaping"] != "attack+train", cfg["ratio"] != "1:3",
             c.id)
 
@@ -352,7 +373,7 @@ def default_comparison(ckpts: Sequence[Ckpt]) -> List[str]:
         for c in ckpts:
             cfg = c.config
             if c.dataset == ds and cfg["method"] == want[0] and \
-                    not cfg.get("polluted_running_stats") and \
+                    not cfg.get("polluted_running_stats") and cfg.get("norm", "bn") == "bn" and \
                     (want[1] is None or cfg["shaping"] == want[1]) and \
                     (want[2] is None or cfg["ratio"] == want[2]) and c.id not in pick:
                 pick.append(c.id)

@@ -236,7 +236,10 @@ def show(fig, key: str, **style_kw) -> None:
 
 # ---------------------------------------------------------------- metric names
 def metric_label(key: str) -> str:
-    """``test/robust_acc_pgd10_pn_pn`` -> ``robust acc. PGD-10 (crafted PN, classified PN)``."""
+    """``test/robust_acc_pgd10_pn_pn`` -> ``robust acc. PGD-10 (crafted PN, classified PN)``;
+    dual BN's ``..._clean_norms`` -> ``... [clean norms]`` (the others: its adversarial set)."""
+    if key.endswith("_clean_norms"):
+        return metric_label(key[:-len("_clean_norms")]) + " [clean norms]"
     k = key.split("/", 1)[-1]
     if k.startswith("clean_acc_"):
         return f"clean acc. (classified {k[len('clean_acc_'):].upper()})"

@@ -19,6 +19,7 @@ from normshape_app.style import (  # noqa: F401
 from normshape_app.inventory import (  # noqa: F401
     SOURCE_ROOT, shipped_checkpoints_dir, runs_dir, uploads_dir, checkpoint_dirs, folder_label,
     dataset_here, require_dataset_here, max_active_runs, worker_threads, Ckpt, eps_text,
+    norm_text,
     checkpoints, checkpoint_errors, checkpoint_by_id, load_model, load_dataset, device_text,
     warm_umap_in_background, checkpoint_picker, prefer_2d_adversarial, prefer_2d_shaped,
     no_checkpoints_message, default_comparison,

@@ -95,7 +95,8 @@ URL_PARAMS: Dict[str, UrlParam] = {
     **{f"pg_{side}_{what}": spec for side in ("a", "b") for what, spec in (
         ("method", url_one("natural", "pgd", "trades")),
         ("shaping", url_one()),  # shown by label: Streamlit checks the option
-        ("ratio", url_one("1:1", "1:2", "1:3", "1:5", "1:9")))},
+        ("ratio", url_one("1:1", "1:2", "1:3", "1:5", "1:9")),
+        ("norm", url_one()))},  # shown by label, as shaping
     # app_pages/train.py: the per-dataset settings (key + "_" + dataset)
     **{f"train_{what}_{ds}": spec for ds in URL_DATASETS for what, spec in (
         ("model", url_one()), ("ratio", url_one()), ("eps", url_float(0.0, 1.0)),

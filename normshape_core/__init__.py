@@ -26,6 +26,9 @@ _LAZY: Dict[str, str] = {
     # inference with batch norm: PN, BN, shaped
     "PNClassifier": ".shaping", "BNClassifier": ".shaping", "ShapedClassifier": ".shaping",
     "make_reference_pool": ".shaping", "parse_classifier": ".shaping",
+    # the other BN fixes: dual BN, no batch statistics, test-time statistics
+    "make_classifier": ".alternatives", "DualBNClassifier": ".alternatives",
+    "OwnNormsClassifier": ".alternatives", "TestTimeStatsClassifier": ".alternatives",
     # attacks
     "make_attack": ".attacks", "ATTACKS": ".attacks", "pgd_linf": ".attacks",
     # training and checkpoints
@@ -45,6 +48,7 @@ _LAZY: Dict[str, str] = {
     "logit_error_experiment": ".diagnostics", "perturbation_experiment": ".diagnostics",
     # reproduction
     "ReproduceSettings": ".reproduce", "ReportSettings": ".reproduce",
+    "AlternativesSettings": ".bn_fixes",
 }
 
 __all__: List[str] = ["__version__", *_LAZY]

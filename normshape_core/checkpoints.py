@@ -312,24 +312,29 @@ def _config_types() -> Dict[str, Tuple[str, bool]]:
 
 
 def parameter_count(model: str, input_shape: Tuple[int, ...], num_classes: int,
-                    width: Optional[int] = None, depth: Optional[int] = None) -> int:
+                    width: Optional[int] = None, depth: Optional[int] = None,
+                    norm: str = "bn") -> int:
     """The number of parameters of a registered model, computed from its settings without
     building it (``tests/test_uploads.py`` checks it against built models). ``width`` and
-    ``depth``: the config's model_width / model_depth (None: the model's own)."""
+    ``depth``: the config's model_width / model_depth (None: the model's own). ``norm``: a
+    norm layer has 2 parameters per channel (GroupNorm, LayerNorm and BN's weight and bias;
+    normalizer-free: the layer's bias and gain), dual BN 4 (two sets)."""
     import math
 
     c = num_classes
+    per_channel = 4 if norm == "dual_bn" else 2
     if model == "mlp":
         d, h, n = math.prod(input_shape), width or 64, 3 if depth is None else depth
         total = 0
         for _ in range(n):
-            total += d * h + 2 * h  # Linear without bias, BN weight and bias
+            total += d * h + per_channel * h  # Linear without bias, the norm's parameters
             d = h
         return total + d * c + c
     if model == "small_cnn":
         ch, hidden = width or 32, 128
-        return (input_shape[0] * ch * 9 + 2 * ch + ch * 2 * ch * 9 + 4 * ch
-                + 2 * ch * 16 * hidden + 2 * hidden + hidden * c + c)
+        return (input_shape[0] * ch * 9 + per_channel * ch + ch * 2 * ch * 9
+                + per_channel * 2 * ch + 2 * ch * 16 * hidden + per_channel * hidden
+                + hidden * c + c)
 
     def block(i: int, p: int, stride: int) -> int:
         sc = i * p if stride != 1 or i != p else 0
@@ -361,13 +366,14 @@ def validate_meta(meta: Any, path: str | Path = "model.json") -> Dict[str, Any]:
     the keys the pages read, with their types; a known dataset, model, method and shaping;
     a parseable ratio; a finite eps in range; every training setting of the right type;
     bounded depth, width and parameter count, computed before any model is built; the
-    dataset's input shape and class count; the optional ``stopped`` record of a run stopped
-    early. Nothing is built, loaded or downloaded."""
+    norm layer (``config.norm``, absent in checkpoints older than it: BatchNorm), one the
+    model has; the dataset's input shape and class count; the optional ``stopped`` record
+    of a run stopped early. Nothing is built, loaded or downloaded."""
     import re
 
     from .config import METHODS, SHAPING_MODES, ConfigError, Ratio, TrainConfig
     from .data import DATASETS
-    from .models import MODELS
+    from .models import MODELS, NORMS
 
     def bad(field: str, problem: str):
         raise CheckpointError(path, f"{field}: {problem}")
@@ -442,6 +448,11 @@ def validate_meta(meta: Any, path: str | Path = "model.json") -> Dict[str, Any]:
     one_of("config.model", cfg["model"], list(MODELS))
     one_of("config.method", cfg["method"], list(METHODS))
     one_of("config.shaping", cfg["shaping"], list(SHAPING_MODES))
+    norm = cfg.get("norm", "bn")
+    one_of("config.norm", norm, list(NORMS))
+    if norm not in MODELS[cfg["model"]].norms:
+        bad("config.norm", f"model {cfg['model']} has no {norm} variant (its norms: "
+                           f"{', '.join(MODELS[cfg['model']].norms)})")
     try:
         Ratio.parse(cfg["ratio"], allow_zero_clean=cfg["shaping"] == "none")
     except ConfigError as e:
@@ -479,7 +490,7 @@ def validate_meta(meta: Any, path: str | Path = "model.json") -> Dict[str, Any]:
                            f"{cfg['dataset']}")
     if MODELS[model].input_kind == "images" and len(shape) != 3:
         bad("config.model", f"{model} needs images; {cfg['dataset']} has 2-D points (use mlp)")
-    n = parameter_count(model, shape, classes, width, depth)
+    n = parameter_count(model, shape, classes, width, depth, norm)
     if n > MAX_PARAMETERS:
         bad("config", f"model {model} with these settings has {n:,} parameters, more than "
                       f"the {MAX_PARAMETERS:,} a checkpoint may have")

@@ -91,6 +91,10 @@ class TrainConfig:
                                           "or WRN width); default: the model's own")
     model_depth: Optional[int] = _f(None, "depth of the model (MLP layers, WRN depth 6k+4); "
                                           "default: the model's own")
+    norm: str = _f("bn", "norm layers of the model: bn (BatchNorm), dual_bn (a clean and an "
+                         "adversarial set: clean rows train through the clean one, adversarial "
+                         "rows through the other), gn (GroupNorm, CNN), ln (LayerNorm, MLP), "
+                         "nf (normalizer-free CNN: scaled weight standardisation)")
     method: str = _f("pgd", "training objective: natural, pgd (Madry PGD-AT), trades")
     shaping: str = _f("none", "shaping mode: none (adv only, plain PGD), train (shaping in "
                               "training), attack+train (shaping in attack and training)")
@@ -104,6 +108,10 @@ class TrainConfig:
                                        "paper's variant (KL for crafting only, CE for training)")
     polluted_running_stats: bool = _f(False, "let attack steps update running statistics, as the "
                                              "TensorFlow code the paper built on did (teaching only)")
+    agc_clip: Optional[float] = _f(None, "adaptive gradient clipping (Brock et al. 2021): clip "
+                                         "each unit's gradient to this fraction of its weight "
+                                         "norm, final layer excepted; normalizer-free runs use "
+                                         "0.01; none: no clipping")
     batch_size: Optional[int] = _f(None, "training batch size B")
     epochs: Optional[int] = _f(None, "training epochs (ignored when max_steps is set)")
     max_steps: Optional[int] = _f(None, "stop after this many training steps (paper: 80000)")
@@ -162,11 +170,13 @@ class TrainConfig:
                               f"{', '.join(SHAPING_MODES)}")
         if self.method == "natural" and self.shaping != "none":
             raise ConfigError("natural training has no attack to shape: use --shaping none")
+        self._check_norm()
         ratio = Ratio.parse(self.ratio, allow_zero_clean=self.shaping == "none")
         if ratio.parts > MAX_RATIO_PARTS:
             raise ConfigError(f"ratio {ratio} has {ratio.parts} parts; at most "
                               f"{MAX_RATIO_PARTS}")
-        for name in ("eps", "step_size", "lr", "weight_decay", "momentum", "trades_beta"):
+        for name in ("eps", "step_size", "lr", "weight_decay", "momentum", "trades_beta",
+                     "agc_clip"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v < 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0 and finite, "
@@ -182,6 +192,8 @@ class TrainConfig:
             raise ConfigError(f"method {self.method} needs step-size > 0")
         if self.lr is not None and self.lr == 0:
             raise ConfigError("lr must be > 0 (with lr 0 nothing is learnt)")
+        if self.agc_clip is not None and self.agc_clip == 0:
+            raise ConfigError("agc-clip must be > 0 (leave it unset for no clipping)")
         if self.momentum >= 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         for name in ("steps", "batch_size", "epochs", "max_steps", "n_train", "eval_samples",
@@ -217,6 +229,26 @@ class TrainConfig:
         if self.dist_backend not in ("auto", "nccl", "gloo"):
             raise ConfigError(f"unknown dist backend {self.dist_backend!r}; choose one of: "
                               f"auto, nccl, gloo")
+
+    def _check_norm(self) -> None:
+        """The norm layer: known, one the model has, and dual BN only where there are
+        adversarial rows to route and no shaped batch to mix them into."""
+        from .models import MODELS, NORMS
+
+        if self.norm not in NORMS:
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+        if self.model is not None and self.model in MODELS and (
+                self.norm not in MODELS[self.model].norms):
+            raise ConfigError(f"model {self.model} has no {self.norm} variant; its norms: "
+                              f"{', '.join(MODELS[self.model].norms)}")
+        if self.norm == "dual_bn":
+            if self.method == "natural":
+                raise ConfigError("dual BN routes adversarial rows through their own set: it "
+                                  "needs an adversarial method (pgd or trades)")
+            if self.shaping != "none":
+                raise ConfigError("dual BN trains clean rows through the clean set and "
+                                  "adversarial rows through the adversarial set; a shaped batch "
+                                  "mixes them in one set: use --shaping none")
 
     def check_paths(self) -> None:
         """The paths this machine must have for a run (not part of ``validate``: a checkpoint
@@ -264,9 +296,11 @@ class TrainConfig:
 
     def run_name(self) -> str:
         """A name built from the settings that matter, so runs sort and compare by themselves."""
-        parts = [self.dataset, self.model or "", self.method]
+        parts = [self.dataset, self.model or "",
+                 self.norm.replace("_", "") if self.norm != "bn" else "", self.method]
         if self.method != "natural":
-            parts.append("adv-only" if self.shaping == "none" else
+            parts.append("clean-adv" if self.norm == "dual_bn" else
+                         "adv-only" if self.shaping == "none" else
                          "shape-" + self.shaping.replace("+", "-") + "-r" +
                          str(self.ratio).replace(":", "-"))
             if self.eps is not None:
@@ -275,6 +309,8 @@ class TrainConfig:
                 parts.append("nokl")
             if self.polluted_running_stats:
                 parts.append("polluted")
+        if self.agc_clip is not None:
+            parts.append(f"agc{self.agc_clip:g}")
         parts.append(f"s{self.seed}")
         return sanitize_name("-".join(p for p in parts if p))
 
@@ -287,6 +323,10 @@ class TrainConfig:
         for k in ("sync_bn", "channels_last"):  # off: earlier runs keep their fingerprint
             if not d.get(k):
                 d.pop(k, None)
+        if d.get("norm") == "bn":  # the default norm and no clipping: so do they
+            d.pop("norm")
+        if d.get("agc_clip") is None:
+            d.pop("agc_clip", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -453,4 +493,6 @@ def model_kwargs(cfg: TrainConfig) -> Dict[str, Any]:
         if cfg.model not in ("mlp", "wide_resnet"):
             raise ConfigError(f"model {cfg.model} has a fixed depth; drop --model-depth")
         kw["depth"] = cfg.model_depth
+    if cfg.norm != "bn":
+        kw["norm"] = cfg.norm
     return kw

@@ -31,12 +31,13 @@ import torch
 from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS, L2_MINIMAL, LINF,
                       Attack, make_attack, parse_attack_names, zero_gradient_fraction)
 from .config import ConfigError, Ratio, parse_device
+from .alternatives import make_classifier
 from .shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
-                      make_reference_pool, parse_classifier)
+                      make_reference_pool)
 from .eval_work import WorkStore, hex_mask, mask_of
 from .worst_case import (SQUARE_QUERIES, BatchState, Cost, applicable, counting_rows,
                          crafted_label, defender_view, ensemble_members, floor_seconds,
-                         make_ensemble, row_groups, row_seconds, run_member, transfer_sources)
+                         make_ensemble, row_groups, row_seconds, run_member, transfer_label)
 
 ROW_KEYS = ("attack", "crafted_with", "classified_with", "ratio", "group_size", "clean_acc",
             "robust_acc", "n", "eps", "seconds", "median_l2", "randomized", "ensemble",
@@ -113,25 +114,11 @@ def _group_of(clf: Classifier) -> Optional[int]:
 
 
 def parse_classify(specs: Union[str, Sequence[str]]) -> List[str]:
-    """``"pn,bn,shaped:1:9"`` -> validated specs (ratios checked, repeats dropped)."""
-    items = specs.split(",") if isinstance(specs, str) else list(specs)
-    out: List[str] = []
-    for raw in items:
-        s = raw.strip().lower()
-        if not s:
-            continue
-        if s in ("pn", "bn"):
-            pass
-        elif s.startswith("shaped:"):
-            Ratio.parse(s.split(":", 1)[1])
-        else:
-            raise ConfigError(f"unknown inference mode {raw!r}; use pn, bn or shaped:ADV:CLEAN "
-                              f"(e.g. shaped:1:9)")
-        if s not in out:
-            out.append(s)
-    if not out:
-        raise ConfigError("no inference mode given (use e.g. --classify pn,bn,shaped:1:9)")
-    return out
+    """``"pn,bn,shaped:1:9,dual:adv,own,tts"`` -> validated specs (ratios checked, repeats
+    dropped): every inference mode ``alternatives.check_spec`` knows."""
+    from .alternatives import parse_classify as parse_all
+
+    return parse_all(specs)
 
 
 def split_attacks(names: Union[str, Sequence[str]]) -> Tuple[List[str], List[str]]:
@@ -491,8 +478,8 @@ def _plan(model, dataset, s: EvalSettings, device) -> _Plan:
     data = dataset.subset(n_test=s.n_test, seed=s.seed) if s.n_test is not None else dataset
     pool = make_reference_pool(dataset, s.reference_pool_size, s.seed).to(device)
     classifiers: List[Classifier] = [
-        parse_classifier(spec, model, pool, group_size=s.group_size, seed=s.seed,
-                         fresh_references=s.fresh_references) for spec in s.classify]
+        make_classifier(spec, model, pool, group_size=s.group_size, seed=s.seed,
+                        fresh_references=s.fresh_references) for spec in s.classify]
     shaped_idx = [i for i, c in enumerate(classifiers) if isinstance(c, ShapedClassifier)]
     all_idx = list(range(len(classifiers)))
     common = dict(eps=s.eps, step_size=s.step_size, steps=s.steps, restarts=s.restarts,
@@ -829,10 +816,7 @@ def _rows(plan: _Plan, store: "WorkStore") -> pd.DataFrame:
 
 
 def _member_label(clf, view, name: str) -> str:
-    own = _label_of_view(view)
-    if name == "transfer":
-        return "transfer from " + ", ".join(x.upper() for x in transfer_sources(clf))
-    return own
+    return transfer_label(clf) if name == "transfer" else _label_of_view(view)
 
 
 def _zero_gradients(plan: _Plan, store: "WorkStore") -> Dict[str, float]:

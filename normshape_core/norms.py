@@ -7,6 +7,11 @@ Vocabulary (see DESIGN.md):
 - frozen BN: batch statistics for normalisation, running statistics and
   ``num_batches_tracked`` untouched. Every attack step and every BN-mode inference.
 
+Dual BN (``DualBatchNorm``): a norm layer that holds two BatchNorms, a clean set and an
+adversarial set of statistics and affine parameters; ``dual_route`` says, for a scoped
+block, which set the rows go through (all rows clean, all adversarial, or the first k rows
+clean and the rest adversarial: a training step's mixed batch).
+
 Mode changes are scoped (context managers) and always undone, also on exceptions.
 """
 from __future__ import annotations
@@ -14,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import enum
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Union
 
 import torch
 from torch import nn
@@ -40,6 +45,80 @@ class NormMode(str, enum.Enum):
 
 def bn_modules(model: nn.Module) -> List[_BatchNorm]:
     return [m for m in model.modules() if isinstance(m, _BatchNorm)]
+
+
+# ---------------------------------------------------------------------- dual BN
+#: the two sets of a dual-BN layer
+CLEAN, ADV = "clean", "adv"
+#: a route: one set for every row, or k = the first k rows clean, the others adversarial
+Route = Union[str, int]
+
+
+class DualBatchNorm(nn.Module):
+    """Dual BN (Han et al. 2021; Sitawarin et al. 2021; AdvProp's auxiliary BN): two
+    BatchNorm layers over the same features, ``clean`` and ``adv``, each with its own
+    running statistics and affine parameters. ``route`` picks the set: ``"clean"``,
+    ``"adv"``, or an int k (rows [0, k) through the clean set, rows [k, n) through the
+    adversarial set, each normalised with its own rows' statistics in BN mode). Its
+    children are ordinary BatchNorm layers, so ``norm_mode`` (PN, BN, frozen BN) applies to
+    both as to any BN layer. Set the route with ``dual_route`` (scoped); outside such a block
+    the route is ``default_route``, the adversarial set (the robust one)."""
+
+    default_route: Route = ADV
+
+    def __init__(self, num_features: int, dims: int = 1):
+        super().__init__()
+        bn = nn.BatchNorm1d if dims == 1 else nn.BatchNorm2d
+        self.clean = bn(num_features)
+        self.adv = bn(num_features)
+        self.route: Route = self.default_route
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        r = self.route
+        if r == CLEAN:
+            return self.clean(x)
+        if r == ADV:
+            return self.adv(x)
+        k = int(r)
+        if k <= 0:
+            return self.adv(x)
+        if k >= len(x):
+            return self.clean(x)
+        return torch.cat([self.clean(x[:k]), self.adv(x[k:])])
+
+    def extra_repr(self) -> str:
+        return f"route={self.route!r}"
+
+
+def dual_bn_modules(model: nn.Module) -> List[DualBatchNorm]:
+    return [m for m in model.modules() if isinstance(m, DualBatchNorm)]
+
+
+def has_dual_bn(model: nn.Module) -> bool:
+    return any(isinstance(m, DualBatchNorm) for m in model.modules())
+
+
+def check_route(route: Route) -> Route:
+    if isinstance(route, bool) or not (route in (CLEAN, ADV) or isinstance(route, int)):
+        raise ValueError(f"a dual-BN route is {CLEAN!r}, {ADV!r} or a row count, got {route!r}")
+    return route
+
+
+@contextlib.contextmanager
+def dual_route(model: nn.Module, route: Route) -> Iterator[nn.Module]:
+    """Inside the block every dual-BN layer of ``model`` routes its rows by ``route`` (see
+    ``DualBatchNorm``); the previous routes come back afterwards, also on exceptions. A
+    model without dual-BN layers is left as it is."""
+    route = check_route(route)
+    duals = dual_bn_modules(model)
+    saved = [m.route for m in duals]
+    try:
+        for m in duals:
+            m.route = route
+        yield model
+    finally:
+        for m, r in zip(duals, saved):
+            m.route = r
 
 
 _MODULE_TRAIN = nn.Module.train

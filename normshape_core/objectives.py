@@ -16,6 +16,13 @@ attack's norm mode (frozen BN), with ``k`` clean rows first.
 - ``attack+train``: the method (Eq. 5); only the last rows are perturbed, every attack step
   forwards the whole mixed batch and takes the gradient w.r.t. the adversarial rows.
 
+Dual BN (``cfg.norm == "dual_bn"``, ``crafting_rule``): the whole batch is attacked through
+the adversarial set of every dual-BN layer; the trained batch is the clean batch followed by
+its adversarial version, and the trainer routes its first ``n_clean`` rows through the clean
+set (``norms.dual_route``).
+
+Gradient clipping: ``adaptive_gradient_clip_`` (normalizer-free runs, ``cfg.agc_clip``).
+
 The arithmetic is exactly the one the trainer always did (same forwards, same order, same
 random draws): the shipped checkpoints retrain bit for bit (tests/test_reproduce.py).
 """
@@ -28,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import TrainConfig
-from .norms import NormMode, norm_mode
+from .norms import ADV, CLEAN, NormMode, dual_route, norm_mode
 
 #: ``attack(fn, x, y, target_probs) -> x_adv``: the training attack with the run's settings
 Attack = Callable[..., torch.Tensor]
@@ -77,6 +84,15 @@ class TRADES(Natural):
              x_clean: torch.Tensor) -> torch.Tensor:
         if not cfg.trades_kl_in_loss:
             return F.cross_entropy(logits, batch.y)
+        if cfg.norm == "dual_bn":
+            # Dual BN: the clean rows (clean set) and their adversarial versions (adversarial
+            # set) are in the one training forward: CE on the clean rows + beta * KL(adv ||
+            # clean), as TRADES with two sets of norms.
+            k = batch.n_clean
+            ce = F.cross_entropy(logits[:k], batch.y[:k])
+            kl = F.kl_div(F.log_softmax(logits[k:], 1), F.softmax(logits[:k], 1),
+                          reduction="batchmean")
+            return ce + cfg.trades_beta * kl
         if cfg.shaping == "none":
             # TRADES as published: CE on the clean batch + beta * KL(adv || clean), each
             # forward in train mode with its own batch statistics.
@@ -149,3 +165,50 @@ class ShapeAttackAndTraining:
 
 
 SHAPINGS = {s.name: s for s in (AdvOnly(), ShapeInTraining(), ShapeAttackAndTraining())}
+
+
+class DualBN:
+    """Dual BN: the whole batch attacked through the adversarial set (TRADES' target: the
+    clean prediction through the clean set); trained on the clean batch + its adversarial
+    version, the first ``len(x)`` rows clean (the trainer routes them to the clean set)."""
+
+    name = "dual"
+
+    def craft(self, model, x, y, k: int, objective: Natural, attack: Attack) -> CraftedBatch:
+        with dual_route(model, CLEAN):
+            probs = _target(objective, lambda: model(x))
+        with dual_route(model, ADV):
+            x_adv = attack(model, x, y, probs)
+        return CraftedBatch(torch.cat([x, x_adv]), torch.cat([y, y]), len(x), probs)
+
+
+def crafting_rule(cfg: TrainConfig):
+    """The crafting rule of a run: dual BN's, or its shaping mode's."""
+    return DualBN() if cfg.norm == "dual_bn" else SHAPINGS[cfg.shaping]
+
+
+# ---------------------------------------------------------------------- gradient clipping
+def unitwise_norm(t: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each output unit's slice (rows of a weight, broadcastable to it); the
+    whole tensor's for a bias or gain vector."""
+    if t.dim() <= 1:
+        return torch.linalg.vector_norm(t)
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True)
+
+
+#: the floor of a weight norm in adaptive gradient clipping (a unit starting at zero can move)
+AGC_EPS = 1e-3
+
+
+def adaptive_gradient_clip_(parameters, clip: float, eps: float = AGC_EPS) -> None:
+    """Adaptive gradient clipping (Brock et al. 2021), in place: a unit whose gradient norm
+    exceeds ``clip`` times its weight norm (at least ``eps``) gets its gradient scaled down to
+    exactly that; the others are untouched."""
+    with torch.no_grad():
+        for p in parameters:
+            if p.grad is None:
+                continue
+            limit = unitwise_norm(p).clamp_min(eps) * clip
+            g = unitwise_norm(p.grad)
+            scale = torch.where(g > limit, limit / g.clamp_min(1e-12), torch.ones_like(g))
+            p.grad.mul_(scale)

@@ -44,6 +44,11 @@ from .training import StopTraining, Trainer
 
 METHODS = ("natural", "pgd", "trades")
 SHAPINGS = ("none", "train", "attack+train")
+#: the MLP's norm layers a run can have: BN, dual BN (a clean and an adversarial set; the
+#: regions are drawn with its adversarial set), LayerNorm (no batch statistics)
+NORMS = ("bn", "dual_bn", "ln")
+NORM_LABELS = {"bn": "BN", "dual_bn": "dual BN [adv norms]",
+               "ln": "LayerNorm (no batch statistics)"}
 INFER_RATIOS = ("1:1", "1:3", "1:9", "1:19")
 GRID = 80  # decision regions on a GRID x GRID grid over the unit square (80: 25% less time
 #            per frame than 100 on two CPU cores; a step of 0.0125 input units)
@@ -91,19 +96,24 @@ class PlaySettings:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What one side trains: method, shaping mode and training ratio adv:clean."""
+    """What one side trains: method, shaping mode, training ratio adv:clean and norm layers
+    (dual BN trains without shaping: its clean rows go through a set of their own)."""
 
     method: str = "pgd"
     shaping: str = "none"
     ratio: str = "1:3"
+    norm: str = "bn"
 
     def label(self) -> str:
+        norms = f", {NORM_LABELS[self.norm]}" if self.norm != "bn" else ""
         if self.method == "natural":
-            return "natural training"
+            return "natural training" + norms
+        if self.norm == "dual_bn":
+            return f"{self.method.upper()}-AT, clean + adv" + norms
         if self.shaping == "none":
-            return f"plain {self.method.upper()}-AT (adv only)"
+            return f"plain {self.method.upper()}-AT (adv only)" + norms
         where = "attack+train" if self.shaping == "attack+train" else "train only"
-        return f"{self.method.upper()} + shaping {self.ratio} ({where})"
+        return f"{self.method.upper()} + shaping {self.ratio} ({where})" + norms
 
 
 DEFAULT_SPECS = (RunSpec("pgd", "none", "1:3"), RunSpec("pgd", "attack+train", "1:3"))
@@ -119,8 +129,13 @@ def make_data(s: PlaySettings) -> Dataset:
 def make_config(s: PlaySettings, r: RunSpec) -> TrainConfig:
     """The run's training settings (validated; ConfigError with one line otherwise)."""
     natural = r.method == "natural"
+    dual = r.norm == "dual_bn"
+    if dual and natural:
+        raise ConfigError("dual BN routes adversarial rows through their own set: choose pgd "
+                          "or trades")
     cfg = TrainConfig(dataset=s.dataset, model="mlp", model_width=s.width, model_depth=s.depth,
-                      method=r.method, shaping="none" if natural else r.shaping,
+                      norm=r.norm, method=r.method,
+                      shaping="none" if natural or dual else r.shaping,
                       ratio=r.ratio, eps=s.eps, step_size=s.eps / 4, steps=s.attack_steps,
                       batch_size=s.batch_size, epochs=EPOCHS, optimizer="adam", lr=s.lr,
                       weight_decay=0.0, lr_schedule="constant", eval_samples=N_EVAL,

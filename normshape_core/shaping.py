@@ -28,7 +28,7 @@ import contextlib
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -190,9 +190,9 @@ class Classifier:
     rows_independent: bool = False
     """True when a row's logits do not depend on the other rows (PN): attacks may then
     forward any subset of rows"""
-    transfer_from: tuple = ()
-    """classify specs whose examples the worst case's ``transfer`` member re-checks under
-    this classifier's own norms (other norms an attacker could craft through)"""
+    transfer_from: Tuple[str, ...] = ()
+    """classify specs of the other views an attacker should also craft through and transfer
+    from (the worst case re-checks their examples under this view's own norms)"""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -29,8 +29,9 @@ from .config import model_kwargs  # noqa: F401 - moved to config; this import pa
 from .data import Dataset, load_dataset
 from .faults import FAULT_ENV, fault_point
 from .models import build_model
-from .norms import NormMode, attack_norm_mode, bn_modules, norm_mode
-from .objectives import OBJECTIVES, SHAPINGS, CraftedBatch
+from .norms import (ADV, CLEAN, NormMode, attack_norm_mode, bn_modules, dual_route,
+                    has_dual_bn, norm_mode)
+from .objectives import OBJECTIVES, CraftedBatch, adaptive_gradient_clip_, crafting_rule
 
 EVENTS = ("on_step", "on_epoch_end", "on_train_end")
 
@@ -154,7 +155,7 @@ class Trainer:
             self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr,
                                         weight_decay=cfg.weight_decay)
         self.objective = OBJECTIVES[cfg.method]  # natural / pgd / trades
-        self.shaping = SHAPINGS[cfg.shaping]  # none / train / attack+train
+        self.shaping = crafting_rule(cfg)  # none / train / attack+train; dual BN's
         self.g_data = torch.Generator().manual_seed(cfg.seed)
         self.g_attack = torch.Generator().manual_seed(cfg.seed + 1)
         # DDP for the training forward only; attacks and evaluation use the bare module.
@@ -205,8 +206,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def loss(self, batch: CraftedBatch, x_clean: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """The objective's loss; the forward of ``batch.x`` here is the one that updates PN."""
-        with norm_mode(self.model, NormMode.BN_UPDATE):
+        """The objective's loss; the forward of ``batch.x`` here is the one that updates PN.
+        Dual BN: the first ``batch.n_clean`` rows go through the clean set, the others through
+        the adversarial set (no effect on other models)."""
+        with norm_mode(self.model, NormMode.BN_UPDATE), dual_route(self.model, batch.n_clean):
             logits = self.train_model(batch.x)  # through DDP under torchrun: gradients sync
         return self.objective.loss(self.model, self.cfg, batch, logits, x_clean), logits
 
@@ -219,6 +222,9 @@ class Trainer:
         self._stop_if_diverged(loss)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.cfg.agc_clip is not None:  # every layer but the classifier (Brock et al.)
+            adaptive_gradient_clip_([p for n, p in self.model.named_parameters()
+                                     if not n.startswith("head.")], self.cfg.agc_clip)
         self.opt.step()
         self.step += 1
         return self._step_metrics(batch, loss, logits)
@@ -275,7 +281,17 @@ class Trainer:
     def quick_eval(self) -> Dict[str, float]:
         """End-of-epoch check on ``eval_samples`` test samples: clean accuracy classified with
         PN, and PGD robust accuracy crafted with PN and classified with PN. Under torchrun
-        the samples are split over ranks (a collective: every rank calls it)."""
+        the samples are split over ranks (a collective: every rank calls it). Dual BN: with
+        the adversarial set, and again with the clean set (keys ending in ``_clean_norms``)."""
+        if not has_dual_bn(self.model):
+            return self._quick_eval()
+        with dual_route(self.model, ADV):
+            out = self._quick_eval()
+        with dual_route(self.model, CLEAN):
+            out.update({f"{k}_clean_norms": v for k, v in self._quick_eval().items()})
+        return out
+
+    def _quick_eval(self) -> Dict[str, float]:
         cfg, model, data = self.cfg, self.model, self.data
         n = min(cfg.eval_samples, len(data.x_test))
         if n == 0:

@@ -151,13 +151,24 @@ def applicable(name: str, defender) -> bool:
     return True
 
 
+def source_label(spec: str) -> str:
+    """A transfer source in words: "PN", "BN", "dual BN [clean norms]"."""
+    from .alternatives import describe_spec
+
+    return {"pn": "PN", "bn": "BN"}.get(spec) or describe_spec(spec)
+
+
+def transfer_label(defender) -> str:
+    """"transfer from PN, BN": the norms the ``transfer`` member crafts through."""
+    return "transfer from " + ", ".join(source_label(s) for s in transfer_sources(defender))
+
+
 def crafted_label(defender, view, members: Sequence[str] = ()) -> str:
     """What a worst-case row was crafted with: "BN (exact refs) + transfer from PN, BN"."""
     own = getattr(view, "crafting_label", type(view).__name__)
-    sources = transfer_sources(defender) if "transfer" in members else ()
-    if not sources:
+    if "transfer" not in members or not transfer_sources(defender):
         return own
-    return f"{own} + transfer from {', '.join(s.upper() for s in sources)}"
+    return f"{own} + {transfer_label(defender)}"
 
 
 # ====================================================================== cost
@@ -386,15 +397,9 @@ def accept(view, groups: torch.Tensor, st: BatchState, free: torch.Tensor,
 def _source_view(defender, spec: str, st: BatchState, free: torch.Tensor):
     """The view a transfer source crafts the free rows through: PN directly; BN (or any
     coupled view) over the whole test batch with the other rows pinned at their examples."""
-    from .shaping import BNClassifier, PNClassifier, parse_classifier
+    from .alternatives import make_classifier
 
-    model = defender.model
-    if spec == "pn":
-        base = PNClassifier(model)
-    elif spec == "bn":
-        base = BNClassifier(model)
-    else:
-        base = parse_classifier(spec, model, getattr(defender, "pool", None))
+    base = make_classifier(spec, defender.model, getattr(defender, "pool", None))
     view = defender_view(base, len(st.x))
     if getattr(view, "rows_independent", False):
         return view

@@ -87,7 +87,7 @@ def test_home_lists_the_checkpoints_with_their_norms_named(app, ckpt_root):
     assert [t.label for t in at.tabs] == ["digits (2)", "moons (4)"]
     df = inventory(at)
     assert set(df["checkpoint"]) == {p.name for p in ckpt_root.iterdir()}
-    assert list(df.columns) == ["checkpoint", "training", "polluted PN", "eps",
+    assert list(df.columns) == ["checkpoint", "training", "norms", "polluted PN", "eps",
                                 "clean acc. (classified PN)",
                                 "robust acc. PGD-10 (crafted PN, classified PN)",
                                 "robust acc. worst case (crafted PN, classified PN)",
@@ -96,6 +96,7 @@ def test_home_lists_the_checkpoints_with_their_norms_named(app, ckpt_root):
     row = df.set_index("checkpoint").loc["moons-pgd-shaped-1-3"]
     assert row["training"] == "PGD, shaping in attack+training 1:3"
     assert row["polluted PN"] == "no" and 0 <= row["clean acc. (classified PN)"] <= 1
+    assert set(df["norms"]) == {"BN"}
     assert "Device in use" in texts(at)
     assert "I. PN and BN differences degrade accuracy" in texts(at)
     shown = texts(at) + " ".join(e.value for e in list(at.error) + list(at.warning))
@@ -382,3 +383,24 @@ def test_every_page_renders_on_the_shipped_checkpoints(app, page, monkeypatch):
         normal = df.loc["moons-mlp-pgd-shape-attack-train-r1-3-eps0.12-s0"]
         assert polluted["polluted PN"] == "yes" and normal["polluted PN"] == "no"
         assert polluted["training"] == normal["training"]
+
+
+def test_checkpoint_labels_name_their_norms():
+    """The BN fixes' checkpoints say their norms wherever a page names a checkpoint (Home's
+    inventory, Compare's columns, the pickers' captions); dual BN's pages classify with its
+    adversarial set."""
+    from normshape_app import ui
+    from normshape_app.inventory import Ckpt
+
+    def ck(**cfg):
+        base = dict(dataset="digits", method="pgd", shaping="none", ratio="1:3", eps=0.3)
+        return Ckpt("x", "/nowhere", "0" * 64, {"config": {**base, **cfg}})
+
+    assert ck().tag() == "PGD adv only" and ui.norm_text(ck().config) == ""
+    assert ck(norm="dual_bn").tag() == "PGD clean + adv, dual BN [adv norms]"
+    assert ck(norm="dual_bn").short() == "digits: PGD, clean + adv, dual BN [adv norms], eps 0.3"
+    assert ck(norm="gn").tag() == "PGD adv only, GroupNorm (no batch statistics)"
+    assert ck(norm="nf", method="trades").short().startswith("digits: TRADES, adv only, "
+                                                            "normalizer-free")
+    assert ui.metric_label("test/clean_acc_pn_clean_norms") == \
+        "clean acc. (classified PN) [clean norms]"

@@ -29,8 +29,9 @@ LAYERS: List[List[str]] = [
     ["_version", "data", "models", "norms", "userdata", "faults", "stats", "files"],
     # 1 settings
     ["config", "presets"],
-    # 2 building blocks of training and evaluation
-    ["shaping", "attacks"],
+    # 2 building blocks of training and evaluation (the inference modes: shaping's and the
+    #   other BN fixes' classifier views)
+    ["shaping", "alternatives", "attacks"],
     # 3 training and what it writes
     ["training", "objectives", "checkpoints", "distributed", "runlock"],
     # 4 measuring trained models
@@ -38,8 +39,9 @@ LAYERS: List[List[str]] = [
     # 5 figures (plotly; the Playground's live regions with Pillow)
     ["figures"],
     # 6 entry points: the package's public API, the command line, the app-facing jobs and
-    #   playground, the reproduce pipeline and the confounding sweep
-    ["", "__main__", "cli", "jobs", "playground", "reproduce", "report", "sweep"],
+    #   playground, the reproduce pipeline and its report, the BN fixes side by side and the
+    #   confounding sweep
+    ["", "__main__", "cli", "jobs", "playground", "reproduce", "report", "bn_fixes", "sweep"],
 ]
 
 # argparse only in the command-line layer.

@@ -246,3 +246,22 @@ def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_m
     at.selectbox(key="pg_b_ratio").set_value("1:3").run()  # a valid change starts again
     assert not at.error and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
     at.session_state["pg_obj"].close()
+
+
+def test_dual_bn_and_layernorm_runs_beside_shaping():
+    """The run choices of the BN fixes: dual BN (its regions drawn with its adversarial set)
+    and LayerNorm (no batch statistics: PN and shaped inference draw the same regions)."""
+    dual, ln = PG.RunSpec("pgd", "attack+train", "1:3", "dual_bn"), PG.RunSpec("pgd", norm="ln")
+    assert dual.label() == "PGD-AT, clean + adv, dual BN [adv norms]"
+    pg = PG.Playground(SMALL, [dual, ln])
+    try:
+        assert pg.runs[0].cfg.norm == "dual_bn" and pg.runs[0].cfg.shaping == "none"
+        assert pg.runs[1].cfg.norm == "ln"
+        pg.advance(3)
+        frames = pg.frames("1:9")
+        assert all(np.isfinite(f.metrics["loss"]) for f in frames)
+        assert np.allclose(frames[1].prob_pn, frames[1].prob_shaped, atol=1e-5)
+    finally:
+        pg.close()
+    with pytest.raises(ConfigError, match="dual BN"):
+        PG.Playground(SMALL, [PG.RunSpec("natural", norm="dual_bn"), SHAPED])

@@ -123,8 +123,9 @@ def test_checkpoints_folder_holds_the_full_sets():
     found, errors = find_checkpoints(ROOT / "checkpoints")
     assert not errors, errors
     for ds in ("moons", "digits", "fashion_mnist"):
-        n = sum(1 for f in found if f.meta["dataset"] == ds
-                and f.path.parent == ROOT / "checkpoints" / ds)  # lessons/ holds others
+        n = sum(1 for f in found if f.meta["dataset"] == ds  # lessons/ holds others; the BN
+                and f.path.parent == ROOT / "checkpoints" / ds  # fixes beside the paper's set
+                and f.meta["config"].get("norm", "bn") == "bn")  # (test_bn_fixes.py)
         assert n == len(PAPER_SET), f"{ds}: {n} checkpoints, expected {len(PAPER_SET)}"
     size = sum(p.stat().st_size for p in (ROOT / "checkpoints").rglob("*") if p.is_file())
     assert size < 30e6, f"checkpoints/ is {size / 1e6:.1f} MB"

@@ -1,6 +1,7 @@
 """The command-line layer: every argparse parser of ``python -m normshape_core`` and of the
 ``normshape`` command. Each subcommand turns its arguments into a validated settings object
-(TrainConfig, EvalSettings, DiagnoseSettings, ReproduceSettings, ReportSettings) and calls the
+(TrainConfig, EvalSettings, DiagnoseSettings, ReproduceSettings, ReportSettings,
+AlternativesSettings) and calls the
 science functions, which take settings and return results; nothing below this layer imports
 argparse (tests/test_architecture.py).
 
@@ -15,7 +16,7 @@ import sys
 from typing import List, Optional
 
 from ..config import ConfigError
-from . import diagnose, evaluate, reproduce, sweep, train
+from . import alternatives, diagnose, evaluate, reproduce, sweep, train
 from ._common import OneLineParser, one_line, report_unexpected
 
 COMMANDS = [  # name, help, add the arguments, run
@@ -30,6 +31,11 @@ COMMANDS = [  # name, help, add the arguments, run
      reproduce.add_reproduce_args, reproduce.cli_reproduce),
     ("report", "rewrite REPRODUCTION.md's generated tables from the results files",
      reproduce.add_report_args, reproduce.cli_report),
+    ("alternatives", "the BN fixes side by side: train dual BN, GroupNorm / LayerNorm and "
+     "normalizer-free runs, evaluate every method through its own norms",
+     alternatives.add_alternatives_args, alternatives.cli_alternatives),
+    ("alternatives-report", "write ALTERNATIVES.md from the alternatives results files",
+     alternatives.add_alternatives_report_args, alternatives.cli_alternatives_report),
     ("sweep-confoundings", "where each BN confounding appears: a grid over depth, eps, BN "
      "batch size and dataset", sweep.add_sweep_args, sweep.cli_sweep),
 ]
