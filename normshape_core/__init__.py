@@ -47,7 +47,7 @@ _LAZY: Dict[str, str] = {
     "diagnose_checkpoint": ".diagnostics", "DiagnoseSettings": ".diagnostics",
     "logit_error_experiment": ".diagnostics", "perturbation_experiment": ".diagnostics",
     # reproduction
-    "ReproduceSettings": ".reproduce", "ReportSettings": ".reproduce",
+    "ReproduceSettings": ".reproduce", "ReportSettings": ".report",
     "AlternativesSettings": ".bn_fixes",
 }
 

@@ -1301,7 +1301,8 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     Returns (df, meta); ``df.attrs["cached"]`` says whether the numbers came from the cache.
 
     The evaluation keeps its finished units in ``work_dir`` (default: the user's folder,
-    ``evaluations/work/<cache key>``; ``False``: in memory only), so that a killed
+    ``evaluations/work/<cache key>``, or ``model.eval.work/<cache key>`` in the checkpoint's
+    folder with ``cache_dir=BESIDE``; ``False``: in memory only), so that a killed
     evaluation run again with the same settings resumes where it stopped and ends with the
     same numbers; the folder goes once the results are cached. ``on_bound``: see
     ``evaluate``."""
@@ -1347,10 +1348,14 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     model, meta, dataset = load_for_evaluation(checkpoint, dataset_name, device)
     _validate(s, dataset)
     default_work = work_dir is None
-    if default_work:
-        from .userdata import eval_cache_dir
+    if default_work:  # beside the cache file it will fill: the shipped results never touch
+        # the user's folder, the user's never touch a checkpoint folder
+        if cache_dir == BESIDE:
+            work_dir = cache_path_for(checkpoint, BESIDE).parent / "model.eval.work" / key
+        else:
+            from .userdata import eval_cache_dir
 
-        work_dir = eval_cache_dir() / "work" / key
+            work_dir = eval_cache_dir() / "work" / key
     df = _evaluate(model, dataset, s, device=device, progress=progress,
                    gap_threshold=gap_threshold, work_dir=work_dir or None, on_bound=on_bound,
                    key=key, keep_work=True)

@@ -494,6 +494,12 @@ def dataset_section(results: Dict[str, Any]) -> str:
         f"the value and its {INTERVAL_NAME} in brackets, n in the caption or its column."
         if cfg else "")
     n, niv = results["n_test"], results.get("n_test_table_iv_worst")
+    if results.get("complete") is False:
+        done = len(results.get("evaluations", []))
+        planned = results.get("planned_evaluations")
+        settings += (f"\n\n**In progress**: {done}" + (f" of {planned}" if planned else "") +
+                     " evaluations are done; a cell shown as \"-\" and a verdict \"not "
+                     "computed yet\" are still to come (`reproduce` resumes where it stopped).")
     return "\n\n".join([
         f"<!-- generated:{ds} -->",
         f"### {ds}: settings", settings,

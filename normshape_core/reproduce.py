@@ -229,6 +229,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
         "evaluations": []}
     plan = evaluation_plan(runs, dataset, n_test=n_test, table_attacks=table_attacks,
                            worst_case=worst_case, worst=worst)
+    results["planned_evaluations"] = len(plan)
     from .evaluation import cache_path_for, prune_cache
 
     for key in {p[0] for p in plan}:  # results of an earlier engine go from the shipped files
