@@ -325,7 +325,7 @@ def grid_jobs(cks: Dict[str, "Ckpt"], ratios: Sequence[str], ensemble: str, sett
         job = evaluation_job(ck, s, f"{ck.id}: training {label}")
         running.append(job)
         for c in have.missing:
-            clf = evaljobs.classifier_label(c.classify)
+            clf = evaljobs.classifier_label(c.classify, norm=ck.config.get("norm", "bn"))
             b = job.bounds.get(clf) or {}
             short = (f"<= {b['robust'] / b['n']:.3f}" if b.get("n") and not b.get("final")
                      else "…")
@@ -357,25 +357,14 @@ def grid_table(dfs: Dict[str, Any], rows: Sequence[str], ratios: Sequence[str], 
 GRID_N = 200
 
 
-@st.cache_data(show_spinner=False)
-def _results_table_iv(path: str, mtime: float) -> Tuple[Optional[str], Optional[int]]:
-    from normshape_core.files import UnreadableFile, read_json
-
-    try:
-        results = read_json(path, 64 << 20, "results file")
-        return results.get("dataset"), results.get("n_test_table_iv_worst")
-    except (UnreadableFile, OSError, ValueError, AttributeError):
-        return None, None
-
-
 def shipped_grid_worst_n(dataset: str) -> Optional[int]:
-    """The test samples of the shipped Table IV worst case of ``dataset`` (the reproduction's
-    ``n_test_table_iv_worst``, which its report reads), or None when none is shipped."""
-    for p in sorted(shipped_checkpoints_dir().glob("*/results.json")):
-        ds, n = _results_table_iv(str(p), p.stat().st_mtime)
-        if ds == dataset and n:
-            return int(n)
-    return None
+    """The test samples of the reproduction's Table IV worst case on ``dataset``
+    (``reproduce.table_iv_worst_settings``, the settings the shipped results were computed
+    with), at most the test set; None when the reproduction computes none."""
+    from normshape_core.reproduce import table_iv_worst_settings
+
+    n = table_iv_worst_settings(dataset).get("n_test")
+    return min(int(n), test_set_size(dataset)) if n else None
 
 
 def grid_n(dataset: str, choice, worst: bool) -> int:
@@ -389,12 +378,13 @@ def grid_n(dataset: str, choice, worst: bool) -> int:
 
 
 def grid_worst_settings(dataset: str, n_test: int) -> Dict:
-    """The Ratios grid's worst case: the reproduction's settings (seed, budgets) on
-    ``n_test`` samples; the ensemble is the attack."""
-    from normshape_core.reproduce import worst_case_settings as repro
+    """The Ratios grid's worst case: the reproduction's Table IV settings
+    (``reproduce.table_iv_worst_settings``: seed, budgets) on ``n_test`` samples; the
+    ensemble is the attack, the inference ratios the page's."""
+    from normshape_core.reproduce import table_iv_worst_settings
 
-    s = repro(dataset)
-    s.pop("ensemble")
+    s = {k: v for k, v in table_iv_worst_settings(dataset).items()
+         if k not in ("attacks", "ensembles", "classify")}
     s["n_test"] = int(n_test)
     return s
 
@@ -464,19 +454,21 @@ def compare_n(ck: "Ckpt", choice) -> int:
     worst case (else the reproduction's worst-case samples of its dataset), so the shipped
     results are read; a number: that many (the whole test set when smaller)."""
     if str(choice) == SHIPPED_N:
-        n = shipped_worst_n(ck) or worst_case_settings(ck.dataset)["n_test"]
+        n = shipped_worst_n(ck) or worst_case_settings(ck.dataset, config=ck.config)["n_test"]
     else:
         n = int(choice)
     return min(n, test_set_size(ck.dataset))
 
 
-def worst_case_settings(dataset: str, ratio: str = "1:9", n_test: Optional[int] = None) -> Dict:
+def worst_case_settings(dataset: str, ratio: str = "1:9", n_test: Optional[int] = None,
+                        config: Optional[Dict] = None) -> Dict:
     """The worst case (``worst_case.DEFAULT_ENSEMBLE``, each classifier attacked through its
-    own norms) as the reproduction computes it for this dataset (its seed and budgets), on
-    ``n_test`` samples (default: the reproduction's), so the shipped results are read."""
+    own norms) as the reproduction computes it (``reproduce.worst_case_settings``: its seed
+    and budgets; ``config``: the model's training config, for its samples), on ``n_test``
+    samples (default: the reproduction's), so the shipped results are read."""
     from normshape_core.reproduce import worst_case_settings as repro
 
-    s = repro(dataset)
+    s = repro(dataset, config=config)
     s["n_test"] = min(int(n_test or s["n_test"]), test_set_size(dataset))
     return dict(attacks=[], ensembles=[s.pop("ensemble")],
                 classify=["pn", "bn", f"shaped:{ratio}"], **s)
@@ -524,7 +516,7 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
         if ds not in sizes:
             sizes[ds] = len(_load(ds, seed=0).x_test)
         n_cmp = min(worst_n.get(info.meta["weights_sha256"]) or
-                    worst_case_settings(ds)["n_test"], sizes[ds])
+                    worst_case_settings(ds, config=cfg)["n_test"], sizes[ds])
         jobs_ = [compare_settings(COMPARE_ATTACKS, "1:9", n_cmp, False)]
         if cfg["method"] != "natural" and cfg["shaping"] in ("none", "attack+train"):
             grid = [f"shaped:{r}" for r in INFERENCE_RATIOS]
@@ -587,7 +579,8 @@ def compare_worst(cks: Sequence["Ckpt"], ratio: str, n_of: Dict[str, int]):
         job = evaluation_job(ck, s, f"{ck.id}: the worst case")
         name = measure_name(WORST, "", s["ensembles"][0])
         pending[ck.id] = {(name, label): job.bound_text(label) for label in
-                          {evaljobs.classifier_label(c.classify) for c in have.missing}}
+                          {evaljobs.classifier_label(c.classify, norm=ck.config.get("norm", "bn"))
+                           for c in have.missing}}
         running.append(job)
     return rows, pending, running
 

@@ -100,31 +100,32 @@ def _ratio_text(spec: str) -> Optional[str]:
     return str(Ratio.parse(spec.split(":", 1)[1])) if spec.startswith("shaped:") else None
 
 
-def classifier_label(spec: str, group_size: Optional[int] = None) -> str:
+def classifier_label(spec: str, group_size: Optional[int] = None, norm: str = "bn") -> str:
     """What the evaluation's rows say in ``classified_with`` for inference mode ``spec``
-    (``"shaped:1:9"`` -> ``"shaped 1:9 (g=10)"``), before anything is computed."""
-    from .shaping import default_group_size
+    (``"shaped:1:9"`` -> ``"shaped 1:9 (g=10)"``; ``norm``: the model's), before anything is
+    computed."""
+    from .alternatives import describe_spec
 
-    if spec in ("pn", "bn"):
-        return spec.upper()
     r = _ratio_text(spec)
-    return f"shaped {r} (g={group_size or default_group_size(r)})"
+    if r is not None and group_size:
+        return f"shaped {r} (g={group_size})"
+    return describe_spec(spec, norm)
 
 
-def _row_is(row: Dict[str, Any], spec: str) -> bool:
+def _row_is(row: Dict[str, Any], spec: str, norm: str = "bn") -> bool:
     """Whether an evaluation row was classified with inference mode ``spec``."""
-    if spec == "pn":
-        return row.get("classified_with") == "PN"
-    if spec == "bn":
-        return row.get("classified_with") == "BN"
-    r = row.get("ratio")
-    return r is not None and str(r) == _ratio_text(spec)
+    r = _ratio_text(spec)
+    if r is not None:
+        return row.get("ratio") is not None and str(row.get("ratio")) == r
+    return row.get("classified_with") == classifier_label(spec, norm=norm)
 
 
 def cache_entries(checkpoint: Union[str, Path], weights_sha256: str) -> List[Dict[str, Any]]:
-    """Every cached evaluation of the checkpoint: beside it (the shipped results) first, then
-    the user's folder; only entries of these weights."""
-    from .evaluation import BESIDE, _read_cache, cache_path_for
+    """Every cached evaluation of the checkpoint by the current engine: beside it (the
+    shipped results) first, then the user's folder; only entries of these weights whose key
+    is the one ``evaluate_checkpoint`` gives their settings now (an entry of another engine
+    version, ``evaluation.ENGINE_VERSION`` in the key, is not read)."""
+    from .evaluation import BESIDE, EvalSettings, _cache_key, _read_cache, cache_path_for
 
     paths = [cache_path_for(checkpoint, BESIDE)]
     try:
@@ -133,10 +134,17 @@ def cache_entries(checkpoint: Union[str, Path], weights_sha256: str) -> List[Dic
         pass
     out = []
     for p in paths:
-        for entry in _read_cache(Path(p))["entries"].values():
-            if isinstance(entry, dict) and entry.get("weights_sha256") == weights_sha256 \
-                    and isinstance(entry.get("settings"), dict) \
-                    and isinstance(entry.get("rows"), list):
+        for key, entry in _read_cache(Path(p))["entries"].items():
+            if not (isinstance(entry, dict) and entry.get("weights_sha256") == weights_sha256
+                    and isinstance(entry.get("settings"), dict)
+                    and isinstance(entry.get("rows"), list)):
+                continue
+            try:
+                now = _cache_key(weights_sha256, EvalSettings(**{**EvalSettings().to_dict(),
+                                                                 **entry["settings"]}))
+            except TypeError:  # settings this engine does not know
+                continue
+            if now == key:
                 out.append(entry)
     return out
 
@@ -151,6 +159,7 @@ def stored(checkpoint: Union[str, Path], settings: Dict[str, Any],
 
     meta = meta or read_meta(checkpoint)
     sha = meta["weights_sha256"]
+    norm = (meta.get("config") or {}).get("norm", "bn")
     s = normalized(meta, settings)
     want = _base(s.to_dict())
     entries = [e for e in cache_entries(checkpoint, sha) if _base(e["settings"]) == want]
@@ -168,10 +177,10 @@ def stored(checkpoint: Union[str, Path], settings: Dict[str, Any],
             if cell.kind == "ensemble":
                 label = ensemble_label(cell.name)
                 rows += [r for r in e["rows"] if r.get("ensemble") == label
-                         and _row_is(r, cell.classify)]
+                         and _row_is(r, cell.classify, norm)]
             else:
                 rows += [r for r in e["rows"] if r.get("attack") == cell.name
-                         and not r.get("ensemble") and _row_is(r, cell.classify)]
+                         and not r.get("ensemble") and _row_is(r, cell.classify, norm)]
             if set(es.get("attacks") or []) <= set(s.attacks) and \
                     set(es.get("ensembles") or []) <= set(s.ensembles):
                 warnings += [w for w in e.get("warnings", []) if w not in warnings]
