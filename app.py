@@ -14,14 +14,36 @@ import pandas as pd
 import streamlit as st
 
 from normshape_app import ui
+from normshape_core.stats import interval_text
 
 st.set_page_config(page_title="normshape: Batch-Norm Shaping lab", page_icon=":material/tune:",
                    layout="wide")
 ui.sanitize_query_params()  # before any widget reads the URL: drop or clamp what does not fit
 
 
+#: Home's first screen: where to start, by what you came to do
+START = [("app_pages/confoundings.py", "Teach", "Confoundings",
+          "a slide deck for a class: the three claims, each from a lesson checkpoint, and "
+          "where each appears across depth, eps and datasets"),
+         ("app_pages/playground.py", "Play", "Playground",
+          "two small models train side by side on 2-D data, live: PN against shaped "
+          "inference, their boundaries and eps-boxes"),
+         ("app_pages/compare.py", "Measure", "Compare",
+          "checkpoints side by side at one eps, the worst case first, every accuracy with "
+          "its 95 % interval and n")]
+
+
+def where_to_start() -> None:
+    cols = st.columns(3)
+    for col, (path, verb, title, what) in zip(cols, START):
+        with col, st.container(border=True):
+            st.page_link(path, label=f"**{verb}: {title}**")
+            st.caption(what)
+
+
 def home() -> None:
     st.title("normshape: a lab for Batch-Norm Shaping")
+    where_to_start()
     ui.explain(
         "Adversarial training with BatchNorm mixes two sets of statistics: **BN**, the "
         "statistics of the batch being processed, and **PN**, the running (population) "
@@ -70,17 +92,16 @@ def home() -> None:
                + (", ".join(folders[:-1]) + " and " if len(folders) > 1 else "")
                + folders[-1] + ".")
 
-    st.subheader("Where to go next")
+    st.subheader("More pages")
     nxt = [("app_pages/train.py", "Train", "train a run in the background, watch its curves"),
-           ("app_pages/confoundings.py", "Confoundings", "slides: I, II, III and where each appears"),
+           ("app_pages/ratios.py", "Ratios", "training x inference ratios (Table IV), the "
+                                              "worst case beside the paper's PGD"),
            ("app_pages/moving_target.py", "Moving target", "BN statistics step by step in PGD"),
-           ("app_pages/ratios.py", "Ratios", "training x inference ratios (Table IV)"),
            ("app_pages/decision_boundaries.py", "Decision boundaries",
-            "PN against shaped inference, in input space"),
-           ("app_pages/compare.py", "Compare", "two to four checkpoints (Tables I-III)")]
-    cols = st.columns(3)
-    for i, (path, title, what) in enumerate(nxt):
-        with cols[i % 3]:
+            "PN against shaped inference, in input space")]
+    cols = st.columns(len(nxt))
+    for col, (path, title, what) in zip(cols, nxt):
+        with col:
             st.page_link(path, label=f"**{title}**")
             st.caption(what)
 
@@ -94,10 +115,25 @@ TOOLTIP_CSS = ("visibility: hidden; position: absolute; z-index: 10; width: 26re
                "font-size: 0.8rem; line-height: 1.3; white-space: normal;")
 
 
-def inventory_rows(ckpts) -> pd.DataFrame:
-    """One row per checkpoint: its full id, how it was trained (polluted running statistics
-    said in a column of their own) and the trainer's end-of-training accuracies."""
-    rows = []
+WORST_PN = "robust acc. worst case (crafted PN, classified PN)"
+WORST_SHAPED = "robust acc. worst case (exact shaped batches, classified shaped 1:9)"
+
+
+def trainer_check_n(ck):
+    """The test samples of the trainer's end-of-training check (``eval_samples``, at most the
+    test set), or None when the dataset is not on this server."""
+    try:
+        return min(int(ck.config.get("eval_samples") or 500), ui.test_set_size(ck.dataset))
+    except ui.USER_ERRORS:
+        return None
+
+
+def inventory_rows(ckpts):
+    """(table, n): one row per checkpoint: its full id, how it was trained (polluted running
+    statistics said in a column of their own; a stopped run's epoch), the trainer's
+    end-of-training accuracies and the shipped worst case; ``n``: (id, column) -> the test
+    samples of a worst-case number."""
+    rows, ns = [], {}
     for c in ckpts:
         cfg, fm = c.config, c.meta.get("final_metrics", {})
         natural = cfg["method"] == "natural"
@@ -106,26 +142,29 @@ def inventory_rows(ckpts) -> pd.DataFrame:
             training += f" {cfg['ratio']}"
         if cfg.get("norm") == "dual_bn":
             training = f"{cfg['method'].upper()}, clean + adv"
+        if c.stopped_text():  # a run stopped early: its checkpoint is of an earlier epoch
+            training += f", {c.stopped_text()}"
         row = {"checkpoint": c.id, "dataset": cfg["dataset"], "training": training,
                "norms": ui.norm_text(cfg) or "BN",
                "polluted PN": "yes" if cfg.get("polluted_running_stats") else "no",
                "eps": ui.eps_text(cfg)}
+        n_check = trainer_check_n(c)
         for k, v in fm.items():
             if k.startswith("test/"):
                 row[ui.metric_label(k)] = v
+                ns[(c.id, ui.metric_label(k))] = n_check
         worst = ui.shipped_worst_cases().get(c.sha, {})
-        row["robust acc. worst case (crafted PN, classified PN)"] = worst.get("PN")
-        row["robust acc. worst case (exact shaped batches, classified shaped 1:9)"] = \
-            worst.get("shaped 1:9")
+        for col, clf in ((WORST_PN, "PN"), (WORST_SHAPED, "shaped 1:9")):
+            row[col], ns[(c.id, col)] = worst.get(clf, (None, None))
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), ns
 
 
 def inventory(ckpts) -> None:
     """The checkpoints as HTML tables (``st.table``), one tab per dataset: cells and headers
     wrap, so at 1024 px every id is whole and the accuracy columns are on screen; hovering
     an id shows it with its settings. Every name is shown as text, never as Markdown."""
-    df = inventory_rows(ckpts)
+    df, ns = inventory_rows(ckpts)
     datasets = list(dict.fromkeys(df["dataset"]))
     tabs = st.tabs([f"{ui.md_escape(d)} ({(df['dataset'] == d).sum()})" for d in datasets])
     acc = [k for k in df.columns if k.startswith(("clean acc", "robust acc"))]
@@ -137,19 +176,25 @@ def inventory(ckpts) -> None:
             f"{cid}: {by_id[cid].short()}, model {by_id[cid].config['model']}, created "
             f"{str(by_id[cid].meta.get('created', '?'))[:16].replace('T', ' ')}")
             for cid in part["checkpoint"]]
+        for col in acc:  # hovering an accuracy: its 95 % interval and n
+            tips[col] = [interval_text(v, ns.get((cid, col)))
+                         for cid, v in zip(part["checkpoint"], part[col])]
         text = [k for k in part.columns if k not in acc]
         with tab:
             st.table(part.rename(columns=ui.md_escape).style.hide(axis="index")
                      .format("{:.3f}", subset=[ui.md_escape(k) for k in acc], na_rep="–")
                      .format(ui.md_escape, subset=[ui.md_escape(k) for k in text])
                      .set_tooltips(tips.rename(columns=ui.md_escape), props=TOOLTIP_CSS))
+    from normshape_core.worst_case import DEFAULT_ENSEMBLE
+
     st.caption("Clean accuracy and PGD-10 robust accuracy are the trainer's end-of-training "
                "check on up to 500 test samples, examples crafted with PN and classified with "
-               "PN. The **worst case** is the headline: per sample, the worst of APGD-CE, "
-               "APGD-T, FAB-T and Square (autoattack), each classifier attacked through its own "
-               "norms (PN; the defender's exact shaped batches for shaped inference), from the "
-               "reproduction's results (REPRODUCTION.md); '–' where not computed: the Compare "
-               "page computes it for any checkpoint. *Polluted PN*: trained "
+               "PN. The **worst case** is the headline: per sample, the worst of the attacks "
+               f"of the ensemble ({ui.md_escape(DEFAULT_ENSEMBLE)}), each classifier attacked "
+               "through its own norms (PN; the defender's exact shaped batches for shaped "
+               "inference), from the reproduction's results (REPRODUCTION.md); hover it for its "
+               "95 % interval and n; '–' where not computed: the Compare page computes it for "
+               "any checkpoint. *Polluted PN*: trained "
                "with attack steps updating the running statistics, as the paper's TensorFlow "
                "code did. Hover a checkpoint for its settings, model and date; the Compare page "
                "evaluates each checkpoint under every pairing of norms.")

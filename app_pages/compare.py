@@ -6,20 +6,17 @@ import streamlit as st
 
 from normshape_app import tables, ui
 from normshape_core import jobs
-from normshape_core.evaluation import table_iii
 from normshape_core.figures import compare as F
+from normshape_core.worst_case import DEFAULT_ENSEMBLE
 
-ATTACKS = ["autoattack", "pgd", "fgsm", "apgd", "apgd_t", "square", "cw", "deepfool", "shaping",
+ATTACKS = ["pgd", "fgsm", "apgd", "apgd_t", "square", "cw", "deepfool", "shaping",
            "adaptive_exact", "adaptive_eot"]
-ATTACK_HELP = ("autoattack: the headline, the worst case per sample over APGD-CE, APGD-T, "
-               "FAB-T and Square, each classifier attacked through its own norms (PN; the test "
-               "batch's BN; the exact shaped batches), on the reproduction's test samples; "
-               "pgd/fgsm/apgd/apgd_t/square: L-inf, crafted with PN (and BN when asked); cw, "
-               "deepfool: minimal L2 attacks; shaping: the paper's shaping attack (BN, 1:3 "
-               "batches of test samples); adaptive_exact: crafted through the defender's exact "
-               "shaped batches (Table III); adaptive_eot: the attacker's own references, EOT "
-               "(Table III, weaker)")
-ATTACK_NAMES = F.ATTACK_NAMES
+ATTACK_HELP = ("Beside the worst case (always there), single attacks: pgd/fgsm/apgd/apgd_t/"
+               "square: L-inf, crafted with PN (and BN when asked); cw, deepfool: minimal L2 "
+               "attacks; shaping: the paper's shaping attack (BN, 1:3 batches of test samples); "
+               "adaptive_exact: crafted through the defender's exact shaped batches (Table III); "
+               "adaptive_eot: the attacker's own references, EOT (Table III, weaker)")
+N_CHOICES = [ui.SHIPPED_N, 100, 200, 500, 1000]
 
 st.title("Compare checkpoints")
 ckpts = ui.checkpoints()
@@ -29,21 +26,22 @@ if len(ckpts) < 1:
         ui.upload_section()
     st.stop()
 
-ids = [c.id for c in ckpts]
 by_id = {c.id: c for c in ckpts}
 with ui.settings_block():
-    chosen = st.multiselect("Checkpoints (two to four)", ids, default=ui.default_comparison(ckpts),
-                            max_selections=4, key="cmp", bind="query-params")
-    attacks = st.multiselect("Attacks", ATTACKS, key="cmp_attacks", bind="query-params",
-                             default=ui.compare_default_attacks(
-                                 [by_id[c] for c in chosen if c in by_id]), help=ATTACK_HELP)
+    chosen = st.multiselect(
+        "Checkpoints (two to four)", list(by_id), max_selections=4, key="cmp",
+        bind="query-params", default=ui.default_comparison(ckpts, ui.shipped_worst_n))
+    attacks = st.multiselect("Attacks beside the worst case", ATTACKS, key="cmp_attacks",
+                             bind="query-params", default=ui.COMPARE_ATTACKS, help=ATTACK_HELP)
     c2, c3, c4 = st.columns(3)
     ratio = c2.selectbox("Shaped inference ratio adv:clean", ["1:3", "1:9", "1:19"], index=1,
                          key="cmp_ratio", bind="query-params",
                          help="The paper's Tables I-II use 1:9 (nine clean samples per test "
                               "sample)")
-    n_test = c3.select_slider("Test samples", [100, 200, 500, 1000], value=200, key="cmp_n",
-                              bind="query-params")
+    n_choice = c3.selectbox("Test samples (the same for every row)", N_CHOICES, key="cmp_n",
+                            bind="query-params", help="shipped: those of each checkpoint's "
+                            "shipped worst case (its results are read, not computed); a "
+                            "number: that many, or the whole test set when smaller")
     also_bn = c4.toggle("Also craft with BN", value=False, key="cmp_bn", bind="query-params",
                         help="Besides the paper's PN-crafted attacks, craft pgd/fgsm/apgd "
                              "through each test batch's own BN")
@@ -51,58 +49,79 @@ with ui.settings_block():
 chosen = [c for c in chosen if c in by_id]
 if len(chosen) < 2:
     st.info("Choose at least two checkpoints to compare.")
-if not chosen or not attacks:
+if not chosen:
     st.stop()
 
 cks = [by_id[c] for c in chosen]
 names = {ck.id: ck.column_name() for ck in cks}
-if "autoattack" not in attacks:
-    st.info("The headline robust accuracy is the **worst case** per sample over APGD-CE, "
-            "APGD-T, FAB-T and Square, each classifier attacked through its own norms: add "
-            "**autoattack** to the attacks to see it beside the paper's PGD-20 (computed once "
-            "per checkpoint, minutes on CPU; the shipped checkpoints have it already).")
-# One evaluation per (checkpoint, attack): adding an attack computes only that attack.
-results = ui.evaluations_by_attack(
-    cks, attacks, lambda ck, attack: ui.worst_case_settings(ck.dataset, ratio)
-    if attack == "autoattack" else ui.compare_settings(
-        [attack], ratio, min(n_test, ui.test_set_size(ck.dataset)), also_bn),
-    title="Evaluating", key="cmp_progress",
-    label_of=lambda ck, attack: f"{ck.id}: {ATTACK_NAMES.get(attack, attack)}")
-if len({ck.dataset for ck in cks}) > 1:
-    st.warning("These checkpoints come from different datasets: their numbers are not "
-               "comparable.")
-
+n_of = {ck.id: ui.compare_n(ck, n_choice) for ck in cks}
+groups = ui.comparable_groups(cks)
 st.subheader("Side by side")
-table = pd.DataFrame({cid: F.measures(results[cid]) for cid in chosen})
-table.index.names = [F.MEASURE, F.CLASSIFIED]
-table = table.reset_index()
-tables.side_by_side(table, names)
-eps = sorted({f"{ck.id}: {ui.eps_text(ck.config)}" for ck in cks}) if len(
-    {ck.config["eps"] for ck in cks}) > 1 else [ui.eps_text(cks[0].config)]
-st.caption("Every robustness number names the norms its examples were **crafted with** and "
-           "the norms they were **classified with**; the best value of each row is "
-           "highlighted. Robust accuracy counts a sample misclassified when clean as not "
-           f"robust. Shaped inference {ratio}: each test sample classified in a batch with clean "
-           "training samples (seeded reference pool). L-inf attacks at each checkpoint's "
-           f"training eps ({', '.join(eps)}). The **worst case** is the headline: a sample "
-           "counts as robust only if it survives every attack of the ensemble, each classifier "
-           "attacked through its own norms; it runs on "
-           + ", ".join(sorted({f"{ui.worst_case_settings(ck.dataset, ratio)['n_test']} test "
-                               f"samples ({ck.dataset})" for ck in cks}))
-           + " (the reproduction's), the paper's PGD-20 beside it on the slider's.")
-long = pd.concat([results[cid].assign(checkpoint=cid) for cid in chosen], ignore_index=True)
-c1, c2 = st.columns(2)
-c1.download_button("Download this table (CSV)", table.to_csv(index=False).encode(),
-                   "compare.csv", "text/csv", key="cmp_csv")
-c2.download_button("Download all rows (CSV)", long.to_csv(index=False).encode(),
+if len(groups) > 1:
+    st.markdown("**Numbers at different eps (or on different datasets) are not comparable**: "
+                "the columns are grouped by dataset and eps, and each row's best value is "
+                "highlighted only within its group.")
+
+
+def settings_of(ck, attack):
+    return ui.compare_settings([attack], ratio, n_of[ck.id], also_bn)
+
+
+def side_by_side() -> None:
+    """The tables (one per dataset and eps): what is stored now, the worst cases still
+    running as background jobs with their anytime bounds; refreshed every 2 s while one
+    runs, and the whole page once they are done."""
+    worst, pending, running = ui.compare_worst(cks, ratio, n_of)
+    others = ui.evaluations_by_attack(cks, attacks, settings_of, "", "", compute=False)
+    for (dataset, eps), members in groups.items():
+        if len(groups) > 1:
+            st.markdown(f"**{ui.md_escape(dataset)}, eps {eps:g}**")
+        tables.side_by_side({ck.id: F.measures(ui.joined(worst[ck.id], others[ck.id]))
+                             for ck in members}, names,
+                            {ck.id: pending.get(ck.id, {}) for ck in members})
+    if running:
+        st.caption("The worst case of " + ", ".join(ui.md_escape(j.label.split(":")[0])
+                                                     for j in running)
+                   + " runs in the background (it goes on if you leave this page, and any "
+                   "session asking for it shares it); until it ends, its cells show the bound "
+                   "so far: robust accuracy is at most that.")
+    elif st.session_state.pop("cmp_waiting", False):
+        st.rerun(scope="app")  # the worst cases ended: the whole page with their numbers
+    st.session_state.cmp_waiting = bool(running)
+
+
+st.fragment(run_every=2.0 if ui.compare_worst(cks, ratio, n_of)[2] else None)(side_by_side)()
+# One evaluation per (checkpoint, attack): adding an attack computes only that attack.
+known = ui.evaluations_by_attack(cks, attacks, settings_of, "", "", compute=False)
+results = ui.evaluations_by_attack(
+    cks, attacks, settings_of, title="Evaluating", key="cmp_progress",
+    label_of=lambda ck, attack: f"{ck.id}: {F.ATTACK_NAMES.get(attack, attack)}")
+if any(known[i] is None or len(known[i]) != len(results[i]) for i in results if results[i]
+       is not None):
+    st.rerun()  # the table above with the attacks just computed
+worst = {ck.id: ui.worst_case_rows(ck, ratio, n_of[ck.id]) for ck in cks}
+rows = {ck.id: ui.joined(worst[ck.id], results[ck.id]) for ck in cks}
+st.caption(
+    "Every robustness number names the norms its examples were **crafted with** and the norms "
+    "they were **classified with**; under each accuracy, its 95 % Clopper-Pearson interval and "
+    "n, the test samples it was measured on (every row of a checkpoint, clean ones included, on "
+    "the same samples: " + ", ".join(f"{ui.md_escape(i)}: {n}" for i, n in n_of.items())
+    + "). The best value of each row is highlighted among the columns at one eps. Robust "
+    "accuracy counts a sample misclassified when clean as not robust. Shaped inference "
+    f"{ratio}: each test sample classified in a batch with clean training samples (seeded "
+    "reference pool). L-inf attacks at each checkpoint's training eps. The **worst case** is "
+    f"the headline: a sample counts as robust only if it survives every attack of the ensemble "
+    f"({DEFAULT_ENSEMBLE}), each classifier attacked through its own norms.")
+long = pd.concat([r.assign(checkpoint=cid) for cid, r in rows.items()], ignore_index=True)
+st.download_button("Download all rows (CSV)", long.to_csv(index=False).encode(),
                    "compare_rows.csv", "text/csv", key="cmp_csv_rows")
-warnings = [f"{cid}: {w}" for cid in chosen for w in results[cid].attrs.get("warnings", [])]
+warnings = [f"{cid}: {w}" for cid in chosen for w in rows[cid].attrs.get("warnings", [])]
 if warnings:
     with st.expander(f"Sanity warnings of the evaluation ({len(warnings)})"):
         for w in warnings:
             st.warning(ui.message_text(w))
 
-fig, height = F.accuracy_bars_figure({cid: results[cid] for cid in chosen}, names)
+fig, height = F.accuracy_bars_figure({cid: rows[cid] for cid in chosen}, names)
 ui.show(fig, key="cmp_bars", height=height, legend=False)
 
 st.subheader("Tables laid out like the paper's")
@@ -111,11 +130,11 @@ for tab, cid in zip(tabs, chosen):
     with tab:
         st.markdown(f"**{ui.md_escape(by_id[cid].short())}**: Tables I-II layout (rows: attack "
                     "and the norms it was crafted with; columns: the norms classified with, "
-                    "clean Acc and robust R.Acc).")
-        st.dataframe(tables.paper_table(results[cid]), hide_index=True, key=f"cmp_paper_{cid}")
-        if results[cid]["attack"].isin(["adaptive_exact", "adaptive_eot"]).any():
+                    f"clean Acc and robust R.Acc, each with its 95 % interval; n={n_of[cid]}).")
+        st.dataframe(tables.paper_table(rows[cid]), hide_index=True, key=f"cmp_paper_{cid}")
+        if rows[cid]["attack"].isin(["adaptive_exact", "adaptive_eot"]).any():
             st.markdown("Table III layout (adaptive attacks on shaped inference):")
-            st.dataframe(table_iii(results[cid]), key=f"cmp_t3_{cid}")
+            st.dataframe(tables.paper_table_iii(rows[cid]), key=f"cmp_t3_{cid}")
 
 st.subheader("Training curves")
 fig = F.training_curves_figure({cid: jobs.read_metrics(by_id[cid].path) for cid in chosen},
@@ -124,13 +143,7 @@ ui.show(fig, key="cmp_curves", height=460)
 
 st.subheader("Settings")
 only_diff = st.toggle("Only the settings that differ", value=False, key="cmp_only_diff")
-settings = pd.DataFrame({cid: {k: ("-" if v is None else v)
-                               for k, v in by_id[cid].config.items()} for cid in chosen})
-settings = settings.astype(str)
-if only_diff:
-    settings = settings[settings.nunique(axis=1) > 1]
-st.dataframe(settings.style.apply(tables.highlight_differing, axis=1), key="cmp_settings",
-             height=36 * (len(settings) + 1) + 4)
+tables.settings_table({cid: by_id[cid].config for cid in chosen}, only_diff)
 st.caption("Rows highlighted in yellow differ between the checkpoints.")
 
 with st.expander("Upload a checkpoint"):

@@ -132,9 +132,9 @@ def runs_panel() -> None:
     names = [j.name for j in all_jobs]
     if st.session_state.get("train_run") not in names:
         st.session_state.train_run = names[0]
-    name = st.selectbox("Run to show", names, key="train_run")
-    j = next(j for j in all_jobs if j.name == name)
-    X.run_outcome(j)
+    name = st.selectbox("Run to show", names, key="train_run",
+                        format_func=lambda n: ui.with_stopped_mark(n, ui.runs_dir() / n))
+    X.run_outcome(j := next(j for j in all_jobs if j.name == name))
     cfg = j.config
     st.caption("Settings: " + ", ".join(f"{k}={cfg.get(k)}" for k in (
         "dataset", "model", "method", "shaping", "ratio", "eps", "step_size", "steps", "epochs",

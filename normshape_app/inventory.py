@@ -147,8 +147,22 @@ class Ckpt:
         return f"{c['method'].upper()} {mode}{polluted}{norms}"
 
     def column_name(self) -> str:
-        """A column header that tells checkpoints apart: run name and training label."""
-        return f"{self.id} ({self.tag()})"
+        """A column header that tells checkpoints apart: run name and training label (and
+        "stopped at epoch k/N" for a run stopped early)."""
+        stop = f", {self.stopped_text()}" if self.stopped_text() else ""
+        return f"{self.id} ({self.tag()}{stop})"
+
+    def stopped_text(self) -> str:
+        """"stopped at epoch k/N" for a run stopped early (its ``stopped`` record), else ""."""
+        st_ = self.meta.get("stopped")
+        return (f"stopped at epoch {st_.get('epoch')}/{st_.get('epochs')}"
+                if isinstance(st_, dict) else "")
+
+    @property
+    def attack_eps(self) -> float:
+        """The eps its L-inf attacks use: the training eps (as ``evaluate_checkpoint``: 8/255
+        for a run that never set one)."""
+        return float(self.config.get("eps") or 8 / 255)
 
     def short(self) -> str:
         """dataset / method / training mode / ratio, in the paper's words."""
@@ -165,9 +179,7 @@ class Ckpt:
             mode = f"{c['method'].upper()}, {mode}"
         if norm_text(c):
             mode += f", {norm_text(c)}"
-        st_ = self.meta.get("stopped")  # a stopped background run's kept epoch
-        stop = (f", stopped at epoch {st_.get('epoch')}/{st_.get('epochs')}"
-                if isinstance(st_, dict) else "")
+        stop = f", {self.stopped_text()}" if self.stopped_text() else ""
         return f"{c['dataset']}: {mode}, eps {eps_text(c)}{stop}"
 
 
@@ -238,6 +250,14 @@ def checkpoints() -> List[Ckpt]:
 def checkpoint_errors() -> List[str]:
     dirs = checkpoint_dirs()
     return _scan(tuple(map(str, dirs)), _signature(dirs))[1]
+
+
+def with_stopped_mark(name: str, run_dir: "str | Path") -> str:
+    """A run's name, with "(stopped at epoch k/N)" when the checkpoint in ``run_dir`` is one
+    of a run stopped early (its ``stopped`` record)."""
+    where = Path(run_dir).resolve()
+    ck = next((c for c in checkpoints() if Path(c.path).resolve() == where), None)
+    return f"{name} ({ck.stopped_text()})" if ck is not None and ck.stopped_text() else name
 
 
 def checkpoint_by_id(cid: str) -> Optional[Ckpt]:
@@ -363,19 +383,88 @@ def no_checkpoints_message(what: str = "checkpoints") -> None:
             "about ten seconds), or point `NORMSHAPE_CHECKPOINT_DIRS` at a folder of run folders.")
 
 
-def default_comparison(ckpts: Sequence[Ckpt]) -> List[str]:
-    """natural, PGD adv only and PGD + shaping 1:3 of the dataset with the most runs."""
-    ds = max(sorted({c.dataset for c in ckpts}),  # most runs; 2-D sets first on a tie
-             key=lambda d: (sum(c.dataset == d for c in ckpts),
-                            any(c.is_2d for c in ckpts if c.dataset == d)))
-    pick = []
-    for want in (("natural", None, None), ("pgd", "none", None), ("pgd", "attack+train", "1:3")):
-        for c in ckpts:
-            cfg = c.config
-            if c.dataset == ds and cfg["method"] == want[0] and \
-                    not cfg.get("polluted_running_stats") and cfg.get("norm", "bn") == "bn" and \
-                    (want[1] is None or cfg["shaping"] == want[1]) and \
-                    (want[2] is None or cfg["ratio"] == want[2]) and c.id not in pick:
-                pick.append(c.id)
-                break
-    return pick if len(pick) >= 2 else [c.id for c in ckpts[:2]]
+def table_iv_rows(ckpts: Sequence[Ckpt], dataset: str, method: str) -> Dict[str, Ckpt]:
+    """The Ratios page's rows: {training label: checkpoint} of ``dataset`` trained with
+    ``method`` + shaping in attack and training (by ratio), then adv only ("adv only (1:0)");
+    polluted runs and stopped runs said in the label, after their normal twin."""
+    from normshape_core.evaluation import training_label
+
+    rows: Dict[str, Ckpt] = {}
+    for c in ckpts:
+        cfg = c.config
+        if c.dataset != dataset or cfg["method"] != method or \
+                cfg["shaping"] not in ("attack+train", "none") or cfg.get("norm", "bn") != "bn":
+            continue  # Table IV: BN models
+        label = training_label(c.meta).replace("adv only", "adv only (1:0)", 1)
+        if cfg.get("polluted_running_stats"):
+            label += " (polluted PN)"
+        if c.stopped_text():
+            label += f", {c.stopped_text()}"
+        rows.setdefault(label, c)
+
+    def order(r: str):
+        ratio = r.split()[0].split(":")
+        shaped = not r.startswith("adv") and len(ratio) == 2 and ratio[1].isdigit()
+        return (not shaped, int(ratio[1]) if shaped else 0, "polluted" in r, r)
+
+    return {label: rows[label] for label in sorted(rows, key=order)}
+
+
+#: Compare's first view, in this order of preference: the paper's kind of data (images), all
+#: of the test set in the shipped worst case (digits: 397 samples), then the 2-D sets.
+PREFERRED_DATASETS = ("digits", "fashion_mnist", "moons", "spirals")
+
+
+def comparable_groups(cks: Sequence[Ckpt]) -> Dict[Tuple[str, float], List[Ckpt]]:
+    """The checkpoints grouped by (dataset, attack eps), in order of first appearance: only
+    numbers within one group are comparable."""
+    out: Dict[Tuple[str, float], List[Ckpt]] = {}
+    for c in cks:
+        out.setdefault((c.dataset, round(c.attack_eps, 6)), []).append(c)
+    return out
+
+
+def default_comparison(ckpts: Sequence[Ckpt], has_worst=lambda c: False) -> List[str]:
+    """Compare's first view: natural, PGD adv only and PGD + shaping 1:3 (BN models) of one
+    dataset at one eps (so every column is comparable), the listed checkpoints (shipped, or
+    ``NORMSHAPE_CHECKPOINT_DIRS``) before your runs and uploads, the reproduction's before
+    the lessons'. Among the (dataset, eps) groups: those with all three first, then those whose
+    three have a shipped worst case (``has_worst``), then ``PREFERRED_DATASETS``, then the
+    most checkpoints. Without such a trio: the first two of the largest group."""
+    wants = (("natural", None, None), ("pgd", "none", None), ("pgd", "attack+train", "1:3"))
+    mine = [d.resolve() for d in (runs_dir(), uploads_dir())]
+
+    def yours(c: Ckpt) -> bool:  # a run trained here or an upload: after the listed ones
+        return any(d in Path(c.path).resolve().parents for d in mine)
+
+    groups = comparable_groups(sorted(ckpts, key=lambda c: (yours(c), c.id.startswith(
+        "lesson-"), c.id)))
+    picks = {}
+    for key, members in groups.items():
+        pick = []
+        for method, shaping, ratio in wants:
+            for c in members:
+                cfg = c.config
+                if cfg["method"] == method and not cfg.get("polluted_running_stats") and \
+                        cfg.get("norm", "bn") == "bn" and not c.stopped_text() and \
+                        (shaping is None or cfg["shaping"] == shaping) and \
+                        (ratio is None or cfg["ratio"] == ratio) and c.id not in pick:
+                    pick.append(c.id)
+                    break
+        picks[key] = pick
+    if not picks:
+        return []
+    by_id = {c.id: c for c in ckpts}
+
+    def rank(key):
+        ds = key[0]
+        pref = PREFERRED_DATASETS.index(ds) if ds in PREFERRED_DATASETS else len(
+            PREFERRED_DATASETS)
+        return (-len(picks[key]), not all(has_worst(by_id[i]) for i in picks[key]), pref,
+                -len(groups[key]), key)
+
+    best = min(picks, key=rank)
+    if len(picks[best]) >= 2:
+        return picks[best]
+    largest = max(groups, key=lambda k: (len(groups[k]), k))
+    return [c.id for c in groups[largest][:2]]

@@ -20,18 +20,22 @@ from normshape_app.inventory import (  # noqa: F401
     SOURCE_ROOT, shipped_checkpoints_dir, runs_dir, uploads_dir, checkpoint_dirs, folder_label,
     dataset_here, require_dataset_here, max_active_runs, worker_threads, Ckpt, eps_text,
     norm_text,
-    checkpoints, checkpoint_errors, checkpoint_by_id, load_model, load_dataset, device_text,
+    checkpoints, checkpoint_errors, checkpoint_by_id, with_stopped_mark, load_model,
+    load_dataset, device_text,
     warm_umap_in_background, checkpoint_picker, prefer_2d_adversarial, prefer_2d_shaped,
-    no_checkpoints_message, default_comparison,
+    no_checkpoints_message, default_comparison, comparable_groups, PREFERRED_DATASETS,
+    table_iv_rows,
 )
 from normshape_app.uploads import (  # noqa: F401
     max_upload_mb, MAX_META_BYTES, Upload, import_checkpoint, upload_section,
 )
 from normshape_app.results import (  # noqa: F401
     USER_ERRORS, ResultStore, result_store, cached_result, Part, compute_parts, evaluation,
-    evaluations_by_attack, shaped_grid_rows, INFERENCE_RATIOS, COMPARE_ATTACKS,
-    compare_default_attacks, compare_settings, shipped_worst_cases, worst_case_settings,
-    clean_accuracy_settings, grid_settings, test_set_size, warm,
+    stored_evaluation, evaluations_by_attack, shaped_grid_rows, INFERENCE_RATIOS,
+    COMPARE_ATTACKS, SHIPPED_N, compare_settings, shipped_worst_cases, shipped_worst_n,
+    compare_n, worst_case_settings, clean_accuracy_settings, grid_settings, test_set_size,
+    warm, worst_case_rows, compare_worst, evaluation_job, joined,
+    grid_table, grid_jobs, GRID_N, shipped_grid_worst_n, grid_n, grid_worst_settings,
 )
 from normshape_app.urlparams import (  # noqa: F401
     UrlParam, url_int, url_float, url_bool, url_one, url_many, URL_DATASETS, URL_DATASETS_2D,

@@ -11,7 +11,7 @@ from typing import Dict, Optional
 import streamlit as st
 
 from normshape_app.inventory import checkpoints, dataset_here, uploads_dir
-from normshape_app.style import md_code, message_text
+from normshape_app.style import md_code, md_escape, message_text
 
 
 def max_upload_mb() -> int:
@@ -115,36 +115,69 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
         raise
 
 
+def upload_pair(names) -> "tuple[Optional[int], Optional[int], list]":
+    """Which of the uploaded file names are the weights and the metadata: (index of the
+    .safetensors file, index of its .json, [names that are not expected]). The metadata is
+    the .json whose name matches the weights' (``model.json`` beside ``model.safetensors``),
+    else the one .json that is not an evaluation cache (``*.eval.json``); every other file
+    is unexpected."""
+    names = [str(n) for n in names]
+    weights = [i for i, n in enumerate(names) if n.lower().endswith(".safetensors")]
+    jsons = [i for i, n in enumerate(names) if n.lower().endswith(".json")]
+    w = weights[0] if len(weights) == 1 else None
+    stem = names[w][:-len(".safetensors")].lower() if w is not None else None
+    meta = [i for i in jsons if names[i][:-len(".json")].lower() == stem] or \
+        [i for i in jsons if not names[i].lower().endswith(".eval.json")] or jsons
+    m = meta[0] if len(meta) == 1 else None
+    unexpected = [n for i, n in enumerate(names) if i not in (w, m)]
+    return w, m, unexpected
+
+
+def _upload_message(kind: str, text: str) -> None:
+    st.session_state.cmp_upload_result = (kind, text)
+
+
 def upload_section() -> None:
-    """The upload box (Compare): one .safetensors + its .json, checked, stored once."""
+    """The upload box (Compare): one .safetensors + its .json, checked, stored once. After
+    each attempt the box is cleared (a new widget key) and the outcome is said above it."""
     limit = max_upload_mb()  # the server's limit (.streamlit/config.toml), said once here
     st.markdown("**Upload a checkpoint** (`model.safetensors` + `model.json`, as written by "
                 f"normshape; up to {limit} MB per file). It is checked before use: metadata "
                 "that passes the checkpoint schema (known dataset, model and settings, a "
                 "bounded model size, a dataset present on this server), weights that match "
                 "their SHA-256 and fit the model. Pickle files are refused, never opened.")
+    done = st.session_state.pop("cmp_upload_result", None)
+    if done is not None:  # the last attempt's outcome, kept across the box's reset
+        (st.success if done[0] == "success" else st.error)(done[1])
+    attempt = st.session_state.setdefault("cmp_upload_attempt", 0)
     files = st.file_uploader("Checkpoint files", type=["safetensors", "json"],
-                             accept_multiple_files=True, key="cmp_upload",
+                             accept_multiple_files=True, key=f"cmp_upload_{attempt}",
                              max_upload_size=limit,
                              help=f"At most {limit} MB per file: larger files are refused by "
                                   "the upload box itself.")
     if not files:
         return
-    weights = [f for f in files if f.name.endswith(".safetensors")]
-    metas = [f for f in files if f.name.endswith(".json")]
-    if len(weights) != 1 or len(metas) != 1:
-        st.error("Upload exactly one .safetensors file and its .json metadata.")
-        return
+    st.session_state.cmp_upload_attempt = attempt + 1  # the next run shows an empty box
+    _upload_message(*_import_files(files))
+    st.rerun()
+
+
+def _import_files(files) -> "tuple[str, str]":
+    """(kind, message) of one upload attempt: "success" or "error"."""
+    w, m, unexpected = upload_pair([f.name for f in files])
+    if unexpected or w is None or m is None:
+        which = "; ".join(f"{md_escape(n)} is not expected" for n in unexpected)
+        return "error", (f"Not accepted: {which + '. ' if which else ''}Upload exactly one "
+                         ".safetensors file and its .json metadata (the model.json written "
+                         "beside it), nothing else.")
     try:
-        up = import_checkpoint(weights[0].getvalue(), metas[0].getvalue(), weights[0].name,
-                                  known={c.sha: c.id for c in checkpoints()},
-                                  meta_filename=metas[0].name)
+        up = import_checkpoint(files[w].getvalue(), files[m].getvalue(), files[w].name,
+                               known={c.sha: c.id for c in checkpoints()},
+                               meta_filename=files[m].name)
     except (ValueError, OSError) as e:  # OSError: the uploads folder cannot be written
-        st.error(f"Not accepted: {message_text(e)}")
-        return
+        return "error", f"Not accepted: {message_text(e)}"
     if up.stored:
-        st.success(f"Accepted and stored as {md_code(up.name)}: it is now listed on every "
-                   "page.")
-    else:
-        st.success(f"Accepted: these weights are those of {md_code(up.name)} (same SHA-256), "
-                   "already listed on every page; nothing was stored again.")
+        return "success", (f"Accepted and stored as {md_code(up.name)}: it is now listed on "
+                           "every page.")
+    return "success", (f"Accepted: these weights are those of {md_code(up.name)} (same "
+                       "SHA-256), already listed on every page; nothing was stored again.")

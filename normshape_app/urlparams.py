@@ -70,7 +70,7 @@ URL_PARAMS: Dict[str, UrlParam] = {
     # app_pages/ratios.py
     "ratios_dataset": url_one(), "ratios_method": url_one(), "ratios_crafted": url_one(),
     "ratios_train": url_many(), "ratios_infer": url_many(*INFERENCE_RATIOS),
-    "ratios_n": url_one(100, 200, 500, 1000), "ratios_steps": url_one(10, 20, 50),
+    "ratios_n": url_one("shipped", 100, 200, 500, 1000), "ratios_steps": url_one(10, 20, 50),
     "ratios_paper": url_bool(),
     # app_pages/moving_target.py
     "mt_ckpt": url_one(), "mt_comp": url_one(), "mt_shaped": url_one(),
@@ -83,7 +83,7 @@ URL_PARAMS: Dict[str, UrlParam] = {
     "db_norms": url_one("PN", "BN"), "db_seed": url_int(0, 10_000),
     # app_pages/compare.py
     "cmp": url_many(max_items=4), "cmp_attacks": url_many(), "cmp_ratio": url_one(),
-    "cmp_n": url_one(100, 200, 500, 1000), "cmp_bn": url_bool(),
+    "cmp_n": url_one("shipped", 100, 200, 500, 1000), "cmp_bn": url_bool(),
     # app_pages/confoundings.py reads its one parameter, ?slide=N, itself (current_slide)
     # app_pages/playground.py
     "pg_data": url_one(*URL_DATASETS_2D), "pg_noise": url_float(0.0, 1.0), "pg_n": url_int(50, 5000),

@@ -335,9 +335,12 @@ def start_job(config: "Dict[str, Any] | Any", runs_root: str | Path = "runs", *,
     return job_status(run_dir)
 
 
-def _spawn(run_dir: Path, *, python: Optional[str] = None,
-           cwd: Optional[str | Path] = None) -> None:
-    cmd = [python or sys.executable, "-m", "normshape_core.jobs", "run", str(run_dir.resolve())]
+def _spawn(run_dir: Path, *, python: Optional[str] = None, cwd: Optional[str | Path] = None,
+           module: str = "normshape_core.jobs") -> int:
+    """Start ``python -m <module> run RUN_DIR`` in its own session (the training worker; the
+    evaluation worker of ``evaljobs`` too), its output appended to ``worker.log`` and its pid
+    left in ``worker.pid``; returns the pid."""
+    cmd = [python or sys.executable, "-m", module, "run", str(run_dir.resolve())]
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -357,6 +360,7 @@ def _spawn(run_dir: Path, *, python: Optional[str] = None,
     (run_dir / PID_FILE).write_text(f"{proc.pid}\n")
     # The Popen object is dropped: Python's subprocess module reaps the finished child later,
     # and job_status() treats a zombie as ended. Status lives on disk, never in this process.
+    return proc.pid
 
 
 def owns(status: JobStatus, owner: Optional[str]) -> bool:

@@ -15,6 +15,9 @@ sys.path.insert(0, str(ROOT))
 TEST_HOME = tempfile.mkdtemp(prefix="normshape-test-home-")
 os.environ["NORMSHAPE_HOME"] = TEST_HOME
 atexit.register(shutil.rmtree, TEST_HOME, ignore_errors=True)
+# The app starts a background worker for each worst case it does not have stored: none in
+# the tests unless a test asks (its jobs wait, saying so), so no worker outlives its test.
+os.environ["NORMSHAPE_MAX_EVAL_JOBS"] = "0"
 # Small CPU models run fastest (and deterministically) on a fixed, small thread count.
 torch.set_num_threads(int(os.environ.get("NORMSHAPE_TEST_THREADS", "1")))
 

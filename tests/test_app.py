@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 
 from _app_checkpoints import checkpoint_root
 from _apptest import open_app
+from normshape_app import ui
+from normshape_core.worst_case import DEFAULT_ENSEMBLE
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # first views compute (evaluations, PGD traces) on two shared cores
@@ -137,7 +140,11 @@ def test_a_different_inference_ratio_changes_the_heatmap(app):
     z_before = array(heat["z"])
     assert heat["type"] == "heatmap"
     assert heat["x"] == ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
-    assert set(heat["y"]) == {"1:1", "1:3", "adv only (1:0)"}
+    assert set(heat["y"]) == {"1:1", "1:3"}  # the paper's rows: PGD + shaping per ratio
+    at.multiselect(key="ratios_train").set_value(["1:1", "1:3", "adv only (1:0)"]).run()
+    heat = figures(at)[0]["data"][0]
+    assert heat["y"] == ["1:1", "1:3", "adv only (1:0)"]
+    z_before = array(heat["z"])
     at.multiselect(key="ratios_infer").set_value(["1:0", "1:9"]).run()
     assert not at.exception
     heat2 = figures(at)[0]["data"][0]
@@ -195,9 +202,14 @@ def test_compare_tables_name_both_norms_and_follow_the_selection(app):
                                           "moons-pgd-adv-only (PGD adv only)",
                                           "moons-pgd-shaped-1-3 (PGD shaping 1:3)"]
     measure = table["attack, crafted with"].map(plain)
-    assert set(measure) == {"clean (no attack)", "PGD-20, crafted PN", "FGSM, crafted PN",
-                            "shaping attack (BN 1:3)", "adaptive (exact refs)"}
-    assert set(table["classified with"].map(plain)) == {"PN", "BN", "shaped 1:9 (g=10)"}
+    worst = f"worst case ({DEFAULT_ENSEMBLE}), crafted with its own norms"
+    assert list(dict.fromkeys(measure)) == ["clean (no attack)", worst, "PGD-20, crafted PN",
+                                            "FGSM, crafted PN", "shaping attack (BN 1:3)"]
+    assert list(table["classified with"].map(plain))[:3] == ["PN", "BN", "shaped 1:9 (g=10)"]
+    # no worst case is stored for these fresh checkpoints: the row is there, saying what its
+    # background job does (the tests start no worker: NORMSHAPE_MAX_EVAL_JOBS=0)
+    assert set(table[measure == worst].iloc[:, 2:].stack().map(plain)) == {
+        "waiting for a free worker"}
     assert at.get("download_button")
     bars = figures(at)[0]
     assert {t["orientation"] for t in bars["data"]} == {"h"}  # names on the y axis
@@ -205,8 +217,9 @@ def test_compare_tables_name_both_norms_and_follow_the_selection(app):
     at.multiselect(key="cmp").set_value(["moons-natural", "moons-pgd-shaped-1-1"]).run()
     assert [plain(c) for c in at.table[0].value.columns][2:] == [
         "moons-natural (natural)", "moons-pgd-shaped-1-1 (PGD shaping 1:1)"]
-    settings = at.dataframe[-1].value
+    settings = at.dataframe[-1].value.set_index("setting")
     assert set(settings.loc["method"]) == {"natural", "pgd"}
+    assert "polluted_running_stats" in settings.index  # whole names
 
 
 def test_compare_adding_an_attack_computes_only_that_attack(app, monkeypatch):
@@ -306,7 +319,7 @@ def test_upload_is_validated_before_use(app, ckpt_root, tmp_path):
     weights, meta = (src / "model.safetensors").read_bytes(), (src / "model.json").read_bytes()
     uploads = tmp_path / "home" / "uploads"
     at = app("app_pages/compare.py")
-    up = at.file_uploader(key="cmp_upload")
+    up = at.file_uploader[0]
     up.set_value([("model.safetensors", weights[:-10], "application/octet-stream"),
                   ("model.json", meta, "application/json")]).run()
     errors = [e.value for e in at.error]
@@ -314,13 +327,13 @@ def test_upload_is_validated_before_use(app, ckpt_root, tmp_path):
     assert not any(str(tmp_path) in e or "/tmp" in e or ".incoming" in e for e in errors), errors
     assert not uploads.exists() or not any(p.name.startswith("moons") for p in uploads.iterdir())
     pickle_like = b"\x80\x04\x95" + b"\x00" * 100
-    at.file_uploader(key="cmp_upload").set_value(
+    at.file_uploader[0].set_value(
         [("model.safetensors", pickle_like, "application/octet-stream"),
          ("model.json", meta, "application/json")]).run()
     assert any("pickle" in e.value for e in at.error)
     bad = json.loads(meta)
     bad["config"]["method"] = "**<b>x</b>**"
-    at.file_uploader(key="cmp_upload").set_value(
+    at.file_uploader[0].set_value(
         [("model.safetensors", weights, "application/octet-stream"),
          ("model.json", json.dumps(bad).encode(), "application/json")]).run()
     # these weights are known: recognised by their SHA-256 before the metadata matters
@@ -349,13 +362,13 @@ def test_an_upload_is_stored_once_in_the_user_folder(app, tmp_path):
     bad = json.loads(meta)
     bad["config"]["method"] = "**<b>x</b>**"
     at = app("app_pages/compare.py")
-    at.file_uploader(key="cmp_upload").set_value(
+    at.file_uploader[0].set_value(
         [("model.safetensors", weights, "application/octet-stream"),
          ("model.json", json.dumps(bad).encode(), "application/json")]).run()
     assert any("model.json: config.method" in plain(e.value) for e in at.error)
     uploads = tmp_path / "home" / "uploads"
     for _ in range(2):
-        at.file_uploader(key="cmp_upload").set_value(
+        at.file_uploader[0].set_value(
             [("model.safetensors", weights, "application/octet-stream"),
              ("model.json", meta, "application/json")]).run()
         assert not at.exception and not at.error, [e.value for e in at.error]
@@ -404,3 +417,232 @@ def test_checkpoint_labels_name_their_norms():
                                                             "normalizer-free")
     assert ui.metric_label("test/clean_acc_pn_clean_norms") == \
         "clean acc. (classified PN) [clean norms]"
+
+
+# ---------------------------------------------------------------- issue 22: the first view
+CELL = re.compile(r"(\d\.\d{3})  \n:small\[:gray\[\[(\d\.\d{3}), (\d\.\d{3})\], n=(\d+)\]\]")
+
+
+def shipped_results():
+    """{weights SHA-256: the results.json entry of that checkpoint, with the dataset}."""
+    out = {}
+    for p in sorted((ROOT / "checkpoints").glob("*/results.json")):
+        results = json.loads(p.read_text())
+        for key, entry in results["runs"].items():
+            out[entry["weights_sha256"]] = dict(entry, dataset=results["dataset"],
+                                                results=results, key=key)
+    return out
+
+
+def assert_shipped_results_are_the_engines(dataset: str) -> None:
+    """The first view reads the shipped worst case only when it is the current engine's
+    (its ensemble; the cache keys carry the engine's version): until the shipped results
+    are regenerated, the tests that read them fail here, saying so."""
+    results = json.loads((ROOT / "checkpoints" / dataset / "results.json").read_text())
+    assert results.get("worst_ensemble") == DEFAULT_ENSEMBLE, (
+        f"the shipped {dataset} worst case is of the ensemble "
+        f"{results.get('worst_ensemble')!r}, the engine's is {DEFAULT_ENSEMBLE!r}: the "
+        "shipped results need regenerating (normshape reproduce)")
+
+
+@pytest.fixture
+def no_worst_case_computed(monkeypatch):
+    """Fails a test in which an ensemble (a worst case) is computed instead of read."""
+    from normshape_core import evaluation
+
+    real = evaluation._evaluate
+
+    def guarded(model, dataset, settings, **kw):
+        assert not settings.ensembles, f"a worst case was computed: {settings.ensembles}"
+        return real(model, dataset, settings, **kw)
+
+    monkeypatch.setattr(evaluation, "_evaluate", guarded)
+
+
+def test_compare_first_view_is_one_eps_with_the_worst_case_read_and_every_interval(
+        app, monkeypatch, no_worst_case_computed):
+    """Compare opened fresh on the shipped checkpoints: natural, PGD-AT and PGD + shaping 1:3
+    of one dataset at one eps; the worst-case row of each is the shipped one (numbers and n
+    from results.json, nothing computed); every accuracy cell has its interval and n, the
+    clean and robust rows of a column the same n; PN, BN, shaped in every measure."""
+    import streamlit as st
+
+    from normshape_app import ui
+    from normshape_core.stats import Proportion
+
+    monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ROOT / "checkpoints"))
+    st.cache_resource.clear()
+    at = app("app_pages/compare.py")
+    chosen = at.multiselect(key="cmp").value
+    cks = [ui.checkpoint_by_id(c) for c in chosen]
+    assert len(cks) == 3 and len({(c.dataset, c.attack_eps) for c in cks}) == 1, chosen
+    assert_shipped_results_are_the_engines(cks[0].dataset)
+    assert [(c.config["method"], c.config["shaping"]) for c in cks] == [
+        ("natural", "none"), ("pgd", "none"), ("pgd", "attack+train")]
+    assert [t.value for t in at.markdown if "not comparable" in t.value] == []
+    [table] = at.table
+    df = table.value.rename(columns=plain)
+    measure = df["attack, crafted with"].map(plain)
+    classified = df["classified with"].map(plain)
+    worst = f"worst case ({DEFAULT_ENSEMBLE}), crafted with its own norms"
+    assert list(dict.fromkeys(measure))[:2] == ["clean (no attack)", worst]
+    for m in set(measure):
+        order = [c.split()[0] for c in classified[measure == m]]
+        assert order == sorted(order, key=["PN", "BN", "shaped"].index), (m, order)
+    shipped = shipped_results()
+    for ck in cks:
+        col = df[plain(ck.column_name())]
+        ns = set()
+        for text in col:
+            hit = CELL.fullmatch(text)
+            assert hit, f"{ck.id}: an accuracy without its interval and n: {text!r}"
+            v, lo, hi, n = float(hit[1]), float(hit[2]), float(hit[3]), int(hit[4])
+            p = Proportion.of(v, n)
+            assert (round(p.low, 3), round(p.high, 3)) == (lo, hi)
+            ns.add(n)
+        assert len(ns) == 1, f"{ck.id}: clean and robust rows on different samples: {ns}"
+        rows = [r for r in shipped[ck.sha]["rows"] if r["attack"] == "worst_case"
+                and r["n"] in ns and r.get("ratio") in (None, "1:9")
+                and str(r["ensemble"]).split(":")[0] == DEFAULT_ENSEMBLE]
+        assert len(rows) == 3, ck.id
+        for r in rows:
+            label = r["classified_with"]
+            cell = col[(measure == worst) & (classified == label)].iloc[0]
+            assert CELL.fullmatch(cell)[1] == f"{r['robust_acc']:.3f}", (ck.id, label)
+
+
+def test_compare_mixed_eps_is_grouped_with_one_sentence(app, monkeypatch,
+                                                        no_worst_case_computed):
+    monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ROOT / "checkpoints"))
+    at = app("app_pages/compare.py",
+             query={"cmp": ["digits-small_cnn-natural-s0", "moons-mlp-natural-s0",
+                            "digits-small_cnn-pgd-adv-only-eps0.3-s0"],
+                    "cmp_attacks": ["fgsm"]})
+    sentences = [m.value for m in at.markdown if "not comparable" in m.value]
+    assert len(sentences) == 1 and "eps" in sentences[0]
+    assert len(at.table) == 2  # one table per (dataset, eps): best values only within one
+    headers = [[plain(c) for c in t.value.columns[2:]] for t in at.table]
+    assert [len(h) for h in headers] == [2, 1]
+    assert all(h.startswith("digits") for h in headers[0]) and headers[1][0].startswith(
+        "moons")
+    groups = [plain(m.value) for m in at.markdown if re.fullmatch(
+        r"\*\*\w+, eps [\d.]+\*\*", plain(m.value))]
+    assert groups == ["**digits, eps 0.3**", "**moons, eps 0.12**"]
+
+
+def test_compare_shows_a_running_worst_case_bound_and_the_job_is_shared(app, ckpt_root):
+    """A worst case running in the background (its job's status.json: running, by a live
+    process, with a bound for PN): its cells show the bound, and asking again finds the same
+    job (one per cache key) instead of starting another."""
+    import os
+
+    from normshape_app import results
+    from normshape_core import evaljobs
+
+    at = app("app_pages/compare.py", query={"cmp": ["moons-natural", "moons-pgd-adv-only"],
+                                            "cmp_attacks": ["fgsm"], "cmp_n": "100"})
+    ck = ui.checkpoint_by_id("moons-natural")
+    s = results.worst_case_settings(ck.dataset, "1:9", 100)
+    [job_dir] = [d for d in evaljobs.jobs_root().iterdir()
+                 if d.name == evaljobs.job_key(ck.path, s, ck.meta)]
+    bound = "<= 0.460 after apgd; apgd_t, square to go"
+    (job_dir / "status.json").write_text(json.dumps(
+        {"state": "running", "pid": os.getpid(), "bounds": {"PN": {
+            "text": bound, "robust": 46, "n": 100, "done": ["apgd"],
+            "to_go": ["apgd_t", "square"]}}}))
+    at.run()
+    table = at.table[0].value.rename(columns=plain)
+    worst = table[table["attack, crafted with"].map(plain).str.startswith("worst case")]
+    col = worst[plain(ck.column_name())].map(plain)
+    assert list(col) == [bound, "running: no attack finished yet",
+                         "running: no attack finished yet"]
+    assert sorted(p.name for p in evaljobs.jobs_root().iterdir()) == sorted(
+        {evaljobs.job_key(c.path, results.worst_case_settings(c.dataset, "1:9", 100), c.meta)
+         for c in (ck, ui.checkpoint_by_id("moons-pgd-adv-only"))})
+
+
+def test_best_of_a_row_is_marked_only_where_values_differ():
+    import pandas as pd
+
+    from normshape_app import tables
+    values = pd.DataFrame({"a": [0.5, 0.2, float("nan")], "b": [0.4, 0.2, 0.3]})
+    mask = tables.best_mask(values)
+    assert mask.values.tolist() == [[True, False], [False, False], [False, False]]
+
+
+def test_a_stopped_run_is_marked_on_every_page_that_lists_it(app, ckpt_root, tmp_path,
+                                                             monkeypatch):
+    """A checkpoint with a ``stopped`` record (a run stopped at epoch 1 of 3): Home's
+    training column, Compare's column header and Ratios' training row say "stopped at epoch
+    1/3"."""
+    src = ckpt_root / "moons-pgd-shaped-1-3"
+    runs = tmp_path / "runs" / "moons-stopped"
+    shutil.copytree(src, runs)
+    meta = json.loads((runs / "model.json").read_text())
+    meta["stopped"] = {"epoch": 1, "epochs": 3}
+    (runs / "model.json").write_text(json.dumps(meta))
+    mark = "stopped at epoch 1/3"
+    home = inventory(app())
+    assert mark in home.set_index("checkpoint").loc["moons-stopped", "training"]
+    at = app("app_pages/compare.py", query={"cmp": ["moons-stopped", "moons-natural"],
+                                            "cmp_attacks": ["fgsm"], "cmp_n": "100"})
+    assert any(mark in plain(c) for c in at.table[0].value.columns)
+    at = app("app_pages/ratios.py")
+    assert any(mark in o for o in at.multiselect(key="ratios_train").options)
+    assert not any(mark in o for o in at.multiselect(key="ratios_train").value)
+
+
+def test_ratios_worst_case_at_its_defaults_is_the_shipped_grid(app, monkeypatch,
+                                                               no_worst_case_computed):
+    """Ratios in worst-case mode at its default settings: every cell of the worst-case grid
+    is the shipped one (reproduce.table_iv_values of results.json, its n), nothing computed.
+    Fails until the reproduction ships Table IV's worst case for the default dataset."""
+    from normshape_core.report import table_iv_values
+
+    monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ROOT / "checkpoints"))
+    at = app("app_pages/ratios.py", query={"ratios_crafted": "worst case"})
+    dataset = at.selectbox(key="ratios_dataset").value
+    assert_shipped_results_are_the_engines(dataset)
+    results = json.loads((ROOT / "checkpoints" / dataset / "results.json").read_text())
+    shipped = table_iv_values(results, worst=True)
+    assert shipped, f"no Table IV worst case shipped for {dataset}"
+    heat = figures(at)[0]["data"][0]
+    z = array(heat["z"]).reshape(len(heat["y"]), len(heat["x"]))
+    assert heat["y"] == list(shipped) and heat["x"] == ui.INFERENCE_RATIOS
+    for i, training in enumerate(heat["y"]):
+        for j, inf in enumerate(heat["x"]):
+            assert z[i, j] == pytest.approx(shipped[training][inf]), (training, inf)
+            assert f"n={results['n_test_table_iv_worst']}" in heat["customdata"][i][j]
+
+
+def test_default_comparison_is_one_dataset_at_one_eps_listed_before_yours(tmp_path,
+                                                                          monkeypatch):
+    """Compare's first view: a complete natural / PGD-AT / PGD + shaping 1:3 trio at one eps,
+    the one whose worst case ships first, then the preferred datasets; the listed checkpoints
+    before a run trained here; never a stopped run."""
+    monkeypatch.setenv("NORMSHAPE_RUNS_DIR", str(tmp_path / "runs"))
+
+    def ck(cid, dataset, method, shaping="none", ratio="1:3", eps=0.12, where="listed",
+           stopped=False):
+        meta = {"config": {"dataset": dataset, "method": method, "shaping": shaping,
+                           "ratio": ratio, "eps": eps}}
+        if stopped:
+            meta["stopped"] = {"epoch": 3, "epochs": 30}
+        path = (tmp_path / "runs" if where == "runs" else tmp_path / "listed") / cid
+        return ui.Ckpt(cid, str(path), cid + "-sha", meta)
+
+    moons = [ck("m-nat", "moons", "natural"), ck("m-pgd", "moons", "pgd"),
+             ck("m-shaped", "moons", "pgd", "attack+train"),
+             ck("a-run", "moons", "pgd", "attack+train", where="runs"),
+             ck("a-stopped", "moons", "pgd", "attack+train", stopped=True),
+             ck("lesson-I-plain", "moons", "pgd", eps=0.24)]
+    digits = [ck("d-nat", "digits", "natural", eps=0.3), ck("d-pgd", "digits", "pgd", eps=0.3),
+              ck("d-shaped", "digits", "pgd", "attack+train", eps=0.3)]
+    assert ui.default_comparison(moons) == ["m-nat", "m-pgd", "m-shaped"]
+    # both trios complete: the one whose worst case ships, else digits (preferred)
+    assert ui.default_comparison(moons + digits) == ["d-nat", "d-pgd", "d-shaped"]
+    shipped = {"m-nat", "m-pgd", "m-shaped"}
+    assert ui.default_comparison(moons + digits, lambda c: c.id in shipped) == [
+        "m-nat", "m-pgd", "m-shaped"]
+    # an incomplete trio loses to a complete one, whatever the dataset
+    assert ui.default_comparison(moons + digits[:2]) == ["m-nat", "m-pgd", "m-shaped"]

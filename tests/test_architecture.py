@@ -39,9 +39,10 @@ LAYERS: List[List[str]] = [
     # 5 figures (plotly; the Playground's live regions with Pillow)
     ["figures"],
     # 6 entry points: the package's public API, the command line, the app-facing jobs and
-    #   playground, the reproduce pipeline and its report, the BN fixes side by side and the
-    #   confounding sweep
-    ["", "__main__", "cli", "jobs", "playground", "reproduce", "report", "bn_fixes", "sweep"],
+    #   playground, the app's evaluation jobs, the reproduce pipeline and its report, the BN
+    #   fixes side by side and the confounding sweep
+    ["", "__main__", "cli", "jobs", "evaljobs", "playground", "reproduce", "report",
+     "bn_fixes", "sweep"],
 ]
 
 # argparse only in the command-line layer.

@@ -214,6 +214,12 @@ def test_ratios_heatmap_writes_each_cell_and_leaves_missing_ones_blank():
     assert list(hm.y) == ["1:1", "1:2", "1:3", "1:7"]
     assert hm.text[0][0] == "" and hm.text[1][1] == "0.837"
     assert fig.layout.yaxis.autorange == "reversed"  # training 1:1 on top, as in the paper
+    n = table.copy()
+    n.loc[:, :] = 1000
+    [hm] = R.grid_heatmap(table, "with n", n).data
+    from normshape_core.stats import interval_text
+    assert hm.customdata[1][1] == interval_text(0.837, 1000) and "n=1000" in hm.customdata[1][1]
+    assert hm.customdata[0][0] == "not computed yet"
 
 
 def test_playground_run_title_puts_the_parenthesis_in_a_subtitle():
@@ -229,9 +235,13 @@ def _evaluation(acc):
     import pandas as pd
 
     rows = []
-    for clf, shift in (("PN", 0.0), ("shaped:1:9", 0.1)):
+    for clf, shift in (("shaped 1:9 (g=10)", 0.1), ("PN", 0.0)):  # PN last: reordered
         rows.append({"attack": "pgd", "crafted_with": "PN", "classified_with": clf,
-                     "clean_acc": acc, "robust_acc": acc / 2 + shift, "ensemble": None})
+                     "clean_acc": acc, "robust_acc": acc / 2 + shift, "n": 100,
+                     "ensemble": None})
+    rows.append({"attack": "worst_case", "crafted_with": "PN", "classified_with": "PN",
+                 "clean_acc": acc, "robust_acc": acc / 4, "n": 100,
+                 "ensemble": "autoattack: apgd, square"})
     return pd.DataFrame(rows)
 
 
@@ -240,8 +250,16 @@ def test_compare_bars_name_crafted_and_classified_norms_in_their_colours():
 
     results = {"a": _evaluation(0.9), "b": _evaluation(0.8)}
     m = CP.measures(results["a"])
-    assert m[("clean (no attack)", "PN")] == 0.9
-    assert m[("PGD-20, crafted PN", "shaped:1:9")] == pytest.approx(0.55)
+    worst = "worst case (autoattack), crafted with its own norms"
+    # clean rows first, then the worst case, then the attacks; PN before shaped in each
+    assert list(zip(m[CP.MEASURE], m[CP.CLASSIFIED])) == [
+        ("clean (no attack)", "PN"), ("clean (no attack)", "shaped 1:9 (g=10)"),
+        (worst, "PN"), ("PGD-20, crafted PN", "PN"),
+        ("PGD-20, crafted PN", "shaped 1:9 (g=10)")]
+    v = m.set_index([CP.MEASURE, CP.CLASSIFIED])
+    assert v.loc[("clean (no attack)", "PN"), "value"] == 0.9
+    assert v.loc[("PGD-20, crafted PN", "shaped 1:9 (g=10)"), "value"] == pytest.approx(0.55)
+    assert set(m["n"]) == {100}
     fig, height = CP.accuracy_bars_figure(results, {"a": "run a", "b": "run b"})
     assert fig.layout.title.text.startswith("Clean and robust accuracy of each checkpoint")
     assert fig.layout.xaxis2.title.text == "accuracy (fraction)"  # under the last panel
@@ -249,7 +267,10 @@ def test_compare_bars_name_crafted_and_classified_norms_in_their_colours():
     assert len(fig.data) == 4 and 300 < height <= 2400  # 2 checkpoints x 2 classifiers
     colours = {t.name: t.marker.color for t in fig.data}
     assert colours == {"classified with PN": C.PN_COLOR,
-                       "classified with shaped:1:9": CP.SHAPED_COLOR}
+                       "classified with shaped 1:9 (g=10)": CP.SHAPED_COLOR}
+    pn = next(t for t in fig.data if t.name == "classified with PN")
+    assert list(pn.customdata)[0].startswith("0.900 [") and "n=100" in pn.customdata[0]
+    assert all(lo >= 0 and hi >= 0 for lo, hi in zip(pn.error_x.arrayminus, pn.error_x.array))
     assert CP.norm_colour("BN") == C.BN_COLOR
     assert CP.wrap("a-very-long-run-name-" * 3, 20).count("<br>") >= 2
 

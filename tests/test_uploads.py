@@ -135,7 +135,7 @@ def open_page(page=None, query=None):
 
 
 def upload(at, weights, meta: bytes, wname="model.safetensors", mname="model.json"):
-    at.file_uploader(key="cmp_upload").set_value(
+    at.file_uploader[0].set_value(
         [(wname, weights, "application/octet-stream"), (mname, meta, "application/json")]).run()
     return at
 
@@ -448,3 +448,38 @@ def test_weights_that_cannot_be_a_trained_model_are_refused(home, fresh, kind):
         ui.import_checkpoint(bad, json.dumps(with_weights(meta, bad)).encode(),
                              "model.safetensors")
     assert stored(home) == []
+
+
+def test_a_checkpoint_folders_three_files_name_the_unexpected_one_and_the_box_clears(home,
+                                                                                      fresh):
+    """Dropping a whole checkpoint folder (weights, model.json, model.eval.json): the message
+    names the file that is not expected, nothing is stored, and the box is empty again (the
+    next attempt starts from nothing instead of piling files up)."""
+    weights, meta = fresh
+    at = open_page("app_pages/compare.py")
+    at.file_uploader[0].set_value(
+        [("model.safetensors", weights, "application/octet-stream"),
+         ("model.json", json.dumps(meta).encode(), "application/json"),
+         ("model.eval.json", b'{"format": "normshape-evaluation-cache", "entries": {}}',
+          "application/json")]).run()
+    assert not at.exception
+    [error] = [plain(e.value) for e in at.error]
+    assert error.startswith("Not accepted: ") and "model.eval.json is not expected" in error
+    assert "model.json is not" not in error and "model.safetensors is not" not in error
+    assert stored(home) == []
+    [box] = at.file_uploader
+    assert not box.value, "the upload box keeps the refused files"
+    upload(at, weights, json.dumps(meta).encode())  # the pair alone: accepted
+    assert not at.error and any("Accepted and stored" in s.value for s in at.success)
+    assert len(stored(home)) == 1 and not at.file_uploader[0].value
+
+
+def test_upload_pair_picks_the_weights_and_their_metadata():
+    assert uploads.upload_pair(["model.safetensors", "model.json"]) == (0, 1, [])
+    assert uploads.upload_pair(["model.eval.json", "model.json", "model.safetensors"]) == (
+        2, 1, ["model.eval.json"])
+    assert uploads.upload_pair(["run.json", "model.safetensors"]) == (1, 0, [])
+    w, m, extra = uploads.upload_pair(["a.safetensors", "b.safetensors", "a.json"])
+    assert (w, extra) == (None, ["a.safetensors", "b.safetensors"])
+    w, m, extra = uploads.upload_pair(["x.safetensors", "a.json", "b.json"])
+    assert m is None and extra == ["a.json", "b.json"]

@@ -18,7 +18,7 @@ SHAPED_COLOR = "#a63603"  # shaped inference: BN's family, darker
 CKPT_COLORS = ["#6a3d9a", "#1b9e77", "#8c564b", "#e7298a"]
 # How each attack is named on this page (the norms it crafts with are in the name where they
 # are part of the attack).
-ATTACK_NAMES = {"autoattack": "worst case (autoattack)", "pgd": "PGD-20", "fgsm": "FGSM",
+ATTACK_NAMES = {"pgd": "PGD-20", "fgsm": "FGSM",
                 "apgd": "APGD-CE", "apgd_t": "APGD-T", "square": "Square", "cw": "C&W-L2",
                 "deepfool": "DeepFool", "shaping": "shaping attack (BN 1:3)",
                 "adaptive_exact": "adaptive (exact refs)",
@@ -44,17 +44,43 @@ def measure_name(attack: str, crafted_with: str, ensemble=None) -> str:
         f"{name}, crafted {crafted_with}"
 
 
-def measures(df: pd.DataFrame) -> pd.Series:
-    """One value per (measure, classified with) from an evaluation's rows: every number says
-    crafted-with and classified-with."""
-    out = {}
-    for clf, acc in df.groupby("classified_with", sort=False)["clean_acc"].first().items():
-        out[(CLEAN, clf)] = acc
+def classifier_rank(classified_with: str) -> tuple:
+    """The one order of inference modes on every page: PN, BN, then shaped inference by its
+    share of clean references (1:0, 1:1, 1:3, 1:9, ...)."""
+    c = str(classified_with)
+    if c.upper().startswith("PN"):
+        return (0, 0.0, c)
+    if c.upper().startswith("BN"):
+        return (1, 0.0, c)
+    m = re.match(r"shaped (\d+):(\d+)", c)
+    return (2, int(m.group(2)) / max(int(m.group(1)), 1) if m else float("inf"), c)
+
+
+def measures(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (measure, classified with) of an evaluation's rows, with the accuracy and
+    its n: first the clean rows, then the worst case, then each attack in the order asked,
+    every measure's inference modes in the one order (PN, BN, shaped). Every number says
+    crafted-with and classified-with. A clean row is measured on the same samples as the
+    robust rows (the page evaluates every row of a checkpoint on the same n); when a
+    checkpoint's rows had several n, a clean row is the worst case's."""
+    cols = [MEASURE, CLASSIFIED, "value", "n"]
+    if df is None or not len(df):
+        return pd.DataFrame(columns=cols)
     ens = df["ensemble"].notna() if "ensemble" in df else pd.Series(False, index=df.index)
-    for _, r in df[~ens | (df["attack"] == WORST)].iterrows():  # an ensemble: its worst case
-        out[(measure_name(r["attack"], r["crafted_with"], r.get("ensemble")),
-             r["classified_with"])] = r["robust_acc"]
-    return pd.Series(out)
+    out = []
+    for clf, part in df.groupby("classified_with", sort=False):
+        worst = part[part["attack"] == WORST]
+        r = (worst if len(worst) else part).iloc[0]
+        out.append((CLEAN, clf, float(r["clean_acc"]), int(r["n"]), 0))
+    kept = df[~ens | (df["attack"] == WORST)]  # an ensemble: its worst case
+    order = {}
+    for _, r in kept.iterrows():
+        name = measure_name(r["attack"], r["crafted_with"], r.get("ensemble"))
+        rank = order.setdefault(name, 1 if r["attack"] == WORST else 2 + len(order))
+        out.append((name, r["classified_with"], float(r["robust_acc"]), int(r["n"]), rank))
+    out.sort(key=lambda t: (t[4], classifier_rank(t[1])))
+    return pd.DataFrame([t[:4] for t in out], columns=cols).drop_duplicates(
+        subset=[MEASURE, CLASSIFIED]).reset_index(drop=True)
 
 
 def wrap(text: str, width: int = 40) -> str:
@@ -73,10 +99,13 @@ def accuracy_bars_figure(results: Mapping[str, pd.DataFrame], names: Mapping[str
     rows), stacked, with horizontal bars: the measure names sit on the y axis, where they
     never overlap, and each panel has the page's whole width. The colour key is in the
     subtitle (a legend would sit on the panels at small widths)."""
+    from normshape_core.stats import Proportion
+
     chosen = list(results)
     rows = {cid: measures(results[cid]) for cid in chosen}
-    order = list(dict.fromkeys(m for cid in chosen for m, _ in rows[cid].index))
-    classifiers = list(dict.fromkeys(c for cid in chosen for _, c in rows[cid].index))
+    order = list(dict.fromkeys(m for cid in chosen for m in rows[cid][MEASURE]))
+    classifiers = sorted(dict.fromkeys(c for cid in chosen for c in rows[cid][CLASSIFIED]),
+                         key=classifier_rank)
     titles = [wrap(names[c]) for c in chosen]
     panel = 18 * len(order) * len(classifiers) + 40  # px of bars per checkpoint
     gap = 40 + 17 * max(t.count("<br>") + 1 for t in titles)  # px for a panel's title
@@ -86,11 +115,17 @@ def accuracy_bars_figure(results: Mapping[str, pd.DataFrame], names: Mapping[str
     for i, cid in enumerate(chosen, start=1):
         values = rows[cid]
         for clf in classifiers[::-1]:  # grouped horizontal bars stack upwards: PN on top
-            d = values[[k for k in values.index if k[1] == clf]]
-            fig.add_bar(y=[m for m, _ in d.index], x=list(d.values), orientation="h",
+            d = values[values[CLASSIFIED] == clf]
+            props = [Proportion.of(v, n) for v, n in zip(d["value"], d["n"])]
+            fig.add_bar(y=list(d[MEASURE]), x=list(d["value"]), orientation="h",
                         name=f"classified with {clf}", legendgroup=clf, showlegend=False,
                         marker_color=norm_colour(clf),
-                        hovertemplate="%{y}: %{x:.3f}<extra>" + f"classified with {clf}"
+                        error_x=dict(type="data", symmetric=False, thickness=1, width=2,
+                                     color="#444444",
+                                     array=[p.high - p.value for p in props],
+                                     arrayminus=[p.value - p.low for p in props]),
+                        customdata=[p.text() for p in props],
+                        hovertemplate="%{y}: %{customdata}<extra>" + f"classified with {clf}"
                                       + "</extra>", row=i, col=1)
         fig.update_yaxes(categoryorder="array", categoryarray=order[::-1], automargin=True,
                          row=i, col=1)
@@ -100,7 +135,7 @@ def accuracy_bars_figure(results: Mapping[str, pd.DataFrame], names: Mapping[str
     key = " ".join(f"<span style='color:{norm_colour(c)}'>■ {c}</span>" for c in classifiers)
     fig.update_layout(barmode="group", bargap=0.22,
                       title=f"Clean and robust accuracy of each checkpoint<br><sup>classified "
-                            f"with {key}</sup>")
+                            f"with {key}; whiskers: 95 % interval</sup>")
     return fig, height
 
 
