@@ -75,18 +75,18 @@ def test_classifier_labels_are_those_of_the_rows(run):
 
 
 def test_the_shipped_worst_case_is_read_as_the_reproduction_wrote_it():
-    """Each shipped checkpoint's worst case, asked with the reproduction's settings, is found
-    whole, with the numbers and n of results.json (read from the results, not written here)."""
+    """Each shipped checkpoint's worst case of the engine's ensemble, asked with the
+    reproduction's settings, is found whole, with the numbers and n of results.json (read from
+    the results, not written here). A dataset whose results are of an earlier ensemble (being
+    regenerated) is never read as the current worst case: the app finds it missing and runs it
+    in the background. At least one dataset is of the current engine."""
     from normshape_core.reproduce import worst_case_settings
 
+    checked = 0
     for results_path in sorted(SHIPPED.glob("*/results.json")):
         results = json.loads(results_path.read_text())
         ds = results["dataset"]
-        ws = worst_case_settings(ds)
-        assert results.get("worst_ensemble") == ws["ensemble"], (
-            f"{results_path.parent.name}'s shipped worst case is of the ensemble "
-            f"{results.get('worst_ensemble')!r}, the engine's is {ws['ensemble']!r}: the "
-            f"shipped results need regenerating (normshape reproduce)")
+        current = results.get("worst_ensemble") == worst_case_settings(ds)["ensemble"]
         for entry in results["runs"].values():
             ws = worst_case_settings(ds, config=entry["config"])  # this model's samples
             rows = [r for r in entry["rows"] if r["attack"] == "worst_case"
@@ -99,11 +99,16 @@ def test_the_shipped_worst_case_is_read_as_the_reproduction_wrote_it():
             settings = {k: v for k, v in ws.items() if k != "ensemble"}
             have = evaljobs.stored(ckpt, dict(attacks=[], ensembles=[ws["ensemble"]],
                                               classify=classify, **settings))
+            if not current:  # an earlier engine's numbers are not shown as this one's
+                assert not have.complete and not len(have.rows), ckpt.name
+                continue
             assert have.complete, (ckpt.name, have.missing)
             got = have.rows[have.rows["attack"] == "worst_case"]
             for r in rows:
                 g = got[got["classified_with"] == r["classified_with"]].iloc[0]
                 assert (g["robust_acc"], g["n"]) == (r["robust_acc"], r["n"]), ckpt.name
+                checked += 1
+    assert checked, "no shipped worst case of the current engine: run normshape reproduce"
 
 
 # ---------------------------------------------------------------- background jobs
