@@ -360,3 +360,4 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
                       f"{'cached' if df.attrs.get('cached') else 'computed'}")
             except Exception as e:  # one bad checkpoint must not stop the others
                 print(f"{info.path.name}: failed: {e}", file=sys.stderr)
+    from normshape_core.projections import store_projections; store_projections(i.path for i in infos)  # noqa: E702,E501
