@@ -176,7 +176,8 @@ def test_every_slide_fits_a_projector_in_presentation_mode_and_grows_with_it(
             # the moving-target animation of lesson II: a play button and a slider
             pg.goto(f"{base}/confoundings?present=true&slide=4")
             settle(pg, 4)
-            assert pg.locator("[data-testid=stPlotlyChart] .updatemenu-button").count() >= 1
+            pg.locator("[data-testid=stPlotlyChart] .updatemenu-button").first.wait_for(
+                timeout=60_000)
             assert pg.locator("[data-testid=stPlotlyChart] .slider-container").count() == 1
         finally:
             pg.close()
