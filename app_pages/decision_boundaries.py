@@ -107,7 +107,7 @@ def feature_map_view(polling: bool) -> None:
     if v.get("error"):
         st.error(f"The feature map failed: {ui.message_text(v['error'])}")
     if v["pending"]:
-        st.progress(min(1.0, v["fraction"] or 0.0), text=f"{method}: {v['text']}")
+        st.progress(min(1.0, v["fraction"] or 0.0), text=f"The {method} map: {v['text']}")
         if v["map"] is not None:
             st.caption(f"PCA of the same features stands in until {method} is ready.")
     if v["map"] is not None:

@@ -90,6 +90,7 @@ class MapJob:
         self.t0 = self.t_phase = time.monotonic()
         self.standin = self.result = self.error = None
         self.done = threading.Event()
+        self.shown = threading.Event()  # something to show: the PCA map (or the end)
         self._args = (model, data, norms, n, seed, eps, classes)
         self._on_end = on_end
         threading.Thread(target=self._run, daemon=True, name="normshape-feature-map").start()
@@ -114,7 +115,8 @@ class MapJob:
                 self.result = pca
                 return
             self.standin = pca
-            self._say("UMAP: preparing (the first UMAP map in a server compiles its code: "
+            self.shown.set()
+            self._say("preparing UMAP (the first UMAP map in a server compiles its code: "
                       "15-60 s)")
             emb = P.embed_2d(feats, "umap", seed=seed, progress=self._say)
             self.result = P.map_result(emb, y.numpy(), classes)
@@ -123,6 +125,7 @@ class MapJob:
         finally:
             self._args = None
             self.done.set()
+            self.shown.set()
             self._on_end(self)
 
 
@@ -168,7 +171,7 @@ def _stored_map(path: str, sha: str, method: str, norms: str, n: int, seed: int,
     return P.read_projection(path, sha, method, norms, n, seed, classes)
 
 
-FIRST_WAIT_S = 2.5  # a new job is waited for this long before the page shows its progress
+FIRST_WAIT_S = 2.5  # a new job is waited for (its PCA map, at most) before progress shows
 
 
 def feature_map(path: str, sha: str, method: str, norms: str, n: int, seed: int,
@@ -198,7 +201,7 @@ def feature_map(path: str, sha: str, method: str, norms: str, n: int, seed: int,
         return dict(map=None, method=None, pending=True, fraction=None,
                     text=f"waiting: {e}; yours starts when one of them ends")
     if new:
-        job.done.wait(FIRST_WAIT_S)
+        job.shown.wait(FIRST_WAIT_S)
     if job.error:
         return dict(map=None, method=None, pending=False, error=job.error)
     if job.result is not None:

@@ -247,7 +247,7 @@ class _EpochSink:
         if found:
             k, n = (int(v) for v in found[-1])
             if n:
-                self.progress(f"UMAP: laying out the map, epoch {k} of {n}", k / n)
+                self.progress(f"laying out the UMAP map, epoch {k} of {n}", k / n)
 
     def flush(self) -> None:
         pass

@@ -181,7 +181,7 @@ def test_without_a_stored_map_the_page_shows_progress_and_pca_until_umap_is_done
     def slow_umap(f, method="umap", seed=0, progress=None, **kw):
         if method == "pca":
             return real(f, "pca")
-        progress("UMAP: laying out the map, epoch 100 of 500", 0.2)
+        progress("laying out the UMAP map, epoch 100 of 500", 0.2)
         assert release.wait(60)
         return real(f, "pca") + 1000.0  # told apart from the PCA map by its offset
 
