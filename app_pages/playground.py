@@ -140,7 +140,7 @@ def live():  # the regions: images drawn on the server (cheap for a browser to r
     with st.container(horizontal=True, gap="small"):
         for png in X.region_pngs(pg, frames, [run_title(s, spec.label())
                                               for s, spec in zip(sides, pg.specs)]):
-            st.image(png)
+            st.image(png, output_format="PNG")  # as drawn ("auto" re-encodes as JPEG)
     st.markdown(disagreement_sentence([f.disagreement() for f in frames], sides,
                                       [s.training_batches() for s in pg.specs], infer))
     st.caption(REGIONS_KEY)

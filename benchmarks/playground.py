@@ -164,6 +164,11 @@ DATASETS = ("moons", "spirals", "circles")
 BUSY = "import time\nend = time.time() + 600\nwhile time.time() < end:\n    pass\n"
 
 
+# the counter's text now (no waiting: the page redraws it several times a second)
+COUNTER_JS = """() => [...document.querySelectorAll('[data-testid=stCaptionContainer]')]
+  .map(e => e.innerText).find(t => t.startsWith('Frame ')) || ''"""
+
+
 def _load() -> str:
     try:
         return ", ".join(f"{v:.1f}" for v in os.getloadavg())
@@ -182,13 +187,11 @@ def _play(page, base: str, dataset: str, seconds: float) -> Tuple[Optional[float
     t0 = time.time()
     last, first = 0, None
     while time.time() - t0 < seconds:
-        loc = page.get_by_text(pattern)
-        if loc.count():
-            m = pattern.search(loc.first.inner_text())
-            if m and int(m.group(1)) > last:
-                last = int(m.group(1))
-                if first is None:
-                    first = time.time() - t0
+        m = pattern.search(page.evaluate(COUNTER_JS) or "")
+        if m and int(m.group(1)) > last:
+            last = int(m.group(1))
+            if first is None:
+                first = time.time() - t0
         time.sleep(0.02)
     page.get_by_role("button", name="Pause", exact=True).click()
     page.get_by_role("button", name="Play", exact=True).wait_for(timeout=30_000)

@@ -364,7 +364,10 @@ def frame_interval() -> float:
     speed: two runs' threads, the page's drawing), longer in proportion beyond (two playing
     on two cores: half the rate each), so that one core is left to every other page."""
     playing = sum(1 for pg in playground_slots().holders() if pg.playing)
-    return FRAME_EVERY_S * max(1.0, playing / max(1, (os.cpu_count() or 2) // 2))
+    share = playing / max(1, (os.cpu_count() or 2) // 2)
+    # the page asks every FRAME_EVERY_S: half a tick less than the interval wanted, so that
+    # a page's own jitter never skips a tick (and one playground alone is never held back)
+    return 0.0 if share <= 1 else FRAME_EVERY_S * (share - 0.5)
 
 
 FULL_TEXT = ("A playground is freed when its session ends (its tab closed: within seconds); "
@@ -394,11 +397,11 @@ def playground_reset():  # Reset: both runs from their initial weights, playing 
 
 
 def region_pngs(pg, frames, titles):
-    """Each run's regions image as PNG bytes, kept while the frames are the same objects (a
-    throttled page shows the same frame again without drawing it again)."""
+    """Each run's regions image as PNG bytes, kept while the frames are the same (a throttled
+    page shows the same frame again without drawing it again)."""
     from normshape_core.figures.playground import png_bytes, regions_image
 
-    key = (id(pg), tuple(id(f) for f in frames), tuple(titles))
+    key = (pg.uid, tuple((f.step, f.infer_ratio) for f in frames), tuple(titles))
     cached = st.session_state.get("pg_pngs")
     if cached is None or cached[0] != key:
         x, y = pg.data.x_train.numpy(), pg.data.y_train.numpy()
@@ -412,7 +415,7 @@ def playground_curves(pg, infer: str, fresh: bool, draw):
     with ``fresh`` accuracies (every ``ACCURACY_EVERY`` frames; the same figure in between
     costs the browser nothing); paused, at every change."""
     cache = st.session_state.setdefault("pg_curves", {})
-    mark = (id(pg), infer)
+    mark = (pg.uid, infer)
     old = cache.get(mark)
     if old is None or not st.session_state.pg_playing or (fresh and old[0] != pg.frame):
         cache.clear()

@@ -30,6 +30,7 @@ import functools
 import hashlib
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -480,6 +481,7 @@ class Playground:
                  idle_timeout: float = 600.0, slots: Optional[Slots] = None):
         self.settings = settings
         self.specs = tuple(specs)
+        self.uid = uuid.uuid4().hex  # this playground among all (id() is reused after GC)
         self.configs = [make_config(settings, r) for r in self.specs]  # validate all first
         self._slots = slots  # taken by the first frame that trains (the runs' threads)
         self.data = make_data(settings)
@@ -557,15 +559,15 @@ class Playground:
         was begun less than ``min_interval`` seconds ago (then the same frame again: a server
         running several playgrounds shares its cores out this way)."""
         with self.lock:
-            last = self._last_played
+            now, last = time.monotonic(), self._last_played
             if (self._pending and last is not None and last[0] == infer_ratio
-                    and time.monotonic() - self.last_play < min_interval):
+                    and now - self.last_play < min_interval):
                 return last[1]
             if not self._pending:
                 self.begin(steps, infer_ratio)
             frames = self.frames(infer_ratio, accuracies=False)
             self.begin(steps, infer_ratio)
-            self.last_play = time.monotonic()
+            self.last_play = now
             self._last_played = (infer_ratio, frames)
             return frames
 

@@ -17,17 +17,19 @@ from test_browser import browser, server  # noqa: F401 - fixtures
 
 FRAME = re.compile(r"Frame (\d+) · each run has trained (\d+) steps")
 REGIONS = "[data-testid=stImage] img"  # the two runs' regions (two panels each)
+# the counter's text and the regions' image names now, in one look (no waiting: the page
+# redraws them several times a second)
+NOW_JS = """() => [[...document.querySelectorAll('[data-testid=stCaptionContainer]')]
+  .map(e => e.innerText).find(t => t.startsWith('Frame ')) || '',
+  [...document.querySelectorAll('[data-testid=stImage] img')].map(e => e.src.split('/').pop())]"""
 
 
 def frame_of(pg):
     """(frame number, the regions' image names) shown now, or None. An image's name is the
     hash of its PNG (Streamlit's media files): equal pictures, equal names, across sessions."""
-    loc = pg.get_by_text(FRAME)
-    if not loc.count():
-        return None
-    m = FRAME.search(loc.first.inner_text())
-    srcs = tuple(pg.locator(REGIONS).evaluate_all("els => els.map(e => e.src.split('/').pop())"))
-    return (int(m.group(1)), srcs) if m and len(srcs) == 2 else None
+    text, srcs = pg.evaluate(NOW_JS)
+    m = FRAME.search(text or "")
+    return (int(m.group(1)), tuple(srcs)) if m and len(srcs) == 2 else None
 
 
 def wait_frame(pg, pred, timeout=30.0):
@@ -38,6 +40,22 @@ def wait_frame(pg, pred, timeout=30.0):
             return f
         time.sleep(0.05)
     raise AssertionError(f"frame counter stayed at {frame_of(pg)}")
+
+
+def steady_frame(pg, pred=lambda f: True, timeout=60.0, still=0.6):
+    """The frame shown once the app has stopped running (no status widget) and the frame
+    satisfies ``pred`` and has not changed for ``still`` s (the counter and each image
+    arrive in messages of their own, a few tenths apart)."""
+    end = time.time() + timeout
+    last, since = None, time.time()
+    while time.time() < end:
+        f = frame_of(pg)
+        if f != last or pg.locator("[data-testid=stStatusWidget]").count():
+            last, since = f, time.time()
+        elif f is not None and pred(f) and time.time() - since >= still:
+            return f
+        time.sleep(0.05)
+    raise AssertionError(f"the frame shown did not settle: {frame_of(pg)}")
 
 
 def wait_for_play(pg, timeout=10.0):
@@ -97,13 +115,13 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     assert len(frames) >= 5 and len(pictures) >= 5, (frames, pictures)
     pg.get_by_role("button", name="Pause", exact=True).click()
     wait_for_play(pg)
-    time.sleep(1.0)
-    held = frame_of(pg)
+    held = steady_frame(pg)
     time.sleep(2.0)
     assert frame_of(pg) == held  # paused: nothing moves
     pg.get_by_role("button", name="Step", exact=True).click()
-    stepped = wait_frame(pg, lambda f: f[0] != held[0])
-    assert stepped[0] == held[0] + 1 and stepped[1] != held[1]
+    stepped = steady_frame(pg, lambda f: f[0] != held[0])
+    assert stepped[0] == held[0] + 1
+    assert all(a != b for a, b in zip(stepped[1], held[1]))  # both runs' pictures moved
     time.sleep(1.5)
     assert frame_of(pg) == stepped  # exactly one more frame
     pg.get_by_role("button", name="Reset", exact=True).click()
@@ -114,9 +132,7 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     seed.fill("7")
     seed.press("Enter")
     pg.wait_for_url(re.compile(r"pg_seed=7"), timeout=10_000)
-    seeded = wait_frame(pg, lambda f: f[0] == 0 and f[1] != stepped[1])  # rebuilt, seed 7
-    time.sleep(1.0)
-    seeded = frame_of(pg)
+    seeded = steady_frame(pg, lambda f: f[0] == 0 and f[1] != stepped[1])  # rebuilt, seed 7
     no_exception_shown(pg, "/playground after reset")
     url = pg.url
     ctx.close()
@@ -127,7 +143,7 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     assert pg2.get_by_role("spinbutton", name="Noise").input_value() == "0.05"
     assert selected(pg2, "2-D set") == "circles"
     assert selected(pg2, "Shaped inference ratio") == "1:9"
-    assert frame_of(pg2) == seeded  # the same data, seed and models: the same pictures
+    assert steady_frame(pg2) == seeded  # the same data, seed and models: the same pictures
     assert "pg_seed=7" in pg2.url and "pg_data=circles" in pg2.url
     no_exception_shown(pg2, "/playground reopened")
     ctx2.close()
@@ -163,10 +179,12 @@ def test_at_1024_by_768_the_controls_and_all_four_panels_are_in_the_first_screen
         assert "in run A" in sentence and "in run B" in sentence and "%" in sentence
         pg.screenshot(path=str(tmp_path / "playground-1024.png"))
         open_settings(pg)  # the option labels are whole: no select shows a cut-off value
-        cut = pg.evaluate("""() => [...document.querySelectorAll('[data-testid=stSelectbox]')]
-            .map(b => b.querySelector('[data-baseweb=select] div div'))
-            .filter(e => e && e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)""")
-        assert cut == [], cut
+        boxes = pg.evaluate("""() => [...document.querySelectorAll('[data-testid=stSelectbox]')]
+            .map(b => b.querySelector('input[role=combobox]'))
+            .map(e => [e.value, e.scrollWidth, e.clientWidth])""")
+        assert len(boxes) >= 9 and all(v for v, _, _ in boxes), boxes  # every select seen
+        cut = [v for v, scroll, client in boxes if scroll > client + 1]
+        assert cut == [], f"option labels cut at 1024 px: {cut}"
         no_exception_shown(pg, "/playground at 1024x768")
     finally:
         ctx.close()
@@ -176,18 +194,17 @@ def test_two_sessions_each_run_their_own_playground(server, browser):  # noqa: F
     base, _ = server
     ctx_a, a = open_playground(browser, base)
     ctx_b, b = open_playground(browser, base)
-    b_start = frame_of(b)
+    b_start = steady_frame(b)
     a.get_by_role("button", name="Play", exact=True).click()
     wait_frame(a, lambda f: f[0] >= 4, timeout=20)
     assert frame_of(b) == b_start  # B's playground did not move
     b.get_by_role("button", name="Step", exact=True).click()
-    stepped = wait_frame(b, lambda f: f[0] == 1)
+    stepped = steady_frame(b, lambda f: f[0] == 1)
     a_now = frame_of(a)[0]
     assert a_now >= 4  # A counts its own frames, B its own
     a.get_by_role("button", name="Pause", exact=True).click()
     wait_for_play(a)
-    time.sleep(1.0)
-    assert frame_of(b) == stepped
+    assert steady_frame(b) == stepped
     ctx_a.close()
     ctx_b.close()
 
