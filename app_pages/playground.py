@@ -143,10 +143,10 @@ def live():  # the regions: images drawn on the server (cheap for a browser to r
             st.image(png, output_format="PNG")  # as drawn ("auto" re-encodes as JPEG)
     st.markdown(disagreement_sentence([f.disagreement() for f in frames], sides,
                                       [s.training_batches() for s in pg.specs], infer))
-    st.caption(REGIONS_KEY)
     fig = X.playground_curves(pg, infer, frames[0].has_accuracies, lambda: curves_pair_figure(
         pg.history, [f"Run {s}: {spec.label()}" for s, spec in zip(sides, pg.specs)], infer))
     st.plotly_chart(fig, key="pg_curves", theme=None, config={"displaylogo": False})
 
 
 st.fragment(run_every=X.FRAME_EVERY_S if ss.pg_playing else None)(live)()
+st.caption(REGIONS_KEY)

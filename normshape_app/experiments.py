@@ -410,14 +410,22 @@ def region_pngs(pg, frames, titles):
     return cached[1]
 
 
+CURVES_EVERY_S = 3.0  # while playing, the curves are redrawn at most this often
+
+
 def playground_curves(pg, infer: str, fresh: bool, draw):
     """Both runs' curves (one figure): while playing, redrawn (``draw()``) only on frames
-    with ``fresh`` accuracies (every ``ACCURACY_EVERY`` frames; the same figure in between
-    costs the browser nothing); paused, at every change."""
+    with ``fresh`` accuracies (every ``ACCURACY_EVERY`` frames) and at most every
+    ``CURVES_EVERY_S`` seconds: measured in headless Chromium on two loaded cores, each
+    redraw of this chart (six axes, 14 lines) cost the browser about as much CPU as three
+    frames of everything else; the same figure in between costs it nothing. Paused, at
+    every change."""
     cache = st.session_state.setdefault("pg_curves", {})
     mark = (pg.uid, infer)
     old = cache.get(mark)
-    if old is None or not st.session_state.pg_playing or (fresh and old[0] != pg.frame):
+    now = time.monotonic()
+    if (old is None or not st.session_state.pg_playing
+            or (fresh and old[0] != pg.frame and now - old[2] >= CURVES_EVERY_S)):
         cache.clear()
-        old = cache[mark] = (pg.frame, draw())
+        old = cache[mark] = (pg.frame, draw(), now)
     return old[1]
