@@ -133,7 +133,8 @@ def live():  # the regions: images drawn on the server (cheap for a browser to r
     f0 = frames[0]
     state = (f"playing at {1 / (now - last_t):.1f} frames per second"
              if ss.pg_playing and pg.frame == last_frame + 1 else
-             "playing" if ss.pg_playing else f"paused (drawn in {1000 * (now - t0):.0f} ms)")
+             "playing" if ss.pg_playing else "paused" + (
+                 f" (drawn in {1000 * (now - t0):.0f} ms)" if now - t0 >= 0.001 else ""))
     st.caption(f"Frame {pg.frame} · each run has trained {f0.step} steps ({f0.epoch:.2f} "
                f"epochs of its {len(pg.data.x_train)} points) · {state}")
     sides = ["AB"[i] if i < 2 else str(i + 1) for i in range(len(frames))]

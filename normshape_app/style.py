@@ -3,6 +3,7 @@ escaping of anything a user typed, the presentation toggle, and ``style`` / ``sh
 layout rules of every figure live (title wrapping, margins, legend, nothing clipped)."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Optional, Tuple
 
@@ -249,12 +250,10 @@ def style(fig, *, title: Optional[str] = None, height: int = 420, legend: bool =
     legend = legend and n_legend > 0
     legend_rows = 0
     if legend and fig.layout.legend.x is None and fig.layout.legend.y is None:
-        names = sum(len(str(t.name)) + 4 for t in fig.data if t.name)
-        legend_rows = 1 + int(names * 1.1 > width)
-        legend_title = fig.layout.legend.title.text
-        if legend_title:
-            names += len(str(legend_title))
-            legend_rows = 1 + int(names * 1.1 > width)
+        names = sum(len(str(t.name)) + 4 for t in fig.data
+                    if t.name and t.showlegend is not False)
+        names += len(str(fig.layout.legend.title.text or ""))
+        legend_rows = max(1, math.ceil(names * 1.1 / width))  # as many rows as it needs
         fig.update_layout(legend=dict(orientation="h", x=0, xanchor="left", y=1.0,
                                       yanchor="bottom"))
     title_px = 16 * scale
