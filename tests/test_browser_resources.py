@@ -122,6 +122,20 @@ def wait_playing(pg, timeout: float = 90.0) -> None:
         raise AssertionError(pg.locator("[data-testid=stMain]").inner_text()[:1500]) from e
 
 
+def home_load(browser, base) -> float:
+    """Seconds from opening Home in a new session to its checkpoint table shown."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    try:
+        home = ctx.new_page()
+        t0 = time.time()
+        home.goto(base + "/")
+        home.get_by_text("Checkpoints found").first.wait_for(timeout=60_000)
+        home.locator("[data-testid=stTable]").first.wait_for(timeout=60_000)
+        return time.time() - t0
+    finally:
+        ctx.close()
+
+
 def open_playground(browser, base):
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
     pg = ctx.new_page()
@@ -147,7 +161,8 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
                 ctx.close()
             settled(pid, SESSION_TTL_S + 10)
             threads0, rss0 = quiet_threads(pid, base), status(pid)[1]
-            print(f"before: {threads0} threads, {rss0:.0f} MB")
+            print(f"before: {threads0} threads, {rss0:.0f} MB; Home alone: "
+                  f"{home_load(browser, base):.2f} s")
 
             sessions = [open_playground(browser, base) for _ in range(2)]
             for _, pg in sessions:
@@ -168,14 +183,8 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
             counter = third.get_by_text(re.compile(r"^Frame \d+ ·")).first.inner_text()
             assert counter.startswith("Frame 0 ·"), counter  # nothing trained for it
             print(f"a third session refused: {status(pid)[0]} threads")
-            # Home, for a fourth user, while the two play
-            ctx4 = browser.new_context(viewport={"width": 1400, "height": 1000})
-            home = ctx4.new_page()
-            t0 = time.time()
-            home.goto(base + "/")
-            home.get_by_text("Checkpoints found").first.wait_for(timeout=60_000)
-            home.locator("[data-testid=stTable]").first.wait_for(timeout=60_000)
-            t_home = time.time() - t0
+            # Home, for a fourth user, while the two play (and once before, for comparison)
+            t_home = home_load(browser, base)
             print(f"Home with the cap reached: {t_home:.2f} s (the issue's goal: "
                   f"{HOME_GOAL_S:g} s; asserted here: {HOME_BOUND_S:g} s)")
             assert t_home <= HOME_BOUND_S
@@ -187,7 +196,6 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
             for ctx, _ in sessions:
                 ctx.close()
             ctx3.close()
-            ctx4.close()
             t_closed = time.time()
             assert wait_until(lambda: not [n for n in thread_names(pid) if n.startswith(
                 ("playground", "normshape"))], SESSION_TTL_S), thread_names(pid)
@@ -198,6 +206,8 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
                           f"{threads0} before: {thread_names(pid)}")
             rss_ok = wait_until(lambda: status(pid)[1] <= rss0 + 20, SESSION_TTL_S + 10)
             rss2 = status(pid)[1]
+            time.sleep(max(0.0, SESSION_TTL_S + 5 - (time.time() - t_closed)))
+            print(f"RSS {status(pid)[1]:.0f} MB once the closed sessions' time-out has passed")
             print(f"RSS {rss2:.0f} MB after closing ({rss0:.0f} MB before, {rss1:.0f} MB "
                   f"while playing)")
             assert rss_ok, f"RSS {rss2:.0f} MB, {rss0:.0f} MB before"
