@@ -11,7 +11,6 @@ inference. Pure compute: tensors in, numpy arrays out; no plotting, no Streamlit
 from __future__ import annotations
 
 import base64
-import json
 import re
 import time
 from dataclasses import dataclass
@@ -403,12 +402,12 @@ def read_projection(checkpoint: "str | Path", sha: str, method: str, norms: str,
     """The stored map (as :func:`feature_map` returns it) if the checkpoint has a file for
     exactly these weights (``sha``) and settings; None otherwise (no file, another model, a
     file that is not a regular file, too large or malformed: the page computes the map)."""
-    path = projection_path(checkpoint)
+    from .files import read_json_or_none
+
     try:
-        if not path.is_file() or path.stat().st_size > MAX_PROJECTION_BYTES:
-            return None
-        with open(path, "rb") as f:
-            doc = json.loads(f.read(MAX_PROJECTION_BYTES + 1))
+        # a regular file of at most MAX_PROJECTION_BYTES, opened without blocking (a FIFO
+        # never hangs), else None
+        doc = read_json_or_none(projection_path(checkpoint), MAX_PROJECTION_BYTES)
         if (not isinstance(doc, dict) or doc.get("format") != PROJECTION_FORMAT
                 or doc.get("version") != PROJECTION_VERSION
                 or doc.get("weights_sha256") != sha or doc.get("n") != n
