@@ -12,6 +12,7 @@ import streamlit as st
 
 from normshape_app import experiments as X
 from normshape_app import ui
+from normshape_app.style import fill_screen
 from normshape_core.figures import confoundings as F
 from normshape_core.sweep import EFFECT_THRESHOLD, PAPER
 
@@ -23,11 +24,14 @@ HEADINGS = {"title": "Three ways BatchNorm confounds adversarial training",
             "II-sweep": "II. Where does it appear?",
             "III": "III. BN attacks are weaker",
             "III-sweep": "III. Where does it appear?"}
-FIG_HEIGHT = 320  # x 1.35 when presenting: 432 px, fits 1024x768 under the heading
+FIG_HEIGHT = 460  # not presenting; presenting, each chart fills the room its slide leaves
 
 
-def fig_height() -> int:
-    return FIG_HEIGHT if ui.presenting() else 460
+def chart(fig, key: str, **kw) -> None:
+    """A slide's chart: presenting, as tall as the slide leaves (``fill_screen``); else
+    FIG_HEIGHT."""
+    present = ui.presenting()
+    ui.show(fig, key=key, fill=present, height=200 if present else FIG_HEIGHT, **kw)
 
 
 def current_slide() -> int:
@@ -47,8 +51,10 @@ def go(n: int) -> None:
     st.query_params["slide"] = str(n)
 
 
-def nav(n: int) -> None:
-    c1, c2, c3 = st.columns([1, 2, 1], vertical_alignment="center")
+def header_row(n: int, heading: str) -> None:
+    """The slide's heading, and Previous / slide n of N / Next beside it (one row)."""
+    c0, c1, c2, c3 = st.columns([5.4, 1.25, 1, 1.25], vertical_alignment="center")
+    c0.header(heading, anchor=False)
     c1.button("← Previous", on_click=go, args=(n - 1,), disabled=n <= 1, key="slide_prev",
               width="stretch")
     c2.markdown(f"<div style='text-align:center'>slide {n} of {len(SLIDES)}</div>",
@@ -62,7 +68,7 @@ def takeaway(text: str) -> None:
 
 
 def setting_caption(conf: str, ch: dict, cell: dict, sweep_slide: int) -> None:
-    c1, c2 = st.columns([3, 1], vertical_alignment="center")
+    c1, c2 = st.columns([2.6, 1], vertical_alignment="center")
     c1.caption(F.lesson_caption(ch, cell, PAPER[conf]["text"]))
     c2.button(f"Where it disappears: slide {sweep_slide} →", on_click=go, args=(sweep_slide,),
               key="slide_sweep_link", width="stretch")
@@ -83,53 +89,43 @@ def slide_title(results, lessons) -> None:
                 "to suppress all three.")
     if results:
         with c2:
-            ui.show(F.claims_figure(results), key="slide_title", height=fig_height(), columns=2)
+            chart(F.claims_figure(results), "slide_title", columns=2)
     else:
         c2.info("The sweep's results are not shipped with this copy: run `python -m "
                 "normshape_core sweep-confoundings --ship` in a checkout to make them.")
 
 
-def lesson_takeaway(conf: str, ch, m, results) -> None:
+def slide_lesson(conf: str, ch, cell, lesson_dir: Path, results) -> None:
+    m = cell["measures"]
     many = F.how_many(results, conf, EFFECT_THRESHOLD[conf])
     takeaway(F.lesson_takeaway(conf, m, ch["shows_effect"], many))
-
-
-def slide_i(ch, cell, results) -> None:
-    lesson_takeaway("I", ch, cell["measures"], results)
-    fig = F.lesson_i_figure(cell["measures"], "Clean test accuracy of the lesson's two models")
-    ui.show(fig, key="slide_i", height=fig_height(), legend=False)
-
-
-def slide_ii(ch, cell, lesson_dir: Path, results) -> None:
-    lesson_takeaway("II", ch, cell["measures"], results)
-    frames = X.lesson_animation_frames(lesson_dir / ch["checkpoints"]["plain"],
-                                       cell["measures"]["batch"])
-    fig = F.moving_target_animation({r: v["frame"] for r, v in frames.items()},
-                                    "BN statistics of an attacked batch, step by step (press "
-                                    "Play)")
-    ui.show(fig, key="slide_ii", height=fig_height())
-
-
-def slide_iii(ch, cell, results) -> None:
-    lesson_takeaway("III", ch, cell["measures"], results)
-    ui.show(F.lesson_iii_figure(cell["measures"], "Size of PGD perturbations by the norms "
-                                                  "they were crafted with"),
-            key="slide_iii", height=fig_height(), legend=False)
+    if conf == "I":
+        chart(F.lesson_i_figure(m, "Clean test accuracy of the lesson's two models"), "slide_i",
+              legend=False)
+    elif conf == "II":
+        frames = X.lesson_animation_frames(lesson_dir / ch["checkpoints"]["plain"], m["batch"])
+        chart(F.moving_target_animation({r: v["frame"] for r, v in frames.items()},
+                                        "BN statistics of an attacked batch, step by step "
+                                        "(press Play)"), "slide_ii")
+    else:
+        chart(F.lesson_iii_figure(m, "Size of PGD perturbations by the norms they were crafted "
+                                     "with"), "slide_iii", legend=False)
 
 
 def slide_sweep(conf: str, results, lessons) -> None:
     takeaway(F.sweep_takeaway(results, conf, EFFECT_THRESHOLD[conf]))
-    ui.show(F.sweep_figure(results, conf), key=f"slide_sweep_{conf}", height=fig_height())
+    chart(F.sweep_figure(results, conf), f"slide_sweep_{conf}")
 
 
 n = current_slide()
 name = SLIDES[n - 1]
-if not ui.presenting():
+if ui.presenting():
+    fill_screen()
+else:
     st.title("Confoundings")
     st.caption("A slide deck: Previous / Next or the browser's Back and Forward move between "
                "slides; presentation mode (sidebar) hides the sidebar and enlarges the text.")
-nav(n)
-st.header(HEADINGS[name])
+header_row(n, HEADINGS[name])
 results, lessons, lesson_dir = X.confoundings_shipped()
 if name == "title":
     slide_title(results, lessons)
@@ -143,8 +139,5 @@ else:
         slide_sweep(conf, results, lessons)
     else:
         ch = lessons[conf]
-        cell = cells[ch["cell"]]
-        {"I": lambda: slide_i(ch, cell, results),
-         "II": lambda: slide_ii(ch, cell, lesson_dir, results),
-         "III": lambda: slide_iii(ch, cell, results)}[conf]()
-        setting_caption(conf, ch, cell, n + 1)
+        slide_lesson(conf, ch, cells[ch["cell"]], lesson_dir, results)
+        setting_caption(conf, ch, cells[ch["cell"]], n + 1)

@@ -18,7 +18,6 @@ RIGHT = {"BN": "BN: the statistics of the image's own test batch of 100",
 
 
 st.title("Decision boundaries")
-ui.warm_umap_in_background()  # the only page with UMAP maps: compile it while you choose
 if not ui.checkpoints():
     ui.no_checkpoints_message()
     st.stop()
@@ -99,5 +98,23 @@ else:
                 f"under {sl['right_label']}.")
 
 st.subheader("Penultimate features of clean and adversarial samples")
-fm = X.feature_map(ck.path, ck.sha, method.lower(), norms.lower(), 300, int(seed))
-ui.show(F.features_figure(fm, method, norms), key="db_features", height=560)
+
+
+def feature_map_view(polling: bool) -> None:
+    """The map: read from the checkpoint's stored maps, else computed in the background
+    (progress shown, PCA standing in while UMAP runs; this part reruns each second)."""
+    v = X.feature_map(ck.path, ck.sha, method, norms, 300, int(seed), ck.meta.get("classes"))
+    if v.get("error"):
+        st.error(f"The feature map failed: {ui.message_text(v['error'])}")
+    if v["pending"]:
+        st.progress(min(1.0, v["fraction"] or 0.0), text=f"The {method} map: {v['text']}")
+        if v["map"] is not None:
+            st.caption(f"PCA of the same features stands in until {method} is ready.")
+    if v["map"] is not None:
+        ui.show(F.features_figure(v["map"], v["method"], norms), key="db_features", height=560)
+    if polling and not v["pending"]:
+        st.rerun()  # done: the page once more, without the polling
+
+
+first = X.feature_map(ck.path, ck.sha, method, norms, 300, int(seed), ck.meta.get("classes"))
+st.fragment(run_every=1.0 if first["pending"] else None)(feature_map_view)(first["pending"])

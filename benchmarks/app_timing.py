@@ -3,6 +3,7 @@
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -75,6 +76,15 @@ def section_app(args, device) -> None:
             say(table(rows, ["page", "first view", "cached rerun", "note"]))
             say(f"process start to first AppTest run done (imports, home page): "
                 f"{res['boot_s']:.2f} s")
+            new = res.get("db_without_stored_maps")
+            if new:
+                say(f"Decision boundaries on the same checkpoint without its stored maps (as a "
+                    f"new checkpoint): first view {new['first_s']:.2f} s showing the "
+                    f"{new['map_at_first_view']} map and \"{new['progress_at_first_view']}\"; "
+                    f"the UMAP map there after {new['umap_s']:.1f} s (computed in the "
+                    f"background; numba compiles on the process's first UMAP)")
+                summary("5. Decision boundaries without stored maps: first view", new["first_s"],
+                        3.0, fmt="{:.2f} s")
             RESULTS["app_pages"] = res
         cold_start(args, env)
     finally:
@@ -191,4 +201,36 @@ def child_apptest(ck: str, runs: str, pages: List[str]) -> Dict[str, Any]:
                         "error": "; ".join(err) if err else None})
         except Exception as e:  # noqa: BLE001 - report, go on with the next page
             out.append({"page": page, "error": f"{type(e).__name__}: {e}"})
-    return {"pages": out, "boot_s": boot}
+    db = "app_pages/decision_boundaries.py"
+    new = _without_stored_maps(app, ck, db) if db in pages else None
+    return {"pages": out, "boot_s": boot, "db_without_stored_maps": new}
+
+
+def _without_stored_maps(app: str, ck: str, page: str) -> Dict[str, Any]:
+    """Decision boundaries on a checkpoint without its stored maps (as a new one): the first
+    view (PGD and features computed, the PCA map standing in, UMAP's progress shown) and the
+    time until the UMAP map is there (computed in the background; the first UMAP in a process
+    compiles numba's code)."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    for f in Path(ck).rglob("model.projection.json"):
+        f.unlink()
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    at = AppTest.from_file(app, default_timeout=900)
+    at.run()
+    at.switch_page(page)
+    t0 = time.perf_counter()
+    at.run()
+    first = time.perf_counter() - t0
+    shown = [json.loads(el.proto.spec)["layout"]["title"]["text"].split(" of ")[0]
+             for el in at.get("plotly_chart")
+             if "penultimate" in json.loads(el.proto.spec)["layout"]["title"]["text"]]
+    progress = [el.proto.text for el in at.get("progress")]
+    while at.get("progress") and time.perf_counter() - t0 < 600:
+        time.sleep(0.5)
+        at.run()
+    return {"first_s": first, "map_at_first_view": shown[0] if shown else None,
+            "progress_at_first_view": progress[0] if progress else None,
+            "umap_s": time.perf_counter() - t0}

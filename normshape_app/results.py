@@ -536,6 +536,9 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
                       f"(n={settings['n_test']}): computed")
             except Exception as e:  # one bad checkpoint must not stop the others
                 print(f"{info.path.name}: failed: {e}", file=sys.stderr)
+    from normshape_core.projections import store_projections
+
+    store_projections(i.path for i in infos)  # the Decision boundaries page's stored maps
 
 
 # ---------------------------------------------------------------- background evaluations

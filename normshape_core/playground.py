@@ -16,8 +16,9 @@ The robust accuracies on the test points (the costly part of a frame) are measur
 ``ACCURACY_EVERY`` frames while playing, and on every frame asked for while paused.
 
 Everything is per object: a :class:`Playground` holds its data, its runs and its frames; two
-sessions never share one. A run's thread ends on :meth:`LiveRun.close` or after
-``idle_timeout`` seconds without a request (a closed browser tab). Only the model's weight
+sessions never share one. A run's thread ends on :meth:`LiveRun.close` (the app closes a
+session's playground when the session ends) or, as a last resort, after ``idle_timeout``
+seconds without a request. :class:`Slots` caps how many playgrounds a server runs at once. Only the model's weight
 initialisation, which reads torch's global random generator, is done under a lock, so two
 sessions building runs at once still get seeded, reproducible weights.
 
@@ -29,6 +30,7 @@ import functools
 import hashlib
 import threading
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -115,6 +117,15 @@ class RunSpec:
         where = "attack+train" if self.shaping == "attack+train" else "train only"
         return f"{self.method.upper()} + shaping {self.ratio} ({where})" + norms
 
+    def training_batches(self) -> str:
+        """What the batches that set the running statistics (PN) hold, in words."""
+        if self.method == "natural":
+            return "all clean"
+        if self.shaping == "none":
+            return "all adversarial"
+        r = Ratio.parse(self.ratio)
+        return f"{r.adv} adversarial : {r.clean} clean"
+
 
 DEFAULT_SPECS = (RunSpec("pgd", "none", "1:3"), RunSpec("pgd", "attack+train", "1:3"))
 
@@ -200,6 +211,7 @@ class LiveRun:
         # the tensors are tiny, and two runs each forking an OpenMP team onto the same two
         # cores made 5 PGD-AT steps of the 3 x 64 MLP take 62 ms instead of 9 ms.
         torch.set_num_threads(1)
+        name_thread("playground-run")
         try:
             self.trainer.fit(None)
         except BaseException as e:  # noqa: BLE001 - reported by advance()
@@ -248,12 +260,25 @@ class LiveRun:
         self.grant(n)
         self.wait(timeout)
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """End the run's thread: at once if it waits for steps, else after the step or frame
+        it is making (``wait``: until then; False returns at once, as from a server's event
+        loop when a session ends)."""
         with self._cv:
             self._closed = True
             self._cv.notify_all()
-        if self._thread is not None:
+        if wait and self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+
+    @property
+    def closed(self) -> bool:
+        with self._cv:
+            return self._closed or self._ended
+
+    @property
+    def alive(self) -> bool:
+        """The run's thread is running (False before the first grant and after it ended)."""
+        return self._thread is not None and self._thread.is_alive()
 
 
 # ====================================================================== frames
@@ -284,6 +309,28 @@ class Frame:
         """A short fingerprint of both boundaries (class maps), to tell frames apart."""
         h = hashlib.sha1((self.prob_pn > 0.5).tobytes() + (self.prob_shaped > 0.5).tobytes())
         return h.hexdigest()[:8]
+
+    def disagreement(self) -> "Disagreement":
+        """Where and by how much PN and shaped inference classify the plane differently."""
+        pn, sh = self.prob_pn > 0.5, self.prob_shaped > 0.5
+        diff = pn != sh
+        xx, yy = np.meshgrid(np.asarray(self.grid_x), np.asarray(self.grid_y))
+        where = (float(xx[diff].mean()), float(yy[diff].mean())) if diff.any() else None
+        return Disagreement(share=float(diff.mean()), to_class1=float((sh & ~pn).mean()),
+                            to_class0=float((pn & ~sh).mean()), centre=where)
+
+
+@dataclass(frozen=True)
+class Disagreement:
+    """The plane (the unit square, on the frame's grid) classified differently by PN and by
+    shaped inference: ``share`` in all, ``to_class1`` where shaped inference says class 1
+    and PN class 0, ``to_class0`` the reverse, ``centre`` the mean position of those cells
+    (None when they agree everywhere)."""
+
+    share: float
+    to_class1: float
+    to_class0: float
+    centre: Optional[Tuple[float, float]]
 
 
 METRIC_LABELS = {
@@ -342,6 +389,87 @@ def compute_frame(run: LiveRun, grid: P.Grid2D, pool: torch.Tensor, box_idx: tor
                  right_pn[:k].numpy(), right_sh[:k].numpy(), metrics, times, accuracies)
 
 
+# ====================================================================== memory
+def release_memory() -> bool:
+    """Collect garbage and return the C heap's free memory to the system (glibc's
+    ``malloc_trim``: each thread that allocated keeps an arena of its own, which glibc does
+    not shrink by itself, so a server that ran playgrounds would keep their peak forever).
+    True if trimmed (Linux with glibc), False elsewhere."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def name_thread(name: str) -> None:
+    """Give the calling thread ``name`` (15 characters) at the system level too (``ps -L``,
+    ``/proc/<pid>/task/*/comm``), where Python's own name does not show (Linux only)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
+
+
+def _release_after(threads: Sequence[threading.Thread], timeout: float = 60.0) -> None:
+    name_thread("playground-free")
+    for t in threads:
+        t.join(timeout=timeout)
+    release_memory()
+
+
+# ====================================================================== the server's cap
+class Full(RuntimeError):
+    """Every slot is taken (the message says how many and what frees one)."""
+
+
+class Slots:
+    """At most ``cap`` live things at once (playgrounds, background jobs) in one process:
+    ``acquire`` takes a slot or raises :class:`Full` (taking a slot held already is a no-op),
+    ``release`` gives it back (twice is harmless). Thread-safe; the app keeps one per kind
+    (``st.cache_resource``). A playground holds one from its first training frame (when its
+    runs' threads start) until it is closed; one that only shows its first frame holds
+    none."""
+
+    def __init__(self, cap: int, what: str = "playgrounds"):
+        if cap < 1:
+            raise ValueError(f"a cap of at least 1, got {cap}")
+        self.cap, self.what = int(cap), what
+        self._held: set = set()
+        self._lock = threading.Lock()
+
+    def acquire(self, token: Any) -> None:
+        with self._lock:
+            if token in self._held:
+                return
+            if len(self._held) >= self.cap:
+                raise Full(f"this server runs at most {self.cap} {self.what} at once and all "
+                           f"are in use by other sessions")
+            self._held.add(token)
+
+    def release(self, token: Any) -> None:
+        with self._lock:
+            self._held.discard(token)
+
+    def holders(self) -> List[Any]:
+        with self._lock:
+            return list(self._held)
+
+    def holds(self, token: Any) -> bool:
+        with self._lock:
+            return token in self._held
+
+    @property
+    def in_use(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+
 # ====================================================================== the playground
 class Playground:
     """Runs side by side on the same data and seed, advanced together, one frame at a time.
@@ -350,10 +478,12 @@ class Playground:
     inference ratio redraws without training, so it adds none)."""
 
     def __init__(self, settings: PlaySettings, specs: Sequence[RunSpec] = DEFAULT_SPECS, *,
-                 idle_timeout: float = 600.0):
+                 idle_timeout: float = 600.0, slots: Optional[Slots] = None):
         self.settings = settings
         self.specs = tuple(specs)
+        self.uid = uuid.uuid4().hex  # this playground among all (id() is reused after GC)
         self.configs = [make_config(settings, r) for r in self.specs]  # validate all first
+        self._slots = slots  # taken by the first frame that trains (the runs' threads)
         self.data = make_data(settings)
         self.runs = [LiveRun(c, self.data, idle_timeout=idle_timeout) for c in self.configs]
         self.grid = P.grid_around(None, GRID, bounds=(0.0, 1.0, 0.0, 1.0))
@@ -364,6 +494,9 @@ class Playground:
         self.history: List[List[Dict[str, float]]] = [[] for _ in self.runs]
         self._frames: Dict[Tuple[int, int, str], Frame] = {}
         self._pending = False
+        self._closing = False
+        self.last_play = float("-inf")  # when play() last began a frame (monotonic)
+        self._last_played: Optional[Tuple[str, List[Frame]]] = None
         # One caller at a time: a web app may run two script runs of one session at once
         # (a timed refresh and a click), and a frame patches the model's BN layers while it
         # classifies (per-group statistics), so two frames at once would see each other's.
@@ -385,6 +518,12 @@ class Playground:
             Ratio.parse(infer_ratio, allow_zero_clean=False)
         with self.lock:
             self.finish()
+            if self._slots is not None:  # Full if the server runs its most playgrounds
+                self._slots.acquire(self)
+                if self._closing:  # closed meanwhile (a session that ended mid-frame)
+                    self._slots.release(self)
+            if self._closing:
+                raise RuntimeError("this playground is closed; reset it")
             acc = (self.frame + 1) % ACCURACY_EVERY == 0
             for r in self.runs:
                 job = None if infer_ratio is None else functools.partial(
@@ -413,16 +552,29 @@ class Playground:
         """A frame is being made (begun, not yet finished)."""
         return self._pending
 
-    def play(self, steps: int, infer_ratio: str) -> List[Frame]:
+    def play(self, steps: int, infer_ratio: str, min_interval: float = 0.0) -> List[Frame]:
         """One frame while playing: the frame made meanwhile (made now if none was begun, as
         on the first frame after Play), test accuracies only where they were measured; the
-        next frame (``steps`` more steps) is begun before this returns."""
+        next frame (``steps`` more steps) is begun before this returns, unless the last one
+        was begun less than ``min_interval`` seconds ago (then the same frame again: a server
+        running several playgrounds shares its cores out this way)."""
         with self.lock:
+            now, last = time.monotonic(), self._last_played
+            if (self._pending and last is not None and last[0] == infer_ratio
+                    and now - self.last_play < min_interval):
+                return last[1]
             if not self._pending:
                 self.begin(steps, infer_ratio)
             frames = self.frames(infer_ratio, accuracies=False)
             self.begin(steps, infer_ratio)
+            self.last_play = now
+            self._last_played = (infer_ratio, frames)
             return frames
+
+    @property
+    def playing(self) -> bool:
+        """Frames were asked for by :meth:`play` within the last second."""
+        return time.monotonic() - self.last_play < 1.0
 
     def advance(self, steps: int) -> None:
         """Every run trains ``steps`` more steps (in parallel), then the frame counter moves."""
@@ -461,7 +613,33 @@ class Playground:
         else:
             h[-1].update(f.metrics)
 
-    def close(self) -> None:
-        with self.lock:
-            for r in self.runs:
-                r.close()
+    def close(self, wait: bool = True) -> None:
+        """End every run's thread and give back the server's slot. Without ``wait`` it
+        returns at once (a session that ends: the threads end by themselves within a step,
+        then a short-lived thread hands the memory they used back to the system) and does
+        not take :attr:`lock`, which a frame being made may hold."""
+        self._closing = True  # before the slot is given back: begin() never takes it again
+        for r in self.runs:
+            r.close(wait=wait)
+        if self._slots is not None:
+            self._slots.release(self)
+        threads = [r._thread for r in self.runs if r._thread is not None]
+        if wait:
+            release_memory()
+        elif threads:
+            threading.Thread(target=_release_after, args=(threads,), daemon=True,
+                             name="playground-release").start()
+
+    @property
+    def threads_alive(self) -> int:
+        return sum(r.alive for r in self.runs)
+
+    @property
+    def closed(self) -> bool:
+        """It, or a run of it, was closed or ended (idle timeout, an error): build anew."""
+        return self._closing or any(r.closed for r in self.runs)
+
+    @property
+    def holds_slot(self) -> bool:
+        """This playground counts against the server's cap (it has trained; until closed)."""
+        return self._slots is not None and self._slots.holds(self)

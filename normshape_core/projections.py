@@ -10,8 +10,12 @@ inference. Pure compute: tensors in, numpy arrays out; no plotting, no Streamlit
 """
 from __future__ import annotations
 
+import base64
+import re
+import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -225,9 +229,33 @@ def pca_2d(features: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return emb.astype(np.float32), ratio
 
 
+Progress = Callable[[str, Optional[float]], None]  # (what is being done, fraction or None)
+
+
+class _EpochSink:
+    """A file-like sink for UMAP's tqdm bar: each ``k/n`` it writes becomes a progress call
+    (the layout's epochs, the one part of UMAP that reports how far it is)."""
+
+    _PAT = re.compile(r"(\d+)/(\d+)")
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+
+    def write(self, text: str) -> None:
+        found = self._PAT.findall(text)
+        if found:
+            k, n = (int(v) for v in found[-1])
+            if n:
+                self.progress(f"laying out the UMAP map, epoch {k} of {n}", k / n)
+
+    def flush(self) -> None:
+        pass
+
+
 def embed_2d(features: np.ndarray, method: str = "umap", seed: int = 0,
-             n_neighbors: int = 15) -> np.ndarray:
-    """2-D map of feature vectors: ``umap`` (umap-learn, seeded) or ``pca``."""
+             n_neighbors: int = 15, progress: Optional[Progress] = None) -> np.ndarray:
+    """2-D map of feature vectors: ``umap`` (umap-learn, seeded) or ``pca``. ``progress``
+    (UMAP only) hears the layout's epochs as they pass."""
     method = method.lower()
     if method == "pca":
         return pca_2d(features)[0]
@@ -239,10 +267,189 @@ def embed_2d(features: np.ndarray, method: str = "umap", seed: int = 0,
         warnings.simplefilter("ignore")  # numba / sklearn deprecation chatter on import
         import umap
 
+        tqdm_kwds = None
+        if progress is not None:
+            tqdm_kwds = dict(disable=False, file=_EpochSink(progress), mininterval=0.25,
+                             ascii=True)
         reducer = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(features) - 1),
                             random_state=seed, n_jobs=1,  # seeded runs are single-threaded
-                            init="spectral" if len(features) > 10 else "random")
+                            init="spectral" if len(features) > 10 else "random",
+                            tqdm_kwds=tqdm_kwds)
         return reducer.fit_transform(np.asarray(features, dtype=np.float32)).astype(np.float32)
+
+
+# ====================================================================== feature maps
+# The Decision boundaries page's map: FEATURE_MAP_N test samples (one seeded draw) and their
+# PGD-20 examples crafted with PN, penultimate features under PN or BN, mapped to 2-D.
+FEATURE_MAP_N = 300
+FEATURE_MAP_STEPS = 20
+MAP_NORMS = ("pn", "bn")
+
+
+def feature_map_samples(model: nn.Module, data, n: int = FEATURE_MAP_N, seed: int = 0,
+                        eps: float = 0.1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, x_adv, y): ``n`` seeded test samples and their PGD-20 examples crafted with PN."""
+    from .attacks import make_attack
+    from .shaping import PNClassifier
+
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.randperm(len(data.x_test), generator=g)[:n]
+    x, y = data.x_test[idx], data.y_test[idx]
+    attack = make_attack("pgd", eps=eps, steps=FEATURE_MAP_STEPS, seed=seed)
+    return x, attack.run(PNClassifier(model), x, y).x_adv, y
+
+
+def feature_map_features(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor,
+                         norms: str) -> np.ndarray:
+    """Penultimate features of the clean samples followed by their adversarial examples,
+    with PN, or (``bn``) each set with its own batch statistics."""
+    mode = "pn" if norms.lower() == "pn" else "frozen_bn"
+    return np.concatenate([penultimate_features(model, x, mode, chunk=len(x)),
+                           penultimate_features(model, x_adv, mode, chunk=len(x))])
+
+
+def feature_map(model: nn.Module, data, method: str, norms: str, n: int = FEATURE_MAP_N,
+                seed: int = 0, eps: float = 0.1, classes: Optional[Sequence[str]] = None,
+                progress: Optional[Progress] = None) -> Dict[str, Any]:
+    """One map as the page draws it: ``{"emb": (2n, 2), "y": (n,), "n", "classes"}``."""
+    x, x_adv, y = feature_map_samples(model, data, n, seed, eps)
+    feats = feature_map_features(model, x, x_adv, norms)
+    emb = embed_2d(feats, method, seed=seed, progress=progress)
+    return map_result(emb, y.numpy(), classes)
+
+
+def map_result(emb: np.ndarray, y: np.ndarray, classes: Optional[Sequence[str]]
+               ) -> Dict[str, Any]:
+    y = np.asarray(y, dtype=np.int64)
+    names = list(classes) if classes else [str(i) for i in range(int(y.max()) + 1)]
+    return {"emb": np.asarray(emb, dtype=np.float32), "y": y, "n": len(y), "classes": names}
+
+
+# ---------------------------------------------------------------- stored beside a checkpoint
+# ``model.projection.json`` beside ``model.json``: the page's maps for its default sample
+# (every method and norms), computed ahead by ``normshape reproduce`` and ``python -m
+# normshape_app.ui warm`` so that the page's first view reads them instead of running PGD and
+# UMAP. Coordinates are quantised to 12 bits within each map's bounding box (at most 1/8190
+# of the map's extent off: under a pixel on any screen) and base64-encoded: about 6 KB per
+# checkpoint (the UMAP maps of PN and of BN features, 600 points each), labels as one digit
+# per sample (at most 10 classes). PCA is not stored (milliseconds from the features).
+PROJECTION_FORMAT = "normshape-projection"
+PROJECTION_VERSION = 1
+MAX_PROJECTION_BYTES = 1 << 20
+
+
+def projection_path(checkpoint: "str | Path") -> Path:
+    """``.../model.projection.json`` for a run folder or its ``model.json``."""
+    from .checkpoints import resolve_paths
+
+    return resolve_paths(checkpoint)[1].with_suffix(".projection.json")
+
+
+QUANT_LEVELS = 4095  # 12 bits per coordinate, two coordinates in three bytes
+
+
+def _pack(emb: np.ndarray) -> Dict[str, Any]:
+    """A map's coordinates, 12 bits each within its bounding box, as base64 text."""
+    emb = np.asarray(emb, dtype=np.float64)
+    lo, hi = emb.min(0), emb.max(0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    q = np.rint((emb - lo) / span * QUANT_LEVELS).astype(np.uint16).ravel()  # x0 y0 x1 y1 ...
+    if q.size % 2:
+        q = np.append(q, 0)
+    a, b = q[0::2], q[1::2]
+    packed = np.stack([a >> 4, ((a & 15) << 4) | (b >> 8), b & 255], 1).astype(np.uint8)
+    return {"lo": [float(v) for v in lo], "hi": [float(v) for v in hi],
+            "q12": base64.b64encode(packed.tobytes()).decode("ascii")}
+
+
+def _unpack(packed: Mapping[str, Any], n_points: int) -> np.ndarray:
+    lo, hi = np.asarray(packed["lo"], dtype=np.float64), np.asarray(packed["hi"], np.float64)
+    raw = np.frombuffer(base64.b64decode(packed["q12"], validate=True), dtype=np.uint8)
+    if lo.shape != (2,) or hi.shape != (2,) or raw.size != 3 * n_points:
+        raise ValueError("a map of the wrong size")
+    t = raw.reshape(-1, 3).astype(np.uint16)
+    a, b = (t[:, 0] << 4) | (t[:, 1] >> 4), ((t[:, 1] & 15) << 8) | t[:, 2]
+    q = np.stack([a, b], 1).reshape(n_points, 2).astype(np.float64)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return (lo + q / QUANT_LEVELS * span).astype(np.float32)
+
+
+def compute_projections(model: nn.Module, meta: Mapping[str, Any], data,
+                        n: int = FEATURE_MAP_N, seed: int = 0,
+                        log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+    """The UMAP maps of the page's default sample (PN and BN features) as the stored file's
+    content. PCA is not stored: it takes milliseconds once the features are there."""
+    eps = float(meta["config"].get("eps") or 0.1)
+    x, x_adv, y = feature_map_samples(model, data, n, seed, eps)
+    maps = {}
+    for norms in MAP_NORMS:
+        feats = feature_map_features(model, x, x_adv, norms)
+        t0 = time.perf_counter()
+        maps[f"umap/{norms}"] = _pack(embed_2d(feats, "umap", seed=seed))
+        if log:
+            log(f"UMAP of {norms.upper()} features: {time.perf_counter() - t0:.1f} s")
+    return {"format": PROJECTION_FORMAT, "version": PROJECTION_VERSION,
+            "weights_sha256": meta["weights_sha256"], "dataset": meta["config"]["dataset"],
+            "n": int(len(y)), "seed": int(seed), "eps": eps,
+            "samples": f"{len(y)} test samples (seed {seed}) and their PGD-{FEATURE_MAP_STEPS} "
+                       f"examples crafted with PN, eps {eps:g}",
+            "labels": "".join(str(int(v)) for v in y), "maps": maps}
+
+
+def read_projection(checkpoint: "str | Path", sha: str, method: str, norms: str,
+                    n: int = FEATURE_MAP_N, seed: int = 0,
+                    classes: Optional[Sequence[str]] = None) -> Optional[Dict[str, Any]]:
+    """The stored map (as :func:`feature_map` returns it) if the checkpoint has a file for
+    exactly these weights (``sha``) and settings; None otherwise (no file, another model, a
+    file that is not a regular file, too large or malformed: the page computes the map)."""
+    from .files import read_json_or_none
+
+    try:
+        # a regular file of at most MAX_PROJECTION_BYTES, opened without blocking (a FIFO
+        # never hangs), else None
+        doc = read_json_or_none(projection_path(checkpoint), MAX_PROJECTION_BYTES)
+        if (not isinstance(doc, dict) or doc.get("format") != PROJECTION_FORMAT
+                or doc.get("version") != PROJECTION_VERSION
+                or doc.get("weights_sha256") != sha or doc.get("n") != n
+                or doc.get("seed") != seed):
+            return None
+        packed = doc["maps"][f"{method.lower()}/{norms.lower()}"]
+        labels = doc["labels"]
+        if not isinstance(labels, str) or len(labels) != n or not labels.isdigit():
+            return None
+        y = np.frombuffer(labels.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
+        return map_result(_unpack(packed, 2 * n), y, classes)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store_projections(checkpoints: Iterable["str | Path"], *, n: int = FEATURE_MAP_N,
+                      seed: int = 0, log: Callable[[str], None] = print) -> List[Path]:
+    """Compute and write ``model.projection.json`` beside each checkpoint whose file is
+    missing or stale (other weights or settings); returns the files written. Called by
+    ``reproduce`` after a dataset's evaluation and by the app's warm-up command."""
+    from .checkpoints import atomic_write_json, load_checkpoint
+    from .data import load_dataset
+
+    written: List[Path] = []
+    datasets: Dict[str, Any] = {}
+    for ck in checkpoints:
+        try:
+            model, meta = load_checkpoint(ck)
+            path = projection_path(ck)
+            if read_projection(ck, meta["weights_sha256"], "umap", "pn", n, seed) is not None:
+                continue
+            name = meta["config"]["dataset"]
+            if name not in datasets:
+                datasets[name] = load_dataset(name, seed=0, download=False)
+            t0 = time.perf_counter()
+            atomic_write_json(path, compute_projections(model, meta, datasets[name], n, seed))
+        except Exception as e:  # noqa: BLE001 - one checkpoint must not stop the others
+            log(f"{ck}: feature maps not stored: {type(e).__name__}: {e}".splitlines()[0])
+            continue
+        log(f"{path}: feature maps stored ({time.perf_counter() - t0:.1f} s)")
+        written.append(path)
+    return written
 
 
 # ====================================================================== attack paths

@@ -263,6 +263,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
     if diagnostics:
         results["diagnostics"] = diagnose_set(runs, dataset, seed=seed, device=device)
         log("[diagnostics] done")
+    from .projections import store_projections; store_projections(runs.values(), log=log)  # noqa: E702,E501
     results["complete"] = True
     return results
 

@@ -1,5 +1,6 @@
-"""Screenshots of the Playground (1400 px wide, and 1024x768) and of the Train page with a
-paused run, for the README: ``python scripts/playground_screenshots.py [OUT_DIR]``
+"""Screenshots of the Playground (1400 px wide, the whole page; 1024x768, the first screen
+without scrolling) and of the Train page with a paused run, for the README:
+``python scripts/playground_screenshots.py [OUT_DIR]``
 (default ``docs/screenshots``). Starts ``streamlit run app.py`` on a free port with a
 temporary user folder and drives Debian's Chromium (headless) with Playwright. Not part of
 the test suite (the tests never write into the tree)."""
@@ -18,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's normshape_app, also when not installed
 from normshape_app.serve import launch_chromium, serving  # noqa: E402
 
-FRAME = re.compile(r"frame (\d+) ·")
+FRAME = re.compile(r"Frame (\d+) ·")
 
 
 def frame_no(page) -> int:
@@ -60,12 +61,9 @@ def main() -> int:
                 page.get_by_role("button", name="Pause", exact=True).click()
                 page.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
                 time.sleep(2.5)
-                if not whole:  # the controls and the first run's regions on screen
-                    page.get_by_text(FRAME).first.scroll_into_view_if_needed()
-                    page.mouse.move(600, 400)
-                    page.mouse.wheel(0, 120)
-                    page.mouse.move(100, 700)  # off the charts: no toolbar, no tooltip
-                    time.sleep(1.0)
+                page.mouse.move(5, 5)  # off the charts: no toolbar, no tooltip
+                time.sleep(0.5)
+                # at 1024x768 the first screen as it is: the controls and all four panels
                 shot(page, out / f"{name}.png", whole)
                 page.close()
             page = b.new_page(viewport={"width": 1400, "height": 1000})

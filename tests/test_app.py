@@ -126,6 +126,10 @@ def test_every_page_renders_and_a_plain_rerun_recomputes_nothing(app, page):
 def test_image_checkpoints_render_on_the_image_pages(app):
     q = {"db_ckpt": "digits-natural", "db_map": "PCA"}
     at = app("app_pages/decision_boundaries.py", query=q)
+    end = time.time() + 120  # the map is computed in the background (progress shown)
+    while at.get("progress") and time.time() < end:
+        time.sleep(0.3)
+        at.run()
     titles = [f["layout"]["title"]["text"] for f in figures(at)]
     assert any(t.startswith("Classified with PN") for t in titles)
     assert any("BN of its test batch" in t for t in titles)

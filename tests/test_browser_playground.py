@@ -1,8 +1,10 @@
 """The Playground and run ownership in a real browser (Playwright + Debian's Chromium) on the
 real server (the fixtures of test_browser.py): play shows live frames, pause holds them, step
-adds exactly one, reset starts again, the URL carries every setting into a fresh browser;
-two sessions never see each other's playground; on the Train page session B cannot stop
-session A's run except through the separate control, after its confirmation."""
+adds exactly one, reset starts again, the URL carries every setting into a fresh browser; at
+1024x768 the controls and all four panels are in the first screen; two sessions never see
+each other's playground; on the Train page session B cannot stop session A's run except
+through the separate control, after its confirmation. (The server's cap on playgrounds and
+its threads and memory after sessions end: test_browser_resources.py.)"""
 from __future__ import annotations
 
 import re
@@ -13,16 +15,21 @@ import pytest
 from test_browser import ARGS, CHROMIUM, no_exception_shown, settle  # noqa: F401
 from test_browser import browser, server  # noqa: F401 - fixtures
 
-FRAME = re.compile(r"frame (\d+) · epoch ([\d.]+) · step (\d+) · boundary (\w+)")
+FRAME = re.compile(r"Frame (\d+) · each run has trained (\d+) steps")
+REGIONS = "[data-testid=stImage] img"  # the two runs' regions (two panels each)
+# the counter's text and the regions' image names now, in one look (no waiting: the page
+# redraws them several times a second)
+NOW_JS = """() => [[...document.querySelectorAll('[data-testid=stCaptionContainer]')]
+  .map(e => e.innerText).find(t => t.startsWith('Frame ')) || '',
+  [...document.querySelectorAll('[data-testid=stImage] img')].map(e => e.src.split('/').pop())]"""
 
 
 def frame_of(pg):
-    """(frame number, boundary digest) of the counter shown now, or None."""
-    loc = pg.get_by_text(FRAME)
-    if not loc.count():
-        return None
-    m = FRAME.search(loc.first.inner_text())
-    return (int(m.group(1)), m.group(4)) if m else None
+    """(frame number, the regions' image names) shown now, or None. An image's name is the
+    hash of its PNG (Streamlit's media files): equal pictures, equal names, across sessions."""
+    text, srcs = pg.evaluate(NOW_JS)
+    m = FRAME.search(text or "")
+    return (int(m.group(1)), tuple(srcs)) if m and len(srcs) == 2 else None
 
 
 def wait_frame(pg, pred, timeout=30.0):
@@ -33,6 +40,22 @@ def wait_frame(pg, pred, timeout=30.0):
             return f
         time.sleep(0.05)
     raise AssertionError(f"frame counter stayed at {frame_of(pg)}")
+
+
+def steady_frame(pg, pred=lambda f: True, timeout=60.0, still=0.6):
+    """The frame shown once the app has stopped running (no status widget) and the frame
+    satisfies ``pred`` and has not changed for ``still`` s (the counter and each image
+    arrive in messages of their own, a few tenths apart)."""
+    end = time.time() + timeout
+    last, since = None, time.time()
+    while time.time() < end:
+        f = frame_of(pg)
+        if f != last or pg.locator("[data-testid=stStatusWidget]").count():
+            last, since = f, time.time()
+        elif f is not None and pred(f) and time.time() - since >= still:
+            return f
+        time.sleep(0.05)
+    raise AssertionError(f"the frame shown did not settle: {frame_of(pg)}")
 
 
 def wait_for_play(pg, timeout=10.0):
@@ -57,12 +80,17 @@ def selected(pg, label):
     return value
 
 
-def open_playground(browser, base, query=""):  # noqa: F811
-    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+def open_playground(browser, base, query="", size=(1400, 1000)):  # noqa: F811
+    ctx = browser.new_context(viewport={"width": size[0], "height": size[1]})
     pg = ctx.new_page()
     pg.goto(base + "/playground" + query)
-    settle(pg, "frame 0 ·")
+    settle(pg, "Frame 0 ·")
     return ctx, pg
+
+
+def open_settings(pg):
+    pg.get_by_text("Settings: data, model, runs").first.click()
+    pg.get_by_role("spinbutton", name="Seed").wait_for(timeout=10_000)
 
 
 def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, browser):  # noqa: F811
@@ -74,68 +102,109 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     pg.get_by_role("button", name="Play", exact=True).click()
     first = wait_frame(pg, lambda f: f[0] >= 1, timeout=10)
     t_first = time.time() - t0
-    frames, digests = {first[0]}, {first[1]}
+    frames, pictures = {first[0]}, {first[1]}
     end = t0 + 10.0
     while time.time() < end:
         f = frame_of(pg)
         if f:
             frames.add(f[0])
-            digests.add(f[1])
+            pictures.add(f[1])
         time.sleep(0.03)
-    print(f"first frame {t_first:.2f} s after play; {len(frames)} frames, {len(digests)} "
-          f"distinct boundaries in 10 s")
-    assert len(frames) >= 5 and len(digests) >= 5, (frames, digests)
+    print(f"first frame {t_first:.2f} s after play; {len(frames)} frames, {len(pictures)} "
+          f"distinct pictures in 10 s")
+    assert len(frames) >= 5 and len(pictures) >= 5, (frames, pictures)
     pg.get_by_role("button", name="Pause", exact=True).click()
     wait_for_play(pg)
-    time.sleep(1.0)
-    held = frame_of(pg)
+    held = steady_frame(pg)
     time.sleep(2.0)
     assert frame_of(pg) == held  # paused: nothing moves
     pg.get_by_role("button", name="Step", exact=True).click()
-    stepped = wait_frame(pg, lambda f: f[0] != held[0])
-    assert stepped[0] == held[0] + 1 and stepped[1] != held[1]
+    stepped = steady_frame(pg, lambda f: f[0] != held[0])
+    assert stepped[0] == held[0] + 1
+    assert all(a != b for a, b in zip(stepped[1], held[1]))  # both runs' pictures moved
     time.sleep(1.5)
     assert frame_of(pg) == stepped  # exactly one more frame
     pg.get_by_role("button", name="Reset", exact=True).click()
     wait_frame(pg, lambda f: f[0] == 0)
+    assert pg.get_by_role("button", name="Play", exact=True).count() == 1  # paused stays so
+    open_settings(pg)
     seed = pg.get_by_role("spinbutton", name="Seed")
     seed.fill("7")
     seed.press("Enter")
     pg.wait_for_url(re.compile(r"pg_seed=7"), timeout=10_000)
-    seeded = wait_frame(pg, lambda f: f[0] == 0 and f[1] != stepped[1])  # rebuilt, seed 7
-    time.sleep(1.0)
-    seeded = frame_of(pg)
+    seeded = steady_frame(pg, lambda f: f[0] == 0 and f[1] != stepped[1])  # rebuilt, seed 7
     no_exception_shown(pg, "/playground after reset")
     url = pg.url
     ctx.close()
     assert url.startswith(base + "/playground?")
     ctx2, pg2 = open_playground(browser, base, url[len(base + "/playground"):])
+    open_settings(pg2)
     assert pg2.get_by_role("spinbutton", name="Seed").input_value() == "7"
     assert pg2.get_by_role("spinbutton", name="Noise").input_value() == "0.05"
     assert selected(pg2, "2-D set") == "circles"
     assert selected(pg2, "Shaped inference ratio") == "1:9"
-    assert frame_of(pg2) == seeded  # the same data, seed and models: the same boundaries
+    assert steady_frame(pg2) == seeded  # the same data, seed and models: the same pictures
     assert "pg_seed=7" in pg2.url and "pg_data=circles" in pg2.url
     no_exception_shown(pg2, "/playground reopened")
     ctx2.close()
+
+
+def inside(box, w, h) -> bool:
+    return (box is not None and box["x"] >= 0 and box["y"] >= 0
+            and box["x"] + box["width"] <= w + 0.5 and box["y"] + box["height"] <= h + 0.5)
+
+
+def test_at_1024_by_768_the_controls_and_all_four_panels_are_in_the_first_screen(
+        server, browser, tmp_path):  # noqa: F811
+    """Issue 23's projector test: Play / Step / Reset and both runs' PN and shaped panels
+    (two images, two panels each) inside the first viewport, without scrolling; the counter
+    in words; the sentence under the panels computed from the frame; option labels whole."""
+    base, _ = server
+    ctx, pg = open_playground(browser, base, size=(1024, 768))
+    try:
+        scrolled = pg.evaluate("() => document.querySelector('[data-testid=stMain]').scrollTop")
+        assert scrolled == 0
+        for name in ("Play", "Step", "Reset"):
+            box = pg.get_by_role("button", name=name, exact=True).bounding_box()
+            assert inside(box, 1024, 768), (name, box)
+        boxes = [pg.locator(REGIONS).nth(i).bounding_box() for i in range(2)]
+        assert all(inside(b, 1024, 768) for b in boxes), boxes
+        assert abs(boxes[0]["y"] - boxes[1]["y"]) < 1  # side by side
+        # each image holds a PN and a shaped panel (170 px each at scale 1): readable size
+        assert min(b["width"] for b in boxes) >= 430 and min(b["height"] for b in boxes) >= 270
+        counter = pg.get_by_text(FRAME).first.inner_text()
+        assert re.fullmatch(r"Frame 0 · each run has trained 0 steps \(0\.00 epochs of its 400 "
+                            r"points\) · paused.*", counter), counter
+        sentence = pg.get_by_text("of the plane differently").first.inner_text()
+        assert "in run A" in sentence and "in run B" in sentence and "%" in sentence
+        pg.screenshot(path=str(tmp_path / "playground-1024.png"))
+        open_settings(pg)  # the option labels are whole: no select shows a cut-off value
+        boxes = pg.evaluate("""() => [...document.querySelectorAll('[data-testid=stSelectbox]')]
+            .map(b => b.querySelector('input[role=combobox]'))
+            .map(e => [e.value, e.scrollWidth, e.clientWidth])""")
+        assert len(boxes) >= 9 and all(v for v, _, _ in boxes), boxes  # every select seen
+        cut = [v for v, scroll, client in boxes if scroll > client + 1]
+        assert cut == [], f"option labels cut at 1024 px: {cut}"
+        no_exception_shown(pg, "/playground at 1024x768")
+    finally:
+        ctx.close()
 
 
 def test_two_sessions_each_run_their_own_playground(server, browser):  # noqa: F811
     base, _ = server
     ctx_a, a = open_playground(browser, base)
     ctx_b, b = open_playground(browser, base)
-    b_start = frame_of(b)
+    b_start = steady_frame(b)
     a.get_by_role("button", name="Play", exact=True).click()
     wait_frame(a, lambda f: f[0] >= 4, timeout=20)
     assert frame_of(b) == b_start  # B's playground did not move
     b.get_by_role("button", name="Step", exact=True).click()
-    stepped = wait_frame(b, lambda f: f[0] == 1)
+    stepped = steady_frame(b, lambda f: f[0] == 1)
     a_now = frame_of(a)[0]
     assert a_now >= 4  # A counts its own frames, B its own
     a.get_by_role("button", name="Pause", exact=True).click()
     wait_for_play(a)
-    time.sleep(1.0)
-    assert frame_of(b) == stepped
+    assert steady_frame(b) == stepped
     ctx_a.close()
     ctx_b.close()
 

@@ -209,6 +209,14 @@ def test_the_core_modules_never_import_streamlit():
     assert out.stdout.strip() == "False", out.stderr
 
 
+def _close_playgrounds():
+    """AppTest sessions never end: close their playgrounds (threads, server slots)."""
+    import gc
+    for obj in gc.get_objects():
+        if isinstance(obj, PG.Playground):
+            obj.close()
+
+
 def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_message(
         tmp_path, monkeypatch):
     from _apptest import open_app
@@ -219,33 +227,141 @@ def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_m
     at = open_app("app_pages/playground.py", {"pg_n": "200", "pg_width": "16", "pg_depth": "2"})
 
     def counter():
-        (c,) = [c.value for c in at.caption if c.value.startswith("frame ")]
+        (c,) = [c.value for c in at.caption if c.value.startswith("Frame ")]
         return c
 
-    assert not at.exception and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
-    assert len(at.get("plotly_chart")) == 2 and len(at.get("image")) == 2  # curves, regions
-    at.button(key="pg_step").click().run()
-    assert counter().startswith("frame 1 · epoch 0.83 · step 5 ·")
-    at.selectbox(key="pg_unit").set_value("one epoch").run()
-    at.button(key="pg_step").click().run()
-    assert counter().startswith("frame 2 · epoch 1.83 · step 11 ·")  # 6 steps per epoch
-    before = counter()
-    at.selectbox(key="pg_infer").set_value("1:9").run()  # redrawn, not trained
-    after = counter()
-    assert after.split(" · boundary")[0] == before.split(" · boundary")[0]
-    def boundary(c):
-        return c.split("boundary ")[1].split(" ")[0]
+    def images():  # the regions' PNGs by their content hash: equal pictures, equal names
+        return [i.url for el in at.get("image") for i in el.proto.imgs]
 
-    assert boundary(after) != boundary(before)  # the shaped boundaries redrawn for 1:9
-    assert "shaped 1:9" in json.dumps(json.loads(at.get("plotly_chart")[0].proto.spec))
-    at.selectbox(key="pg_b_ratio").set_value("1:9").run()  # batch 32 does not split in 10
-    assert [e.value for e in at.error] == [
-        "These settings cannot train: batch size 32 does not split into 10 equal parts for "
-        "ratio 1:9; use a multiple of 10"]
-    assert not at.exception
-    at.selectbox(key="pg_b_ratio").set_value("1:3").run()  # a valid change starts again
-    assert not at.error and counter().startswith("frame 0 · epoch 0.00 · step 0 ·")
-    at.session_state["pg_obj"].close()
+    def sentence():
+        (m,) = [m.value for m in at.markdown if "of the plane differently" in m.value]
+        return m
+
+    try:
+        assert not at.exception
+        assert counter().startswith("Frame 0 · each run has trained 0 steps (0.00 epochs")
+        assert "digest" not in counter() and "boundary" not in counter()
+        assert len(at.get("plotly_chart")) == 1 and len(images()) == 2  # curves, regions
+        assert "in run A" in sentence() and "in run B" in sentence()
+        at.button(key="pg_step").click().run()
+        assert counter().startswith("Frame 1 · each run has trained 5 steps (0.83 epochs")
+        at.selectbox(key="pg_unit").set_value("one epoch").run()
+        at.button(key="pg_step").click().run()
+        assert counter().startswith("Frame 2 · each run has trained 11 steps (1.83 epochs")
+        before, before_images, before_text = counter(), images(), sentence()
+        at.selectbox(key="pg_infer").set_value("1:9").run()  # redrawn, not trained
+        assert counter().split(" · paused")[0] == before.split(" · paused")[0]
+        assert images() != before_images  # the shaped panels redrawn for 1:9
+        assert "shaped inference 1:9" in sentence() and sentence() != before_text
+        spec = json.dumps(json.loads(at.get("plotly_chart")[0].proto.spec))
+        assert "shaped 1:9" in spec and "Run A" in spec and "Run B" in spec  # one figure
+        at.selectbox(key="pg_b_ratio").set_value("1:9").run()  # batch 32 does not split in 10
+        assert [e.value for e in at.error] == [
+            "These settings cannot train: batch size 32 does not split into 10 equal parts "
+            "for ratio 1:9; use a multiple of 10"]
+        assert not at.exception
+        at.selectbox(key="pg_b_ratio").set_value("1:3").run()  # a valid change starts again
+        assert not at.error and counter().startswith("Frame 0 · each run has trained 0 steps")
+    finally:
+        _close_playgrounds()
+
+
+def test_reset_keeps_playing_and_a_settings_change_pauses(tmp_path, monkeypatch):
+    """The page's decision (README, Playground): Reset starts both runs again and goes on
+    playing if it was playing; a change of data or model builds new runs and pauses."""
+    from _apptest import open_app
+
+    monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("NORMSHAPE_WARM_UMAP", "0")
+    at = open_app("app_pages/playground.py", {"pg_n": "200", "pg_width": "16", "pg_depth": "2"})
+    try:
+        at.button(key="pg_play").click().run()
+        assert at.session_state["pg_playing"] and at.button(key="pg_play").label == "Pause"
+        at.button(key="pg_reset_btn").click().run()
+        assert at.session_state["pg_playing"] and at.button(key="pg_play").label == "Pause"
+        assert any(c.value.startswith("Frame 0 ·") or c.value.startswith("Frame 1 ·")
+                   for c in at.caption)  # from the initial weights again
+        at.number_input(key="pg_seed").set_value(3).run()
+        assert not at.session_state["pg_playing"] and at.button(key="pg_play").label == "Play"
+    finally:
+        _close_playgrounds()
+
+
+def test_the_disagreement_says_where_by_how_much_and_which_class_shaped_inference_favours():
+    from normshape_core.figures.playground import disagreement_sentence
+
+    xs = np.linspace(0, 1, 10)
+    pn = np.zeros((10, 10))
+    pn[:, 5:] = 1  # PN: class 1 on the right half
+    sh = pn.copy()
+    sh[7:, 0:3] = 1  # shaped: class 1 also on 9 cells of the upper left
+    f = PG.Frame(0, 0.0, "1:3", 0.1, xs, xs, pn, sh, *(np.zeros((0, 2)),) * 2,
+                 np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), np.zeros(0))
+    d = f.disagreement()
+    assert d.share == pytest.approx(0.09) and d.to_class1 == pytest.approx(0.09)
+    assert d.to_class0 == 0 and d.centre[0] < 1 / 3 and d.centre[1] > 2 / 3
+    same = PG.Frame(0, 0.0, "1:3", 0.1, xs, xs, pn, pn, *(np.zeros((0, 2)),) * 2,
+                    np.zeros((0, 2)), np.zeros((0, 2)), np.zeros(0), np.zeros(0))
+    text = disagreement_sentence([d, same.disagreement()], "AB",
+                                 [PG.DEFAULT_SPECS[0].training_batches(),
+                                  PG.DEFAULT_SPECS[1].training_batches()], "1:3")
+    assert text.startswith("PN and shaped inference 1:3 classify 9.0% of the plane "
+                           "differently in run A, mostly in the upper left, where shaped "
+                           "inference says class 1 (green) and PN class 0 (9.0% of the "
+                           "plane; 0.0% the other way), and 0.0% in run B (practically none)")
+    assert "all adversarial" in text and "1 adversarial : 3 clean" in text
+
+
+def test_the_server_caps_live_playgrounds_and_a_closed_one_frees_its_slot():
+    slots = PG.Slots(1)
+    a = PG.Playground(SMALL, slots=slots)
+    b = PG.Playground(SMALL, slots=slots)
+    try:
+        assert slots.in_use == 0  # showing a first frame takes no slot (no threads yet)
+        a.frames("1:3")
+        a.advance(2)  # trains: the runs' threads start, the slot is taken
+        assert slots.in_use == 1 and a.holds_slot and a.threads_alive == 2
+        with pytest.raises(PG.Full, match="at most 1 playgrounds at once"):
+            b.advance(2)
+        assert b.threads_alive == 0 and b.frame == 0  # refused before anything ran
+        a.close(wait=False)  # as a session's end does it: at once, without waiting
+        assert slots.in_use == 0
+        deadline = __import__("time").time() + 30
+        while a.threads_alive and __import__("time").time() < deadline:
+            __import__("time").sleep(0.05)
+        assert a.threads_alive == 0  # the threads ended by themselves
+        b.advance(2)
+        assert b.holds_slot and b.frame == 1
+    finally:
+        a.close()
+        b.close()
+    assert slots.in_use == 0
+
+
+def test_a_frame_begun_after_close_never_takes_the_slot_back():
+    """A session that ends while its page is making a frame: the page's thread may call
+    play() after the playground was closed; the server's slot stays free."""
+    slots = PG.Slots(1)
+    pg = PG.Playground(SMALL, slots=slots)
+    pg.advance(1)
+    assert slots.in_use == 1
+    pg.close(wait=False)
+    with pytest.raises(RuntimeError, match="closed"):
+        pg.play(1, "1:3")
+    assert slots.in_use == 0 and pg.closed
+
+
+def test_play_with_a_least_interval_shows_the_same_frame_until_it_has_passed():
+    pg = PG.Playground(SMALL)
+    try:
+        first = pg.play(1, "1:3")
+        again = pg.play(1, "1:3", min_interval=60.0)  # too soon: the same frame
+        assert again is first and pg.frame == 1
+        nxt = pg.play(1, "1:3", min_interval=0.0)
+        assert nxt is not first and pg.frame == 2
+        assert pg.playing
+    finally:
+        pg.close()
 
 
 def test_dual_bn_and_layernorm_runs_beside_shaping():

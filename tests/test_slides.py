@@ -1,7 +1,9 @@
 """The Confoundings deck in a real browser (Playwright + Debian's Chromium, headless), as a
-teacher projects it: every slide in presentation mode at 1024x768 and 1920x1080, the
-sidebar collapsed, each plotly chart's title and axis titles inside the chart and clear of
-one another; Next / Previous and the browser's Back / Forward move one slide at a time.
+teacher projects it: every slide in presentation mode at 1024x768 and 1920x1080 fits the
+window (nothing below the fold) and its chart grows with the screen, text included; the
+sidebar collapsed, no Deploy button or developer menu, each plotly chart's title and axis
+titles inside the chart and clear of one another; Next / Previous and the browser's Back /
+Forward move one slide at a time.
 
 Screenshots go to the test's temp folder; with ``NORMSHAPE_UPDATE_SCREENSHOTS=1`` also to
 ``docs/screenshots/`` (the README's). Skipped when Chromium or Playwright is missing;
@@ -47,13 +49,30 @@ def browser(base):
 
 
 def settle(pg, slide: int, timeout: float = 120.0) -> None:
-    """Wait until the app shows ``slide`` and has finished running (plotly drawn)."""
+    """Wait until the app shows ``slide``, drawn for this window's size (the page reports
+    its size to the server, which draws the figures for it: ``style.viewport_probe``), and has
+    finished running (plotly drawn)."""
     pg.get_by_text(f"slide {slide} of {N_SLIDES}").first.wait_for(timeout=timeout * 1000)
+    size = pg.viewport_size
+    if "present=true" in pg.url:
+        pg.wait_for_function(f"() => document.documentElement.dataset.normshapeViewport === "
+                             f"'{size['width']}x{size['height']}'", timeout=timeout * 1000)
     end = time.time() + timeout
     while pg.locator("[data-testid=stStatusWidget]").count() and time.time() < end:
         time.sleep(0.2)
     time.sleep(0.8)
     assert pg.locator("[data-testid=stException]").count() == 0, f"slide {slide}"
+
+
+# The page's heights: the document's and the app's scrolling container's (Streamlit scrolls
+# inside stMain), against the window's; and each chart's height.
+HEIGHTS = """() => {
+  const main = document.querySelector('[data-testid=stMain]');
+  return {window: window.innerHeight, document: document.documentElement.scrollHeight,
+          main: main.scrollHeight, mainClient: main.clientHeight,
+          charts: [...document.querySelectorAll('[data-testid=stPlotlyChart]')].map(
+            c => c.querySelector('svg.main-svg').getBoundingClientRect().height)};
+}"""
 
 
 # Per plotly chart: its box and the boxes of its title and axis titles.
@@ -128,26 +147,79 @@ def save(pg, name: str, tmp_path: Path) -> None:
         shutil.copy(path, out / path.name)
 
 
-@pytest.mark.parametrize("w, h", VIEWPORTS)
-def test_every_slide_fits_a_projector_in_presentation_mode(base, browser, tmp_path, w, h):
-    pg = browser.new_page(viewport={"width": w, "height": h})
+def test_every_slide_fits_a_projector_in_presentation_mode_and_grows_with_it(
+        base, browser, tmp_path):
+    """Issue 23: every slide in presentation mode at 1024x768 and at 1920x1080 without
+    anything below the fold (the page's scroll height within the window), its chart grown
+    with the screen (at 1920x1080 at least 1.4 x as tall as at 1024x768), the sidebar
+    collapsed, no settings, each chart's titles inside it and clear of one another."""
+    heights = {}
+    for w, h in VIEWPORTS:
+        pg = browser.new_page(viewport={"width": w, "height": h})
+        try:
+            charts = 0
+            for n in range(1, N_SLIDES + 1):
+                pg.goto(f"{base}/confoundings?present=true&slide={n}")
+                settle(pg, n)
+                pg.locator("[data-testid=stPlotlyChart] .gtitle").first.wait_for(timeout=60_000)
+                time.sleep(0.5)  # plotly draws, then redraws for automatic margins
+                where = f"slide {n} at {w}x{h}"
+                assert sidebar_collapsed(pg), f"{where}: the sidebar is open"
+                assert pg.locator("[data-testid=stExpander]").count() == 0  # no settings
+                charts += settled_check(pg, where)
+                m = pg.evaluate(HEIGHTS)
+                assert m["document"] <= m["window"] and m["main"] <= m["mainClient"] <= h, \
+                    f"{where}: the page is taller than the window: {m}"
+                heights[(n, w)] = max(m["charts"])
+                save(pg, f"slide-{n}-{w}x{h}", tmp_path)
+            assert charts == N_SLIDES, charts  # one figure on every slide
+            # the moving-target animation of lesson II: a play button and a slider
+            pg.goto(f"{base}/confoundings?present=true&slide=4")
+            settle(pg, 4)
+            pg.locator("[data-testid=stPlotlyChart] .updatemenu-button").first.wait_for(
+                timeout=60_000)
+            assert pg.locator("[data-testid=stPlotlyChart] .slider-container").count() == 1
+        finally:
+            pg.close()
+    print({f"slide {n}": (heights[(n, 1024)], heights[(n, 1920)]) for n in range(1, 8)})
+    for n in range(1, N_SLIDES + 1):
+        small, large = heights[(n, 1024)], heights[(n, 1920)]
+        assert large >= 1.4 * small, f"slide {n}: chart {large:.0f} px at 1920x1080, " \
+                                     f"{small:.0f} px at 1024x768"
+
+
+def test_chart_text_grows_with_the_screen(base, browser):
+    """The charts' text at 1920x1080 is at least as large, relative to the screen's height,
+    as at 1024x768 (a back row reads a large screen no worse than a small one)."""
+    sizes = {}
+    for w, h in VIEWPORTS:
+        pg = browser.new_page(viewport={"width": w, "height": h})
+        try:
+            pg.goto(f"{base}/confoundings?present=true&slide=3")
+            settle(pg, 3)
+            pg.locator("[data-testid=stPlotlyChart] .xtick text").first.wait_for(timeout=60_000)
+            sizes[h] = pg.evaluate("""() => ['.xtick text', '.legendtext', '.gtitle'].map(
+                s => parseFloat(document.querySelector(
+                  '[data-testid=stPlotlyChart] ' + s).style.fontSize))""")
+        finally:
+            pg.close()
+    for small, large in zip(sizes[768], sizes[1080]):
+        assert large / 1080 >= small / 768 * 0.98, sizes  # fonts are whole pixels
+
+
+def test_the_toolbar_shows_no_deploy_button_and_no_developer_menu(base, browser):
+    pg = browser.new_page(viewport={"width": 1024, "height": 768})
     try:
-        charts = 0
-        for n in range(1, N_SLIDES + 1):
-            pg.goto(f"{base}/confoundings?present=true&slide={n}")
-            settle(pg, n)
-            pg.locator("[data-testid=stPlotlyChart] .gtitle").first.wait_for(timeout=60_000)
-            time.sleep(0.5)  # plotly draws, then redraws for automatic margins
-            assert sidebar_collapsed(pg), f"slide {n} at {w}x{h}: the sidebar is open"
-            assert pg.locator("[data-testid=stExpander]").count() == 0  # no settings at all
-            charts += settled_check(pg, f"slide {n} at {w}x{h}")
-            save(pg, f"slide-{n}-{w}x{h}", tmp_path)
-        assert charts == N_SLIDES, charts  # one figure on every slide
-        # the moving-target animation of lesson II: a play button and a slider over the steps
-        pg.goto(f"{base}/confoundings?present=true&slide=4")
-        settle(pg, 4)
-        assert pg.locator("[data-testid=stPlotlyChart] .updatemenu-button").count() >= 1
-        assert pg.locator("[data-testid=stPlotlyChart] .slider-container").count() == 1
+        pg.goto(f"{base}/confoundings?present=true")
+        settle(pg, 1)
+        assert pg.locator("[data-testid=stAppDeployButton]").count() == 0
+        menu = pg.locator("[data-testid=stMainMenu]")
+        if menu.count():  # the viewer's menu: no rerun, no cache, no settings, no deploy
+            menu.first.click()
+            time.sleep(0.5)
+            items = pg.locator("[data-testid=stMainMenuList]").inner_text().lower()
+            for dev in ("rerun", "clear cache", "deploy", "developer"):
+                assert dev not in items, items
     finally:
         pg.close()
 

@@ -17,11 +17,20 @@ from plotly.subplots import make_subplots
 
 from normshape_core.figures.colors import BN_COLOR, CLEAN_COLOR, PN_COLOR  # noqa: E402,F401
 
-SHAPED_COLOR = "#a63603"  # shaped batches: BN's family, darker
-DATASET_COLORS = {"moons": "#1b9e77", "spirals": "#d95f02", "digits": "#7570b3",
-                  "fashion_mnist": "#e7298a"}
+SHAPED_COLOR = "#a63603"  # shaped inference: BN's family, darker, and hatched
+SHAPED_PATTERN = dict(shape="/", fgcolor="#ffffff", size=9, solidity=0.25)
+# Series that are not norms never take PN's blue or BN's orange; on a projector or in
+# greyscale they differ by their dash and marker, not by colour alone.
+DATASET_COLORS = {"moons": "#1b9e77", "spirals": "#e7298a", "digits": "#7570b3",
+                  "fashion_mnist": "#555555"}
 DATASET_SYMBOLS = {"moons": "circle", "spirals": "square", "digits": "diamond",
                    "fashion_mnist": "triangle-up"}
+DATASET_DASHES = {"moons": "solid", "spirals": "dash", "digits": "dot",
+                  "fashion_mnist": "dashdot"}
+# batches by composition (the moving target), and the claims slide's three sources: dark
+# solid against light hatched, so that they differ in greyscale too
+ALL_ADV_COLOR, SHAPED_BATCH_COLOR = "#3f3f3f", "#80cdc1"
+PAPER_COLOR, CLEAREST_COLOR, MEDIAN_COLOR = "#3f3f3f", "#80cdc1", "#8073ac"
 
 #: per confounding: (measure key, y-axis title, as percent?, paper value, paper label)
 SWEEP_MEASURES = {
@@ -81,21 +90,25 @@ def sweep_figure(results: Mapping[str, Any], confounding: str) -> go.Figure:
                 all_y += [y + spread * scale for y in ys_s] + [y - spread * scale for y in ys_s]
             fig.add_trace(go.Scatter(
                 x=xs, y=ys_s, mode="lines+markers", name=ds, legendgroup=ds,
-                showlegend=col == 1, line=dict(color=DATASET_COLORS.get(ds)),
+                showlegend=col == 1, line=dict(color=DATASET_COLORS.get(ds), width=2.5,
+                                               dash=DATASET_DASHES.get(ds, "solid")),
                 marker=dict(symbol=DATASET_SYMBOLS.get(ds, "circle"), size=9),
                 error_y=err, text=names,
                 hovertemplate="%{text}: %{y:.3g}<extra>" + ds + "</extra>"), row=1, col=col)
+    # the paper's value labels its dashed line in the right margin, never over the data
     if paper is not None:
         all_y.append(paper * scale)
         for col in (1, 2):
             fig.add_hline(y=paper * scale, line=dict(dash="dash", color="#444"), row=1, col=col)
-        fig.add_annotation(text=paper_label, xref="x2 domain", yref="y", x=0.98,
-                           y=paper * scale, xanchor="right", yanchor="bottom",
-                           showarrow=False, font=dict(color="#444"))
+        fig.add_annotation(text=paper_label.replace(" ", "<br>"), xref="paper", yref="y",
+                           x=1.0, y=paper * scale, xanchor="left", yanchor="middle",
+                           xshift=6, align="left", showarrow=False, font=dict(color="#444"))
+        right = 50
     else:
-        fig.add_annotation(text="paper: no PN-vs-BN number", xref="x2 domain", yref="y2 domain",
-                           x=0.98, y=0.02, xanchor="right", yanchor="bottom", showarrow=False,
-                           font=dict(color="#444"))
+        fig.add_annotation(text="paper:<br>no PN-vs-<br>BN number", xref="paper",
+                           yref="y2 domain", x=1.0, y=1.0, xanchor="left", yanchor="top",
+                           xshift=6, align="left", showarrow=False, font=dict(color="#444"))
+        right = 85
     for col in (1, 2):
         fig.add_hline(y=0, line=dict(color="#999", width=1), row=1, col=col)
     lo, hi = min(all_y), max(all_y)
@@ -104,7 +117,7 @@ def sweep_figure(results: Mapping[str, Any], confounding: str) -> go.Figure:
     fig.update_yaxes(title_text=ytitle, row=1, col=1)
     fig.update_xaxes(title_text="BN layers in the model (depth)", row=1, col=1)
     fig.update_xaxes(title_text="eps / the dataset's eps", row=1, col=2)
-    fig.update_layout(title=dict(text=SWEEP_TITLES[confounding]),
+    fig.update_layout(title=dict(text=SWEEP_TITLES[confounding]), margin=dict(r=right),
                       legend=dict(title=dict(text="error bar: seed spread;", side="left")))
     return fig
 
@@ -116,10 +129,11 @@ def lesson_i_figure(measures: Mapping[str, Any], title: str) -> go.Figure:
               "PGD+shaping<br>[shaped 1:9]"]
     vals = [measures["acc_pn"], measures["acc_bn"], measures["acc_shaped"],
             measures["shaped_model_acc_shaped"]]
-    fig = go.Figure(go.Bar(x=labels, y=vals, marker_color=[PN_COLOR, BN_COLOR, SHAPED_COLOR,
-                                                           SHAPED_COLOR],
-                           text=[f"{v:.3f}" for v in vals], textposition="outside",
-                           cliponaxis=False))
+    fig = go.Figure(go.Bar(x=labels, y=vals, marker=dict(
+        color=[PN_COLOR, BN_COLOR, SHAPED_COLOR, SHAPED_COLOR],
+        pattern=dict(shape=["", "", "/", "/"], fgcolor="#ffffff", size=9, solidity=0.25)),
+        text=[f"{v:.3f}" for v in vals], textposition="outside", cliponaxis=False,
+        constraintext="none"))
     fig.update_layout(title=dict(text=title), yaxis_title="clean test accuracy (fraction)",
                       xaxis_title="model [classified with]", yaxis_range=[0, 1.08])
     return fig
@@ -138,15 +152,19 @@ def moving_target_animation(frames: Mapping[str, Any], title: str,
     layers = list(dict.fromkeys(first["layer"]))
     names = [f"BN {i + 1}" for i in range(len(layers))]
     steps = sorted(set(first["step"]))
-    colors = [BN_COLOR, SHAPED_COLOR, PN_COLOR]
+    # batch compositions, not norms (both are BN statistics): neither blue nor orange
+    colors = [ALL_ADV_COLOR, SHAPED_BATCH_COLOR, "#8073ac"]
+    patterns = ["", "/", "x"]
     label = {"1:0": "all adversarial (1:0)", "1:3": "shaped batch (1:3)"}
 
     def bars(t: int) -> List[go.Bar]:
         out = []
         for i, r in enumerate(ratios):
             f = data[r][data[r]["step"] == t].set_index("layer").reindex(layers)
-            out.append(go.Bar(x=names, y=list(f[measure]), name=label.get(r, r),
-                              marker_color=colors[i % len(colors)]))
+            out.append(go.Bar(x=names, y=list(f[measure]), name=label.get(r, r), marker=dict(
+                color=colors[i % 3], line=dict(color="#3f3f3f", width=1),
+                pattern=dict(shape=patterns[i % 3], fgcolor="#3f3f3f", size=8,
+                             solidity=0.2))))
         return out
 
     top = max(float(d[measure].max()) for d in data.values()) * 1.1 or 1.0
@@ -160,8 +178,10 @@ def moving_target_animation(frames: Mapping[str, Any], title: str,
         title=dict(text=title), barmode="group",
         yaxis=dict(title="distance to clean means (std)", range=[0, top]),
         xaxis=dict(title="BatchNorm layer, input to output"),
-        updatemenus=[dict(type="buttons", direction="left", x=0, y=-0.32, xanchor="left",
-                          yanchor="top", showactive=False, buttons=[
+        # the controls right under the axis title, in pixels below the plot (the slider's
+        # pad), whatever height the chart gets
+        updatemenus=[dict(type="buttons", direction="left", x=0, y=0, xanchor="left",
+                          yanchor="top", pad=dict(t=62), showactive=False, buttons=[
                               dict(label="Play", method="animate",
                                    args=[None, dict(frame=dict(duration=500, redraw=True),
                                                     fromcurrent=False,
@@ -169,8 +189,9 @@ def moving_target_animation(frames: Mapping[str, Any], title: str,
                               dict(label="Pause", method="animate",
                                    args=[[None], dict(mode="immediate",
                                                       frame=dict(duration=0, redraw=False))])])],
-        sliders=[dict(active=len(steps) - 1, x=0.24, len=0.76, y=-0.3, yanchor="top",
-                      currentvalue=dict(prefix="PGD step "), steps=slider_steps)])
+        sliders=[dict(active=len(steps) - 1, x=0.24, len=0.76, y=0, yanchor="top",
+                      pad=dict(t=52), currentvalue=dict(prefix="PGD step "),
+                      steps=slider_steps)])
     return fig
 
 
@@ -179,9 +200,11 @@ def lesson_iii_figure(measures: Mapping[str, Any], title: str) -> go.Figure:
     batches, with the paper's relative sizes beside them."""
     labels = ["PN (constant)", "BN (own batch, moves)", "shaped batch 1:3"]
     vals = [measures["l2_pn"], measures["l2_bn"], measures["l2_shaped"]]
-    fig = go.Figure(go.Bar(x=labels, y=vals, marker_color=[PN_COLOR, BN_COLOR, SHAPED_COLOR],
-                           text=[f"{v:.3f}" for v in vals], textposition="outside",
-                           cliponaxis=False))
+    fig = go.Figure(go.Bar(x=labels, y=vals, marker=dict(
+        color=[PN_COLOR, BN_COLOR, SHAPED_COLOR],
+        pattern=dict(shape=["", "", "/"], fgcolor="#ffffff", size=9, solidity=0.25)),
+        text=[f"{v:.3f}" for v in vals], textposition="outside", cliponaxis=False,
+        constraintext="none"))
     fig.update_layout(title=dict(text=title), yaxis_title="mean L2 of the perturbation "
                       "(input units)", xaxis_title="PGD crafted with",
                       yaxis_range=[0, max(vals) * 1.18 or 1])
@@ -203,21 +226,26 @@ def claims_figure(results: Mapping[str, Any]) -> go.Figure:
         best.append(100 * max(vals) if vals else None)
         base.append(100 * own[len(own) // 2] if own else None)
     names = [c[0] for c in claims]
+    # three sources, not norms: dark, light hatched and mid dotted (they differ in greyscale)
+    def bar(y, name, color, pattern, text):
+        return go.Bar(x=names, y=y, name=name, text=text, textposition="outside",
+                      cliponaxis=False, constraintext="none", marker=dict(
+                          color=color, line=dict(color="#3f3f3f", width=1),
+                          pattern=dict(shape=pattern, fgcolor="#3f3f3f", size=8,
+                                       solidity=0.2)))
+
     fig = go.Figure([
-        go.Bar(x=names, y=[100 * c[2] for c in claims], name="paper",
-               marker_color="#888888", text=[f"+{100 * c[2]:.0f}%" for c in claims],
-               textposition="outside", cliponaxis=False),
-        go.Bar(x=names, y=best, name="clearest here", marker_color=BN_COLOR,
-               text=[f"{v:+.0f}%" if v is not None else "" for v in best],
-               textposition="outside", cliponaxis=False),
-        go.Bar(x=names, y=base, name="own settings (median)",
-               marker_color=PN_COLOR, text=[f"{v:+.0f}%" if v is not None else "" for v in base],
-               textposition="outside", cliponaxis=False)])
+        bar([100 * c[2] for c in claims], "paper", PAPER_COLOR, "",
+            [f"+{100 * c[2]:.0f}%" for c in claims]),
+        bar(best, "clearest here", CLEAREST_COLOR, "/",
+            [f"{v:+.0f}%" if v is not None else "" for v in best]),
+        bar(base, "own settings (median)", MEDIAN_COLOR, ".",
+            [f"{v:+.0f}%" if v is not None else "" for v in base])])
     top = max([100 * c[2] for c in claims] + [v for v in best + base if v is not None])
     low = min([0] + [v for v in best + base if v is not None])
     fig.update_layout(title=dict(text="The paper's numbers beside this lab's sweep"),
                       barmode="group", yaxis=dict(title="relative difference (%)",
-                                                  range=[low * 1.2, top * 1.18]),
+                                                  range=[low * 1.2, top * 1.25]),
                       xaxis_title="confounding: measure")
     return fig
 

@@ -69,6 +69,95 @@ def curves_figure(history: Sequence[Dict[str, float]], title: str, infer_ratio: 
     return go.Figure(data=data, layout=layout)
 
 
+def curves_pair_figure(histories: Sequence[Sequence[Dict[str, float]]],
+                       titles: Sequence[str], infer_ratio: str,
+                       height: int = 560) -> go.Figure:
+    """The runs' curves side by side in one figure (one column per run, the rows of
+    :func:`curves_figure`), so that both advance together in the browser: one chart, one
+    redraw. Each run's epoch axis is its own; the y-axes of a row are shared."""
+    n = max(1, len(histories))
+    figs = [curves_figure(h, t, infer_ratio, height) for h, t in zip(histories, titles)]
+    gap = 0.08
+    width = (1 - gap * (n - 1)) / n
+    data: List[Dict] = []
+    layout: Dict = dict(height=height, template="plotly_white", uirevision="curves",
+                        margin=dict(l=60, r=10, t=100, b=50), annotations=[],
+                        legend=dict(orientation="h", y=-0.12, font=dict(size=11)),
+                        title=dict(text=f"Curves of both runs, one point per frame "
+                                        f"({N_EVAL_TEXT} for the accuracies)"))
+    for c, fig in enumerate(figs):
+        dom = [c * (width + gap), c * (width + gap) + width]
+        xa = "x" if c == 0 else f"x{c + 1}"
+        for tr in fig.to_dict()["data"]:
+            row = {"y": 0, "y2": 1, "y3": 2}[tr.get("yaxis", "y")]
+            tr = dict(tr, xaxis=xa, yaxis="y" if row == 0 and c == 0 else f"y{3 * c + row + 1}")
+            tr["showlegend"] = c == 0
+            tr["legendgroup"] = tr.get("name")
+            data.append(tr)
+        lay = fig.to_dict()["layout"]
+        layout["xaxis" if c == 0 else f"xaxis{c + 1}"] = dict(
+            title=dict(text=f"epoch, run {'AB'[c] if c < 2 else c + 1}"), domain=dom,
+            anchor=f"y{3 * c + 3}")
+        for row, key in enumerate(("yaxis", "yaxis2", "yaxis3")):
+            ax = dict(lay[key], anchor=xa)
+            if c > 0:  # the same scale as the first column's row, no second title
+                ax["matches"] = "y" if row == 0 else f"y{row + 1}"
+                ax["title"] = dict(text="")
+                ax["showticklabels"] = False
+            name = "yaxis" if (c == 0 and row == 0) else f"yaxis{3 * c + row + 1}"
+            layout[name] = ax
+        for a in lay.get("annotations", []):  # the row titles over each column
+            layout["annotations"].append(dict(a, x=(dom[0] + dom[1]) / 2))
+        layout["annotations"].append(dict(  # above the row title "training loss"
+            text=f"<b>{html.escape(titles[c])}</b>", x=(dom[0] + dom[1]) / 2, y=1.0,
+            yshift=24, xref="paper", yref="paper", xanchor="center", yanchor="bottom",
+            showarrow=False, font=dict(size=13)))
+    return go.Figure(data=data, layout=layout)
+
+
+def _where(centre) -> str:
+    """A position in the unit square in words: "in the upper left", "on the left", ..."""
+    x, y = centre
+    col = "left" if x < 1 / 3 else ("right" if x > 2 / 3 else "")
+    row = "lower" if y < 1 / 3 else ("upper" if y > 2 / 3 else "")
+    if not col and not row:
+        return "in the centre"
+    if not row:
+        return f"on the {col}"
+    if not col:
+        return f"at the {'top' if row == 'upper' else 'bottom'}"
+    return f"in the {row} {col}"
+
+
+CLASS_WORDS = ("purple", "green")  # the regions' colours of class 0 and 1 (REGION_COLORS)
+
+
+def disagreement_sentence(disagreements: Sequence, sides: Sequence[str],
+                          batches: Sequence[str], infer_ratio: str) -> str:
+    """One sentence from the current frame of each run: how much of the plane PN and shaped
+    inference classify differently, where, which class shaped inference favours there, and
+    why they differ at all (``disagreements``: each run's ``Frame.disagreement()``;
+    ``sides``: "A", "B"; ``batches``: what each run's training batches hold, e.g. "all
+    adversarial")."""
+    parts = []
+    for i, (d, side) in enumerate(zip(disagreements, sides)):
+        share = f"{100 * d.share:.1f}%" + (" of the plane differently" if i == 0 else "")
+        if d.share < 0.005:
+            parts.append(f"{share} in run {side} (practically none)")
+            continue
+        fav, other = (1, 0) if d.to_class1 >= d.to_class0 else (0, 1)
+        big, small = max(d.to_class1, d.to_class0), min(d.to_class1, d.to_class0)
+        says = (f"where shaped inference says class {fav} ({CLASS_WORDS[fav]}) and PN class "
+                f"{other}" if i == 0 else f"shaped inference saying class {fav}")
+        parts.append(f"{share} in run {side}, mostly {_where(d.centre)}, {says} "
+                     f"({100 * big:.1f}% of the plane; {100 * small:.1f}% the other way)")
+    why = ", ".join(f"run {side}'s {b}" for side, b in zip(sides, batches))
+    return (f"PN and shaped inference {infer_ratio} classify " + ", and ".join(parts)
+            + f": the weights are the same and only the BN statistics differ, PN normalising "
+              f"with the running statistics of the training batches ({why}), shaped inference "
+              f"with those of each point's batch of clean references.")
+
+
 def run_title(side: str, label: str) -> str:
     """A run's panel title: ``A: PGD + shaping 1:3`` with the label's parenthesis (if any)
     as a subtitle."""
