@@ -29,7 +29,8 @@ import pandas as pd
 import torch
 
 from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS, L2_MINIMAL, LINF,
-                      Attack, make_attack, parse_attack_names, zero_gradient_fraction)
+                      Attack, budget_settings, make_attack, parse_attack_names,
+                      zero_gradient_fraction)
 from .config import ConfigError, Ratio, parse_device
 from .alternatives import make_classifier
 from .shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
@@ -513,19 +514,9 @@ def _plan(model, dataset, s: EvalSettings, device) -> _Plan:
 
 
 def _single_settings(s: EvalSettings, name: str, common: Dict[str, Any]) -> Dict[str, Any]:
-    """A single attack's settings from the evaluation's (the budget fields by attack)."""
-    kw = dict(common)
-    if name == "fgsm" and s.fgsm_eps is not None:
-        kw["eps"] = s.fgsm_eps
-    if name.startswith("apgd") or name in ("fab_t", "transfer"):
-        kw["steps"] = s.apgd_steps
-    if name in ("apgd_t", "transfer", "fab_t"):
-        kw["n_target_classes"] = s.n_target_classes
-    if name == "square":
-        kw["n_queries"] = s.square_queries
-    if name == "cw":
-        kw["steps"] = s.cw_steps
-    return kw
+    """A single attack's settings from the evaluation's: the common ones, then the budget the
+    attack declares (``Attack.budget``: its settings field -> the EvalSettings field)."""
+    return {**common, **budget_settings(name, s.to_dict())}
 
 
 def _batch(plan: _Plan, b: int):
