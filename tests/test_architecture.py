@@ -25,8 +25,8 @@ CORE = ROOT / "normshape_core"
 LAYERS: List[List[str]] = [
     # 0 foundations: the version, registries of datasets and models, the norm layers, the
     #   user folder, the fault-injection points, intervals and paired tests (stats), reading
-    #   a file safely (files)
-    ["_version", "data", "models", "norms", "userdata", "faults", "stats", "files"],
+    #   a file safely (files), the names every layer shares (names)
+    ["_version", "data", "models", "norms", "userdata", "faults", "stats", "files", "names"],
     # 1 settings
     ["config", "presets"],
     # 2 building blocks of training and evaluation (the inference modes: shaping's and the

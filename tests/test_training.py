@@ -181,8 +181,8 @@ def test_channels_last_is_an_opt_in_recorded_setting(digits):
 
 def test_every_method_and_shaping_mode_is_a_unit_of_the_loop():
     from normshape_core.config import METHODS, SHAPING_MODES
-    from normshape_core.objectives import OBJECTIVES, SHAPINGS
+    from normshape_core.objectives import CRAFTING_RULES, OBJECTIVES
 
     assert set(OBJECTIVES) == set(METHODS)
-    assert set(SHAPINGS) == set(SHAPING_MODES)
+    assert set(CRAFTING_RULES) == set(SHAPING_MODES)
     assert [o.attack_loss for o in OBJECTIVES.values() if o.adversarial] == ["ce", "kl"]

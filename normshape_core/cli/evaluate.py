@@ -16,6 +16,7 @@ from ..evaluation import (DEFAULT_GAP_THRESHOLD, WORST, EvalSettings, _check_set
                           evaluate_checkpoint, format_table, parse_classify,
                           parse_ratio_list, rows_of, split_attacks, table_iii, table_iv,
                           table_like_paper, table_worst_case, training_label)
+from ..names import INFERENCE_RATIOS
 from ..stats import INTERVAL_NAME
 from ..worst_case import DEFAULT_ENSEMBLE, SQUARE_QUERIES
 from ._common import document_defaults
@@ -225,7 +226,7 @@ def check_cli_settings(args, **extra) -> EvalSettings:
 def add_grid_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``python -m normshape_core grid`` (Table IV)."""
     parser.add_argument("checkpoints", nargs="+", help="checkpoints, one per training ratio")
-    parser.add_argument("--inference-ratios", default="1:0,1:1,1:3,1:9,1:19,1:49",
+    parser.add_argument("--inference-ratios", default=",".join(INFERENCE_RATIOS),
                         help="inference ratios adv:clean (comma-separated)")
     parser.add_argument("--attack", default="pgd", help="attack of the grid: pgd (the paper's "
                         "protocol: crafted with PN) or fgsm / apgd, or an ensemble (default, "

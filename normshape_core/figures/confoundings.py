@@ -15,9 +15,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from normshape_core.figures.colors import BN_COLOR, CLEAN_COLOR, PN_COLOR  # noqa: E402,F401
+from normshape_core.figures.colors import (BN_COLOR, CLEAN_COLOR, PN_COLOR,  # noqa: F401
+                                           SHAPED_COLOR)
 
-SHAPED_COLOR = "#a63603"  # shaped batches: BN's family, darker
 DATASET_COLORS = {"moons": "#1b9e77", "spirals": "#d95f02", "digits": "#7570b3",
                   "fashion_mnist": "#e7298a"}
 DATASET_SYMBOLS = {"moons": "circle", "spirals": "square", "digits": "diamond",
