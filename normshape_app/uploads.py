@@ -123,6 +123,10 @@ def upload_section() -> None:
                 "that passes the checkpoint schema (known dataset, model and settings, a "
                 "bounded model size, a dataset present on this server), weights that match "
                 "their SHA-256 and fit the model. Pickle files are refused, never opened.")
+    st.caption("A model of your own (your code, any architecture with BatchNorm) is not "
+               "uploaded here, where no uploaded code ever runs: evaluate it on your machine "
+               "with `normshape evaluate --model package.module:factory --weights FILE "
+               "--data FILE.npz` (README, \"Evaluate your own model\").")
     files = st.file_uploader("Checkpoint files", type=["safetensors", "json"],
                              accept_multiple_files=True, key="cmp_upload",
                              max_upload_size=limit,

@@ -34,8 +34,10 @@ LAYERS: List[List[str]] = [
     ["shaping", "alternatives", "attacks"],
     # 3 training and what it writes
     ["training", "objectives", "checkpoints", "distributed", "runlock"],
-    # 4 measuring trained models
-    ["evaluation", "eval_work", "worst_case", "diagnostics", "projections", "experiments"],
+    # 4 measuring trained models (own_model: a model from the user's own code, its weights
+    #   and data, checked for what the measuring needs)
+    ["evaluation", "eval_work", "worst_case", "diagnostics", "projections", "experiments",
+     "own_model"],
     # 5 figures (plotly; the Playground's live regions with Pillow)
     ["figures"],
     # 6 entry points: the package's public API, the command line, the app-facing jobs and
