@@ -18,6 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from _timing import fmt_ms, interleaved, table, time_once
 from _common import APP, RESULTS, ROOT, child_json, header, say, summary
+from normshape_core.names import META_NAME
 
 
 def app_pages() -> List[str]:
@@ -52,7 +53,7 @@ def section_app(args, device) -> None:
             shutil.copytree(ROOT / "checkpoints", ck)  # pages may write evaluation caches
         else:
             ck.mkdir()
-        n_ck = len(list(ck.rglob("model.json")))
+        n_ck = len(list(ck.rglob(META_NAME)))
         env = dict(os.environ, NORMSHAPE_CHECKPOINT_DIRS=str(ck),
                    NORMSHAPE_RUNS_DIR=str(tmp / "runs"), NORMSHAPE_HOME=str(tmp / "home"))
         pages = app_pages()

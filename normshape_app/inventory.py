@@ -14,6 +14,7 @@ import streamlit as st
 from normshape_app import PACKAGE_DIR
 from normshape_app.style import md_escape, public_text
 from normshape_core import userdata
+from normshape_core.names import META_NAME, SHAPING_LABELS
 
 
 SOURCE_ROOT = PACKAGE_DIR.parent  # the source tree, when the app runs from a checkout
@@ -137,8 +138,7 @@ class Ckpt:
         norms = f", {norm_text(c)}" if norm_text(c) else ""
         if c["method"] == "natural":
             return "natural" + norms
-        mode = {"none": "adv only", "train": "shaping in training",
-                "attack+train": "shaping"}[c["shaping"]]
+        mode = {**SHAPING_LABELS, "attack+train": "shaping"}[c["shaping"]]
         if c.get("norm") == "dual_bn":
             mode = "clean + adv"
         if c["shaping"] != "none":
@@ -170,8 +170,7 @@ class Ckpt:
         if c["method"] == "natural":
             mode = "natural"
         else:
-            mode = {"none": "adv only", "train": "shaping in training",
-                    "attack+train": "shaping in attack+training"}[c["shaping"]]
+            mode = SHAPING_LABELS[c["shaping"]]
             if c.get("norm") == "dual_bn":
                 mode = "clean + adv"
             if c["shaping"] != "none":
@@ -204,7 +203,7 @@ def _signature(dirs: Sequence[Path]) -> Tuple:
     sig = []
     for d in dirs:
         if d.is_dir():
-            for p in d.rglob("model.json"):
+            for p in d.rglob(META_NAME):
                 try:
                     sig.append((str(p), p.stat().st_mtime_ns))
                 except OSError:

@@ -150,6 +150,10 @@ def upload_section() -> None:
     if done is not None:  # the last attempt's outcome, kept across the box's reset
         (st.success if done[0] == "success" else st.error)(done[1])
     attempt = st.session_state.setdefault("cmp_upload_attempt", 0)
+    st.caption("A model of your own (your code, any architecture with BatchNorm) is not "
+               "uploaded here, where no uploaded code ever runs: evaluate it on your machine "
+               "with `normshape evaluate --model package.module:factory --weights FILE "
+               "--data FILE.npz` (README, \"Evaluate your own model\").")
     files = st.file_uploader("Checkpoint files", type=["safetensors", "json"],
                              accept_multiple_files=True, key=f"cmp_upload_{attempt}",
                              max_upload_size=limit,

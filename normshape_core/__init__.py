@@ -42,6 +42,9 @@ _LAZY: Dict[str, str] = {
     "table_like_paper": ".evaluation", "table_worst_case": ".evaluation",
     "table_iv": ".evaluation", "format_table": ".evaluation",
     "worst_case": ".worst_case", "make_ensemble": ".worst_case",
+    # your own model: its factory and weights, your data, the checks
+    "load_own_model": ".own_model", "dataset_from_arrays": ".own_model",
+    "check_own_model": ".own_model", "load_data": ".own_model",
     # diagnostics
     "moving_target": ".diagnostics", "diagnose": ".diagnostics",
     "diagnose_checkpoint": ".diagnostics", "DiagnoseSettings": ".diagnostics",

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .config import ConfigError
+from .names import META_NAME
 
 RESULTS_NAME = "alternatives.json"
 REPORT_NAME = "ALTERNATIVES.md"
@@ -197,7 +198,7 @@ def train_alternatives(settings: AlternativesSettings, *, progress: bool = True,
         cfg = run_config(s.dataset, alt, s.seed, device=s.device, **s.overrides())
         run_dir = s.out / cfg.run_name()
         runs[alt.key] = run_dir
-        if (run_dir / "model.json").exists():
+        if (run_dir / META_NAME).exists():
             meta = read_meta(run_dir)
             if TrainConfig.from_dict(meta["config"]).fingerprint() == cfg.fingerprint():
                 log(f"[{i}/{len(alts)}] {alt.key}: done already ({run_dir})")
@@ -220,7 +221,7 @@ def shipped_runs(dataset: str, repro: Path, seed: int = 0) -> Dict[str, Path]:
     for spec in PAPER_SET:
         if spec.key in keys:
             folder = Path(repro) / repro_config(dataset, spec, seed).run_name()
-            if (folder / "model.json").exists():
+            if (folder / META_NAME).exists():
                 out[spec.key] = folder
     return out
 

@@ -21,12 +21,13 @@ import torch
 from torch import nn
 
 from . import files
+from .config import MAX_MODEL_DEPTH, MAX_MODEL_WIDTH, MAX_PARAMETERS
 from .faults import fault_point
+from .files import MAX_META_BYTES
+from .names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
 
 FORMAT = "normshape-checkpoint"
 FORMAT_VERSION = 1
-WEIGHTS_NAME = "model.safetensors"
-META_NAME = "model.json"
 MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -268,18 +269,15 @@ DATASET_SHAPES: Dict[str, Tuple[Tuple[int, ...], int]] = {
     "blobs": ((2,), 2), "digits": ((1, 8, 8), 10),
     "fashion_mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10)}
-#: Bounds checked before any model is built: the paper's wide ResNet-34-10 has 46.2 M
-#: parameters (185 MB); depth and width are bounded first so that counting stays cheap.
-MAX_PARAMETERS = 100_000_000
-MAX_DEPTH = 1000
-MAX_WIDTH = 100_000
-MAX_META_BYTES = 16 * 1024 * 1024
+#: Bounds checked before any model is built are the trainer's own (``config``): depth and
+#: width first (``MAX_MODEL_DEPTH``, ``MAX_MODEL_WIDTH``), so that counting stays cheap, then
+#: the parameter count (``MAX_PARAMETERS``); ``MAX_META_BYTES`` is ``files``'.
 #: The largest files read from a run folder, checked before reading (``files``): weights of
 #: MAX_PARAMETERS parameters in float64 with as many buffers, plus the header; the resume
 #: state adds the optimizer's moments; the metrics log of a long run is tens of MB.
 MAX_WEIGHTS_BYTES = 16 * MAX_PARAMETERS + MAX_HEADER
 MAX_STATE_BYTES = 4 * MAX_WEIGHTS_BYTES
-MAX_METRICS_BYTES = files.MAX_LOG_BYTES
+MAX_METRICS_BYTES = files.MAX_LOG_BYTES  # the metrics log: METRICS_NAME
 #: Settings every checkpoint's config names (the pages read them); the others may be absent
 #: (checkpoints written before they existed) and then have TrainConfig's defaults.
 REQUIRED_CONFIG = ("dataset", "model", "method", "shaping", "ratio", "eps")
@@ -360,7 +358,7 @@ def parameter_count(model: str, input_shape: Tuple[int, ...], num_classes: int,
     raise ValueError(f"unknown model {model!r}")
 
 
-def validate_meta(meta: Any, path: str | Path = "model.json") -> Dict[str, Any]:
+def validate_meta(meta: Any, path: str | Path = META_NAME) -> Dict[str, Any]:
     """Check a checkpoint's metadata against the schema and return it; the first problem
     raises ``CheckpointError(path, "<field>: <problem>")``. Checked: format and version;
     the keys the pages read, with their types; a known dataset, model, method and shaping;
@@ -467,10 +465,10 @@ def validate_meta(meta: Any, path: str | Path = "model.json") -> Dict[str, Any]:
         if cfg.get(key) is not None and cfg[key] < 1:
             bad(f"config.{key}", f"{cfg[key]} is not >= 1")
     depth, width = cfg.get("model_depth"), cfg.get("model_width")
-    if depth is not None and depth > MAX_DEPTH:
-        bad("config.model_depth", f"{depth} is larger than {MAX_DEPTH}")
-    if width is not None and width > MAX_WIDTH:
-        bad("config.model_width", f"{width} is larger than {MAX_WIDTH}")
+    if depth is not None and depth > MAX_MODEL_DEPTH:
+        bad("config.model_depth", f"{depth} is larger than {MAX_MODEL_DEPTH}")
+    if width is not None and width > MAX_MODEL_WIDTH:
+        bad("config.model_width", f"{width} is larger than {MAX_MODEL_WIDTH}")
     model = cfg["model"]
     if depth is not None and model not in ("mlp", "wide_resnet"):
         bad("config.model_depth", f"model {model} has a fixed depth")
@@ -510,7 +508,7 @@ def _short(value: Any, n: int = 60) -> str:
     return text if len(text) <= n else text[:n - 3] + "..."
 
 
-def build_from_meta(meta: Dict[str, Any], path: str | Path = "model.json") -> nn.Module:
+def build_from_meta(meta: Dict[str, Any], path: str | Path = META_NAME) -> nn.Module:
     """The model a checkpoint's metadata describes (weights not loaded), after
     ``validate_meta``: a model too large or unfit for its dataset is never built."""
     from .config import TrainConfig
@@ -612,7 +610,7 @@ def save_training_state(run_dir: str | Path, trainer) -> None:
     name = f"state-{digest[:16]}.safetensors"
     n = trainer.epoch  # the fault-injection ordinal of this write (faults.py)
     atomic_write_bytes(run_dir / name, data, fault=("state.tensors", n))
-    atomic_write_json(run_dir / "state.json", {
+    atomic_write_json(run_dir / STATE_NAME, {
         "format": FORMAT + "-state", "config_fingerprint": trainer.cfg.fingerprint(),
         "config": trainer.cfg.to_dict(),
         "step": trainer.step, "epoch": trainer.epoch, "param_groups": opt_state["param_groups"],
@@ -627,7 +625,7 @@ def remove_orphan_states(run_dir: str | Path) -> None:
     state.json a kill never committed). Only while holding the run folder."""
     run_dir = Path(run_dir)
     try:
-        current = files.read_json(run_dir / "state.json", MAX_META_BYTES).get("state_file")
+        current = files.read_json(run_dir / STATE_NAME, MAX_META_BYTES).get("state_file")
     except (files.UnreadableFile, AttributeError):
         current = None
     for old in state_files(run_dir):
@@ -637,7 +635,7 @@ def remove_orphan_states(run_dir: str | Path) -> None:
 
 def saved_state_summary(run_dir: str | Path) -> Optional[Dict[str, Any]]:
     """state.json of an interrupted run (None when there is none or it is unreadable)."""
-    meta = files.read_json_or_none(Path(run_dir) / "state.json", MAX_META_BYTES)
+    meta = files.read_json_or_none(Path(run_dir) / STATE_NAME, MAX_META_BYTES)
     return meta if isinstance(meta, dict) else None
 
 
@@ -664,7 +662,7 @@ def state_files(run_dir: str | Path) -> List[Path]:
 
 def load_training_state(run_dir: str | Path, trainer) -> None:
     run_dir = Path(run_dir)
-    meta_path = run_dir / "state.json"
+    meta_path = run_dir / STATE_NAME
     try:
         meta = files.read_json(meta_path, MAX_META_BYTES, "saved training state")
     except files.UnreadableFile as e:

@@ -26,6 +26,10 @@ LR_SCHEDULES = ("constant", "cosine", "multistep")
 MAX_SEED = 2 ** 31 - 3  # the trainer seeds generators with seed, seed + 1 and seed + 2
 MAX_MODEL_WIDTH = 4096
 MAX_MODEL_DEPTH = 1000
+#: the largest model normshape trains and reads back, counted before it is built (the
+#: paper's wide ResNet-34-10 has 46.2 M parameters); one limit for the trainer
+#: (``training.check_model_size``) and the checkpoint schema (``checkpoints.validate_meta``)
+MAX_PARAMETERS = 200_000_000
 MAX_RATIO_PARTS = 1000
 MAX_COUNT = 10 ** 9
 _KIND_TEXT = {"int": "a whole number", "float": "a number", "str": "text", "bool": "true or false"}

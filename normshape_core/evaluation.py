@@ -1,5 +1,5 @@
 """Robustness evaluation that names both sides: the norms an attack was crafted with and the
-inference mode the defender classified with (DESIGN.md, "Evaluation must be honest").
+inference mode the defender classified with (docs/vocabulary.md, "The evaluation rules").
 
 ``evaluate`` crafts each attack once per crafting norms and classifies the same examples
 under every inference mode where that is valid, exactly as the paper's Tables I/II: PN-crafted
@@ -29,8 +29,10 @@ import pandas as pd
 import torch
 
 from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS, L2_MINIMAL, LINF,
-                      Attack, make_attack, parse_attack_names, zero_gradient_fraction)
+                      Attack, budget_settings, make_attack, parse_attack_names,
+                      zero_gradient_fraction)
 from .config import ConfigError, Ratio, parse_device
+from .names import WORST  # the ``attack`` of a worst-case row (``ensemble`` names the members)
 from .alternatives import make_classifier
 from .shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
                       make_reference_pool)
@@ -45,8 +47,6 @@ ROW_KEYS = ("attack", "crafted_with", "classified_with", "ratio", "group_size", 
 #: the evaluation's version in its cache key: results of an earlier engine are recomputed
 #: (2: the default ensemble with transfer, breaks never undone, per-sample masks)
 ENGINE_VERSION = 2
-#: the ``attack`` of a worst-case row (its ``ensemble`` column names the members)
-WORST = "worst_case"
 #: warn when the worst case lies this far below the best single attack asked for
 WORST_CASE_GAP = 0.03
 #: warn when a black-box attack breaks more than this fraction of the samples that survived
@@ -513,19 +513,9 @@ def _plan(model, dataset, s: EvalSettings, device) -> _Plan:
 
 
 def _single_settings(s: EvalSettings, name: str, common: Dict[str, Any]) -> Dict[str, Any]:
-    """A single attack's settings from the evaluation's (the budget fields by attack)."""
-    kw = dict(common)
-    if name == "fgsm" and s.fgsm_eps is not None:
-        kw["eps"] = s.fgsm_eps
-    if name.startswith("apgd") or name in ("fab_t", "transfer"):
-        kw["steps"] = s.apgd_steps
-    if name in ("apgd_t", "transfer", "fab_t"):
-        kw["n_target_classes"] = s.n_target_classes
-    if name == "square":
-        kw["n_queries"] = s.square_queries
-    if name == "cw":
-        kw["steps"] = s.cw_steps
-    return kw
+    """A single attack's settings from the evaluation's: the common ones, then the budget the
+    attack declares (``Attack.budget``: its settings field -> the EvalSettings field)."""
+    return {**common, **budget_settings(name, s.to_dict())}
 
 
 def _batch(plan: _Plan, b: int):

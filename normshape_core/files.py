@@ -24,6 +24,8 @@ from typing import Any, Optional
 MB = 1 << 20
 #: the largest log read whole (a run's metrics.jsonl: tens of MB for 80,000 steps)
 MAX_LOG_BYTES = 1 << 30
+#: the largest JSON metadata read: a checkpoint's model.json, a resume state's state.json
+MAX_META_BYTES = 16 << 20
 _CHUNK = 1 << 20
 
 

@@ -45,13 +45,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
+
 JOB_FILE = "job.json"
 STATUS_FILE = "status.json"
 STOP_FILE = "STOP"
 PAUSE_FILE = "PAUSE"
 LOG_FILE = "worker.log"
 PID_FILE = "worker.pid"
-METRICS_FILE = "metrics.jsonl"
 
 ACTIVE_STATES = ("queued", "starting", "running", "paused")
 ALIVE_STATES = ("starting", "running", "paused")  # a worker process says so itself
@@ -222,18 +223,18 @@ def _finished_elsewhere(status: JobStatus) -> None:
     (``normshape train ... --resume`` on its folder): its checkpoint is final (no
     ``stopped`` record, no resume state left), so the run is finished, with the
     checkpoint's metrics."""
-    from .files import read_json_or_none
+    from .files import MAX_META_BYTES, read_json_or_none
 
     run_dir = status.run_dir
-    if (run_dir / "state.json").exists():
+    if (run_dir / STATE_NAME).exists():
         return
-    meta = read_json_or_none(run_dir / "model.json", 16 << 20)
+    meta = read_json_or_none(run_dir / META_NAME, MAX_META_BYTES)
     if not isinstance(meta, dict) or "stopped" in meta or not isinstance(
             meta.get("config"), dict):
         return
     final = meta.get("final_metrics")
     status.state, status.error, status.eta_s, status.stopped_epoch = "finished", None, None, None
-    status.checkpoint = str(run_dir / "model.safetensors")
+    status.checkpoint = str(run_dir / WEIGHTS_NAME)
     status.final_metrics = ({k: v for k, v in final.items() if isinstance(v, (int, float))}
                             if isinstance(final, dict) else {})
     if isinstance(meta.get("steps"), int):
@@ -260,7 +261,7 @@ def read_metrics(run_dir: str | Path) -> List[Dict[str, Any]]:
     """The rows of ``metrics.jsonl`` (a half-written last line is skipped)."""
     from .files import MAX_LOG_BYTES, UnreadableFile, read_text
 
-    path = Path(run_dir) / METRICS_FILE
+    path = Path(run_dir) / METRICS_NAME
     rows: List[Dict[str, Any]] = []
     try:
         text = read_text(path, MAX_LOG_BYTES, errors="replace")
@@ -545,7 +546,7 @@ class _Worker:
         that epoch's end. Returns k, or None when no epoch had ended (nothing to keep)."""
         from .checkpoints import load_training_state, save_checkpoint
 
-        if not (self.run_dir / "state.json").exists():
+        if not (self.run_dir / STATE_NAME).exists():
             return None
         load_training_state(self.run_dir, trainer)  # rewinds model, optimizer, counters
         k, n = int(trainer.epoch), int(trainer.cfg.epochs or 0)
@@ -579,7 +580,7 @@ class _Worker:
             data = load_dataset(cfg.dataset, root=cfg.data_root, seed=cfg.seed)
             self.write(force=True, phase=f"building the model ({cfg.model})")
             trainer = Trainer(cfg, data)
-            resume = bool(self.job.get("resume")) and (self.run_dir / "state.json").exists()
+            resume = bool(self.job.get("resume")) and (self.run_dir / STATE_NAME).exists()
             self.write(force=True, total_steps=trainer.total_steps, epochs=trainer.cfg.epochs,
                        phase=("loading the saved training state, then the first step" if resume
                               else "the first training step"))
@@ -605,7 +606,7 @@ class _Worker:
                 except Exception as e:  # noqa: BLE001 - the stop itself succeeded
                     traceback.print_exc()
                     self.write(error=f"no checkpoint kept: {type(e).__name__}: {e}"[:500])
-            extra = {"checkpoint": str(self.run_dir / "model.safetensors")} if kept else {}
+            extra = {"checkpoint": str(self.run_dir / WEIGHTS_NAME)} if kept else {}
             self.write(force=True, state="stopped", eta_s=None, phase="", stopped_epoch=kept,
                        **extra)
             return 0

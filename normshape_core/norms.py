@@ -1,6 +1,6 @@
 """Norm control: run any model with PN, with BN that updates running statistics, or with frozen BN.
 
-Vocabulary (see DESIGN.md):
+Vocabulary (docs/vocabulary.md):
 - PN (population norms): BatchNorm uses its running statistics (PyTorch ``eval()``).
 - BN with update: BatchNorm uses batch statistics and updates running statistics
   (PyTorch ``train()``); only the training forward of a training step runs like this.

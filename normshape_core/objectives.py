@@ -7,7 +7,7 @@ minimises.
 - ``pgd`` (Madry PGD-AT): PGD on cross-entropy; cross-entropy on the crafted batch.
 - ``trades`` (Zhang et al. 2019): PGD on KL(adv || clean prediction); CE + beta * KL.
 
-Shaping modes (``SHAPINGS[cfg.shaping]``, the paper's Tables I-II rows): which rows of the
+Shaping modes (``CRAFTING_RULES[cfg.shaping]``, the paper's Tables I-II rows): which rows of the
 batch are perturbed and what each attack step forwards. The trainer calls ``craft`` under the
 attack's norm mode (frozen BN), with ``k`` clean rows first.
 - ``none``: adv only; the whole batch is attacked through its own statistics and trained on.
@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .norms import ADV, CLEAN, NormMode, dual_route, norm_mode
 
 #: ``attack(fn, x, y, target_probs) -> x_adv``: the training attack with the run's settings
-Attack = Callable[..., torch.Tensor]
+AttackFn = Callable[..., torch.Tensor]
 
 
 @dataclass
@@ -130,11 +130,11 @@ class AdvOnly:
 
     name = "none"
 
-    def attack_whole_batch(self, model, x, y, objective, attack: Attack):
+    def attack_whole_batch(self, model, x, y, objective, attack: AttackFn):
         probs = _target(objective, lambda: model(x))
         return attack(model, x, y, probs), probs
 
-    def craft(self, model, x, y, k: int, objective: Natural, attack: Attack) -> CraftedBatch:
+    def craft(self, model, x, y, k: int, objective: Natural, attack: AttackFn) -> CraftedBatch:
         x_adv, probs = self.attack_whole_batch(model, x, y, objective, attack)
         return CraftedBatch(x_adv, y, 0, probs)
 
@@ -145,7 +145,7 @@ class ShapeInTraining(AdvOnly):
 
     name = "train"
 
-    def craft(self, model, x, y, k: int, objective: Natural, attack: Attack) -> CraftedBatch:
+    def craft(self, model, x, y, k: int, objective: Natural, attack: AttackFn) -> CraftedBatch:
         x_adv, probs = self.attack_whole_batch(model, x, y, objective, attack)
         return CraftedBatch(torch.cat([x[:k], x_adv[k:]]), y, k,
                             None if probs is None else probs[k:])
@@ -157,14 +157,14 @@ class ShapeAttackAndTraining:
 
     name = "attack+train"
 
-    def craft(self, model, x, y, k: int, objective: Natural, attack: Attack) -> CraftedBatch:
+    def craft(self, model, x, y, k: int, objective: Natural, attack: AttackFn) -> CraftedBatch:
         clean = x[:k]
         probs = _target(objective, lambda: model(x)[k:])
         x_adv = attack(lambda xa: model(torch.cat([clean, xa]))[k:], x[k:], y[k:], probs)
         return CraftedBatch(torch.cat([clean, x_adv]), y, k, probs)
 
 
-SHAPINGS = {s.name: s for s in (AdvOnly(), ShapeInTraining(), ShapeAttackAndTraining())}
+CRAFTING_RULES = {s.name: s for s in (AdvOnly(), ShapeInTraining(), ShapeAttackAndTraining())}
 
 
 class DualBN:
@@ -174,7 +174,7 @@ class DualBN:
 
     name = "dual"
 
-    def craft(self, model, x, y, k: int, objective: Natural, attack: Attack) -> CraftedBatch:
+    def craft(self, model, x, y, k: int, objective: Natural, attack: AttackFn) -> CraftedBatch:
         with dual_route(model, CLEAN):
             probs = _target(objective, lambda: model(x))
         with dual_route(model, ADV):
@@ -184,7 +184,7 @@ class DualBN:
 
 def crafting_rule(cfg: TrainConfig):
     """The crafting rule of a run: dual BN's, or its shaping mode's."""
-    return DualBN() if cfg.norm == "dual_bn" else SHAPINGS[cfg.shaping]
+    return DualBN() if cfg.norm == "dual_bn" else CRAFTING_RULES[cfg.shaping]
 
 
 # ---------------------------------------------------------------------- gradient clipping

@@ -39,13 +39,12 @@ import torch
 
 from . import projections as P
 from .attacks import pgd_linf
-from .config import ConfigError, Ratio, TrainConfig
+from .config import METHODS, SHAPING_MODES, ConfigError, Ratio, TrainConfig  # noqa: F401
 from .data import DATASETS_2D, Dataset, load_dataset
 from .shaping import PNClassifier, make_reference_pool
 from .training import StopTraining, Trainer
 
-METHODS = ("natural", "pgd", "trades")
-SHAPINGS = ("none", "train", "attack+train")
+SHAPINGS = SHAPING_MODES  # the Playground page's name for config.SHAPING_MODES
 #: the MLP's norm layers a run can have: BN, dual BN (a clean and an adversarial set; the
 #: regions are drawn with its adversarial set), LayerNorm (no batch statistics)
 NORMS = ("bn", "dual_bn", "ln")

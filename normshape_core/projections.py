@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attacks.base import LogitsFn
 from .norms import NormMode, capture_bn_stats, norm_mode
 
-Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
 # ====================================================================== classifiers
@@ -96,7 +96,7 @@ def fixed_references(pool: torch.Tensor, ratio: "str", seed: int = 0) -> torch.T
 
 
 @torch.no_grad()
-def _logits_in_chunks(clf: Classifier, x: torch.Tensor, chunk: int) -> torch.Tensor:
+def _logits_in_chunks(clf: LogitsFn, x: torch.Tensor, chunk: int) -> torch.Tensor:
     return torch.cat([clf(x[i:i + chunk]) for i in range(0, len(x), chunk)])
 
 
@@ -141,7 +141,7 @@ class Regions:
         return float((self.pred != other.pred).mean())
 
 
-def decision_regions(clf: Classifier, grid: Grid2D, chunk: int = 4096) -> Regions:
+def decision_regions(clf: LogitsFn, grid: Grid2D, chunk: int = 4096) -> Regions:
     """Evaluate ``clf`` on every grid point (chunks of ``chunk`` points)."""
     pts = grid.points
     logits = _logits_in_chunks(clf, pts, chunk)
@@ -190,7 +190,7 @@ def slice_points(x0: torch.Tensor, d1: torch.Tensor, d2: torch.Tensor, extent: f
     return coef, pts
 
 
-def input_slice(clf: Classifier, x0: torch.Tensor, label: int, d1: torch.Tensor,
+def input_slice(clf: LogitsFn, x0: torch.Tensor, label: int, d1: torch.Tensor,
                 d2: torch.Tensor, extent: float = 2.0, resolution: int = 31,
                 chunk: int = 512) -> Slice2D:
     """Classify the plane around image ``x0`` spanned by ``d1`` (e.g. the adversarial

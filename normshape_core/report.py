@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .config import ConfigError
+from .names import WORST
 from .reproduce import (ATTACK_LABELS, MAIN_KEYS, POLLUTED_KEY, SHAPED_KEYS, TABLE_ATTACKS,
                         TABLE_IV_INFERENCE, TABLE_IV_TRAINING, WORST_ENSEMBLE, _fmt,
                         load_results)
 from .stats import (HOLDS, INCONCLUSIVE, INTERVAL_NAME, REVERSED, PairedVerdict, Proportion,
                     paired_verdict, unpack_mask)
 
-WORST = "worst_case"
 #: the largest report read and rewritten
 MAX_REPORT_BYTES = 16 << 20
 PAPER_CLAIMS = {  # the paper's numbers beside each claim (Tables I-III)

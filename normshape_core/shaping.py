@@ -1,4 +1,5 @@
-"""Inference modes as classifier wrappers: PN, BN and shaped inference (the paper's Eq. 6).
+"""Inference modes as classifier wrappers: PN, BN and shaped inference (the paper's Eq. 6;
+the words: docs/vocabulary.md).
 
 Every wrapper is an ordinary callable ``clf(x) -> logits`` that returns the logits of x's
 rows only, runs BN as frozen BN (batch statistics, running statistics untouched) and restores

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from .config import ConfigError
-from .reproduce import REPRO_SETTINGS, RunSpec, _fmt, train_set
+from .names import META_NAME, METRICS_NAME, WEIGHTS_NAME
+from .reproduce import MAX_RESULTS_BYTES, REPRO_SETTINGS, RunSpec, _fmt, train_set
 
 SWEEP_VERSION = 1
 #: the two trainings of every cell (keys as in ``reproduce``)
@@ -72,7 +73,7 @@ BATCH_SIZES = (32, 64, 128)
 N_TEST = {"moons": 500, "spirals": 500, "digits": 397, "fashion_mnist": 300}
 #: training samples of the diagnostics (split into batches of the cell's BN batch size)
 N_DIAG = 256
-DATASETS = tuple(BASE)
+SWEEP_DATASETS = tuple(BASE)
 
 # The paper's numbers (ICTAI 2022, section IV-V; CIFAR-10, wide ResNet, eps 8/255).
 PAPER = {
@@ -121,7 +122,7 @@ def _input_kind(dataset: str) -> str:
     return "points" if BASE[dataset]["model"] == "mlp" else "images"
 
 
-def build_grid(datasets: Sequence[str] = DATASETS, tiny: bool = False) -> List[Cell]:
+def build_grid(datasets: Sequence[str] = SWEEP_DATASETS, tiny: bool = False) -> List[Cell]:
     """The cells: per dataset the base, then one axis at a time (the base value is not
     repeated). ``tiny``: the base and one deeper model per dataset (for tests)."""
     cells: List[Cell] = []
@@ -150,7 +151,6 @@ def build_grid(datasets: Sequence[str] = DATASETS, tiny: bool = False) -> List[C
 
 
 #: the largest results file and document read (the shipped ones: 0.2 MB and 30 kB)
-MAX_RESULTS_BYTES = 64 << 20
 MAX_DOC_BYTES = 16 << 20
 #: what every cell of a results file holds (a report reads these)
 _CELL_FIELDS = {"id": str, "dataset": str, "axis": str, "variant": str, "key": str,
@@ -203,7 +203,7 @@ def load_results(path: str | Path) -> Dict[str, Any]:
 
 def _canonical_order(ids: Sequence[str]) -> List[str]:
     """Cell ids in the full grid's order (dataset, then axis), unknown ids last as given."""
-    rank = {c.id: i for i, c in enumerate(build_grid(DATASETS))}
+    rank = {c.id: i for i, c in enumerate(build_grid(SWEEP_DATASETS))}
     return sorted(ids, key=lambda i: (rank.get(i, len(rank)), list(ids).index(i)))
 
 
@@ -291,7 +291,7 @@ class SweepSettings:
         if not self.report_only:
             if not self.datasets:
                 raise ConfigError(f"--datasets names no dataset; choose from: "
-                                  f"{', '.join(DATASETS)}")
+                                  f"{', '.join(SWEEP_DATASETS)}")
             unknown = [d for d in self.datasets if d not in BASE]
             if unknown:
                 raise ConfigError(f"no sweep settings for dataset {unknown[0]!r}; choose "
@@ -552,7 +552,7 @@ def lesson_choices(results: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
     return out
 
 
-LESSON_FILES = ("model.safetensors", "model.json", "metrics.jsonl")
+LESSON_FILES = (WEIGHTS_NAME, META_NAME, METRICS_NAME)
 
 
 def ship_lessons(results: Dict[str, Any], work: Path, out: Path, *, seed: int = 0,

@@ -24,7 +24,7 @@ import torch
 
 from . import distributed
 from .attacks import pgd_linf
-from .config import ConfigError, Ratio, TrainConfig
+from .config import MAX_PARAMETERS, ConfigError, Ratio, TrainConfig
 from .config import model_kwargs  # noqa: F401 - moved to config; this import path stays
 from .data import Dataset, load_dataset
 from .faults import FAULT_ENV, fault_point
@@ -36,8 +36,6 @@ from .objectives import OBJECTIVES, CraftedBatch, adaptive_gradient_clip_, craft
 EVENTS = ("on_step", "on_epoch_end", "on_train_end")
 
 
-#: the largest model the trainer builds (WRN-34-10, the paper's model, has 46 M parameters)
-MAX_PARAMETERS = 200_000_000
 
 
 class StopTraining(Exception):
@@ -339,7 +337,7 @@ class Trainer:
                 lock.release()
 
     def _check_run_folder(self, run_dir: Path, resume: bool) -> None:
-        from .checkpoints import (META_NAME, WEIGHTS_NAME, remove_orphan_states,
+        from .checkpoints import (META_NAME, STATE_NAME, WEIGHTS_NAME, remove_orphan_states,
                                   remove_stale_files, saved_state_summary, state_files)
 
         if self.dist.is_main:
@@ -352,7 +350,7 @@ class Trainer:
                                   f"it with --resume, or choose another --name or --out")
         elif (run_dir / META_NAME).exists():
             if self.dist.is_main:  # a kill after the final commit left the resume state
-                for leftover in [run_dir / "state.json"] + state_files(run_dir):
+                for leftover in [run_dir / STATE_NAME] + state_files(run_dir):
                     leftover.unlink(missing_ok=True)
             raise ConfigError(f"{run_dir} already holds a finished checkpoint "
                               f"({run_dir / WEIGHTS_NAME}), left as it is; "
@@ -388,7 +386,7 @@ class Trainer:
     def _open_run(self, run_dir: Optional[Path], resume: bool, lock=None):
         """The run folder checked (or resumed from), the lock's holder written; returns
         (metrics path, rank log)."""
-        from .checkpoints import load_training_state
+        from .checkpoints import METRICS_NAME, STATE_NAME, load_training_state
 
         if run_dir is None:
             return None, None
@@ -397,8 +395,8 @@ class Trainer:
         self._check_run_folder(run_dir, resume)
         if lock is not None:
             lock.announce()
-        metrics_path = run_dir / "metrics.jsonl"
-        resumed = resume and (run_dir / "state.json").exists()
+        metrics_path = run_dir / METRICS_NAME
+        resumed = resume and (run_dir / STATE_NAME).exists()
         self.dist.same_on_all_ranks(resumed, f"not every rank sees the saved state in "
                                     f"{run_dir}: put --out on a filesystem all nodes share")
         if resumed:
@@ -472,7 +470,7 @@ class Trainer:
 
     def _finish(self, run_dir: Optional[Path], stopped: bool, t0: float) -> "TrainResult":
         """The final metrics and (with a run folder, unless stopped) the checkpoint."""
-        from .checkpoints import WEIGHTS_NAME, save_checkpoint, state_files
+        from .checkpoints import STATE_NAME, WEIGHTS_NAME, save_checkpoint, state_files
 
         self.dist.average_running_stats(self.model)
         final = self.history[-1] if self.history and any(
@@ -488,7 +486,7 @@ class Trainer:
             self.dist.barrier()
             path = run_dir / WEIGHTS_NAME
             if self.dist.is_main:  # the resume state: done with it (state.json first, so a
-                (run_dir / "state.json").unlink(missing_ok=True)  # kill never leaves it
+                (run_dir / STATE_NAME).unlink(missing_ok=True)  # kill never leaves it
                 fault_point("final.cleanup", 1)  # naming a missing file)
                 for leftover in state_files(run_dir):
                     leftover.unlink(missing_ok=True)
@@ -552,8 +550,7 @@ def _stopped_record(meta_path: Path) -> Optional[Dict[str, Any]]:
     """The ``stopped`` record of a checkpoint kept by a stopped background run (jobs.py), or
     None (no checkpoint, a finished one, or metadata that cannot be read: treated as
     finished, so never overwritten)."""
-    from .checkpoints import MAX_META_BYTES
-    from .files import read_json_or_none
+    from .files import MAX_META_BYTES, read_json_or_none
 
     meta = read_json_or_none(meta_path, MAX_META_BYTES)
     stopped = meta.get("stopped") if isinstance(meta, dict) else None

@@ -51,7 +51,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 
-from .attacks import ADAPTIVE_ATTACKS, ATTACKS, Attack, make_attack
+from .attacks import ADAPTIVE_ATTACKS, ATTACKS, Attack, budget_settings, make_attack
 from .attacks.transfer import Transfer
 from .config import ConfigError
 
@@ -484,25 +484,21 @@ def make_ensemble(members: Sequence[str], *, eps: float, seed: int = 0, steps: i
                   cw_steps: int = 100, reference_pool=None, eot_draws: int = 8,
                   apgd_restarts: Optional[int] = None, vector_input: bool = False
                   ) -> List[Attack]:
-    """The ensemble's attacks with their settings: APGD-type attacks and transfer ``steps``
-    iterations, PGD-type ones ``pgd_steps``, Square ``n_queries``. APGD-CE runs
-    ``apgd_restarts`` times (None: ``APGD_RESTARTS_VECTORS`` on vector inputs, else
-    ``restarts``)."""
+    """The ensemble's attacks with their settings, each from the budget it declares
+    (``Attack.budget`` and ``ensemble_budget``, read by ``attacks.budget_settings``): here
+    ``steps`` is EvalSettings' ``apgd_steps`` (APGD-type attacks, FAB-T, transfer),
+    ``pgd_steps`` its ``steps`` (PGD-type attacks, and any other steps field), ``n_queries``
+    its ``square_queries``. APGD-CE runs ``apgd_restarts`` times (None:
+    ``APGD_RESTARTS_VECTORS`` on vector inputs, else ``restarts``)."""
+    given = {"apgd_steps": steps, "steps": pgd_steps, "cw_steps": cw_steps,
+             "square_queries": n_queries, "n_target_classes": n_target_classes,
+             "eot_draws": eot_draws,
+             "apgd_restarts": (apgd_restarts if apgd_restarts is not None else
+                               max(restarts, APGD_RESTARTS_VECTORS) if vector_input
+                               else restarts)}
     out = []
     for name in members:
-        kw = dict(eps=eps, seed=seed, restarts=restarts, eot_draws=eot_draws)
-        if name.startswith("apgd") or name in ("fab_t", "transfer"):
-            kw["steps"] = steps
-        elif name == "cw":
-            kw["steps"] = cw_steps
-        else:
-            kw["steps"] = pgd_steps
-        if name == "apgd":
-            kw["restarts"] = (apgd_restarts if apgd_restarts is not None else
-                              max(restarts, APGD_RESTARTS_VECTORS) if vector_input else restarts)
-        if n_queries is not None:
-            kw["n_queries"] = n_queries
-        if n_target_classes is not None:
-            kw["n_target_classes"] = n_target_classes
+        kw = dict(eps=eps, seed=seed, restarts=restarts, eot_draws=eot_draws, steps=pgd_steps)
+        kw.update(budget_settings(name, given, ensemble=True))
         out.append(make_attack(name, reference_pool=reference_pool, **kw))
     return out

@@ -25,8 +25,8 @@ CORE = ROOT / "normshape_core"
 LAYERS: List[List[str]] = [
     # 0 foundations: the version, registries of datasets and models, the norm layers, the
     #   user folder, the fault-injection points, intervals and paired tests (stats), reading
-    #   a file safely (files)
-    ["_version", "data", "models", "norms", "userdata", "faults", "stats", "files"],
+    #   a file safely (files), the names every layer shares (names)
+    ["_version", "data", "models", "norms", "userdata", "faults", "stats", "files", "names"],
     # 1 settings
     ["config", "presets"],
     # 2 building blocks of training and evaluation (the inference modes: shaping's and the
@@ -34,8 +34,10 @@ LAYERS: List[List[str]] = [
     ["shaping", "alternatives", "attacks"],
     # 3 training and what it writes
     ["training", "objectives", "checkpoints", "distributed", "runlock"],
-    # 4 measuring trained models
-    ["evaluation", "eval_work", "worst_case", "diagnostics", "projections", "experiments"],
+    # 4 measuring trained models (own_model: a model from the user's own code, its weights
+    #   and data, checked for what the measuring needs)
+    ["evaluation", "eval_work", "worst_case", "diagnostics", "projections", "experiments",
+     "own_model"],
     # 5 figures (plotly; the Playground's live regions with Pillow)
     ["figures"],
     # 6 entry points: the package's public API, the command line, the app-facing jobs and

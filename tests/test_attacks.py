@@ -257,11 +257,19 @@ def test_the_seed_matters_for_randomised_attacks(name):
     assert not torch.equal(a, _attack(name, 0.15, seed=1, **QUICK)(clf, x, y))
 
 
-def test_attacks_work_inside_a_no_grad_block():
+@pytest.mark.parametrize("name", ["pgd", "apgd_t", "square", "deepfool"])
+def test_attacks_work_inside_a_no_grad_block(name):
+    """Called inside a caller's ``torch.no_grad()``, an attack still crafts: the same
+    examples as outside it (gradients switched back on where it needs them), each one moved
+    and fooling some rows, not the clean inputs handed back."""
     model, _, x, y = _moons_batch()
+    clf = PNClassifier(model)
+    outside = _attack(name, 0.15, seed=5, **QUICK)(clf, x, y)
     with torch.no_grad():
-        for name in ("pgd", "apgd_t", "square", "deepfool"):
-            _attack(name, 0.15, **QUICK)(PNClassifier(model), x, y)
+        inside = _attack(name, 0.15, seed=5, **QUICK)(clf, x, y)
+        fooled = int((clf(inside).argmax(1) != y).sum()) - int((clf(x).argmax(1) != y).sum())
+    assert torch.equal(inside, outside), name
+    assert (inside - x).abs().amax() > 0 and fooled > 0, (name, fooled)
 
 
 # ---------------------------------------------------------------------- settings

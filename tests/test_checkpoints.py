@@ -225,3 +225,44 @@ def test_killed_cli_run_resumes_and_finishes(tmp_path):
     assert "checkpoint:" in out.stdout
     model, meta = load_checkpoint(tmp_path / "k")
     assert meta["epochs"] == 40 and meta["steps"] == 40 * (1000 // 64)
+
+
+def test_a_model_between_the_two_old_limits_trains_and_its_checkpoint_reads_back(
+        tmp_path, moons, monkeypatch):
+    """One limit on model size (``config.MAX_PARAMETERS``) for the trainer and the checkpoint
+    schema. An MLP 4,096 wide and 9 deep has 134 M parameters, between the trainer's old 200 M
+    and the schema's old 100 M: it passed the trainer's check and its checkpoint was then
+    refused when read back. Built on the meta device (no memory), its checkpoint written by
+    ``save_checkpoint`` with the trainer's own metadata (the weights' bytes a stand-in: meta
+    tensors have none), it now reads back; one above the limit is refused by both alike."""
+    from types import SimpleNamespace
+
+    from normshape_core import checkpoints
+    from normshape_core.config import MAX_PARAMETERS, ConfigError, model_kwargs
+    from normshape_core.models import build_model
+    from normshape_core.training import Trainer, check_model_size
+
+    def meta_of(cfg):
+        trainer = SimpleNamespace(cfg=cfg, data=moons, step=1, epoch=1,
+                                  dist=SimpleNamespace(world_size=1))
+        return Trainer.checkpoint_meta(trainer, {"test/clean_acc_pn": 0.5})
+
+    cfg = TrainConfig(dataset="moons", model="mlp", method="natural", model_width=4096,
+                      model_depth=9)
+    check_model_size(cfg, moons.input_shape, moons.num_classes)  # the trainer builds it
+    with torch.device("meta"):
+        model = build_model(cfg.model, moons.input_shape, moons.num_classes, **model_kwargs(cfg))
+    n = sum(p.numel() for p in model.parameters())
+    assert 100_000_000 < n <= MAX_PARAMETERS <= 200_000_000, n
+    monkeypatch.setattr(checkpoints, "_tensors_to_bytes", lambda tensors: b"meta tensors")
+    checkpoints.save_checkpoint(tmp_path / "run", model, meta_of(cfg))
+    back = read_meta(tmp_path / "run")  # the schema, with the parameter count, passes
+    assert (back["config"]["model_width"], back["config"]["model_depth"]) == (4096, 9)
+
+    big = TrainConfig(dataset="moons", model="mlp", method="natural", model_width=4096,
+                      model_depth=14)
+    with pytest.raises(ConfigError, match="parameters"):
+        check_model_size(big, moons.input_shape, moons.num_classes)
+    checkpoints.save_checkpoint(tmp_path / "big", model, meta_of(big))
+    with pytest.raises(CheckpointError, match="parameters"):
+        read_meta(tmp_path / "big")

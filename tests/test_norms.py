@@ -68,7 +68,11 @@ def test_bn_update_moves_running_stats():
     with norm_mode(m, "bn_update"):
         m(torch.rand(8, 1, 8, 8))
     after = running_stats(m)
-    assert any(not torch.equal(before[k], after[k]) for k in before)
+    moments = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    assert moments and all(not torch.equal(before[k], after[k]) for k in moments), \
+        [k for k in moments if torch.equal(before[k], after[k])]  # every layer's mean and var
+    counters = [k for k in before if k.endswith("num_batches_tracked")]
+    assert counters and all(int(after[k]) == int(before[k]) + 1 for k in counters)
 
 
 @pytest.mark.parametrize("start_training", [True, False])

@@ -101,7 +101,18 @@ def test_small_reproduction_has_the_worst_case_beside_the_paper_protocol(small):
             if line.startswith("| ") and "---" not in line:
                 for value in re.findall(r"(?<!p < )(?<!p = )\b[01]\.\d{3}\b(?! \[)", line):
                     assert False, f"an accuracy without its interval: {value} in {line}"
-    assert "summary" in summary_markdown([small])
+    # the summary: a column for the dataset, a row per claim, each cell that claim's verdict
+    from normshape_core.report import SUMMARY_CLAIMS
+
+    rows = [ln for ln in summary_markdown([small]).splitlines() if ln.startswith("| ")]
+    assert rows[0] == f"| claim (paper's figures) | {small['dataset']} |"
+    assert len(rows) == 1 + len(SUMMARY_CLAIMS)
+    shown = 0
+    for (prefix, label), row in zip(SUMMARY_CLAIMS, rows[1:]):
+        v = next((v for v in verdicts(small) if v.claim.startswith(prefix)), None)
+        assert row == f"| {label} | {v.short if v else '-'} |", row
+        shown += v is not None
+    assert shown >= 3  # the claims this small set can decide are decided in the summary
 
 
 def test_reproduce_again_gives_the_same_numbers(small, tmp_path):

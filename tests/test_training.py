@@ -107,7 +107,13 @@ def test_polluted_switch_lets_attack_steps_update_running_stats(moons):
     tr = _trainer(moons, shaping="attack+train", polluted_running_stats=True)
     before = running_stats(tr.model)
     tr.craft(moons.x_train[:64], moons.y_train[:64])
-    assert any(not torch.equal(v, before[k]) for k, v in running_stats(tr.model).items())
+    after = running_stats(tr.model)
+    moments = [k for k in before if k.endswith(("running_mean", "running_var"))]
+    # every BN layer's mean and variance moved, once per attack step (num_batches_tracked)
+    assert moments and all(not torch.equal(before[k], after[k]) for k in moments), \
+        [k for k in moments if torch.equal(before[k], after[k])]
+    counters = [k for k in before if k.endswith("num_batches_tracked")]
+    assert counters and all(int(after[k]) - int(before[k]) == tr.cfg.steps for k in counters)
 
 
 @pytest.mark.parametrize("method,shaping", [("pgd", "none"), ("pgd", "train"),
@@ -181,8 +187,8 @@ def test_channels_last_is_an_opt_in_recorded_setting(digits):
 
 def test_every_method_and_shaping_mode_is_a_unit_of_the_loop():
     from normshape_core.config import METHODS, SHAPING_MODES
-    from normshape_core.objectives import OBJECTIVES, SHAPINGS
+    from normshape_core.objectives import CRAFTING_RULES, OBJECTIVES
 
     assert set(OBJECTIVES) == set(METHODS)
-    assert set(SHAPINGS) == set(SHAPING_MODES)
+    assert set(CRAFTING_RULES) == set(SHAPING_MODES)
     assert [o.attack_loss for o in OBJECTIVES.values() if o.adversarial] == ["ce", "kl"]

@@ -24,7 +24,8 @@ Files
     ``threat.py``   threat models (``LinfBall``, ``L2Ball``: random start, step, projection)
     ``base.py``     ``Attack``, ``AttackResult``, losses (CE, margin, DLR, targeted DLR),
                     ``BestIterate``, the settings check
-    ``registry.py`` ``ATTACKS``, aliases, ``parse_attack_names``, ``make_attack``
+    ``registry.py`` ``ATTACKS``, aliases, ``parse_attack_names``, ``make_attack``,
+                    ``budget_settings``
     one file per attack: ``fgsm``, ``pgd`` (+ the shared loop ``pgd_linf`` that training
     uses), ``apgd`` (``apgd``, ``apgd_dlr``), ``apgd_t``, ``fab_t``, ``square``, ``cw``,
     ``deepfool``, ``shaping_attack`` (the paper's shaping attack), ``adaptive`` (Table
@@ -34,9 +35,12 @@ Adding an attack
     1. A file ``attacks/my_attack.py`` with a settings dataclass (fields with defaults; field
        names of ``base.SETTING_RULES`` are checked automatically, anything else in
        ``Attack.check``) and an ``Attack`` subclass setting ``name``, ``threat_model``
-       (``LINF`` or ``L2_MINIMAL``), ``Settings`` and implementing ``craft``; its docstring
-       follows the template of the others (Paper, Threat model, Settings, Shapes, Example).
-    2. One entry in ``registry.ATTACKS``.
+       (``LINF`` or ``L2_MINIMAL``), ``Settings``, its ``budget`` (the settings an evaluation
+       sets: settings field -> ``EvalSettings`` field, e.g. ``{"n_queries":
+       "square_queries"}``) and implementing ``craft``; its docstring follows the template
+       of the others (Paper, Threat model, Settings, Shapes, Example).
+    2. One entry in ``registry.ATTACKS``. The CLI's ``--attacks``, the ensembles'
+       ``a+b+c`` specs and the evaluation's budget read the registry: nothing else changes.
     The tests in ``tests/test_attacks.py`` are parametrized over the registry and pick it up:
     eps-ball and [0, 1], accuracy drop on a natural model, seed reproducibility, PN / BN /
     shaped views with running statistics unchanged, full-batch calls through coupled views,
@@ -55,7 +59,8 @@ from .fab_t import FABTargeted, FABTSettings, fab_run, linf_to_hyperplane
 from .fgsm import FGSM, FGSMSettings
 from .pgd import PGD, PGDSettings, pgd_linf, pgd_with_restarts
 from .registry import (ADAPTIVE_ATTACKS, ATTACK_ALIASES, ATTACKS, ENSEMBLE_ONLY_ATTACKS,
-                       LINF_ATTACKS, make_attack, parse_attack_names, zero_gradient_fraction)
+                       LINF_ATTACKS, budget_settings, make_attack, parse_attack_names,
+                       zero_gradient_fraction)
 from .shaping_attack import ShapingAttack, ShapingAttackSettings, ShapingBatchView
 from .square import Square, SquareSettings, square_fraction
 from .transfer import Transfer, TransferSettings
@@ -70,9 +75,9 @@ __all__ = [
     "FGSM", "FGSMSettings", "L2", "L2Ball", "L2_MINIMAL", "LINF", "LINF_ATTACKS", "LinfBall",
     "LogitsFn", "PGD", "PGDSettings", "ShapingAttack", "ShapingAttackSettings",
     "ShapingBatchView", "Square", "SquareSettings", "apgd_checkpoints", "apgd_run",
-    "check_settings", "dlr_loss", "fab_run", "linf_bounds", "linf_to_hyperplane",
-    "make_attack", "margin", "parse_attack_names", "per_sample_ce", "pgd_linf",
-    "pgd_with_restarts", "project_linf", "random_start_linf", "rows_independent",
+    "budget_settings", "check_settings", "dlr_loss", "fab_run", "linf_bounds",
+    "linf_to_hyperplane", "make_attack", "margin", "parse_attack_names", "per_sample_ce",
+    "pgd_linf", "pgd_with_restarts", "project_linf", "random_start_linf", "rows_independent",
     "square_fraction", "targeted_dlr_loss", "top_other_classes", "until_fooled",
     "zero_gradient_fraction",
 ]

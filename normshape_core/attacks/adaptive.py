@@ -30,6 +30,7 @@ class AdaptiveExactReferences(Attack):
     name = "adaptive_exact"
     threat_model = LINF
     Settings = PGDSettings
+    budget = {"steps": "steps"}
 
     def crafting_view(self, clf, x):
         if not isinstance(clf, ShapedClassifier):
@@ -84,6 +85,7 @@ class AdaptiveOwnReferencesEOT(Attack):
     name = "adaptive_eot"
     threat_model = LINF
     Settings = EOTSettings
+    budget = {"steps": "steps", "eot_draws": "eot_draws"}
 
     def __init__(self, settings: Any = None, reference_pool: Optional[torch.Tensor] = None,
                  **overrides):

@@ -168,6 +168,8 @@ class APGD(Attack):
     name = "apgd"
     threat_model = LINF
     Settings = APGDSettings
+    budget = {"steps": "apgd_steps"}
+    ensemble_budget = {"restarts": "apgd_restarts"}  # APGD-CE only, not APGD-DLR
     loss: LossFn = staticmethod(per_sample_ce)
 
     def craft(self, fn, x, y):
@@ -197,4 +199,5 @@ class APGDDLR(APGD):
     """
 
     name = "apgd_dlr"
+    ensemble_budget = {}
     loss: LossFn = staticmethod(dlr_loss)

@@ -65,6 +65,7 @@ class APGDTargeted(Attack):
     name = "apgd_t"
     threat_model = LINF
     Settings = APGDTSettings
+    budget = {"steps": "apgd_steps", "n_target_classes": "n_target_classes"}
 
     def craft(self, fn, x, y):
         s = self.settings

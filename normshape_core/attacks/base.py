@@ -9,7 +9,7 @@ import math
 import numbers
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Dict, Optional, Tuple
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -265,8 +265,8 @@ class Attack:
     """Base class: ``attack(clf, x, y) -> x_adv``; ``attack.run(clf, x, y) -> AttackResult``
     (the same examples, with success statistics: two more forwards).
 
-    Subclasses set ``name``, ``threat_model``, ``Settings`` (a dataclass with defaults) and
-    implement ``craft(fn, x, y) -> (x_adv, stats)`` where ``fn(x_adv) -> logits`` is the view
+    Subclasses set ``name``, ``threat_model``, ``Settings`` (a dataclass with defaults), the
+    ``budget`` the evaluation sets (below), and implement ``craft(fn, x, y) -> (x_adv, stats)`` where ``fn(x_adv) -> logits`` is the view
     the attack crafts through (``crafting_view`` builds it from the target classifier).
     ``fn`` may couple rows (BN, shaped batches): ``craft`` calls it on all N rows unless
     ``rows_independent(fn)``. Attacks never update running statistics: every view runs PN or
@@ -276,6 +276,16 @@ class Attack:
     name: ClassVar[str] = ""
     threat_model: ClassVar[str] = ""
     Settings: ClassVar[type] = object
+    budget: ClassVar[Mapping[str, str]] = {}
+    """The settings an evaluation sets: this attack's settings field -> the field of
+    ``evaluation.EvalSettings`` (and the CLI flag) that sets it, e.g. Square's
+    ``{"n_queries": "square_queries"}``; read by ``registry.budget_settings``. An ensemble
+    (``worst_case.make_ensemble``) applies the entries whose EvalSettings field it is given.
+    Settings fields named ``eps``, ``seed``, ``restarts``, ``steps``, ``step_size`` or
+    ``eot_draws`` that are not listed take the evaluation's common values."""
+    ensemble_budget: ClassVar[Mapping[str, str]] = {}
+    """Like ``budget``, applied only when the attack is a member of an ensemble (APGD-CE's
+    ``restarts`` from ``apgd_restarts``)."""
 
     def __init__(self, settings: Any = None, **overrides):
         base = settings if settings is not None else self.Settings()

@@ -40,6 +40,7 @@ class CarliniWagnerL2(Attack):
     name = "cw"
     threat_model = L2_MINIMAL
     Settings = CWSettings
+    budget = {"steps": "cw_steps"}
 
     def craft(self, fn, x, y):
         s = self.settings

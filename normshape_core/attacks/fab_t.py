@@ -142,6 +142,7 @@ class FABTargeted(Attack):
     name = "fab_t"
     threat_model = LINF
     Settings = FABTSettings
+    budget = {"steps": "apgd_steps", "n_target_classes": "n_target_classes"}
 
     def craft(self, fn, x, y):
         s = self.settings

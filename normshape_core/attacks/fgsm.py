@@ -26,6 +26,7 @@ class FGSM(Attack):
     name = "fgsm"
     threat_model = LINF
     Settings = FGSMSettings
+    budget = {"eps": "fgsm_eps"}  # None: the evaluation's eps
 
     def craft(self, fn, x, y):
         s = self.settings

@@ -108,6 +108,7 @@ class PGD(Attack):
     name = "pgd"
     threat_model = LINF
     Settings = PGDSettings
+    budget = {"steps": "steps"}
 
     def craft(self, fn, x, y):
         return pgd_with_restarts(fn, x, y, self.settings)

@@ -1,9 +1,10 @@
-"""The attack registry: names -> classes, aliases, and the one function every call site uses
-to make an attack (``make_attack``). A new attack is one file plus one entry in ``ATTACKS``."""
+"""The attack registry: names -> classes, aliases, the one function every call site uses to
+make an attack (``make_attack``) and the one that reads each attack's declared budget
+(``budget_settings``). A new attack is one file plus one entry in ``ATTACKS``."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, List, Optional, Sequence, Tuple, Type
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,19 @@ def parse_attack_names(names: "str | Sequence[str]") -> List[str]:
     if not out:
         raise ConfigError("no attack given")
     return out
+
+
+def budget_settings(name: str, values: Mapping[str, Any], *, ensemble: bool = False
+                    ) -> Dict[str, Any]:
+    """The settings of attack ``name`` that an evaluation's budget sets: for each entry of the
+    attack's ``budget`` (settings field -> ``EvalSettings`` field), and of its
+    ``ensemble_budget`` when ``ensemble``, the value ``values`` holds for that EvalSettings
+    field; fields absent from ``values`` or None there are left out (the attack's default, or
+    the caller's common value, stays)."""
+    cls = ATTACKS[name]
+    declared = {**cls.budget, **(cls.ensemble_budget if ensemble else {})}
+    return {field_: values[source] for field_, source in declared.items()
+            if values.get(source) is not None}
 
 
 def make_attack(name: str, *, eps: Optional[float] = None, reference_pool=None,

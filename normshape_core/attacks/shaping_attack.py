@@ -61,6 +61,7 @@ class ShapingAttack(Attack):
     name = "shaping"
     threat_model = LINF
     Settings = ShapingAttackSettings
+    budget = {"steps": "steps"}
 
     def check(self):
         if Ratio.parse(self.settings.ratio).adv != 1:

@@ -85,6 +85,7 @@ class Square(Attack):
     name = "square"
     threat_model = LINF
     Settings = SquareSettings
+    budget = {"n_queries": "square_queries"}
 
     def craft(self, fn, x, y):
         s = self.settings

@@ -57,6 +57,7 @@ class Transfer(Attack):
     name = "transfer"
     threat_model = LINF
     Settings = TransferSettings
+    budget = {"steps": "apgd_steps", "n_target_classes": "n_target_classes"}
 
     def runs(self, fn, x: torch.Tensor, y: torch.Tensor):
         """(label, loss function) of every run through ``fn``, targets from its clean logits."""

@@ -1,5 +1,7 @@
 """``evaluate`` and ``grid``: the flags become EvalSettings (checked before a checkpoint is
-read), ``evaluation.evaluate_checkpoint`` computes the rows, this module prints the tables."""
+read), ``evaluation.evaluate_checkpoint`` computes the rows, this module prints the tables.
+``evaluate --model package.module:factory`` evaluates your own model instead of a checkpoint
+(``own_model``: the factory, its weights, your data; ``evaluation.evaluate``)."""
 from __future__ import annotations
 
 import argparse
@@ -16,6 +18,7 @@ from ..evaluation import (DEFAULT_GAP_THRESHOLD, WORST, EvalSettings, _check_set
                           evaluate_checkpoint, format_table, parse_classify,
                           parse_ratio_list, rows_of, split_attacks, table_iii, table_iv,
                           table_like_paper, table_worst_case, training_label)
+from ..names import INFERENCE_RATIOS
 from ..stats import INTERVAL_NAME
 from ..worst_case import DEFAULT_ENSEMBLE, SQUARE_QUERIES
 from ._common import document_defaults
@@ -67,7 +70,24 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``python -m normshape_core evaluate``."""
-    parser.add_argument("checkpoint", help="run folder, .safetensors or .json of a checkpoint")
+    parser.add_argument("checkpoint", nargs="?", default=None,
+                        help="run folder, .safetensors or .json of a checkpoint (or --model)")
+    own = parser.add_argument_group(
+        "your own model (instead of a checkpoint): inputs in [0, 1], BatchNorm layers, logits "
+        "[N, classes] out")
+    own.add_argument("--model", default=None, metavar="PACKAGE.MODULE:FACTORY",
+                     help="a function or class returning your torch.nn.Module, imported with "
+                          "the working folder on the import path, e.g. "
+                          "torchvision.models:resnet18")
+    own.add_argument("--model-kwargs", default=None, metavar="JSON",
+                     help="the factory's keyword arguments, e.g. '{\"num_classes\": 10}'")
+    own.add_argument("--weights", default=None, metavar="FILE",
+                     help=".safetensors, or .pt / .pth read with torch.load(weights_only=True) "
+                          "(default: the factory's own weights)")
+    own.add_argument("--data", default=None, metavar="FILE_OR_FOLDER",
+                     help="an .npz file (x in [0, 1], y; optional x_train for the reference "
+                          "pool) or an image folder (<class>/<image>; train/ and test/ "
+                          "sub-folders give the pool and the test samples); or --dataset NAME")
     parser.add_argument("--attacks", default=f"pgd,{DEFAULT_ENSEMBLE}",
                         help="comma-separated attacks (" + ", ".join(
                             [a for a in ATTACKS if a not in ENSEMBLE_ONLY_ATTACKS] +
@@ -117,6 +137,12 @@ def cli_evaluate(args: argparse.Namespace) -> int:
     """``evaluate CHECKPOINT``: print Tables I/II (and III), warnings; write --json rows."""
     from ..checkpoints import atomic_write_json
 
+    if args.model is not None or args.checkpoint is None:
+        return cli_evaluate_own(args)
+    for flag in ("model_kwargs", "weights", "data"):
+        if getattr(args, flag) is not None:
+            raise ConfigError(f"--{flag.replace('_', '-')} goes with --model (your own model), "
+                              f"not with a checkpoint")
     attacks, ensembles = split_attacks(args.attacks)
     classify = parse_classify(args.classify)
     craft = _parse_craft(args.craft)
@@ -130,22 +156,7 @@ def cli_evaluate(args: argparse.Namespace) -> int:
         on_bound=_print_bound,
         **_settings_from_args(args, attacks=attacks, ensembles=ensembles, classify=classify,
                               craft=craft))
-    name = meta.get("run_name", str(args.checkpoint))
-    n = int(df['n'].iloc[0]) if len(df) else 0
-    print(f"{name}: n={n}, eps={df['eps'].max():g}"
-          + (" (cached)" if df.attrs.get("cached") else "")
-          + f"; every accuracy with its {INTERVAL_NAME} at n={n}")
-    main = table_like_paper(df)
-    if len(main):
-        print(format_table(main, n=n))
-    if df["attack"].isin(ADAPTIVE_ATTACKS).any():
-        print("\nadaptive attacks (Table III):")
-        print(format_table(table_iii(df), n=n))
-    worst = table_worst_case(df)
-    if len(worst):
-        print("\nworst case per sample (the headline) beside the paper's protocol:")
-        print(format_table(worst.drop(columns=["ensemble"]), n=n))
-        print(ensemble_log(df))
+    _print_tables(df, meta.get("run_name", str(args.checkpoint)))
     warnings = list(df.attrs.get("warnings", []))
     if args.eps_sweep:
         sweep, sweep_warnings = eps_sweep_checkpoint(
@@ -159,6 +170,78 @@ def cli_evaluate(args: argparse.Namespace) -> int:
         print(format_table(sweep))
         warnings += sweep_warnings
     _print_warnings(warnings)
+    if args.json:
+        atomic_write_json(args.json, rows_of(df))
+    return 0
+
+
+def _print_tables(df: pd.DataFrame, name: str, note: str = "") -> None:
+    """The header line (and ``note``), Tables I/II (and III) and the worst case with its
+    member log."""
+    n = int(df['n'].iloc[0]) if len(df) else 0
+    print(f"{name}: n={n}, eps={df['eps'].max():g}"
+          + (" (cached)" if df.attrs.get("cached") else "")
+          + f"; every accuracy with its {INTERVAL_NAME} at n={n}")
+    if note:
+        print(note)
+    main = table_like_paper(df)
+    if len(main):
+        print(format_table(main, n=n))
+    if df["attack"].isin(ADAPTIVE_ATTACKS).any():
+        print("\nadaptive attacks (Table III):")
+        print(format_table(table_iii(df), n=n))
+    worst = table_worst_case(df)
+    if len(worst):
+        print("\nworst case per sample (the headline) beside the paper's protocol:")
+        print(format_table(worst.drop(columns=["ensemble"]), n=n))
+        print(ensemble_log(df))
+
+
+def cli_evaluate_own(args: argparse.Namespace) -> int:
+    """``evaluate --model package.module:factory [--weights FILE] (--dataset NAME | --data
+    FILE_OR_FOLDER)``: your own model, evaluated as a checkpoint is (PN, BN, shaped inference,
+    the worst case), printed the same way; no results cache (there is no checkpoint to key it
+    by), eps 8/255 unless --eps."""
+    from ..checkpoints import atomic_write_json
+    from ..evaluation import evaluate
+    from ..own_model import check_own_model, load_data, load_own_model, parse_model_kwargs
+
+    if args.model is None:
+        raise ConfigError("give a checkpoint (run folder, .safetensors or .json), or your own "
+                          "model with --model package.module:factory")
+    if args.checkpoint is not None:
+        raise ConfigError(f"give a checkpoint or --model, not both (got {args.checkpoint!r} "
+                          f"and --model {args.model})")
+    if (args.dataset is None) == (args.data is None):
+        raise ConfigError("--model needs its data: --dataset NAME (a registered dataset) or "
+                          "--data FILE.npz / IMAGE_FOLDER, one of the two")
+    if args.eps_sweep:
+        raise ConfigError("--eps-sweep works on checkpoints; for your own model run evaluate "
+                          "again with other --eps values")
+    attacks, ensembles = split_attacks(args.attacks)
+    classify = parse_classify(args.classify)
+    craft = _parse_craft(args.craft)
+    args.no_cache = True  # nothing to key a cache by: the evaluation runs in memory
+    eps = 8 / 255 if args.eps is None else args.eps
+    s = check_cli_settings(args, attacks=attacks, ensembles=ensembles, classify=classify,
+                           craft=craft, eps=eps)
+    kwargs = parse_model_kwargs(args.model_kwargs)
+    if args.dataset is not None:
+        from ..data import load_dataset
+
+        dataset = load_dataset(args.dataset, seed=s.seed)
+    else:
+        dataset = load_data(args.data)
+    device = parse_device(args.device)
+    model = load_own_model(args.model, args.weights, kwargs)
+    check_own_model(model, dataset, device)
+    settings = {k: v for k, v in _settings_from_args(args, eps=eps).items() if v is not None}
+    df = evaluate(model, dataset, attacks=attacks, ensembles=ensembles, classify=classify,
+                  craft=craft, device=device, progress=True, gap_threshold=args.gap_threshold,
+                  on_bound=_print_bound, **settings)
+    weights = f", weights {Path(args.weights).name}" if args.weights else ", its own weights"
+    _print_tables(df, f"{args.model}{weights}", f"data: {dataset.name}, {dataset.description}")
+    _print_warnings(df.attrs.get("warnings", []))
     if args.json:
         atomic_write_json(args.json, rows_of(df))
     return 0
@@ -225,7 +308,7 @@ def check_cli_settings(args, **extra) -> EvalSettings:
 def add_grid_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Arguments of ``python -m normshape_core grid`` (Table IV)."""
     parser.add_argument("checkpoints", nargs="+", help="checkpoints, one per training ratio")
-    parser.add_argument("--inference-ratios", default="1:0,1:1,1:3,1:9,1:19,1:49",
+    parser.add_argument("--inference-ratios", default=",".join(INFERENCE_RATIOS),
                         help="inference ratios adv:clean (comma-separated)")
     parser.add_argument("--attack", default="pgd", help="attack of the grid: pgd (the paper's "
                         "protocol: crafted with PN) or fgsm / apgd, or an ensemble (default, "

@@ -8,6 +8,7 @@ import os
 import signal
 
 from ..faults import FAULT_ENV
+from ..names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
 
 
 # ------------------------------------------------------------------ kill drivers (POSIX)
@@ -113,8 +114,8 @@ def fault_point_runs(workdir, train_args, cases) -> dict:
     _prepare_driver(base + ["--name", "warm-up"])
     if run_cli_forked(base + ["--name", "full"]) != 0:
         raise RuntimeError("the uninterrupted run failed")
-    want = sha256_file(workdir / "full" / "model.safetensors")
-    want_metrics = _metrics_shape(workdir / "full" / "metrics.jsonl")
+    want = sha256_file(workdir / "full" / WEIGHTS_NAME)
+    want_metrics = _metrics_shape(workdir / "full" / METRICS_NAME)
     out = []
     for i, (kill, kill_on_resume) in enumerate(cases):
         name = f"case{i}"
@@ -126,17 +127,17 @@ def fault_point_runs(workdir, train_args, cases) -> dict:
             resumes.append(run_cli_forked(base + ["--name", name, "--resume"], env))
             if resumes[-1] >= 0:
                 break
-        weights = workdir / name / "model.safetensors"
+        weights = workdir / name / WEIGHTS_NAME
         out.append({"kill": kill, "kill_on_resume": kill_on_resume, "first": first,
                     "resumes": resumes, "tmp_after_kill": tmp_after_kill,
                     "sha256": sha256_file(weights) if weights.exists() else None,
                     "tmp_left": sorted(p.name for p in (workdir / name).glob(".*.tmp")),
                     "state_left": sorted(p.name for p in state_files(workdir / name)) +
-                    (["state.json"] if (workdir / name / "state.json").exists() else []),
-                    "metrics_same": _metrics_shape(workdir / name / "metrics.jsonl")
+                    ([STATE_NAME] if (workdir / name / STATE_NAME).exists() else []),
+                    "metrics_same": _metrics_shape(workdir / name / METRICS_NAME)
                     == want_metrics,
                     "metrics_difference": _first_difference(
-                        want_metrics, _metrics_shape(workdir / name / "metrics.jsonl"))})
+                        want_metrics, _metrics_shape(workdir / name / METRICS_NAME))})
     return {"want_sha256": want, "cases": out}
 
 
@@ -162,15 +163,15 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
     if exit_status(status) != 0:
         raise RuntimeError("the uninterrupted run failed")
     duration = time.time() - started  # the training itself: kills land in [0, 1.1 x] of it
-    want = sha256_file(workdir / "full" / "model.safetensors")
-    want_metrics = _metrics_shape(workdir / "full" / "metrics.jsonl")
+    want = sha256_file(workdir / "full" / WEIGHTS_NAME)
+    want_metrics = _metrics_shape(workdir / "full" / METRICS_NAME)
     made = resumes = finished = 0
     identical = True
     metrics_differences = []
     while made < kills:
         name = f"killed{finished}"
         while True:
-            had_state = (workdir / name / "state.json").exists()
+            had_state = (workdir / name / STATE_NAME).exists()
             pid = fork_cli(base + ["--name", name, "--resume"])
             resumes += had_state
             _wait_for_lock(workdir / name, pid)
@@ -185,13 +186,13 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
             elif done == 0:
                 _, status = os.waitpid(pid, 0)
             # killed after its final commit: the resume is refused as finished (status 2)
-            finished_before = exit_status(status) == 2 and (workdir / name / "model.json").exists()
+            finished_before = exit_status(status) == 2 and (workdir / name / META_NAME).exists()
             if exit_status(status) != 0 and not finished_before:
                 raise RuntimeError(f"run {name} ended with status {exit_status(status)}")
             break
         finished += 1
-        identical = identical and sha256_file(workdir / name / "model.safetensors") == want
-        diff = _first_difference(want_metrics, _metrics_shape(workdir / name / "metrics.jsonl"))
+        identical = identical and sha256_file(workdir / name / WEIGHTS_NAME) == want
+        diff = _first_difference(want_metrics, _metrics_shape(workdir / name / METRICS_NAME))
         if diff is not None:
             metrics_differences.append({"run": name, **diff})
     return {"kills": made, "resumes": resumes, "finished_runs": finished,

@@ -8,16 +8,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..sweep import (DATASETS, MAX_THREADS, SweepSettings, build_grid, cost_text, load_results,
-                     report_block, run_sweep, ship_lessons, update_document)
+from ..sweep import (MAX_THREADS, SWEEP_DATASETS, SweepSettings, build_grid, cost_text,
+                     load_results, report_block, run_sweep, ship_lessons, update_document)
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid", choices=("full", "tiny"), default="full", help="full: the whole "
                    "grid (about 40 min on one core); tiny: base + one deeper model per "
                    "dataset (default: full)")
-    p.add_argument("--datasets", default=",".join(DATASETS), help="comma-separated (default: "
-                   + ", ".join(DATASETS) + ")")
+    p.add_argument("--datasets", default=",".join(SWEEP_DATASETS),
+                   help="comma-separated (default: " + ", ".join(SWEEP_DATASETS) + ")")
     p.add_argument("--ship", action="store_true", help="write the shipped results of this "
                    "source checkout (checkpoints/sweep/confoundings.json, CONFOUNDINGS.md, "
                    "checkpoints/lessons) instead of the user's folder; for regenerating them "

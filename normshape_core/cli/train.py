@@ -7,6 +7,7 @@ import dataclasses
 import sys
 
 from ..config import ConfigError, TrainConfig
+from ..names import STATE_NAME
 from ._common import set_threads
 
 BOOL_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool)}
@@ -89,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     main_rank = distributed.is_main()  # under torchrun only rank 0 prints (and writes)
     # A finished run, a run in progress and other settings on --resume are refused by the
     # trainer, under the run folder's lock (training.Trainer.fit).
-    nothing_saved = not (run_dir / "state.json").exists()
+    nothing_saved = not (run_dir / STATE_NAME).exists()
     try:
         result = train(cfg, run_dir, resume=args.resume, progress=not args.quiet)
         distributed.current().barrier()  # ranks leave the group together after a full run

@@ -10,10 +10,9 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from normshape_core.figures.colors import BN_COLOR, PN_COLOR
+from normshape_core.figures.colors import BN_COLOR, PN_COLOR, SHAPED_COLOR
+from normshape_core.names import WORST
 
-WORST = "worst_case"  # the worst-case row's attack name (normshape_core.evaluation.WORST)
-SHAPED_COLOR = "#a63603"  # shaped inference: BN's family, darker
 # Colours of each checkpoint's curves: none of them is PN's or BN's colour.
 CKPT_COLORS = ["#6a3d9a", "#1b9e77", "#8c564b", "#e7298a"]
 # How each attack is named on this page (the norms it crafts with are in the name where they

@@ -15,9 +15,10 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from normshape_core.figures.colors import BN_COLOR, CLEAN_COLOR, PN_COLOR  # noqa: E402,F401
+from normshape_core.figures.colors import (BN_COLOR, CLEAN_COLOR, PN_COLOR,  # noqa: F401
+                                           SHAPED_COLOR)
 
-SHAPED_COLOR = "#a63603"  # shaped inference: BN's family, darker, and hatched
+# shaped inference: BN's family, darker (colors.SHAPED_COLOR), and hatched
 SHAPED_PATTERN = dict(shape="/", fgcolor="#ffffff", size=9, solidity=0.25)
 # Series that are not norms never take PN's blue or BN's orange; on a projector or in
 # greyscale they differ by their dash and marker, not by colour alone.

@@ -16,8 +16,8 @@ import numpy as np
 import plotly.graph_objects as go
 from PIL import Image, ImageColor, ImageDraw, ImageFont
 
-from normshape_core.figures.colors import BN_COLOR as SHAPED_COLOR
-from normshape_core.figures.colors import CLASS_COLORS, PN_COLOR, REGION_COLORS, class_color
+from normshape_core.figures.colors import (BN_COLOR, CLASS_COLORS, PN_COLOR, REGION_COLORS,
+                                           class_color)
 
 N_EVAL_TEXT = "100 test points, PGD-10"
 REGIONS_KEY = ("Left panel of each run: PN, blue boundary; right panel: shaped inference, "
@@ -42,8 +42,8 @@ def curves_figure(history: Sequence[Dict[str, float]], title: str, infer_ratio: 
     for key, name, color, dash in (
             ("clean_pn", "clean, PN", PN_COLOR, "solid"),
             ("robust_pn", "robust, PGD with PN, PN", PN_COLOR, "dash"),
-            ("clean_shaped", f"clean, shaped {infer_ratio}", SHAPED_COLOR, "solid"),
-            ("robust_shaped", f"robust, PGD with shaped, shaped {infer_ratio}", SHAPED_COLOR,
+            ("clean_shaped", f"clean, shaped {infer_ratio}", BN_COLOR, "solid"),
+            ("robust_shaped", f"robust, PGD with shaped, shaped {infer_ratio}", BN_COLOR,
              "dash")):
         data.append(dict(type="scatter", x=x, y=col(key), name=name, connectgaps=True,
                          line=dict(color=color, dash=dash), xaxis="x", yaxis="y2"))
@@ -443,7 +443,7 @@ def regions_image(frame, x_train: np.ndarray, y_train: np.ndarray, title: str, *
     canvas = bg.copy()
     p, y0 = lay.panel, lay.y0
     panels = ((frame.prob_pn, PN_COLOR, frame.adv_pn, frame.adv_pn_right),
-              (frame.prob_shaped, SHAPED_COLOR, frame.adv_shaped, frame.adv_shaped_right))
+              (frame.prob_shaped, BN_COLOR, frame.adv_shaped, frame.adv_shaped_right))
     for x0, (prob, color, adv, right) in zip(lay.x0, panels):
         canvas[y0:y0 + p, x0:x0 + p] = _panel(frame, prob, color, adv, right, x_train,
                                               y_train, p, s)

@@ -7,14 +7,14 @@ from typing import Mapping, Optional, Tuple
 import pandas as pd
 import plotly.graph_objects as go
 
-INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
+from normshape_core.names import INFERENCE_RATIOS
 # The paper's Table IV (CIFAR-10, PGD+shaping, PGD crafted with PN, classified with BN+shaping).
 PAPER_TABLE_IV = pd.DataFrame(
     [[0.477, 0.478, 0.476, 0.476, 0.477, 0.476],
      [0.385, 0.837, 0.835, 0.753, 0.668, 0.573],
      [0.281, 0.692, 0.820, 0.817, 0.813, 0.815],
      [0.039, 0.138, 0.706, 0.781, 0.776, 0.779]],
-    index=["1:1", "1:2", "1:3", "1:7"], columns=INFERENCE_RATIOS)
+    index=["1:1", "1:2", "1:3", "1:7"], columns=list(INFERENCE_RATIOS))
 
 
 def grid_heatmap(table: pd.DataFrame, title: str, n: Optional[pd.DataFrame] = None,
