@@ -160,7 +160,7 @@ def section_playground(args, device) -> None:
                     f"shown as s/frame)", 1 / max(r["fps_busy"], 1e-9), 1 / 3, fmt="{:.3f} s")
 
 
-DATASETS = ("moons", "spirals", "circles")
+PLAYGROUND_DATASETS = ("moons", "spirals", "circles")
 BUSY = "import time\nend = time.time() + 600\nwhile time.time() < end:\n    pass\n"
 
 
@@ -218,7 +218,7 @@ def _browser_fps(args, say):
                 sync_playwright() as p:
             b = launch_chromium(p)
             page = b.new_page(viewport={"width": 1400, "height": 1000})
-            for ds in DATASETS:
+            for ds in PLAYGROUND_DATASETS:
                 load = _load()
                 first, fps = _play(page, base, ds, seconds)
                 busy = subprocess.Popen([sys.executable, "-c", BUSY])
