@@ -14,7 +14,7 @@ import pandas as pd
 import streamlit as st
 
 from normshape_app import ui
-from normshape_core.stats import interval_text
+from normshape_core.base.stats import interval_text
 
 st.set_page_config(page_title="normshape: Batch-Norm Shaping lab", page_icon=":material/tune:",
                    layout="wide")
@@ -185,7 +185,7 @@ def inventory(ckpts) -> None:
                      .format("{:.3f}", subset=[ui.md_escape(k) for k in acc], na_rep="–")
                      .format(ui.md_escape, subset=[ui.md_escape(k) for k in text])
                      .set_tooltips(tips.rename(columns=ui.md_escape), props=TOOLTIP_CSS))
-    from normshape_core.worst_case import DEFAULT_ENSEMBLE
+    from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
     st.caption("Clean accuracy and PGD-10 robust accuracy are the trainer's end-of-training "
                "check on up to 500 test samples, examples crafted with PN and classified with "

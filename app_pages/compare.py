@@ -5,9 +5,9 @@ import pandas as pd
 import streamlit as st
 
 from normshape_app import tables, ui
-from normshape_core import jobs
+from normshape_app import jobs
 from normshape_core.figures import compare as F
-from normshape_core.worst_case import DEFAULT_ENSEMBLE
+from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
 ATTACKS = ["pgd", "fgsm", "apgd", "apgd_t", "square", "cw", "deepfool", "shaping",
            "adaptive_exact", "adaptive_eot"]

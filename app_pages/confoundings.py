@@ -14,7 +14,7 @@ from normshape_app import experiments as X
 from normshape_app import ui
 from normshape_app.style import fill_screen
 from normshape_core.figures import confoundings as F
-from normshape_core.sweep import EFFECT_THRESHOLD, PAPER
+from normshape_core.studies.sweep import EFFECT_THRESHOLD, PAPER
 
 SLIDES = ["title", "I", "I-sweep", "II", "II-sweep", "III", "III-sweep"]
 HEADINGS = {"title": "Three ways BatchNorm confounds adversarial training",

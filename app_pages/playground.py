@@ -9,9 +9,9 @@ import streamlit as st
 
 from normshape_app import experiments as X
 from normshape_app import ui
-from normshape_core import playground as PG
-from normshape_core.config import MAX_SEED, ConfigError
-from normshape_core.data import DATASETS_2D
+from normshape_app import playground as PG
+from normshape_core.settings.config import MAX_SEED, ConfigError
+from normshape_core.blocks.data import DATASETS_2D
 from normshape_core.figures.playground import (REGIONS_KEY, curves_pair_figure,
                                                disagreement_sentence, run_title)
 

@@ -5,7 +5,7 @@ import streamlit as st
 
 from normshape_app import tables, ui
 from normshape_core.figures import ratios as F
-from normshape_core.worst_case import DEFAULT_ENSEMBLE
+from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
 INFERENCE_RATIOS = ui.INFERENCE_RATIOS
 CRAFTING = {"PN": "PN: PGD through the running statistics (the paper's Table IV)",

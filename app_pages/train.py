@@ -8,12 +8,12 @@ import streamlit as st
 
 from normshape_app import runs as X
 from normshape_app import ui
-from normshape_core import jobs
-from normshape_core.config import MAX_SEED, ConfigError, TrainConfig
-from normshape_core.data import DATASETS, dataset_status
+from normshape_app import jobs
+from normshape_core.settings.config import MAX_SEED, ConfigError, TrainConfig
+from normshape_core.blocks.data import DATASETS, dataset_status
 from normshape_core.figures import train as F
-from normshape_core.models import MODELS
-from normshape_core.presets import DATASET_PRESETS
+from normshape_core.blocks.models import MODELS
+from normshape_core.settings.presets import DATASET_PRESETS
 
 HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
 SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES, the whole batch adversarial)",

@@ -81,7 +81,7 @@ def machine_text(device: torch.device) -> str:
 
 
 def load_data(name: str):
-    from normshape_core.data import load_dataset
+    from normshape_core.blocks.data import load_dataset
 
     try:
         return load_dataset(name, download=False)  # never downloads: absent data is skipped
@@ -92,7 +92,7 @@ def load_data(name: str):
 
 def shipped_checkpoint(dataset: str, method: str, shaping: str, ratio: Optional[str] = None):
     """A shipped checkpoint of ``checkpoints/`` (the newest fit), or None."""
-    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.training.checkpoints import find_checkpoints
 
     found, _ = find_checkpoints(ROOT / "checkpoints")
     fits = []
@@ -109,14 +109,14 @@ def shipped_checkpoint(dataset: str, method: str, shaping: str, ratio: Optional[
 def model_for(dataset: str, method: str, shaping: str, device: torch.device,
               ratio: Optional[str] = None, data=None):
     """(model in PN/eval, description): a shipped checkpoint, else a quick natural model."""
-    from normshape_core.checkpoints import load_checkpoint
+    from normshape_core.training.checkpoints import load_checkpoint
 
     ck = shipped_checkpoint(dataset, method, shaping, ratio)
     if ck is not None:
         model, meta = load_checkpoint(ck.path, device=device)
         return model.eval(), f"checkpoint {ck.path.relative_to(ROOT)}"
-    from normshape_core.config import TrainConfig
-    from normshape_core.training import train
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.training.trainer import train
 
     torch.manual_seed(0)
     res = train(TrainConfig(dataset=dataset, method="natural", epochs=2, device=str(device),

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from _timing import fmt_ms, interleaved, table, time_once
 from _common import APP, RESULTS, ROOT, child_json, header, say, summary
-from normshape_core.names import META_NAME
+from normshape_core.base.names import META_NAME
 
 
 def app_pages() -> List[str]:

@@ -18,7 +18,7 @@ def section_attacks(args, device) -> None:
     if torchattacks is None:
         return
     from normshape_core.attacks import make_attack
-    from normshape_core.shaping import PNClassifier
+    from normshape_core.inference.shaping import PNClassifier
 
     data = load_data("digits")
     model, source = model_for("digits", "pgd", "none", device, data=data)

@@ -64,11 +64,11 @@ def _in_one_thread(fn):
 
 def section_playground(args, device) -> None:
     header("8. Playground: live decision regions (Playground page)")
-    from normshape_core import playground as PG
-    from normshape_core import projections as P
+    from normshape_app import playground as PG
+    from normshape_core.measuring import projections as P
     from normshape_core.figures.playground import (curves_pair_figure, disagreement_sentence,
                                                    png_bytes, regions_image, run_title)
-    from normshape_core.shaping import PNClassifier
+    from normshape_core.inference.shaping import PNClassifier
 
     import torch
 

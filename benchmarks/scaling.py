@@ -21,8 +21,8 @@ from training_step import has_channels_last_setting
 def fit_seconds(ds, data, device, steps: Optional[int] = None, **cfg
                 ) -> Tuple[float, float, int]:
     """(wall seconds, CPU seconds, steps) of Trainer.fit: a whole epoch, or ``steps`` steps."""
-    from normshape_core.config import TrainConfig
-    from normshape_core.training import Trainer
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.training.trainer import Trainer
 
     kw = dict(dataset=ds, device=str(device), eval_samples=0, seed=0)
     kw.update(cfg)
@@ -101,7 +101,7 @@ def section_scaling(args, device) -> None:
         "its shared\nlibraries, CUDA build included.)")
 
     # UMAP against the number of points
-    say("\nUMAP (normshape_core.projections.embed_2d) of penultimate features, in a fresh "
+    say("\nUMAP (normshape_core.measuring.projections.embed_2d) of penultimate features, in a fresh "
         "process:")
     sizes = [200, 1000] if args.quick else [200, 500, 1000, 2000, 5000]
     res = child_json(["umap"] + [str(s) for s in sizes], timeout=1200)
@@ -118,8 +118,8 @@ def section_scaling(args, device) -> None:
 
 
 def child_rss(ds: str, steps: int) -> Dict[str, Any]:
-    from normshape_core.config import TrainConfig
-    from normshape_core.training import train
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.training.trainer import train
 
     data = load_data(ds)
     what = "imports + dataset"
@@ -153,7 +153,7 @@ def peak_rss_mb() -> float:
 def child_umap(sizes: List[int]) -> Dict[str, Any]:
     import numpy as np
 
-    from normshape_core.projections import embed_2d, penultimate_features
+    from normshape_core.measuring.projections import embed_2d, penultimate_features
 
     feats, source = None, ""
     for ds in ("fashion_mnist", "digits"):

@@ -14,7 +14,7 @@ from _common import RESULTS, header, load_data, model_for, say, summary
 
 def shaped_rows(rows, ds, suffix, model, pool, x, reps, device, only_grouped):
     """Time PN, BN and shaped inference on ``model``; append table rows; (PN, BN) seconds."""
-    from normshape_core.shaping import BNClassifier, PNClassifier, ShapedClassifier
+    from normshape_core.inference.shaping import BNClassifier, PNClassifier, ShapedClassifier
 
     fns: Dict[str, Callable] = {"PN": lambda: PNClassifier(model)(x),
                                 "BN": lambda: BNClassifier(model)(x)}
@@ -49,7 +49,7 @@ def shaped_rows(rows, ds, suffix, model, pool, x, reps, device, only_grouped):
 
 def section_shaped(args, device) -> None:
     header("3. Shaped inference / ((n+1) x a PN forward of the same test rows)")
-    from normshape_core.shaping import make_reference_pool
+    from normshape_core.inference.shaping import make_reference_pool
 
     datasets = ["moons", "digits"] if args.quick else ["moons", "digits", "fashion_mnist"]
     reps = 5 if args.quick else 11
@@ -63,7 +63,7 @@ def section_shaped(args, device) -> None:
         x = data.x_test[:100].to(device)
         variants = [("", model, False)]
         if data.x_test.dim() == 4 and not args.quick:
-            from normshape_core import models as M
+            from normshape_core.blocks import models as M
 
             if hasattr(M, "use_channels_last"):  # the same weights stored NHWC
                 variants.append((", channels_last", M.use_channels_last(copy.deepcopy(model)),

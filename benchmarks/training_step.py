@@ -31,14 +31,14 @@ def has_channels_last_setting() -> bool:
     """Whether TrainConfig has the ``channels_last`` training setting (opt-in, recorded)."""
     import dataclasses
 
-    from normshape_core.config import TrainConfig
+    from normshape_core.settings.config import TrainConfig
 
     return any(f.name == "channels_last" for f in dataclasses.fields(TrainConfig))
 
 
 def make_trainer(dataset: str, data, method: str, shaping: str, device: torch.device, **extra):
-    from normshape_core.config import TrainConfig
-    from normshape_core.training import Trainer
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.training.trainer import Trainer
 
     kw = dict(dataset=dataset, method=method, shaping=shaping, device=str(device), epochs=1,
               eval_samples=0, seed=0)
@@ -49,7 +49,7 @@ def make_trainer(dataset: str, data, method: str, shaping: str, device: torch.de
 def fb_fn(model, x, y, times: int = 1):
     """``times`` training forwards (BN updating running statistics) + backward to the
     parameters: the unit the issue's floor counts."""
-    from normshape_core.norms import NormMode, norm_mode
+    from normshape_core.blocks.norms import NormMode, norm_mode
 
     def run():
         for _ in range(times):
@@ -65,7 +65,7 @@ def attack_step_fn(model, x, y, times: int):
     only (what one PGD step costs; no parameter gradients), on a freshly allocated (NCHW)
     tensor like PGD's iterates (a dataset tensor's strides can differ, and with them the
     speed of an NCHW model's pooling layers)."""
-    from normshape_core.norms import NormMode, norm_mode
+    from normshape_core.blocks.norms import NormMode, norm_mode
 
     def run():
         with norm_mode(model, NormMode.FROZEN_BN):
@@ -79,7 +79,7 @@ def attack_step_fn(model, x, y, times: int):
 
 def forward_fn(model, x, times: int = 1):
     """``times`` forwards without gradients, frozen BN (TRADES' clean prediction)."""
-    from normshape_core.norms import NormMode, norm_mode
+    from normshape_core.blocks.norms import NormMode, norm_mode
 
     def run():
         with torch.no_grad(), norm_mode(model, NormMode.FROZEN_BN):
@@ -218,7 +218,7 @@ def try_compile(args, device) -> None:
     compiled = torch.compile(copy.deepcopy(eager))
     w, _ = time_once(fb_fn(compiled, x, y), device)
     say(f"  first call (compilation): {fmt_ms(w)}")
-    from normshape_core.norms import NormMode, norm_mode
+    from normshape_core.blocks.norms import NormMode, norm_mode
 
     def attack_mode():
         with norm_mode(compiled, NormMode.FROZEN_BN):

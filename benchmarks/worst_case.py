@@ -90,13 +90,13 @@ class CoupledModule(torch.nn.Module):
 
 
 def _groups_of(view, n: int) -> torch.Tensor:
-    from normshape_core.worst_case import row_groups
+    from normshape_core.measuring.worst_case import row_groups
 
     return row_groups(view, n)
 
 
 def _restrict(view, groups: torch.Tensor):
-    from normshape_core.worst_case import _restricted
+    from normshape_core.measuring.worst_case import _restricted
 
     return _restricted(view, groups)
 
@@ -188,7 +188,7 @@ def external_worst(ta, model, clf, batches, n_classes: int, eps: float, quick: b
     """Per attack, the defender's verdict on its examples (each in its own final batches);
     and per group the worst over the attacks. Returns (per-attack right masks, external
     robust count, per-sample worst mask, seconds)."""
-    from normshape_core.worst_case import defender_view
+    from normshape_core.measuring.worst_case import defender_view
 
     x0 = batches[0][0]
     vector = x0.dim() == 2
@@ -231,7 +231,7 @@ def external_worst(ta, model, clf, batches, n_classes: int, eps: float, quick: b
 def _checkpoint(row: Dict[str, Any]):
     """The reproduction's checkpoint (``checkpoints/<dataset>/``) of that method, shaping and
     ratio, not polluted; None if not shipped."""
-    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.training.checkpoints import find_checkpoints
 
     found, _ = find_checkpoints(ROOT / "checkpoints" / row["dataset"])
     for c in sorted(found, key=lambda c: str(c.path)):
@@ -245,9 +245,9 @@ def _checkpoint(row: Dict[str, Any]):
 
 def _setup(ck_path, n: int, classify: str, device):
     """(model, data, batches of the seeded subset, classifier, eps) as the evaluation has them."""
-    from normshape_core.checkpoints import load_checkpoint
-    from normshape_core.data import load_dataset
-    from normshape_core.shaping import make_reference_pool, parse_classifier
+    from normshape_core.training.checkpoints import load_checkpoint
+    from normshape_core.blocks.data import load_dataset
+    from normshape_core.inference.shaping import make_reference_pool, parse_classifier
 
     model, meta = load_checkpoint(ck_path, device=device)
     cfg = meta["config"]
@@ -264,8 +264,8 @@ def _setup(ck_path, n: int, classify: str, device):
 def ours_worst(ck_path, n: int, classify: str, ensemble: str, quick: bool):
     """Our worst case on the seeded subset (the evaluation's batches), cached in the user's
     folder like any evaluation: (robust mask, clean mask, rows)."""
-    from normshape_core.evaluation import WORST, evaluate_checkpoint
-    from normshape_core.stats import unpack_mask
+    from normshape_core.measuring.evaluation import WORST, evaluate_checkpoint
+    from normshape_core.base.stats import unpack_mask
 
     kw = dict(apgd_steps=QUICK_STEPS, square_queries=QUICK_QUERIES) if quick else {}
     df, _ = evaluate_checkpoint(ck_path, attacks=[], ensembles=[ensemble], classify=[classify],
@@ -306,7 +306,7 @@ def cross_check(ta, ck_path, row: Dict[str, Any], device, quick: bool, ensemble:
 
 
 def _member_counts(df) -> Dict[str, int]:
-    from normshape_core.evaluation import WORST
+    from normshape_core.measuring.evaluation import WORST
 
     part = df[df["ensemble"].notna() & (df["attack"] != WORST)]
     return {r["attack"]: int(r["broken"]) for _, r in part.iterrows()}
@@ -326,7 +326,7 @@ def section_worst_case(args, device) -> None:
     header("6. Worst case (default ensemble) against torchattacks; its cost against its floor")
     ta = import_torchattacks("worst_case")
     if ta is not None:
-        from normshape_core.worst_case import DEFAULT_ENSEMBLE
+        from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
         rows = QUICK_ROWS if args.quick else ISSUE_ROWS
         say(f"6a. torchattacks {ta.__version__}; samples: the seeded test subset (seed 0), "
@@ -359,7 +359,7 @@ def section_every_checkpoint(args, device) -> None:
     ta = import_torchattacks("worst_case_every")
     if ta is None:
         return
-    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.training.checkpoints import find_checkpoints
 
     found, _ = find_checkpoints(ROOT / "checkpoints")
     results = []
@@ -403,8 +403,8 @@ def member_table(results: List[Dict[str, Any]]) -> str:
 def section_cost(args, device) -> None:
     """The worst case's time over its floor (PN and shaped 1:9, digits and Fashion-MNIST),
     ours over torchattacks at equal steps on PN, and the reproduction's recorded figures."""
-    from normshape_core.evaluation import WORST, evaluate_checkpoint
-    from normshape_core.worst_case import DEFAULT_ENSEMBLE
+    from normshape_core.measuring.evaluation import WORST, evaluate_checkpoint
+    from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
     say("\n6c. Worst case / floor: floor = rows forwarded by each member (shaped references "
         "included) x one row's forward\n(+ backward), PN or batch statistics, timed on the "
@@ -447,8 +447,8 @@ def section_speed_vs_torchattacks(args, device) -> None:
     steps and queries on the same model and samples, timed interleaved."""
     from _timing import interleaved
 
-    from normshape_core.evaluation import evaluate
-    from normshape_core.worst_case import DEFAULT_ENSEMBLE
+    from normshape_core.measuring.evaluation import evaluate
+    from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
     ta = import_torchattacks("worst_case_speed")
     if ta is None:

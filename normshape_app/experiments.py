@@ -17,12 +17,12 @@ import torch
 from normshape_app.inventory import (load_dataset, load_model, shipped_checkpoints_dir,
                                      warm_umap_in_background)
 from normshape_app.style import public_text
-from normshape_core import experiments as E
-from normshape_core import playground as PG
-from normshape_core import projections as P
+from normshape_core.measuring import experiments as E
+from normshape_app import playground as PG
+from normshape_core.measuring import projections as P
 from normshape_core.attacks import make_attack
-from normshape_core.config import ConfigError
-from normshape_core.shaping import PNClassifier, make_reference_pool
+from normshape_core.settings.config import ConfigError
+from normshape_core.inference.shaping import PNClassifier, make_reference_pool
 
 
 def _setup(path: str, sha: str):
@@ -36,7 +36,7 @@ def _setup(path: str, sha: str):
 @st.cache_data(show_spinner="Classifying the plane under PN and under shaped inference ...",
                max_entries=32)
 def regions_2d(path: str, sha: str, ratio: str, craft: str, n_boxes: int, seed: int):
-    """``normshape_core.experiments.decision_regions_2d`` for a checkpoint, cached."""
+    """``normshape_core.measuring.experiments.decision_regions_2d`` for a checkpoint, cached."""
     model, meta, data, eps = _setup(path, sha)
     return E.decision_regions_2d(model, data, ratio, craft, n_boxes, seed, eps=eps)
 
@@ -131,7 +131,7 @@ class MapJob:
 
 class MapJobs:
     """The server's feature-map jobs: one per (checkpoint, settings), shared by every
-    session, at most ``cap`` running (:class:`normshape_core.playground.Slots`); the last
+    session, at most ``cap`` running (:class:`normshape_app.playground.Slots`); the last
     32 finished ones kept for their results."""
 
     def __init__(self, cap: int):
@@ -217,7 +217,7 @@ def feature_map(path: str, sha: str, method: str, norms: str, n: int, seed: int,
                max_entries=64)
 def moving_target_trace(path: str, sha: str, ratio: str, batch: int, seed: int, eps: float,
                         step_size: float, steps: int):
-    """``normshape_core.experiments.moving_target_trace`` for a checkpoint, cached."""
+    """``normshape_core.measuring.experiments.moving_target_trace`` for a checkpoint, cached."""
     model, meta = load_model(path, sha)
     data = load_dataset(meta["config"]["dataset"])
     return E.moving_target_trace(model, data, ratio, batch, seed, eps, step_size, steps)
@@ -226,7 +226,7 @@ def moving_target_trace(path: str, sha: str, ratio: str, batch: int, seed: int, 
 # ---------------------------------------------------------------- Confoundings deck
 def _read_json(path: Path):
     """A shipped JSON file (bounded, a regular file: ``files``), or None."""
-    from normshape_core.files import read_json_or_none
+    from normshape_core.base.files import read_json_or_none
 
     return read_json_or_none(path, 64 << 20)
 
@@ -249,7 +249,7 @@ def confoundings_shipped():
 def animation_frames(path: str, sha: str, batch: int, seed: int = 0):
     """The moving-target trace of one training batch, all-adversarial (1:0) and shaped
     (1:3), with the checkpoint's own attack settings."""
-    from normshape_core.diagnostics import moving_target
+    from normshape_core.measuring.diagnostics import moving_target
 
     model, meta = load_model(path, sha)
     cfg = meta["config"]
@@ -267,7 +267,7 @@ def animation_frames(path: str, sha: str, batch: int, seed: int = 0):
 
 def lesson_animation_frames(folder: Path, batch: int):
     """``animation_frames`` for the lesson checkpoint in ``folder``."""
-    from normshape_core.checkpoints import read_meta
+    from normshape_core.training.checkpoints import read_meta
 
     meta = read_meta(folder)
     return animation_frames(str(folder), meta["weights_sha256"], int(batch))

@@ -13,8 +13,8 @@ import streamlit as st
 
 from normshape_app import PACKAGE_DIR
 from normshape_app.style import md_escape, public_text
-from normshape_core import userdata
-from normshape_core.names import META_NAME, SHAPING_LABELS
+from normshape_core.base import userdata
+from normshape_core.base.names import META_NAME, SHAPING_LABELS
 
 
 SOURCE_ROOT = PACKAGE_DIR.parent  # the source tree, when the app runs from a checkout
@@ -82,7 +82,7 @@ _set_threads()
 def dataset_here(name: str) -> bool:
     """Whether ``name``'s data are on this server (built in, or its files found in the
     standard places), so that using it never downloads anything."""
-    from normshape_core.data import DATASETS, locate_files
+    from normshape_core.blocks.data import DATASETS, locate_files
 
     if name not in DATASETS:
         return False
@@ -92,7 +92,7 @@ def dataset_here(name: str) -> bool:
 def require_dataset_here(name: str) -> None:
     """Raise ``DatasetUnavailable`` (one line, shown by the page) unless ``name``'s data are
     on this server: the app never downloads a dataset."""
-    from normshape_core.data import DatasetUnavailable
+    from normshape_core.blocks.data import DatasetUnavailable
 
     if not dataset_here(name):
         raise DatasetUnavailable(f"the {name} dataset is not available offline on this server "
@@ -213,7 +213,7 @@ def _signature(dirs: Sequence[Path]) -> Tuple:
 
 @st.cache_data(show_spinner=False)
 def _scan(dirs: Tuple[str, ...], signature: Tuple) -> Tuple[List[Ckpt], List[str]]:
-    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.training.checkpoints import find_checkpoints
 
     infos, errors = find_checkpoints(*dirs)
     ckpts: List[Ckpt] = []
@@ -265,7 +265,7 @@ def checkpoint_by_id(cid: str) -> Optional[Ckpt]:
 
 @st.cache_resource(show_spinner=False, max_entries=32)
 def _load_model(path: str, sha: str):
-    from normshape_core.checkpoints import CheckpointError, load_checkpoint
+    from normshape_core.training.checkpoints import CheckpointError, load_checkpoint
 
     try:
         return load_checkpoint(path)
@@ -289,7 +289,7 @@ def load_model(ck: "Ckpt | str", sha: Optional[str] = None):
 def load_dataset(name: str):
     """The dataset (shared, read-only tensors); never downloaded (``DatasetUnavailable``, which
     the page shows as one message, when its files are not on this server)."""
-    from normshape_core.data import load_dataset as _load
+    from normshape_core.blocks.data import load_dataset as _load
 
     require_dataset_here(name)
     return _load(name, seed=0, download=False)
@@ -298,7 +298,7 @@ def load_dataset(name: str):
 def device_text() -> str:
     import torch
 
-    from normshape_core.config import parse_device
+    from normshape_core.settings.config import parse_device
 
     dev = parse_device("auto")
     extra = ""
@@ -323,7 +323,7 @@ def warm_umap_in_background():
     def work():
         import numpy as np
 
-        from normshape_core.projections import embed_2d
+        from normshape_core.measuring.projections import embed_2d
 
         try:
             embed_2d(np.random.default_rng(0).normal(size=(40, 8)).astype("float32"), "umap")
@@ -386,7 +386,7 @@ def table_iv_rows(ckpts: Sequence[Ckpt], dataset: str, method: str) -> Dict[str,
     """The Ratios page's rows: {training label: checkpoint} of ``dataset`` trained with
     ``method`` + shaping in attack and training (by ratio), then adv only ("adv only (1:0)");
     polluted runs and stopped runs said in the label, after their normal twin."""
-    from normshape_core.evaluation import training_label
+    from normshape_core.measuring.evaluation import training_label
 
     rows: Dict[str, Ckpt] = {}
     for c in ckpts:

@@ -15,9 +15,9 @@ from normshape_app.style import md_escape
 
 
 def _user_errors() -> Tuple[type, ...]:
-    from normshape_core.checkpoints import CheckpointError
-    from normshape_core.config import ConfigError
-    from normshape_core.data import DatasetUnavailable
+    from normshape_core.training.checkpoints import CheckpointError
+    from normshape_core.settings.config import ConfigError
+    from normshape_core.blocks.data import DatasetUnavailable
 
     return (CheckpointError, ConfigError, DatasetUnavailable)
 
@@ -103,7 +103,7 @@ def _cancel(state_key: str, job: str) -> None:
 
 def _progress_text(title: str, k: int, n: int, label: str, done: int, total: int,
                    elapsed: float, frac: float) -> str:
-    from normshape_core.jobs import format_seconds
+    from normshape_app.jobs import format_seconds
 
     left = (f"about {format_seconds(elapsed * (1 - frac) / frac)} left"
             if frac > 0.02 and elapsed > 2 else "estimating the time left")
@@ -176,7 +176,7 @@ def _with_warnings(df, warnings) -> Any:
 def _stored(ck: "Ckpt", settings: Dict) -> Any:
     """The evaluation's rows when the stored results (beside the checkpoint: the shipped
     ones; the user's folder) hold every cell of it, else None. Reads files only."""
-    from normshape_core import evaljobs
+    from normshape_app import evaljobs
 
     have = evaljobs.stored(ck.path, settings, ck.meta)
     return _with_warnings(have.rows, have.warnings) if have.complete else None
@@ -197,8 +197,8 @@ def stored_evaluation(ck: "Ckpt", settings: Dict) -> Any:
 def _evaluate(ck: "Ckpt", settings: Dict, progress) -> Any:
     """The evaluation's rows: the cells the stored results hold are read, only the missing
     ones computed (and cached in the user's folder)."""
-    from normshape_core import evaljobs
-    from normshape_core.evaluation import evaluate_checkpoint
+    from normshape_app import evaljobs
+    from normshape_core.measuring.evaluation import evaluate_checkpoint
 
     have = evaljobs.stored(ck.path, settings, ck.meta)
     if have.complete:
@@ -233,7 +233,7 @@ def evaluations_by_attack(cks: Sequence["Ckpt"], attacks: Sequence[str], setting
     the shipped results, the user's folder) is returned, nothing computed."""
     import pandas as pd
 
-    from normshape_core.evaluation import sanity_warnings
+    from normshape_core.measuring.evaluation import sanity_warnings
 
     label_of = label_of or (lambda ck, attack: f"{ck.id}: {attack}")
     parts, owners = [], []
@@ -278,7 +278,7 @@ def shaped_grid_rows(cks: Dict[str, "Ckpt"], ratios: Sequence[str], attack: str,
     else the missing cells of a checkpoint are computed in one evaluation (the attack crafted
     once for them), one part of the overall progress per checkpoint. ``compute=False``: only
     the stored cells (the others are left out of the rows)."""
-    from normshape_core import evaljobs
+    from normshape_app import evaljobs
 
     store = result_store()
     parts = []
@@ -313,7 +313,7 @@ def grid_jobs(cks: Dict[str, "Ckpt"], ratios: Sequence[str], ensemble: str, sett
     """(pending, running) of a worst-case grid's missing cells, computed as background jobs
     (one per checkpoint, for its missing ratios): pending: {(training label, ratio): (short,
     long)}: the anytime bound ("<= 0.460") and its whole text, or what the job waits for."""
-    from normshape_core import evaljobs
+    from normshape_app import evaljobs
 
     pending, running = {}, []
     for label, ck in cks.items():
@@ -361,7 +361,7 @@ def shipped_grid_worst_n(dataset: str) -> Optional[int]:
     """The test samples of the reproduction's Table IV worst case on ``dataset``
     (``reproduce.table_iv_worst_settings``, the settings the shipped results were computed
     with), at most the test set; None when the reproduction computes none."""
-    from normshape_core.reproduce import table_iv_worst_settings
+    from normshape_core.studies.reproduce import table_iv_worst_settings
 
     n = table_iv_worst_settings(dataset).get("n_test")
     return min(int(n), test_set_size(dataset)) if n else None
@@ -381,7 +381,7 @@ def grid_worst_settings(dataset: str, n_test: int) -> Dict:
     """The Ratios grid's worst case: the reproduction's Table IV settings
     (``reproduce.table_iv_worst_settings``: seed, budgets) on ``n_test`` samples; the
     ensemble is the attack, the inference ratios the page's."""
-    from normshape_core.reproduce import table_iv_worst_settings
+    from normshape_core.studies.reproduce import table_iv_worst_settings
 
     s = {k: v for k, v in table_iv_worst_settings(dataset).items()
          if k not in ("attacks", "ensembles", "classify")}
@@ -411,9 +411,9 @@ def _results_worst(path: str, mtime: float) -> Dict[str, Dict[str, Tuple[float, 
     """{weights SHA-256: {"PN" | "BN" | "shaped 1:9": (worst-case robust accuracy, n)}} of one
     reproduction ``results.json``: per classifier its worst case (of the headline ensemble,
     ``worst_case.DEFAULT_ENSEMBLE``) on the most samples."""
-    from normshape_core.files import UnreadableFile, read_json
+    from normshape_core.base.files import UnreadableFile, read_json
 
-    from normshape_core.worst_case import DEFAULT_ENSEMBLE
+    from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
     out: Dict[str, Dict[str, Tuple[float, int]]] = {}
     try:
@@ -466,7 +466,7 @@ def worst_case_settings(dataset: str, ratio: str = "1:9", n_test: Optional[int] 
     own norms) as the reproduction computes it (``reproduce.worst_case_settings``: its seed
     and budgets; ``config``: the model's training config, for its samples), on ``n_test``
     samples (default: the reproduction's), so the shipped results are read."""
-    from normshape_core.reproduce import worst_case_settings as repro
+    from normshape_core.studies.reproduce import worst_case_settings as repro
 
     s = repro(dataset, config=config)
     s["n_test"] = min(int(n_test or s["n_test"]), test_set_size(dataset))
@@ -497,10 +497,10 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
     worst cases themselves are the reproduction's (``normshape reproduce``)."""
     import sys
 
-    from normshape_core import evaljobs
-    from normshape_core.checkpoints import find_checkpoints
-    from normshape_core.data import load_dataset as _load
-    from normshape_core.evaluation import BESIDE, evaluate_checkpoint
+    from normshape_app import evaljobs
+    from normshape_core.training.checkpoints import find_checkpoints
+    from normshape_core.blocks.data import load_dataset as _load
+    from normshape_core.measuring.evaluation import BESIDE, evaluate_checkpoint
 
     infos, errors = find_checkpoints(*(dirs or [str(shipped_checkpoints_dir())]))
     for e in errors:
@@ -536,7 +536,7 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
                       f"(n={settings['n_test']}): computed")
             except Exception as e:  # one bad checkpoint must not stop the others
                 print(f"{info.path.name}: failed: {e}", file=sys.stderr)
-    from normshape_core.projections import store_projections
+    from normshape_core.measuring.projections import store_projections
 
     store_projections(i.path for i in infos)  # the Decision boundaries page's stored maps
 
@@ -546,7 +546,7 @@ def evaluation_job(ck: "Ckpt", settings: Dict, label: str):
     """The background job (``evaljobs``) computing the cells of ``settings`` that are not
     stored: shared with any session that asks for the same, started when none runs,
     started again (resuming) after a kill. Returns its state at once."""
-    from normshape_core import evaljobs
+    from normshape_app import evaljobs
 
     from normshape_app.inventory import worker_threads
 
@@ -568,7 +568,7 @@ def compare_worst(cks: Sequence["Ckpt"], ratio: str, n_of: Dict[str, int]):
     (all of them: 0 s; or those of the classifiers already done), and for the cells still
     missing the text of their background job (the anytime bound, "<= 0.460 after apgd;
     apgd_t, square to go", or what the job is waiting for); the jobs still running."""
-    from normshape_core import evaljobs
+    from normshape_app import evaljobs
     from normshape_core.figures.compare import WORST, measure_name
 
     rows, pending, running = {}, {}, []
@@ -592,7 +592,7 @@ def joined(*dfs) -> Any:
     """The evaluation rows of several frames in one (None: nothing there yet); warnings kept."""
     import pandas as pd
 
-    from normshape_core.evaluation import ROW_KEYS
+    from normshape_core.measuring.evaluation import ROW_KEYS
 
     have = [d for d in dfs if d is not None and len(d)]
     if not have:

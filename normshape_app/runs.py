@@ -2,14 +2,14 @@
 session's runs; another session's only through a confirmed Stop), and a run's outcome (error
 and log, final metrics, Resume; another session's run only through a confirmed Resume, which
 leaves the run its owner's). The runs themselves are background processes
-(``normshape_core.jobs``); ``st.session_state.owner`` is this session's token."""
+(``normshape_app.jobs``); ``st.session_state.owner`` is this session's token."""
 from __future__ import annotations
 
 import streamlit as st
 
 from normshape_app.inventory import max_active_runs, runs_dir, worker_threads
 from normshape_app.style import md_escape, metric_label, public_text
-from normshape_core import jobs
+from normshape_app import jobs
 
 
 def _act(fn, j: jobs.JobStatus, done: str, **kw) -> None:

@@ -18,7 +18,7 @@ BEST_CSS = "background-color: #fde0c5; font-weight: bold"
 def accuracy_cell(value: float, n: int) -> str:
     """An accuracy as a table cell: the value, and under it, small and grey, its 95 %
     Clopper-Pearson interval and n (Markdown of st.table)."""
-    from normshape_core.stats import Proportion
+    from normshape_core.base.stats import Proportion
 
     p = Proportion.of(value, n)
     return f"{p.value:.3f}  \n:small[:gray[[{p.low:.3f}, {p.high:.3f}], n={p.n}]]"
@@ -26,7 +26,7 @@ def accuracy_cell(value: float, n: int) -> str:
 
 def interval_cell(value: float, n: int) -> str:
     """An accuracy on one line with its interval: ``0.415 [0.366, 0.466]`` (n said once)."""
-    from normshape_core.stats import Proportion
+    from normshape_core.base.stats import Proportion
 
     p = Proportion.of(value, n)
     return f"{p.value:.3f} [{p.low:.3f}, {p.high:.3f}]"
@@ -115,7 +115,7 @@ def ordered_rows(df: pd.DataFrame) -> pd.DataFrame:
 def paper_table(df: pd.DataFrame) -> pd.DataFrame:
     """An evaluation's rows in the layout of the paper's Tables I-II, flat columns; each
     accuracy with its 95 % interval (the samples' n is the same for the whole table)."""
-    from normshape_core.evaluation import table_like_paper
+    from normshape_core.measuring.evaluation import table_like_paper
 
     d = ordered_rows(df)
     t = table_like_paper(d)
@@ -132,7 +132,7 @@ def paper_table(df: pd.DataFrame) -> pd.DataFrame:
 def paper_table_iii(df: pd.DataFrame) -> pd.DataFrame:
     """Table III's layout (adaptive attacks on shaped inference), each robust accuracy with its
     95 % interval."""
-    from normshape_core.evaluation import table_iii
+    from normshape_core.measuring.evaluation import table_iii
 
     t = table_iii(df)
     n = int(df["n"].iloc[0]) if len(df) else 0
@@ -175,7 +175,7 @@ class GridView:
         self.columns = columns  # heatmaps to a row
 
     def _worst(self, attack: str) -> bool:
-        from normshape_core.worst_case import DEFAULT_ENSEMBLE
+        from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
         return attack == DEFAULT_ENSEMBLE
 
@@ -189,7 +189,7 @@ class GridView:
     def grid(self, attack: str, crafted_with, compute: bool = False):
         """(accuracy, n) of the grid, the missing cells NaN (``compute``: computed here)."""
         from normshape_app import results as R
-        from normshape_core.evaluation import WORST
+        from normshape_core.measuring.evaluation import WORST
 
         dfs = R.shaped_grid_rows(self.chosen, self.ratios, attack, self.settings_of(attack),
                                  compute=compute, title="Computing the missing cells",
@@ -211,7 +211,7 @@ class GridView:
 
     def jobs(self):
         from normshape_app import results as R
-        from normshape_core.worst_case import DEFAULT_ENSEMBLE
+        from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
         return R.grid_jobs(self.chosen, self.ratios, DEFAULT_ENSEMBLE,
                            self.settings_of(DEFAULT_ENSEMBLE))
@@ -223,7 +223,7 @@ class GridView:
         """The worst-case grid: the stored cells; the missing ones run as background jobs
         (one per checkpoint) and show their bound so far. Meant as a fragment redrawn every
         2 s while a job runs; once they end, the whole page is run again."""
-        from normshape_core.worst_case import DEFAULT_ENSEMBLE
+        from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
         acc, n = self.grid(DEFAULT_ENSEMBLE, None)
         pending, running = self.jobs()

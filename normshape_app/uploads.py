@@ -51,9 +51,9 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
     import secrets
     import shutil
 
-    from normshape_core.checkpoints import (CheckpointError, atomic_write_json, load_checkpoint,
-                                            sha256_bytes, validate_meta)
-    from normshape_core.config import sanitize_name
+    from normshape_core.training.checkpoints import (CheckpointError, atomic_write_json,
+                                                     load_checkpoint, sha256_bytes, validate_meta)
+    from normshape_core.settings.config import sanitize_name
 
     def label(name: str, default: str) -> str:  # an uploaded file's name, on one line
         return re.sub(r"[\x00-\x1f\x7f]", "?", Path(str(name)).name)[:80] or default

@@ -53,7 +53,7 @@ def url_many(*options: Any, max_items: Optional[int] = None) -> UrlParam:
     return UrlParam("many", options=tuple(map(str, options)) or None, max_items=max_items)
 
 
-# Written out rather than imported: importing normshape_core.config or .data loads torch,
+# Written out rather than imported: importing normshape_core.settings.config or .data loads torch,
 # which the app defers until a page needs it (tests/test_query_params.py checks these three
 # against the core's DATASETS, DATASETS_2D and MAX_SEED).
 URL_DATASETS = ("moons", "spirals", "digits", "circles", "xor", "blobs", "fashion_mnist",

@@ -3,10 +3,13 @@
 The Python API for notebooks and scripts (README, "Python API"): every public name below is
 importable from the package, ``from normshape_core import load_for_evaluation, evaluate``.
 Importing the package is light: each name's module (torch, pandas, ...) is imported on first
-use of the name. Layers, lowest first (docs/architecture.md, tests/test_architecture.py):
-data, models, norms -> settings -> shaping, attacks -> training, checkpoints ->
-evaluation, diagnostics, projections -> figures -> CLI / app / jobs / reproduce. This package
-never imports Streamlit.
+use of the name. Each subpackage is one layer, lowest first (docs/architecture.md,
+tests/test_architecture.py): base (files, names, stats, faults, userdata) -> blocks (data,
+models, norms) -> settings (config, presets) -> inference (shaping, the other BN fixes) ->
+attacks -> training (trainer, objectives, checkpoints) -> measuring (evaluation, worst case,
+diagnostics, projections) -> figures -> studies (reproduce, report, bn_fixes, sweep) -> cli
+and this package's API. This package never imports Streamlit; the app's background jobs and
+Playground live in ``normshape_app``.
 """
 from __future__ import annotations
 
@@ -18,40 +21,45 @@ from ._version import __version__
 #: public name -> the module that defines it (imported on first access)
 _LAZY: Dict[str, str] = {
     # settings
-    "TrainConfig": ".config", "ConfigError": ".config", "Ratio": ".config",
-    "DATASET_PRESETS": ".presets", "TRAIN_PRESETS": ".presets",
+    "TrainConfig": ".settings.config", "ConfigError": ".settings.config",
+    "Ratio": ".settings.config",
+    "DATASET_PRESETS": ".settings.presets", "TRAIN_PRESETS": ".settings.presets",
     # data and models
-    "load_dataset": ".data", "Dataset": ".data", "DATASETS": ".data",
-    "build_model": ".models", "MODELS": ".models",
+    "load_dataset": ".blocks.data", "Dataset": ".blocks.data", "DATASETS": ".blocks.data",
+    "build_model": ".blocks.models", "MODELS": ".blocks.models",
     # inference with batch norm: PN, BN, shaped
-    "PNClassifier": ".shaping", "BNClassifier": ".shaping", "ShapedClassifier": ".shaping",
-    "make_reference_pool": ".shaping", "parse_classifier": ".shaping",
+    "PNClassifier": ".inference.shaping", "BNClassifier": ".inference.shaping",
+    "ShapedClassifier": ".inference.shaping",
+    "make_reference_pool": ".inference.shaping", "parse_classifier": ".inference.shaping",
     # the other BN fixes: dual BN, no batch statistics, test-time statistics
-    "make_classifier": ".alternatives", "DualBNClassifier": ".alternatives",
-    "OwnNormsClassifier": ".alternatives", "TestTimeStatsClassifier": ".alternatives",
+    "make_classifier": ".inference.alternatives", "DualBNClassifier": ".inference.alternatives",
+    "OwnNormsClassifier": ".inference.alternatives",
+    "TestTimeStatsClassifier": ".inference.alternatives",
     # attacks
     "make_attack": ".attacks", "ATTACKS": ".attacks", "pgd_linf": ".attacks",
     # training and checkpoints
-    "train": ".training", "Trainer": ".training", "StopTraining": ".training",
-    "TrainResult": ".training",
-    "load_checkpoint": ".checkpoints", "find_checkpoints": ".checkpoints",
-    "CheckpointError": ".checkpoints",
+    "train": ".training.trainer", "Trainer": ".training.trainer",
+    "StopTraining": ".training.trainer",
+    "TrainResult": ".training.trainer",
+    "load_checkpoint": ".training.checkpoints", "find_checkpoints": ".training.checkpoints",
+    "CheckpointError": ".training.checkpoints",
     # evaluation and the worst case
-    "evaluate": ".evaluation", "evaluate_checkpoint": ".evaluation",
-    "load_for_evaluation": ".evaluation", "EvalSettings": ".evaluation",
-    "table_like_paper": ".evaluation", "table_worst_case": ".evaluation",
-    "table_iv": ".evaluation", "format_table": ".evaluation",
-    "worst_case": ".worst_case", "make_ensemble": ".worst_case",
+    "evaluate": ".measuring.evaluation", "evaluate_checkpoint": ".measuring.evaluation",
+    "load_for_evaluation": ".measuring.evaluation", "EvalSettings": ".measuring.evaluation",
+    "table_like_paper": ".measuring.evaluation", "table_worst_case": ".measuring.evaluation",
+    "table_iv": ".measuring.evaluation", "format_table": ".measuring.evaluation",
+    "worst_case": ".measuring.worst_case", "make_ensemble": ".measuring.worst_case",
     # your own model: its factory and weights, your data, the checks
-    "load_own_model": ".own_model", "dataset_from_arrays": ".own_model",
-    "check_own_model": ".own_model", "load_data": ".own_model",
+    "load_own_model": ".measuring.own_model", "dataset_from_arrays": ".measuring.own_model",
+    "check_own_model": ".measuring.own_model", "load_data": ".measuring.own_model",
     # diagnostics
-    "moving_target": ".diagnostics", "diagnose": ".diagnostics",
-    "diagnose_checkpoint": ".diagnostics", "DiagnoseSettings": ".diagnostics",
-    "logit_error_experiment": ".diagnostics", "perturbation_experiment": ".diagnostics",
+    "moving_target": ".measuring.diagnostics", "diagnose": ".measuring.diagnostics",
+    "diagnose_checkpoint": ".measuring.diagnostics", "DiagnoseSettings": ".measuring.diagnostics",
+    "logit_error_experiment": ".measuring.diagnostics",
+    "perturbation_experiment": ".measuring.diagnostics",
     # reproduction
-    "ReproduceSettings": ".reproduce", "ReportSettings": ".report",
-    "AlternativesSettings": ".bn_fixes",
+    "ReproduceSettings": ".studies.reproduce", "ReportSettings": ".studies.report",
+    "AlternativesSettings": ".studies.bn_fixes",
 }
 
 __all__: List[str] = ["__version__", *_LAZY]

@@ -28,8 +28,8 @@ def checkpoint_root() -> Path:
     """A folder holding the run folders above (trained on the first call)."""
     import torch
 
-    from normshape_core.config import TrainConfig
-    from normshape_core.training import train
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.training.trainer import train
 
     root = Path(tempfile.mkdtemp(prefix="normshape-app-ckpts-"))
     threads = torch.get_num_threads()

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 
 from normshape_core.attacks import pgd_linf
-from normshape_core.config import Ratio
-from normshape_core.data import load_dataset
-from normshape_core.models import build_model
-from normshape_core.norms import NormMode, norm_mode
+from normshape_core.settings.config import Ratio
+from normshape_core.blocks.data import load_dataset
+from normshape_core.blocks.models import build_model
+from normshape_core.blocks.norms import NormMode, norm_mode
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -24,14 +24,14 @@ torch.set_num_threads(int(os.environ.get("NORMSHAPE_TEST_THREADS", "1")))
 
 @pytest.fixture(scope="session")
 def moons():
-    from normshape_core.data import load_dataset
+    from normshape_core.blocks.data import load_dataset
 
     return load_dataset("moons")
 
 
 @pytest.fixture(scope="session")
 def digits():
-    from normshape_core.data import load_dataset
+    from normshape_core.blocks.data import load_dataset
 
     return load_dataset("digits")
 

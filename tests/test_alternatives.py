@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normshape_core import alternatives as alt
-from normshape_core.checkpoints import (CheckpointError, load_checkpoint, parameter_count,
-                                        validate_meta)
-from normshape_core.config import ConfigError, TrainConfig, model_kwargs
-from normshape_core.models import DualBatchNorm, build_model
-from normshape_core.norms import (ADV, CLEAN, NormMode, bn_modules, dual_route, norm_mode)
-from normshape_core.objectives import adaptive_gradient_clip_
-from normshape_core.shaping import make_reference_pool, parse_classifier
-from normshape_core.training import Trainer, train
+from normshape_core.inference import alternatives as alt
+from normshape_core.training.checkpoints import (CheckpointError, load_checkpoint, parameter_count,
+                                                 validate_meta)
+from normshape_core.settings.config import ConfigError, TrainConfig, model_kwargs
+from normshape_core.blocks.models import DualBatchNorm, build_model
+from normshape_core.blocks.norms import (ADV, CLEAN, NormMode, bn_modules, dual_route, norm_mode)
+from normshape_core.training.objectives import adaptive_gradient_clip_
+from normshape_core.inference.shaping import make_reference_pool, parse_classifier
+from normshape_core.training.trainer import Trainer, train
 
 ROOT = Path(__file__).resolve().parents[1]
 MOONS_PGD = ROOT / "checkpoints" / "moons" / "moons-mlp-pgd-adv-only-eps0.12-s0"

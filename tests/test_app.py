@@ -15,7 +15,7 @@ import pytest
 from _app_checkpoints import checkpoint_root
 from _apptest import open_app
 from normshape_app import ui
-from normshape_core.worst_case import DEFAULT_ENSEMBLE
+from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT = 120  # first views compute (evaluations, PGD traces) on two shared cores
@@ -255,7 +255,7 @@ def test_compare_adding_an_attack_computes_only_that_attack(app, monkeypatch):
     one more evaluation per checkpoint, the first attack's numbers are reused."""
     import streamlit as st
 
-    from normshape_core import evaluation
+    from normshape_core.measuring import evaluation
 
     computed = []
     real = evaluation._evaluate
@@ -318,7 +318,7 @@ def test_a_run_started_on_train_finishes_and_appears_everywhere(app, tmp_path):
     assert not at.exception and not at.error, [e.value for e in at.error]
     runs = list((tmp_path / "runs").iterdir())
     assert len(runs) == 1 and runs[0].name.startswith("my_run_.._x-")
-    from normshape_core import jobs
+    from normshape_app import jobs
     assert jobs.wait_for(runs[0], timeout=120).state == "finished"
     at.run()
     assert "Finished in" in texts(at)
@@ -329,7 +329,7 @@ def test_a_run_started_on_train_finishes_and_appears_everywhere(app, tmp_path):
 
 
 def test_a_failed_run_shows_its_error_and_the_app_keeps_working(app, tmp_path):
-    from normshape_core import jobs
+    from normshape_app import jobs
     run = jobs.new_run_dir(tmp_path / "runs", "broken")
     (run / "job.json").write_text(json.dumps({"name": run.name, "config": {"dataset": "moons"},
                                               "created": "2099-01-01T00:00:00+00:00"}))
@@ -376,9 +376,9 @@ def test_an_upload_is_stored_once_in_the_user_folder(app, tmp_path):
     the source tree) and listed everywhere; the same weights uploaded again are recognised."""
     import torch
 
-    from normshape_core.checkpoints import save_checkpoint
-    from normshape_core.config import TrainConfig
-    from normshape_core.models import build_model
+    from normshape_core.training.checkpoints import save_checkpoint
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.blocks.models import build_model
 
     torch.manual_seed(1)
     cfg = TrainConfig(dataset="moons", model="mlp", method="natural", epochs=1)
@@ -476,7 +476,7 @@ def assert_shipped_results_are_the_engines(dataset: str) -> None:
 @pytest.fixture
 def no_worst_case_computed(monkeypatch):
     """Fails a test in which an ensemble (a worst case) is computed instead of read."""
-    from normshape_core import evaluation
+    from normshape_core.measuring import evaluation
 
     real = evaluation._evaluate
 
@@ -496,7 +496,7 @@ def test_compare_first_view_is_one_eps_with_the_worst_case_read_and_every_interv
     import streamlit as st
 
     from normshape_app import ui
-    from normshape_core.stats import Proportion
+    from normshape_core.base.stats import Proportion
 
     monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ROOT / "checkpoints"))
     st.cache_resource.clear()
@@ -565,7 +565,7 @@ def test_compare_shows_a_running_worst_case_bound_and_the_job_is_shared(app, ckp
     import os
 
     from normshape_app import results
-    from normshape_core import evaljobs
+    from normshape_app import evaljobs
 
     at = app("app_pages/compare.py", query={"cmp": ["moons-natural", "moons-pgd-adv-only"],
                                             "cmp_attacks": ["fgsm"], "cmp_n": "100"})
@@ -625,7 +625,7 @@ def test_ratios_worst_case_at_its_defaults_is_the_shipped_grid(app, monkeypatch,
     """Ratios in worst-case mode at its default settings: every cell of the worst-case grid
     is the shipped one (reproduce.table_iv_values of results.json, its n), nothing computed.
     Fails until the reproduction ships Table IV's worst case for the default dataset."""
-    from normshape_core.report import table_iv_values
+    from normshape_core.studies.report import table_iv_values
 
     monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ROOT / "checkpoints"))
     at = app("app_pages/ratios.py", query={"ratios_crafted": "worst case"})

@@ -1,7 +1,8 @@
-"""The architecture, checked from the source (AST, no import runs): the import graph of
-``normshape_core`` has no cycle, follows the layer table below one way (a module imports its
-own layer or lower ones, never a higher one), never imports Streamlit, and keeps argparse in
-the command-line layer; the app's pages do not import torch.
+"""The architecture, checked from the source (AST, no import runs): each subpackage of
+``normshape_core`` is one layer, and ``ls normshape_core`` lists them; the import graph has no
+cycle, follows the layers one way (a module imports its own layer or lower ones, never a
+higher one), never imports Streamlit, and keeps argparse in the command-line layer; no
+function is longer than a screen (80 lines); the app's pages do not import torch.
 
 Every import counts, including those inside functions and under ``if``: a lazy import still
 ties two modules together. The lazy public names of ``normshape_core/__init__.py`` (its
@@ -18,34 +19,25 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 CORE = ROOT / "normshape_core"
 
-# Layers, lowest first. data, models and norms import nothing of the package; the settings
-# (config, presets) validate names against their registries (config -> data, models), so
-# they sit one layer above them. A module name that is a package covers its submodules
-# (``attacks`` covers ``attacks.pgd``); the most specific entry wins.
-LAYERS: List[List[str]] = [
-    # 0 foundations: the version, registries of datasets and models, the norm layers, the
-    #   user folder, the fault-injection points, intervals and paired tests (stats), reading
-    #   a file safely (files), the names every layer shares (names)
-    ["_version", "data", "models", "norms", "userdata", "faults", "stats", "files", "names"],
-    # 1 settings
-    ["config", "presets"],
-    # 2 building blocks of training and evaluation (the inference modes: shaping's and the
-    #   other BN fixes' classifier views)
-    ["shaping", "alternatives", "attacks"],
-    # 3 training and what it writes
-    ["training", "objectives", "checkpoints", "distributed", "runlock"],
-    # 4 measuring trained models (own_model: a model from the user's own code, its weights
-    #   and data, checked for what the measuring needs)
-    ["evaluation", "eval_work", "worst_case", "diagnostics", "projections", "experiments",
-     "own_model"],
-    # 5 figures (plotly; the Playground's live regions with Pillow)
-    ["figures"],
-    # 6 entry points: the package's public API, the command line, the app-facing jobs and
-    #   playground, the app's evaluation jobs, the reproduce pipeline and its report, the BN
-    #   fixes side by side and the confounding sweep
-    ["", "__main__", "cli", "jobs", "evaljobs", "playground", "reproduce", "report",
-     "bn_fixes", "sweep"],
+# The layers, lowest first: a module's layer is the subpackage it lives in (its folder).
+# docs/architecture.md describes each one. base and blocks import nothing above them; the
+# settings validate names against the registries of blocks (config -> data, models), so they
+# sit above them; inference (the classifier views) is what the attacks craft through.
+LAYERS: List[str] = [
+    "base",       # 0 files, names, stats, faults, userdata: shared, importing nothing
+    "blocks",     # 1 the registries of datasets and models, the norm layers
+    "settings",   # 2 TrainConfig, presets
+    "inference",  # 3 PN, BN, shaped batches; the other BN fixes' classifier views
+    "attacks",    # 4 one file per attack, the registry, the threat models
+    "training",   # 5 the loop, objectives, checkpoints, torchrun, the run lock
+    "measuring",  # 6 evaluation, the worst case, diagnostics, projections, own models
+    "figures",    # 7 plotly figures of core results
+    "studies",    # 8 the reproduction, its report, the BN fixes, the confoundings sweep
+    "cli",        # 9 every argparse parser
 ]
+# The package's own files: the version imports nothing (the floor); the public API
+# (``__init__``, ''), and ``python -m normshape_core`` (``__main__``) are the top.
+ROOT_MODULES = {"_version": 0, "": len(LAYERS) - 1, "__main__": len(LAYERS) - 1}
 
 # argparse only in the command-line layer.
 ARGPARSE_ALLOWED = ("cli",)
@@ -111,16 +103,14 @@ def _graph() -> Dict[str, Set[str]]:
 
 
 def _layer(module: str) -> int:
-    best, best_len = None, -1
-    for i, names in enumerate(LAYERS):
-        for n in names:
-            covers = module == n or (n and module.startswith(n + "."))
-            if covers and len(n) > best_len:
-                best, best_len = i, len(n)
-    if best is None:
-        raise AssertionError(f"normshape_core.{module} is in no layer of tests/"
-                             f"test_architecture.py's LAYERS: place it there")
-    return best
+    if module in ROOT_MODULES:
+        return ROOT_MODULES[module]
+    folder = module.split(".")[0]
+    if folder not in LAYERS:
+        raise AssertionError(f"normshape_core.{module} lies in no layer's folder: move it into "
+                             f"one of {LAYERS} (or add its folder to tests/test_architecture.py's "
+                             f"LAYERS and docs/architecture.md)")
+    return LAYERS.index(folder)
 
 
 def _label(module: str) -> str:
@@ -129,9 +119,26 @@ def _label(module: str) -> str:
 
 def test_graph_is_read():
     g = _graph()
-    assert {"config", "training", "checkpoints", "evaluation", "cli", "attacks.pgd"} <= set(g)
-    assert "checkpoints" in g["training"] and "config" in g["checkpoints"]
-    assert "ext:torch" in g["training"]
+    assert {"settings.config", "training.trainer", "training.checkpoints",
+            "measuring.evaluation", "cli", "attacks.pgd"} <= set(g)
+    assert "training.checkpoints" in g["training.trainer"]
+    assert "settings.config" in g["training.checkpoints"]
+    assert "ext:torch" in g["training.trainer"]
+
+
+def test_the_folders_are_the_layers():
+    """``ls normshape_core`` shows the layers: one folder per layer, no flat module but the
+    package's own files, and docs/architecture.md names every folder."""
+    folders = {p.name for p in CORE.iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(LAYERS), (
+        f"folders of normshape_core that are no layer: {sorted(folders - set(LAYERS))}; "
+        f"layers without a folder: {sorted(set(LAYERS) - folders)}")
+    flat = {p.stem for p in CORE.glob("*.py")} - {"__init__", *ROOT_MODULES}
+    assert not flat, f"modules outside the layers' folders: {sorted(flat)}"
+    assert all(_layer(m) in range(len(LAYERS)) for m in _modules())
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    missing = [f for f in LAYERS if f"{f}/" not in doc]
+    assert not missing, f"docs/architecture.md does not describe the layers {missing}"
 
 
 def test_no_import_cycle():
@@ -201,3 +208,64 @@ def test_pages_do_not_import_torch():
                 bad.append(p.name)
                 break
     assert not bad, f"pages that import torch: {bad}"
+
+
+# A function should read in one screen. These are longer today: each may only shrink (the
+# test fails when one grows past its count, or once it fits, until its line here goes).
+MAX_FUNCTION_LINES = 80
+KNOWN_LONG: Dict[str, int] = {
+    "normshape_core.attacks.apgd:apgd_run": 85,
+    "normshape_core.figures.playground:_panel": 82,
+    "normshape_core.measuring.evaluation:evaluate_checkpoint": 91,
+    "normshape_core.measuring.worst_case:accept": 82,
+    "normshape_core.training.checkpoints:validate_meta": 139,
+}
+
+
+def _long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> Dict[str, int]:
+    """``qualified name -> lines`` (the ``def`` line to the last, decorators not counted) of
+    every function or method in ``path`` longer than ``limit``."""
+    out: Dict[str, int] = {}
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = child.end_lineno - child.lineno + 1
+                if n > limit:
+                    out[prefix + child.name] = n
+                walk(child, prefix + child.name + ".")
+            elif isinstance(child, ast.ClassDef):
+                walk(child, prefix + child.name + ".")
+            else:
+                walk(child, prefix)
+
+    walk(ast.parse(path.read_text(), filename=str(path)), "")
+    return out
+
+
+def test_the_length_check_sees_methods_and_nested_functions(tmp_path):
+    body = "".join(f"x{i} = {i}\n" for i in range(4))
+
+    def indent(text: str, n: int) -> str:
+        return "".join(" " * n + line + "\n" for line in text.splitlines())
+
+    src = tmp_path / "m.py"
+    src.write_text("class A:\n    def long(self):\n" + indent(body, 8)
+                   + "def outer():\n    def inner():\n" + indent(body, 8)
+                   + "    return inner\n"
+                   + "def short():\n    return 1\n")
+    assert _long_functions(src, limit=4) == {"A.long": 5, "outer": 7, "outer.inner": 5}
+
+
+def test_no_function_longer_than_a_screen():
+    found = {f"{_label(_module_name(p))}:{name}": n
+             for p in sorted(CORE.rglob("*.py")) for name, n in _long_functions(p).items()}
+    new = {k: n for k, n in found.items() if k not in KNOWN_LONG}
+    assert not new, (f"functions longer than {MAX_FUNCTION_LINES} lines (split them into named "
+                     f"steps): {new}")
+    grew = {k: (KNOWN_LONG[k], n) for k, n in found.items() if k in KNOWN_LONG
+            and n > KNOWN_LONG[k]}
+    assert not grew, f"known long functions that grew (was, now): {grew}"
+    fixed = sorted(set(KNOWN_LONG) - set(found))
+    assert not fixed, (f"these fit in {MAX_FUNCTION_LINES} lines now: remove them from "
+                       f"KNOWN_LONG: {fixed}")

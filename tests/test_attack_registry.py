@@ -14,8 +14,8 @@ import pytest
 
 from normshape_core.attacks import ATTACKS, budget_settings, make_attack
 from normshape_core.attacks import registry
-from normshape_core.evaluation import EvalSettings, _single_settings, split_attacks
-from normshape_core.worst_case import make_ensemble
+from normshape_core.measuring.evaluation import EvalSettings, _single_settings, split_attacks
+from normshape_core.measuring.worst_case import make_ensemble
 
 ROOT = Path(__file__).resolve().parents[1]
 MOONS = ROOT / "checkpoints" / "moons" / "moons-mlp-pgd-shape-attack-train-r1-3-eps0.12-s0"

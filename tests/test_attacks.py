@@ -16,13 +16,13 @@ from _trained import one_thread  # noqa: F401  (autouse fixture)
 from normshape_core.attacks import (ATTACK_ALIASES, ATTACKS, AdaptiveExactReferences, Attack,
                                     AttackResult, L2Ball, LINF, L2_MINIMAL, LinfBall,
                                     apgd_checkpoints, dlr_loss, make_attack, margin,
-                                    linf_to_hyperplane, parse_attack_names, pgd_linf,
-                                    project_linf, square_fraction, targeted_dlr_loss)
-from normshape_core.config import ConfigError
-from normshape_core.models import build_model
-from normshape_core.norms import running_stats
-from normshape_core.shaping import (BNClassifier, PNClassifier, ShapedClassifier,
-                                    make_reference_pool)
+                                    linf_to_hyperplane, parse_attack_names, pgd_linf, project_linf,
+                                    square_fraction, targeted_dlr_loss)
+from normshape_core.settings.config import ConfigError
+from normshape_core.blocks.models import build_model
+from normshape_core.blocks.norms import running_stats
+from normshape_core.inference.shaping import (BNClassifier, PNClassifier, ShapedClassifier,
+                                              make_reference_pool)
 
 # eps large enough to move most samples across the boundary of a naturally trained model
 SETUP = {

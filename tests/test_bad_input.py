@@ -483,7 +483,7 @@ def test_at_least_150_cases_over_every_subcommand():
 
 
 def test_an_unexpected_error_is_one_line_with_a_log_file(monkeypatch, capsys, tmp_path):
-    from normshape_core import training
+    from normshape_core.training import trainer as training
 
     def broken(*a, **kw):
         raise RuntimeError("simulated internal failure")

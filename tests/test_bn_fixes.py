@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from normshape_core import bn_fixes as bf
-from normshape_core.alternatives import describe_spec
+from normshape_core.studies import bn_fixes as bf
+from normshape_core.inference.alternatives import describe_spec
 from normshape_core.cli import main
-from normshape_core.config import ConfigError
-from normshape_core.stats import HOLDS, REVERSED, interval_text, pack_mask, paired_verdict
+from normshape_core.settings.config import ConfigError
+from normshape_core.base.stats import HOLDS, REVERSED, interval_text, pack_mask, paired_verdict
 
 ROOT = Path(__file__).resolve().parents[1]
 NORMS = {"dual_bn/pgd": "dual_bn", "dual_bn/trades": "dual_bn", "no_batch_stats/pgd": "gn",
@@ -49,7 +49,7 @@ def _fixture(dataset="digits", n=200, masks=True, norms=NORMS, seed=1):
 
 
 def _masks(row, which):
-    from normshape_core.stats import unpack_mask
+    from normshape_core.base.stats import unpack_mask
 
     return unpack_mask(row[f"{which}_mask"], row["n"])
 
@@ -177,7 +177,7 @@ def test_the_command_evaluates_every_row_through_its_own_norms(tmp_path):
 # ====================================================================== the shipped runs
 @pytest.mark.parametrize("dataset", ["moons", "digits", "fashion_mnist"])
 def test_the_shipped_set_is_there_and_valid(dataset):
-    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.training.checkpoints import find_checkpoints
 
     s = bf.AlternativesSettings(dataset=dataset, out=ROOT / "checkpoints" / dataset,
                                 repro=ROOT / "checkpoints" / dataset)
@@ -195,9 +195,9 @@ def test_the_shipped_set_is_there_and_valid(dataset):
 def test_a_shipped_run_regenerates_bit_for_bit(key):
     import torch
 
-    from normshape_core.checkpoints import load_checkpoint
-    from normshape_core.config import TrainConfig
-    from normshape_core.training import train
+    from normshape_core.training.checkpoints import load_checkpoint
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.training.trainer import train
 
     alt = next(a for a in bf.ALTERNATIVE_SET if a.key == key)
     folder = ROOT / "checkpoints" / "moons" / bf.run_config("moons", alt).run_name()

@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 from normshape_app.serve import CHROMIUM, launch_chromium, serving  # noqa: E402
-from normshape_core.worst_case import DEFAULT_ENSEMBLE  # noqa: E402
+from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE  # noqa: E402
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),

@@ -218,7 +218,7 @@ def _start_run(pg, base, name):
 
 
 def test_session_b_cannot_stop_the_run_of_session_a(server, browser):  # noqa: F811
-    from normshape_core import jobs
+    from normshape_app import jobs
 
     base, runs = server
     ctx_a = browser.new_context(viewport={"width": 1400, "height": 1000})

@@ -26,7 +26,7 @@ def _count_becomes(pg, name, n, timeout=30.0):
 def _confirm(pg, opener, checkbox, button, run, still, shots):
     """Open the popover ``opener``, check that its button does nothing before the checkbox
     (the run still in state ``still``), then confirm."""
-    from normshape_core import jobs
+    from normshape_app import jobs
 
     _buttons(pg, opener).click()
     confirm = pg.get_by_role("button", name=button, exact=True)
@@ -41,7 +41,7 @@ def _confirm(pg, opener, checkbox, button, run, still, shots):
 
 def test_resuming_another_sessions_run_needs_confirmation_and_leaves_it_the_owners(
         server, browser, tmp_path):  # noqa: F811
-    from normshape_core import jobs
+    from normshape_app import jobs
 
     base, runs = server
     ctx_a = browser.new_context(viewport={"width": 1400, "height": 1000})

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from normshape_core.checkpoints import (CheckpointError, find_checkpoints, load_checkpoint,
-                                        read_meta)
-from normshape_core.config import TrainConfig
-from normshape_core.norms import NormMode, norm_mode
-from normshape_core.training import StopTraining, train
+from normshape_core.training.checkpoints import (CheckpointError, find_checkpoints,
+                                                 load_checkpoint, read_meta)
+from normshape_core.settings.config import TrainConfig
+from normshape_core.blocks.norms import NormMode, norm_mode
+from normshape_core.training.trainer import StopTraining, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -170,7 +170,7 @@ def test_a_kill_between_the_state_files_leaves_a_resumable_pair(tmp_path, moons,
     """The training state has one commit point (state.json names its tensor file): a kill
     after the new tensor file is written but before state.json is replaced, or before the
     old tensor file is removed, resumes from the old or the new state, bit-identical."""
-    from normshape_core import checkpoints as ck
+    from normshape_core.training import checkpoints as ck
 
     cfg = TrainConfig(dataset="moons", method="pgd", shaping="attack+train", epochs=3, steps=2)
     full = train(cfg, tmp_path / "full", dataset=moons)
@@ -237,10 +237,10 @@ def test_a_model_between_the_two_old_limits_trains_and_its_checkpoint_reads_back
     tensors have none), it now reads back; one above the limit is refused by both alike."""
     from types import SimpleNamespace
 
-    from normshape_core import checkpoints
-    from normshape_core.config import MAX_PARAMETERS, ConfigError, model_kwargs
-    from normshape_core.models import build_model
-    from normshape_core.training import Trainer, check_model_size
+    from normshape_core.training import checkpoints
+    from normshape_core.settings.config import MAX_PARAMETERS, ConfigError, model_kwargs
+    from normshape_core.blocks.models import build_model
+    from normshape_core.training.trainer import Trainer, check_model_size
 
     def meta_of(cfg):
         trainer = SimpleNamespace(cfg=cfg, data=moons, step=1, epoch=1,

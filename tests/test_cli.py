@@ -18,7 +18,7 @@ def test_help_documents_every_setting_with_its_default(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     import dataclasses
-    from normshape_core.config import TrainConfig
+    from normshape_core.settings.config import TrainConfig
     for f in dataclasses.fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text
     assert text.count("default") >= len(dataclasses.fields(TrainConfig))

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from normshape_core import data as D
-from normshape_core.data import DatasetUnavailable, load_dataset
+from normshape_core.blocks import data as D
+from normshape_core.blocks.data import DatasetUnavailable, load_dataset
 
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
              "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from _app_checkpoints import checkpoint_root
-from normshape_core import projections as P
-from normshape_core.checkpoints import find_checkpoints, load_checkpoint, read_meta
-from normshape_core.data import load_dataset
+from normshape_core.measuring import projections as P
+from normshape_core.training.checkpoints import find_checkpoints, load_checkpoint, read_meta
+from normshape_core.blocks.data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "app_pages/decision_boundaries.py"

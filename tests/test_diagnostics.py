@@ -9,12 +9,13 @@ import torch
 
 import _trained as T
 from _trained import one_thread  # noqa: F401  (autouse fixture)
-from normshape_core.checkpoints import save_checkpoint
-from normshape_core.config import ConfigError, TrainConfig
+from normshape_core.training.checkpoints import save_checkpoint
+from normshape_core.settings.config import ConfigError, TrainConfig
 from normshape_core.cli.diagnose import add_diagnose_args, cli_diagnose
-from normshape_core.diagnostics import (_batch_stats, logit_error_experiment, moving_target,
-                                        perturbation_experiment, population_stats_from)
-from normshape_core.norms import NormMode, forward_with, running_stats
+from normshape_core.measuring.diagnostics import (_batch_stats, logit_error_experiment,
+                                                  moving_target, perturbation_experiment,
+                                                  population_stats_from)
+from normshape_core.blocks.norms import NormMode, forward_with, running_stats
 
 CASES = {  # name: (model, dataset, eps)
     "moons-shaped-mlp": (T.shaped_mlp, T.moons, T.MOONS_EPS),

@@ -17,10 +17,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from normshape_core.checkpoints import load_checkpoint, read_meta
-from normshape_core.config import ConfigError, Ratio, TrainConfig
-from normshape_core.distributed import DistContext, shard_bounds
-from normshape_core.training import train
+from normshape_core.training.checkpoints import load_checkpoint, read_meta
+from normshape_core.settings.config import ConfigError, Ratio, TrainConfig
+from normshape_core.training.distributed import DistContext, shard_bounds
+from normshape_core.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -161,8 +161,8 @@ def test_sync_bn_natural_two_ranks_equal_one_process_on_the_global_batch(tmp_pat
 
 def _helpers_on_one_rank(rank: int, port: int, out_dir: str) -> None:
     """One of two ranks, forked from the test process (no interpreter start-up to pay)."""
-    from normshape_core import distributed as D
-    from normshape_core.norms import NormMode, norm_mode, running_stats
+    from normshape_core.training import distributed as D
+    from normshape_core.blocks.norms import NormMode, norm_mode, running_stats
 
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
@@ -256,7 +256,7 @@ def test_shards_cover_every_sample_once_and_start_on_batch_boundaries(n, world, 
 def test_one_process_runs_unchanged_without_torchrun(moons):
     cfg = TrainConfig(dataset="moons", method="pgd", shaping="attack+train", max_steps=2,
                       sync_bn=True)
-    from normshape_core.training import Trainer
+    from normshape_core.training.trainer import Trainer
 
     tr = Trainer(cfg, dataset=moons)
     assert not tr.dist.active and tr.train_model is tr.model

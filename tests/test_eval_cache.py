@@ -8,7 +8,7 @@ import multiprocessing as mp
 
 import pytest
 
-from normshape_core.evaluation import CACHE_FORMAT, _read_cache, update_cache
+from normshape_core.measuring.evaluation import CACHE_FORMAT, _read_cache, update_cache
 
 WRITERS = 4
 ENTRIES = 25

@@ -1,4 +1,4 @@
-"""Stored evaluations are read cell by cell (``normshape_core.evaljobs``): a cell of a joint
+"""Stored evaluations are read cell by cell (``normshape_app.evaljobs``): a cell of a joint
 evaluation is the number a single evaluation computes, the cells still missing are named and
 only they are computed, other weights find nothing, and the shipped worst case is read as the
 reproduction wrote it."""
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from normshape_core import evaljobs
-from normshape_core.evaluation import evaluate_checkpoint
+from normshape_app import evaljobs
+from normshape_core.measuring.evaluation import evaluate_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints"
@@ -21,8 +21,8 @@ COLS = ["attack", "crafted_with", "classified_with", "clean_acc", "robust_acc", 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A moons checkpoint (2 epochs) with a joint evaluation cached beside it."""
-    from normshape_core.config import TrainConfig
-    from normshape_core.training import train
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.training.trainer import train
 
     out = tmp_path_factory.mktemp("evaljobs") / "moons-pgd"
     train(TrainConfig(dataset="moons", method="pgd", shaping="attack+train", epochs=2,
@@ -80,7 +80,7 @@ def test_the_shipped_worst_case_is_read_as_the_reproduction_wrote_it():
     the results, not written here). A dataset whose results are of an earlier ensemble (being
     regenerated) is never read as the current worst case: the app finds it missing and runs it
     in the background. At least one dataset is of the current engine."""
-    from normshape_core.reproduce import worst_case_settings
+    from normshape_core.studies.reproduce import worst_case_settings
 
     checked = 0
     for results_path in sorted(SHIPPED.glob("*/results.json")):
@@ -195,7 +195,7 @@ def test_the_worker_keeps_each_bound_and_passes_its_work_folder(run, tmp_path, m
     bound of each classifier in status.json, which the job reads back as text."""
     from dataclasses import dataclass
 
-    from normshape_core import evaluation
+    from normshape_core.measuring import evaluation
 
     @dataclass
     class Bound:

@@ -13,12 +13,13 @@ import torch
 
 import _trained as T
 from _trained import one_thread  # noqa: F401  (autouse fixture)
-from normshape_core.checkpoints import save_checkpoint
-from normshape_core.config import ConfigError, TrainConfig
+from normshape_core.training.checkpoints import save_checkpoint
+from normshape_core.settings.config import ConfigError, TrainConfig
 from normshape_core.cli.evaluate import add_evaluate_args, add_grid_args, cli_evaluate, cli_grid
-from normshape_core.evaluation import (ROW_KEYS, cache_path_for, evaluate, evaluate_checkpoint,
-                                       sanity_warnings, table_iii, table_iv, table_like_paper)
-from normshape_core.norms import bn_modules, running_stats
+from normshape_core.measuring.evaluation import (ROW_KEYS, cache_path_for, evaluate,
+                                                 evaluate_checkpoint, sanity_warnings, table_iii,
+                                                 table_iv, table_like_paper)
+from normshape_core.blocks.norms import bn_modules, running_stats
 
 EPS = T.MOONS_EPS
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from normshape_core.__main__ import main
-from normshape_core.faults import WRITE_POINTS
+from normshape_core.base.faults import WRITE_POINTS
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["--dataset", "moons", "--method", "pgd", "--epochs", "3", "--steps", "2",
@@ -115,7 +115,7 @@ def test_resume_on_a_finished_run_refuses_and_leaves_it_unchanged(tmp_path, caps
 
 
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path, capsys):
-    from normshape_core.faults import FAULT_ENV
+    from normshape_core.base.faults import FAULT_ENV
 
     base = ["train", *TRAIN, "--out", str(tmp_path), "--name", "r", "--quiet"]
     env = {"PYTHONPATH": str(ROOT)}
@@ -142,10 +142,10 @@ def test_a_second_run_on_a_held_folder_is_refused_naming_the_holder(tmp_path, ca
     import signal
     import time
 
-    from normshape_core.runlock import LOCK_NAME
+    from normshape_core.training.runlock import LOCK_NAME
 
     holder = subprocess.Popen([sys.executable, "-c",
-                               "import sys, time; from normshape_core.runlock import RunLock; "
+                               "import sys, time; from normshape_core.training.runlock import RunLock; "
                                "RunLock(sys.argv[1]).acquire(); print('held', flush=True); "
                                "time.sleep(300)", str(tmp_path / "busy")],
                               cwd=ROOT, stdout=subprocess.PIPE, text=True,

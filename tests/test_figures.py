@@ -217,7 +217,7 @@ def test_ratios_heatmap_writes_each_cell_and_leaves_missing_ones_blank():
     n = table.copy()
     n.loc[:, :] = 1000
     [hm] = R.grid_heatmap(table, "with n", n).data
-    from normshape_core.stats import interval_text
+    from normshape_core.base.stats import interval_text
     assert hm.customdata[1][1] == interval_text(0.837, 1000) and "n=1000" in hm.customdata[1][1]
     assert hm.customdata[0][0] == "not computed yet"
 

@@ -1,4 +1,4 @@
-"""Reading files safely (``normshape_core.files``): anything that is not a regular file of
+"""Reading files safely (``normshape_core.base.files``): anything that is not a regular file of
 bounded size is refused with one line before a byte is read; a FIFO never blocks."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from normshape_core import files
+from normshape_core.base import files
 
 
 def _in_thread(fn):

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from normshape_core import jobs
-from normshape_core.config import ConfigError, TrainConfig
+from normshape_app import jobs
+from normshape_core.settings.config import ConfigError, TrainConfig
 
 TINY = dict(dataset="moons", method="pgd", shaping="attack+train", ratio="1:3", epochs=1,
             eval_samples=100)
@@ -37,7 +37,7 @@ def test_two_runs_started_at_once_train_in_their_own_processes_and_leave_checkpo
         assert job["owner"] == owner and job["config"]["epochs"] == 1
     assert {j.owner for j in jobs.list_jobs(tmp_path)} == {"session-a", "session-b"}
     # the checkpoints are found by the registry the pages use
-    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.training.checkpoints import find_checkpoints
     found, errors = find_checkpoints(tmp_path)
     assert {f.path for f in found} == {a.run_dir, b.run_dir} and not errors
 
@@ -115,7 +115,7 @@ def test_stop_keeps_the_last_epoch_and_resume_ends_bit_identical_to_an_uninterru
         tmp_path):
     from safetensors.torch import load_file
 
-    from normshape_core.checkpoints import find_checkpoints, read_meta
+    from normshape_core.training.checkpoints import find_checkpoints, read_meta
 
     cfg = {**TINY, "epochs": 60}
     ref = jobs.start_job(cfg, tmp_path / "ref", owner="a", threads=1)
@@ -161,7 +161,7 @@ def test_stop_keeps_the_last_epoch_and_resume_ends_bit_identical_to_an_uninterru
 def test_a_run_stopped_in_the_app_and_finished_with_the_cli_resume_is_finished(
         tmp_path, capsys):
     from normshape_core.__main__ import main
-    from normshape_core.checkpoints import read_meta
+    from normshape_core.training.checkpoints import read_meta
 
     run = jobs.start_job({**TINY, "epochs": 40}, tmp_path, owner="a", threads=1)
     _wait_until(run.run_dir, lambda s: s.epoch >= 1)
@@ -245,7 +245,7 @@ def test_time_format():
 
 
 def test_the_core_never_imports_streamlit():
-    code = ("import sys, normshape_core.jobs, normshape_core.projections; "
+    code = ("import sys, normshape_app.jobs, normshape_core.measuring.projections; "
             "print('streamlit' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1], timeout=120)

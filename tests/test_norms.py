@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from normshape_core.models import MODELS, build_model
-from normshape_core.norms import (NormMode, capture_bn_stats, norm_mode, running_stats)
+from normshape_core.blocks.models import MODELS, build_model
+from normshape_core.blocks.norms import (NormMode, capture_bn_stats, norm_mode, running_stats)
 
 SHAPES = {"mlp": (2,), "small_cnn": (1, 8, 8), "preact_resnet18": (3, 16, 16),
           "wide_resnet": (3, 16, 16)}

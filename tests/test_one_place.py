@@ -1,5 +1,5 @@
 """One place per concept: no constant is defined in two modules, no list of names is written
-out twice, and no run-folder file name is spelled out where ``normshape_core.names`` has it.
+out twice, and no run-folder file name is spelled out where ``normshape_core.base.names`` has it.
 
 The scan reads the source (AST) of the core, the app and the benchmarks. A module-level
 UPPER_CASE name assigned a value (not an import, not another name) counts as a definition.
@@ -13,7 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, Set
 
-from normshape_core import names
+from normshape_core.base import names
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["normshape_core", "normshape_app", "app_pages", "benchmarks", "app.py"]
@@ -21,16 +21,16 @@ SOURCES = ["normshape_core", "normshape_app", "app_pages", "benchmarks", "app.py
 #: name -> the modules defining it, still (and what removes the duplicate)
 KNOWN_NAMES: Dict[str, Set[str]] = {
     # normshape_app/results.py: import names.INFERENCE_RATIOS
-    "INFERENCE_RATIOS": {"normshape_core/names.py", "normshape_app/results.py"},
+    "INFERENCE_RATIOS": {"normshape_core/base/names.py", "normshape_app/results.py"},
     # the Playground and Train pages: their option texts from names.SHAPING_LABELS
-    "SHAPING_LABELS": {"normshape_core/names.py", "app_pages/playground.py",
+    "SHAPING_LABELS": {"normshape_core/base/names.py", "app_pages/playground.py",
                        "app_pages/train.py"},
     # normshape_app/uploads.py: import files.MAX_META_BYTES (uploads allow 1 MiB today)
-    "MAX_META_BYTES": {"normshape_core/files.py", "normshape_app/uploads.py"},
+    "MAX_META_BYTES": {"normshape_core/base/files.py", "normshape_app/uploads.py"},
     # the Playground's norms and their labels (its page reads PG.NORMS, PG.NORM_LABELS):
     # rename to PLAYGROUND_NORMS / PLAYGROUND_NORM_LABELS with the page
-    "NORMS": {"normshape_core/models.py", "normshape_core/playground.py"},
-    "NORM_LABELS": {"normshape_core/models.py", "normshape_core/playground.py"},
+    "NORMS": {"normshape_core/blocks/models.py", "normshape_app/playground.py"},
+    "NORM_LABELS": {"normshape_core/blocks/models.py", "normshape_app/playground.py"},
     # Compare's attack list: read the registry (attacks.ATTACKS) instead
     "ATTACKS": {"normshape_core/attacks/registry.py", "app_pages/compare.py"},
 }
@@ -38,21 +38,21 @@ KNOWN_NAMES: Dict[str, Set[str]] = {
 KNOWN_VALUES: Dict[tuple, Set[str]] = {
     # reproduce.TABLE_IV_INFERENCE (lead's file) and results.INFERENCE_RATIOS: import names'
     ("1:0", "1:1", "1:3", "1:9", "1:19", "1:49"): {
-        "normshape_core/names.py:INFERENCE_RATIOS",
-        "normshape_core/reproduce.py:TABLE_IV_INFERENCE",
+        "normshape_core/base/names.py:INFERENCE_RATIOS",
+        "normshape_core/studies/reproduce.py:TABLE_IV_INFERENCE",
         "normshape_app/results.py:INFERENCE_RATIOS"},
     # written out so the app starts without torch; tests/test_query_params.py checks them
     ("moons", "spirals", "circles", "xor", "blobs"): {
-        "normshape_core/data.py:DATASETS_2D", "normshape_app/urlparams.py:URL_DATASETS_2D"},
+        "normshape_core/blocks/data.py:DATASETS_2D", "normshape_app/urlparams.py:URL_DATASETS_2D"},
     # the Decision boundaries page: import playground.INFER_RATIOS
     ("1:1", "1:3", "1:9", "1:19"): {
-        "normshape_core/playground.py:INFER_RATIOS",
+        "normshape_app/playground.py:INFER_RATIOS",
         "app_pages/decision_boundaries.py:SHAPED_RATIOS"},
 }
 #: run-folder file names (``names``) spelled out in a path, still: file -> how many
 KNOWN_FILE_NAMES: Dict[str, int] = {
     "normshape_app/uploads.py": 3,  # use names.META_NAME / WEIGHTS_NAME
-    "normshape_core/reproduce.py": 1,  # the lead's file: names.META_NAME
+    "normshape_core/studies/reproduce.py": 1,  # the lead's file: names.META_NAME
 }
 RUN_FILES = {names.WEIGHTS_NAME, names.META_NAME, names.STATE_NAME, names.METRICS_NAME}
 
@@ -129,7 +129,7 @@ def test_run_folder_file_names_come_from_names():
 def test_the_scan_sees_a_duplicate(tmp_path, monkeypatch):
     """The scan itself: a module defining a constant the core has, and a path literal."""
     (tmp_path / "a.py").write_text('WORST = "worst_case"\nP = "x" / "model.json"\n')
-    (tmp_path / "b.py").write_text('from normshape_core.names import WORST\nWORST2 = WORST\n')
+    (tmp_path / "b.py").write_text('from normshape_core.base.names import WORST\nWORST2 = WORST\n')
     monkeypatch.setattr(f"{__name__}.ROOT", tmp_path)
     monkeypatch.setattr(f"{__name__}.SOURCES", ["a.py", "b.py"])
     by_name, _ = _definitions()

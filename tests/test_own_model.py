@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from normshape_core.cli import main
-from normshape_core.config import ConfigError
-from normshape_core.own_model import (check_own_model, dataset_from_arrays, load_data,
-                                      load_own_model)
+from normshape_core.settings.config import ConfigError
+from normshape_core.measuring.own_model import (check_own_model, dataset_from_arrays, load_data,
+                                                load_own_model)
 
 ROOT = Path(__file__).resolve().parents[1]
 #: a tiny budget: the test checks the path, not the numbers

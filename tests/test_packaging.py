@@ -86,8 +86,14 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_core_the_app_and_the_shipped_checkpoints(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"normshape_core/__main__.py", "normshape_core/userdata.py", "normshape_core/attacks/apgd_t.py",
-            "normshape_app/ui.py", "normshape_app/cli.py", "normshape_app/inventory.py",
+    # every module of both packages, each layer's subpackage included (pyproject's list)
+    sources = {p.relative_to(ROOT).as_posix() for pkg in ("normshape_core", "normshape_app")
+               for p in (ROOT / pkg).rglob("*.py")}
+    missing = sorted(sources - names)
+    assert not missing, f"modules the wheel leaves out (pyproject.toml's packages): {missing}"
+    assert {"normshape_core/__main__.py", "normshape_core/base/userdata.py",
+            "normshape_core/attacks/apgd_t.py", "normshape_app/ui.py", "normshape_app/cli.py",
+            "normshape_app/inventory.py",
             "normshape_app/results.py", "normshape_app/style.py", "normshape_app/bundle/app.py",
             "normshape_app/bundle/app_pages/compare.py",
             "normshape_app/bundle/.streamlit/config.toml"} <= names

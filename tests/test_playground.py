@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from normshape_core import playground as PG
-from normshape_core.config import ConfigError
-from normshape_core.data import load_dataset
+from normshape_app import playground as PG
+from normshape_core.settings.config import ConfigError
+from normshape_core.blocks.data import load_dataset
 from normshape_core.figures.playground import curves_figure
-from normshape_core.training import Trainer
+from normshape_core.training.trainer import Trainer
 
 SMALL = PG.PlaySettings(n_samples=200, width=16, depth=2, batch_size=32, attack_steps=3)
 SHAPED = PG.RunSpec("pgd", "attack+train", "1:3")
@@ -202,7 +202,7 @@ def test_the_curves_name_their_norms_and_bridge_frames_without_accuracies():
 def test_the_core_modules_never_import_streamlit():
     import subprocess
     import sys
-    code = ("import sys, normshape_core.playground, normshape_core.figures.playground; "
+    code = ("import sys, normshape_app.playground, normshape_core.figures.playground; "
             "print('streamlit' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=120, cwd=str(__import__("pathlib").Path(__file__).parents[1]))

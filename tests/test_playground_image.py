@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageColor
 
-from normshape_core import playground as PG
+from normshape_app import playground as PG
 from normshape_core.figures.colors import BN_COLOR, PN_COLOR, REGION_COLORS
 from normshape_core.figures.playground import PANEL_PX, png_bytes, regions_image, run_title
 

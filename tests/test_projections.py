@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from _app_checkpoints import checkpoint_root
-from normshape_core import projections as P
-from normshape_core.checkpoints import load_checkpoint
-from normshape_core.data import load_dataset
-from normshape_core.norms import NormMode, norm_mode, running_stats
-from normshape_core.shaping import PNClassifier, ShapedClassifier, make_reference_pool
+from normshape_core.measuring import projections as P
+from normshape_core.training.checkpoints import load_checkpoint
+from normshape_core.blocks.data import load_dataset
+from normshape_core.blocks.norms import NormMode, norm_mode, running_stats
+from normshape_core.inference.shaping import PNClassifier, ShapedClassifier, make_reference_pool
 
 
 @functools.lru_cache(maxsize=None)

@@ -75,8 +75,8 @@ def test_every_bound_widget_is_in_the_table():
 
 def test_the_tables_lists_agree_with_the_core():
     """ui writes the datasets and the seed bound out (importing them would load torch)."""
-    from normshape_core.config import MAX_SEED
-    from normshape_core.data import DATASETS, DATASETS_2D
+    from normshape_core.settings.config import MAX_SEED
+    from normshape_core.blocks.data import DATASETS, DATASETS_2D
     assert ui.URL_DATASETS == tuple(DATASETS)
     assert ui.URL_DATASETS_2D == tuple(DATASETS_2D)
     assert ui.URL_MAX_SEED == MAX_SEED

@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from normshape_core.checkpoints import find_checkpoints, load_checkpoint
-from normshape_core.config import TrainConfig
-from normshape_core.report import dataset_section, summary_markdown, verdicts
-from normshape_core.reproduce import PAPER_SET, evaluate_set, load_results, train_set
-from normshape_core.training import train
+from normshape_core.training.checkpoints import find_checkpoints, load_checkpoint
+from normshape_core.settings.config import TrainConfig
+from normshape_core.studies.report import dataset_section, summary_markdown, verdicts
+from normshape_core.studies.reproduce import PAPER_SET, evaluate_set, load_results, train_set
+from normshape_core.training.trainer import train
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [s for s in PAPER_SET if s.key in ("natural", "pgd/adv-only",
@@ -61,7 +61,7 @@ def test_small_reproduction_has_the_worst_case_beside_the_paper_protocol(small):
     own norms plus transfer, never above PGD-20 on the same samples (the first n of the same
     seeded subset); Table IV's worst case on its own sample count; the verdicts are paired
     tests, and every accuracy of the report carries its interval."""
-    from normshape_core.stats import unpack_mask
+    from normshape_core.base.stats import unpack_mask
 
     assert small["n_test_worst"] == 100 and small["n_test_table_iv_worst"] == 50
     for key in ("natural", "pgd/adv-only", "pgd/shaping-in-attack+training"):
@@ -102,7 +102,7 @@ def test_small_reproduction_has_the_worst_case_beside_the_paper_protocol(small):
                 for value in re.findall(r"(?<!p < )(?<!p = )\b[01]\.\d{3}\b(?! \[)", line):
                     assert False, f"an accuracy without its interval: {value} in {line}"
     # the summary: a column for the dataset, a row per claim, each cell that claim's verdict
-    from normshape_core.report import SUMMARY_CLAIMS
+    from normshape_core.studies.report import SUMMARY_CLAIMS
 
     rows = [ln for ln in summary_markdown([small]).splitlines() if ln.startswith("| ")]
     assert rows[0] == f"| claim (paper's figures) | {small['dataset']} |"

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 
 import _trained as T
 from _trained import one_thread  # noqa: F401  (autouse fixture)
-from normshape_core.config import ConfigError
-from normshape_core.norms import NormMode, forward_with, running_stats
-from normshape_core.shaping import (BNClassifier, PNClassifier, ReferenceDraw, ShapedClassifier,
-                                    default_group_size, make_reference_pool, parse_classifier)
+from normshape_core.settings.config import ConfigError
+from normshape_core.blocks.norms import NormMode, forward_with, running_stats
+from normshape_core.inference.shaping import (BNClassifier, PNClassifier, ReferenceDraw,
+                                              ShapedClassifier, default_group_size,
+                                              make_reference_pool, parse_classifier)
 
 EXACT = 1e-5  # float32 agreement of two computations of the same batch statistics
 

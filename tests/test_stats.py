@@ -1,9 +1,9 @@
-"""Intervals and paired verdicts (normshape_core.stats)."""
+"""Intervals and paired verdicts (normshape_core.base.stats)."""
 import random
 
 import pytest
 
-from normshape_core import stats
+from normshape_core.base import stats
 
 
 @pytest.mark.parametrize("p,n", [(0.05, 30), (0.5, 100), (0.46, 100), (0.9, 200), (0.99, 397)])

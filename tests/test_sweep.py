@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from normshape_core.__main__ import main
-from normshape_core.sweep import (MAGNITUDE, build_grid, generated_block, lesson_choices)
+from normshape_core.studies.sweep import (MAGNITUDE, build_grid, generated_block, lesson_choices)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "checkpoints" / "sweep" / "confoundings.json"
@@ -135,7 +135,7 @@ def test_a_sweep_into_results_of_other_settings_is_refused_and_keeps_them(tmp_pa
 
 
 def test_ship_names_the_checkouts_files():
-    from normshape_core.sweep import SweepSettings
+    from normshape_core.studies.sweep import SweepSettings
 
     s = SweepSettings(datasets=["moons"], ship=True).resolved()
     assert s.out == RESULTS and Path(s.doc) == ROOT / "CONFOUNDINGS.md"
@@ -165,7 +165,7 @@ def test_confoundings_md_tables_equal_the_generated_ones():
 
 
 def test_shipped_lessons_are_the_sweeps_choices_and_load():
-    from normshape_core.checkpoints import load_checkpoint
+    from normshape_core.training.checkpoints import load_checkpoint
 
     results = json.loads(RESULTS.read_text())
     shipped = json.loads((LESSONS / "lessons.json").read_text())

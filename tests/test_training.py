@@ -3,10 +3,10 @@ training buys robustness on moons; natural training learns digits; seeds reprodu
 import pytest
 import torch
 
-import normshape_core.training as training
-from normshape_core.config import ConfigError, TrainConfig
-from normshape_core.norms import running_stats
-from normshape_core.training import Trainer, train
+import normshape_core.training.trainer as training
+from normshape_core.settings.config import ConfigError, TrainConfig
+from normshape_core.blocks.norms import running_stats
+from normshape_core.training.trainer import Trainer, train
 
 EPS = 0.12
 
@@ -186,8 +186,8 @@ def test_channels_last_is_an_opt_in_recorded_setting(digits):
 
 
 def test_every_method_and_shaping_mode_is_a_unit_of_the_loop():
-    from normshape_core.config import METHODS, SHAPING_MODES
-    from normshape_core.objectives import CRAFTING_RULES, OBJECTIVES
+    from normshape_core.settings.config import METHODS, SHAPING_MODES
+    from normshape_core.training.objectives import CRAFTING_RULES, OBJECTIVES
 
     assert set(OBJECTIVES) == set(METHODS)
     assert set(CRAFTING_RULES) == set(SHAPING_MODES)

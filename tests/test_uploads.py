@@ -35,8 +35,8 @@ def fresh(tmp_path_factory):
     """A valid moons checkpoint that no folder holds yet: (weights bytes, metadata dict)."""
     import torch
 
-    from normshape_core.checkpoints import save_checkpoint
-    from normshape_core.models import build_model
+    from normshape_core.training.checkpoints import save_checkpoint
+    from normshape_core.blocks.models import build_model
 
     meta = json.loads((SOURCE / "model.json").read_text())
     torch.manual_seed(123)
@@ -114,7 +114,7 @@ def home(tmp_path, monkeypatch):
 def offline(monkeypatch):
     """MNIST and CIFAR-10 absent whatever this machine holds; a download attempt is recorded
     (the list returned) and fails."""
-    from normshape_core import data
+    from normshape_core.blocks import data
 
     real = data.locate_files
     monkeypatch.setattr(data, "locate_files", lambda name, root=None, **kw: (
@@ -186,7 +186,8 @@ def test_each_malformed_upload_is_refused_with_one_message(home, fresh, offline)
 def test_a_huge_model_is_refused_before_any_model_is_built(home, fresh, monkeypatch):
     """A 40 KB metadata naming model_depth 100000 (or a wide ResNet of 16 trillion
     parameters) is refused by the schema: no model constructor is ever called."""
-    from normshape_core import checkpoints, models
+    from normshape_core.training import checkpoints
+    from normshape_core.blocks import models
 
     weights, meta = fresh
     built = []
@@ -318,7 +319,7 @@ def test_upload_limit_is_one_number(home, fresh, monkeypatch):
 
 # ---------------------------------------------------------------- the schema itself (core)
 def test_every_shipped_checkpoint_passes_the_schema():
-    from normshape_core.checkpoints import find_checkpoints
+    from normshape_core.training.checkpoints import find_checkpoints
 
     infos, errors = find_checkpoints(SHIPPED)
     assert errors == [] and len(infos) == len(list(SHIPPED.glob("*/*/model.json"))) >= 30
@@ -326,7 +327,7 @@ def test_every_shipped_checkpoint_passes_the_schema():
 
 def test_each_malformed_metadata_is_one_error_naming_the_file_and_field(tmp_path, fresh):
     """Through read_meta, as the CLI, the pages and the scan load checkpoints."""
-    from normshape_core.checkpoints import CheckpointError, find_checkpoints, read_meta
+    from normshape_core.training.checkpoints import CheckpointError, find_checkpoints, read_meta
 
     weights, meta = fresh
     for case, (change, field) in MALFORMED.items():
@@ -365,10 +366,10 @@ def test_each_malformed_metadata_is_one_error_naming_the_file_and_field(tmp_path
                                                        dict(depth=10, width=2)),
     ("wide_resnet", (1, 28, 28), dict(depth=16, width=1))])
 def test_parameter_count_from_the_config_equals_the_built_model(model, shape, kw):
-    from normshape_core.checkpoints import parameter_count
-    from normshape_core.config import TrainConfig
-    from normshape_core.models import build_model
-    from normshape_core.training import model_kwargs
+    from normshape_core.training.checkpoints import parameter_count
+    from normshape_core.settings.config import TrainConfig
+    from normshape_core.blocks.models import build_model
+    from normshape_core.training.trainer import model_kwargs
 
     cfg = TrainConfig(model=model, model_width=kw.get("width"), model_depth=kw.get("depth"))
     built = build_model(model, shape, 10, **model_kwargs(cfg))
@@ -377,8 +378,8 @@ def test_parameter_count_from_the_config_equals_the_built_model(model, shape, kw
 
 
 def test_dataset_shapes_are_those_of_the_datasets():
-    from normshape_core.checkpoints import DATASET_SHAPES
-    from normshape_core.data import DATASETS, load_dataset
+    from normshape_core.training.checkpoints import DATASET_SHAPES
+    from normshape_core.blocks.data import DATASETS, load_dataset
 
     assert set(DATASET_SHAPES) == set(DATASETS)
     for name in [n for n, spec in DATASETS.items() if spec.offline]:
@@ -392,8 +393,8 @@ def test_pages_never_download_a_dataset(home, offline):
     download is attempted (``offline`` fails the test on any)."""
     import torch
 
-    from normshape_core.checkpoints import save_checkpoint
-    from normshape_core.models import build_model
+    from normshape_core.training.checkpoints import save_checkpoint
+    from normshape_core.blocks.models import build_model
 
     meta = json.loads((SOURCE / "model.json").read_text())
     cfg = {**meta["config"], "dataset": "mnist", "model": "small_cnn", "eps": 0.3,

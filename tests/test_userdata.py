@@ -11,10 +11,10 @@ import pytest
 
 import _trained as T
 from _trained import one_thread  # noqa: F401  (autouse fixture)
-from normshape_core import userdata
-from normshape_core.checkpoints import save_checkpoint
-from normshape_core.config import TrainConfig
-from normshape_core.evaluation import BESIDE, cache_path_for, evaluate_checkpoint
+from normshape_core.base import userdata
+from normshape_core.training.checkpoints import save_checkpoint
+from normshape_core.settings.config import TrainConfig
+from normshape_core.measuring.evaluation import BESIDE, cache_path_for, evaluate_checkpoint
 
 KW = dict(attacks=["fgsm"], classify=["pn", "shaped:1:3"], n_test=60)
 
@@ -86,7 +86,7 @@ def test_shipped_results_are_read_and_new_ones_go_to_the_user_folder(tmp_path, m
 
 def test_reproduce_writes_its_results_beside_the_checkpoints(tmp_path, monkeypatch):
     """``reproduce`` regenerates the shipped results: they land beside the checkpoints."""
-    from normshape_core.reproduce import evaluate_set
+    from normshape_core.studies.reproduce import evaluate_set
 
     monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))
     ckpt = _checkpoint(tmp_path / "checkpoints" / "run")
@@ -105,7 +105,7 @@ def test_the_user_folder_is_documented():
 
 
 def test_error_logs_rotate_and_never_follow_a_file_already_there(monkeypatch, tmp_path):
-    from normshape_core import userdata
+    from normshape_core.base import userdata
 
     monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path))
     n = userdata.MAX_ERROR_LOGS + 7
@@ -121,7 +121,7 @@ def test_an_error_log_goes_to_the_temporary_folder_when_the_user_folder_is_unusa
         monkeypatch, tmp_path):
     import tempfile
 
-    from normshape_core import userdata
+    from normshape_core.base import userdata
 
     (tmp_path / "home").write_text("a file, not a folder")
     monkeypatch.setenv("NORMSHAPE_HOME", str(tmp_path / "home"))

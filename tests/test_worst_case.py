@@ -16,15 +16,15 @@ import torch
 
 from _trained import one_thread  # noqa: F401  (autouse fixture)
 from normshape_core.attacks import make_attack
-from normshape_core.checkpoints import load_checkpoint
-from normshape_core.data import load_dataset
-from normshape_core.evaluation import (WORST, evaluate, sanity_warnings, split_attacks,
-                                       table_worst_case)
-from normshape_core.config import ConfigError
-from normshape_core.shaping import (BNClassifier, PNClassifier, ShapedClassifier,
-                                    make_reference_pool)
-from normshape_core.worst_case import (ENSEMBLES, PinnedRowsView, ensemble_members,
-                                       worst_case)
+from normshape_core.training.checkpoints import load_checkpoint
+from normshape_core.blocks.data import load_dataset
+from normshape_core.measuring.evaluation import (WORST, evaluate, sanity_warnings, split_attacks,
+                                                 table_worst_case)
+from normshape_core.settings.config import ConfigError
+from normshape_core.inference.shaping import (BNClassifier, PNClassifier, ShapedClassifier,
+                                              make_reference_pool)
+from normshape_core.measuring.worst_case import (ENSEMBLES, PinnedRowsView, ensemble_members,
+                                                 worst_case)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS_SHAPED = ROOT / "checkpoints/digits/digits-small_cnn-pgd-shape-attack-train-r1-3-eps0.3-s0"
@@ -80,7 +80,7 @@ def test_worst_case_never_above_its_first_attack_and_leaves_running_stats(digits
                 "shaped": _shaped(model, data)}[kind]
     before = {k: v.clone() for k, v in model.state_dict().items()}
     pgd = make_attack("pgd", eps=eps / 2, steps=10)
-    from normshape_core.worst_case import defender_view
+    from normshape_core.measuring.worst_case import defender_view
 
     view = defender_view(defender, len(x))
     x_pgd = pgd.craft(view, x, y)[0]
@@ -157,7 +157,7 @@ def test_evaluate_rows_name_their_norms_and_the_paper_ensemble_is_projected(moon
 
 
 def _df(rows):
-    from normshape_core.evaluation import _df_from_rows
+    from normshape_core.measuring.evaluation import _df_from_rows
 
     base = dict(ratio=None, group_size=None, clean_acc=1.0, n=100, eps=0.1, seconds=0.0,
                 median_l2=float("nan"), randomized=False)
@@ -200,7 +200,7 @@ def test_randomness_between_calls_is_detected(moons):
 
 def test_eps_sweep_warns_when_robustness_does_not_fall(moons, monkeypatch):
     from _trained import natural_mlp
-    from normshape_core import evaluation as ev
+    from normshape_core.measuring import evaluation as ev
 
     table, warnings = ev.eps_sweep(natural_mlp(), moons, "apgd", ["pn"], eps=0.05, n=50,
                                    apgd_steps=5)

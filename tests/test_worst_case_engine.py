@@ -14,12 +14,12 @@ import torch
 
 from _trained import one_thread  # noqa: F401  (autouse fixture)
 from normshape_core.attacks.base import LINF, Attack
-from normshape_core.checkpoints import load_checkpoint
-from normshape_core.data import load_dataset
-from normshape_core.evaluation import WORST, evaluate
-from normshape_core.stats import unpack_mask
-from normshape_core.worst_case import (DEFAULT_ENSEMBLE, BatchState, accept, ensemble_members,
-                                       worst_case)
+from normshape_core.training.checkpoints import load_checkpoint
+from normshape_core.blocks.data import load_dataset
+from normshape_core.measuring.evaluation import WORST, evaluate
+from normshape_core.base.stats import unpack_mask
+from normshape_core.measuring.worst_case import (DEFAULT_ENSEMBLE, BatchState, accept,
+                                                 ensemble_members, worst_case)
 
 ROOT = Path(__file__).resolve().parents[1]
 MOONS_SHAPED = ROOT / "checkpoints/moons/moons-mlp-pgd-shape-attack-train-r1-3-eps0.12-s0"
@@ -166,7 +166,7 @@ def test_pn_crafted_apgd_stops_on_fooled_rows_without_changing_any_result(digits
     from normshape_core.attacks.apgd import apgd_run
     from normshape_core.attacks.apgd_t import TargetedLoss
     from normshape_core.attacks.base import per_sample_ce, top_other_classes
-    from normshape_core.shaping import PNClassifier
+    from normshape_core.inference.shaping import PNClassifier
 
     model, data, eps = digits_pgd
     x, y = data.x_test[:60], data.y_test[:60]
@@ -246,8 +246,8 @@ def test_ensemble_bounds_only_fall_and_end_at_the_worst_case(digits_pgd):
 
 
 def test_stale_cache_entries_of_an_earlier_engine_are_pruned(tmp_path):
-    from normshape_core.evaluation import (EvalSettings, _cache_key, prune_cache,
-                                           update_cache)
+    from normshape_core.measuring.evaluation import (EvalSettings, _cache_key, prune_cache,
+                                                     update_cache)
 
     sha = "a" * 64
     s = EvalSettings(attacks=["pgd"], n_test=10)
@@ -267,8 +267,8 @@ def test_stale_cache_entries_of_an_earlier_engine_are_pruned(tmp_path):
 
 
 def test_the_shipped_worst_case_budgets_by_model():
-    from normshape_core.reproduce import (is_headline, table_iv_worst_settings,
-                                          worst_case_settings)
+    from normshape_core.studies.reproduce import (is_headline, table_iv_worst_settings,
+                                                  worst_case_settings)
 
     head = dict(method="pgd", shaping="attack+train", ratio="1:3")
     other = dict(method="pgd", shaping="train", ratio="1:3")

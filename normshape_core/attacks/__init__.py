@@ -2,8 +2,8 @@
 
 The interface (``base.Attack``)
     ``attack.craft(fn, x, y) -> (x_adv, stats)``: craft through ``fn(x_adv) -> logits``,
-    the *crafting view*: a PN / BN / shaped classifier wrapper of ``normshape_core.shaping``
-    (``PNClassifier``, ``BNClassifier``, ``ShapedClassifier``, ``with_exact_references``),
+    the *crafting view*: a PN / BN / shaped classifier wrapper of
+    ``normshape_core.inference.shaping`` (``PNClassifier``, ``BNClassifier``, ``ShapedClassifier``, ``with_exact_references``),
     or any callable. ``attack.run(clf, x, y) -> AttackResult`` builds the view
     (``crafting_view``), crafts, and records the norms the examples were crafted with
     (``crafted_with``) and their success; ``attack(clf, x, y)`` returns the examples only.

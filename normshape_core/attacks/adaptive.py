@@ -8,8 +8,8 @@ from typing import Any, Optional
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
-from ..shaping import ShapedClassifier
+from ..settings.config import ConfigError
+from ..inference.shaping import ShapedClassifier
 from .base import LINF, Attack
 from .pgd import PGDSettings, pgd_with_restarts
 

@@ -12,8 +12,8 @@ from typing import Callable, List, Optional
 
 import torch
 
-from .base import (LINF, Attack, BestIterate, dlr_loss, per_row, per_sample_ce,
-                   rows_independent, until_fooled)
+from .base import (LINF, Attack, BestIterate, dlr_loss, per_row, per_sample_ce, rows_independent,
+                   until_fooled)
 from .threat import LinfBall
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

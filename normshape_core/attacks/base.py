@@ -14,7 +14,7 @@ from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..settings.config import ConfigError
 from .threat import L2_MINIMAL, LINF, LinfBall
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]

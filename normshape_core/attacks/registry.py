@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 import torch
 import torch.nn.functional as F
 
-from ..config import ConfigError
+from ..settings.config import ConfigError
 from .adaptive import AdaptiveExactReferences, AdaptiveOwnReferencesEOT
 from .apgd import APGD, APGDDLR
 from .apgd_t import APGDTargeted

@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import ConfigError, Ratio
-from ..shaping import grouped_frozen_bn_forward
+from ..settings.config import ConfigError, Ratio
+from ..inference.shaping import grouped_frozen_bn_forward
 from .base import LINF, Attack
 from .pgd import PGDSettings, pgd_with_restarts
 

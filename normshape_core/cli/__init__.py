@@ -15,7 +15,7 @@ import argparse
 import sys
 from typing import List, Optional
 
-from ..config import ConfigError
+from ..settings.config import ConfigError
 from . import alternatives, diagnose, evaluate, reproduce, sweep, train
 from ._common import OneLineParser, one_line, report_unexpected
 
@@ -60,9 +60,9 @@ def main(argv: Optional[List[str]] = None,
          parser: Optional[argparse.ArgumentParser] = None) -> int:
     """Run one subcommand. Invalid input: one line on stderr, exit 2. Anything unexpected:
     one line with "please report" and the path of a log file holding the traceback, exit 1."""
-    from ..checkpoints import CheckpointError
-    from ..data import DatasetUnavailable
-    from ..files import UnreadableFile
+    from ..training.checkpoints import CheckpointError
+    from ..blocks.data import DatasetUnavailable
+    from ..base.files import UnreadableFile
 
     parser = parser or build_parser()
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional
 
-from ..config import ConfigError
+from ..settings.config import ConfigError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -52,7 +52,7 @@ def report_unexpected(exc: BaseException, argv) -> str:
     import traceback
 
     from .._version import __version__
-    from ..userdata import write_error_log
+    from ..base.userdata import write_error_log
 
     text = (f"normshape {__version__}, Python {platform.python_version()}\n"
             f"command: {' '.join(map(str, sys.argv[:1] + list(argv or sys.argv[1:])))}\n\n"

@@ -7,9 +7,10 @@ import argparse
 import time
 from pathlib import Path
 
-from ..bn_fixes import (ALTERNATIVE_SET, REPORT_NAME, RESULTS_NAME, AlternativesReportSettings,
-                        AlternativesSettings, evaluate_alternatives, shipped_runs,
-                        train_alternatives, update_report, write_results)
+from ..studies.bn_fixes import (ALTERNATIVE_SET, REPORT_NAME, RESULTS_NAME,
+                                AlternativesReportSettings, AlternativesSettings,
+                                evaluate_alternatives, shipped_runs, train_alternatives,
+                                update_report, write_results)
 
 
 def add_alternatives_args(p: argparse.ArgumentParser) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import ConfigError
-from ..diagnostics import DiagnoseSettings, _finite, diagnose_checkpoint
+from ..settings.config import ConfigError
+from ..measuring.diagnostics import DiagnoseSettings, _finite, diagnose_checkpoint
 from ._common import document_defaults
 
 
@@ -32,14 +32,14 @@ def add_diagnose_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def diagnose_settings_from_args(args: argparse.Namespace) -> DiagnoseSettings:
-    from ..config import check_writable_file, parse_device
-    from ..evaluation import ensemble_spec, parse_ratio_list
+    from ..settings.config import check_writable_file, parse_device
+    from ..measuring.evaluation import ensemble_spec, parse_ratio_list
 
     parse_device(args.device)
     if args.json is not None:
         check_writable_file(args.json, "--json")
     if args.dataset is not None:
-        from ..data import DATASETS
+        from ..blocks.data import DATASETS
 
         if args.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of: "
@@ -68,7 +68,7 @@ def _num(v, fmt: str = ".4f") -> str:
 
 def cli_diagnose(args: argparse.Namespace) -> int:
     """``diagnose CHECKPOINT``: print the three measurements; write --json."""
-    from ..checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     given = diagnose_settings_from_args(args)  # every flag checked before any reading
     out, ds = diagnose_checkpoint(args.checkpoint, given, dataset_name=args.dataset,

@@ -12,15 +12,16 @@ from typing import Any, Dict, List, Sequence
 import pandas as pd
 
 from ..attacks import ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS
-from ..config import ConfigError, parse_device
-from ..evaluation import (DEFAULT_GAP_THRESHOLD, WORST, EvalSettings, _check_settings,
-                          _parse_craft, ensemble_label, ensemble_log, eps_sweep_checkpoint,
-                          evaluate_checkpoint, format_table, parse_classify,
-                          parse_ratio_list, rows_of, split_attacks, table_iii, table_iv,
-                          table_like_paper, table_worst_case, training_label)
-from ..names import INFERENCE_RATIOS
-from ..stats import INTERVAL_NAME
-from ..worst_case import DEFAULT_ENSEMBLE, SQUARE_QUERIES
+from ..settings.config import ConfigError, parse_device
+from ..measuring.evaluation import (DEFAULT_GAP_THRESHOLD, WORST, EvalSettings, _check_settings,
+                                    _parse_craft, ensemble_label, ensemble_log,
+                                    eps_sweep_checkpoint, evaluate_checkpoint, format_table,
+                                    parse_classify, parse_ratio_list, rows_of, split_attacks,
+                                    table_iii, table_iv, table_like_paper, table_worst_case,
+                                    training_label)
+from ..base.names import INFERENCE_RATIOS
+from ..base.stats import INTERVAL_NAME
+from ..measuring.worst_case import DEFAULT_ENSEMBLE, SQUARE_QUERIES
 from ._common import document_defaults
 
 
@@ -135,7 +136,7 @@ def _print_warnings(warnings: Sequence[str]) -> None:
 
 def cli_evaluate(args: argparse.Namespace) -> int:
     """``evaluate CHECKPOINT``: print Tables I/II (and III), warnings; write --json rows."""
-    from ..checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     if args.model is not None or args.checkpoint is None:
         return cli_evaluate_own(args)
@@ -202,9 +203,9 @@ def cli_evaluate_own(args: argparse.Namespace) -> int:
     FILE_OR_FOLDER)``: your own model, evaluated as a checkpoint is (PN, BN, shaped inference,
     the worst case), printed the same way; no results cache (there is no checkpoint to key it
     by), eps 8/255 unless --eps."""
-    from ..checkpoints import atomic_write_json
-    from ..evaluation import evaluate
-    from ..own_model import check_own_model, load_data, load_own_model, parse_model_kwargs
+    from ..training.checkpoints import atomic_write_json
+    from ..measuring.evaluation import evaluate
+    from ..measuring.own_model import check_own_model, load_data, load_own_model, parse_model_kwargs
 
     if args.model is None:
         raise ConfigError("give a checkpoint (run folder, .safetensors or .json), or your own "
@@ -227,7 +228,7 @@ def cli_evaluate_own(args: argparse.Namespace) -> int:
                            craft=craft, eps=eps)
     kwargs = parse_model_kwargs(args.model_kwargs)
     if args.dataset is not None:
-        from ..data import load_dataset
+        from ..blocks.data import load_dataset
 
         dataset = load_dataset(args.dataset, seed=s.seed)
     else:
@@ -253,9 +254,9 @@ def check_cache_files(checkpoint) -> None:
     FIFO there would hang the reading. The checkpoint's own files are checked when read."""
     import os
 
-    from ..checkpoints import CheckpointError
-    from ..evaluation import BESIDE, MAX_CACHE_BYTES, cache_path_for
-    from ..files import UnreadableFile, check_file
+    from ..training.checkpoints import CheckpointError
+    from ..measuring.evaluation import BESIDE, MAX_CACHE_BYTES, cache_path_for
+    from ..base.files import UnreadableFile, check_file
 
     try:
         paths = [cache_path_for(checkpoint, BESIDE), cache_path_for(checkpoint)]
@@ -271,7 +272,7 @@ def check_cache_files(checkpoint) -> None:
 
 def _check_json_target(path) -> None:
     """A --json target must be writable before any work starts."""
-    from ..config import check_writable_file
+    from ..settings.config import check_writable_file
 
     if path is not None:
         check_writable_file(path, "--json")
@@ -282,7 +283,7 @@ def check_cli_settings(args, **extra) -> EvalSettings:
     of these commands is ``EvalSettings``; eps may still come from the checkpoint)."""
     parse_device(args.device)
     if args.dataset is not None:
-        from ..data import DATASETS
+        from ..blocks.data import DATASETS
 
         if args.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {args.dataset!r}; choose one of: "
@@ -292,8 +293,8 @@ def check_cli_settings(args, **extra) -> EvalSettings:
         raise ConfigError(f"gap-threshold must be a finite number in [0, 1], got {gap}")
     _check_json_target(args.json)
     if not args.no_cache:
-        from ..config import check_user_folder
-        from ..userdata import eval_cache_dir
+        from ..settings.config import check_user_folder
+        from ..base.userdata import eval_cache_dir
 
         check_user_folder(eval_cache_dir(), " or pass --no-cache")
     values = EvalSettings().to_dict()
@@ -326,7 +327,7 @@ def n_of(dfs: Dict[str, pd.DataFrame]) -> int:
 
 def cli_grid(args: argparse.Namespace) -> int:
     """``grid CHECKPOINT...``: Table IV, rows training ratio, columns inference ratio."""
-    from ..checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     ratios = parse_ratio_list(args.inference_ratios)
     singles, ensembles = split_attacks(args.attack)

@@ -1,5 +1,5 @@
 """Kill drivers for the kill-safety tests and benchmark: runs of the CLI forked from a warm
-driver process and killed at the write points of ``normshape_core/faults.py`` (or at random
+driver process and killed at the write points of ``normshape_core/base/faults.py`` (or at random
 times). ``python -m normshape_core.cli.kill_drivers points|random OUT.json [KILLS] -- TRAIN ARGS``.
 """
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import signal
 
-from ..faults import FAULT_ENV
-from ..names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
+from ..base.faults import FAULT_ENV
+from ..base.names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
 
 
 # ------------------------------------------------------------------ kill drivers (POSIX)
@@ -72,7 +72,7 @@ def _metrics_shape(path) -> list:
     not JSON (a cut line)."""
     import json
 
-    from ..files import MAX_LOG_BYTES, UnreadableFile, read_text
+    from ..base.files import MAX_LOG_BYTES, UnreadableFile, read_text
 
     try:
         text = read_text(path, MAX_LOG_BYTES, "metrics log", errors="replace")
@@ -107,7 +107,7 @@ def fault_point_runs(workdir, train_args, cases) -> dict:
     .tmp files left and whether metrics.jsonl has the uninterrupted run's lines."""
     from pathlib import Path
 
-    from ..checkpoints import sha256_file, state_files
+    from ..training.checkpoints import sha256_file, state_files
 
     workdir = Path(workdir)
     base = ["train", *train_args, "--out", str(workdir), "--quiet"]
@@ -150,7 +150,7 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
     import time
     from pathlib import Path
 
-    from ..checkpoints import sha256_file
+    from ..training.checkpoints import sha256_file
 
     rng = random.Random(seed)
     workdir = Path(workdir)
@@ -206,8 +206,8 @@ def _wait_for_lock(run_dir, pid: int, timeout: float = 120.0) -> float:
     import json
     import time
 
-    from ..files import UnreadableFile, read_text
-    from ..runlock import LOCK_NAME
+    from ..base.files import UnreadableFile, read_text
+    from ..training.runlock import LOCK_NAME
 
     deadline = time.time() + timeout
     while time.time() < deadline:

@@ -7,9 +7,9 @@ import argparse
 import time
 from pathlib import Path
 
-from ..config import ConfigError
-from ..report import ReportSettings, dataset_section, update_report
-from ..reproduce import PAPER_SET, ReproduceSettings, evaluate_set, train_set
+from ..settings.config import ConfigError
+from ..studies.report import ReportSettings, dataset_section, update_report
+from ..studies.reproduce import PAPER_SET, ReproduceSettings, evaluate_set, train_set
 
 
 def add_reproduce_args(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def reproduce_settings_from_args(args: argparse.Namespace) -> ReproduceSettings:
 def cli_reproduce(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     rs = reproduce_settings_from_args(args)
     if not args.skip_eval:
@@ -93,8 +93,8 @@ def cli_reproduce(args: argparse.Namespace) -> int:
 def check_test_size(rs: ReproduceSettings) -> None:
     """The test samples evaluated (``--n-test``, default the reproduction's) exist in the
     dataset's test set: checked before the first run trains, not after the last."""
-    from ..data import load_dataset
-    from ..reproduce import REPRO_N_TEST
+    from ..blocks.data import load_dataset
+    from ..studies.reproduce import REPRO_N_TEST
 
     n = rs.n_test or REPRO_N_TEST.get(rs.dataset, 1000)
     n_all = len(load_dataset(rs.dataset, seed=rs.seed).x_test)
@@ -113,9 +113,9 @@ def add_report_args(p: argparse.ArgumentParser) -> None:
 def check_report_inputs(rs: ReportSettings) -> None:
     """Every file ``report`` reads is a regular file of bounded size (``files``), checked
     before any is read: a FIFO or a device would hang the reading."""
-    from ..files import UnreadableFile, check_file
-    from ..report import MAX_REPORT_BYTES
-    from ..reproduce import MAX_RESULTS_BYTES
+    from ..base.files import UnreadableFile, check_file
+    from ..studies.report import MAX_REPORT_BYTES
+    from ..studies.reproduce import MAX_RESULTS_BYTES
 
     try:
         for p in sorted(Path(rs.checkpoints).glob("*/results.json")):

@@ -1,5 +1,5 @@
-"""``sweep-confoundings``: the flags become SweepSettings (``normshape_core.sweep``), checked
-before any cell is trained (numbers bounded, paths usable, an existing results file readable
+"""``sweep-confoundings``: the flags become SweepSettings (``normshape_core.studies.sweep``),
+checked before any cell is trained (numbers bounded, paths usable, an existing results file readable
 and of the same settings, every dataset loadable); the sweep's functions train, measure and
 write the results and CONFOUNDINGS.md: to the user's folder, or with ``--ship`` to the
 shipped files of the source checkout."""
@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..sweep import (MAX_THREADS, SWEEP_DATASETS, SweepSettings, build_grid, cost_text,
-                     load_results, report_block, run_sweep, ship_lessons, update_document)
+from ..studies.sweep import (MAX_THREADS, SWEEP_DATASETS, SweepSettings, build_grid, cost_text,
+                             load_results, report_block, run_sweep, ship_lessons, update_document)
 
 
 def add_sweep_args(p: argparse.ArgumentParser) -> None:

@@ -6,15 +6,15 @@ import argparse
 import dataclasses
 import sys
 
-from ..config import ConfigError, TrainConfig
-from ..names import STATE_NAME
+from ..settings.config import ConfigError, TrainConfig
+from ..base.names import STATE_NAME
 from ._common import set_threads
 
 BOOL_FIELDS = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("bool", bool)}
 
 
 def _default_text(name: str, default) -> str:
-    from ..presets import DATASET_PRESETS
+    from ..settings.presets import DATASET_PRESETS
 
     if default is not None:
         return f"default: {default}"
@@ -55,7 +55,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    from ..presets import TRAIN_PRESETS
+    from ..settings.presets import TRAIN_PRESETS
 
     values = {}
     if args.preset:
@@ -75,9 +75,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cmd_train(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .. import distributed
-    from ..config import check_writable_dir, sanitize_name
-    from ..training import train
+    from ..training import distributed
+    from ..settings.config import check_writable_dir, sanitize_name
+    from ..training.trainer import train
 
     cfg = config_from_args(args)
     check_writable_dir(args.out, "--out")

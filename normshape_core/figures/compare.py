@@ -11,7 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from normshape_core.figures.colors import BN_COLOR, PN_COLOR, SHAPED_COLOR
-from normshape_core.names import WORST
+from normshape_core.base.names import WORST
 
 # Colours of each checkpoint's curves: none of them is PN's or BN's colour.
 CKPT_COLORS = ["#6a3d9a", "#1b9e77", "#8c564b", "#e7298a"]
@@ -98,7 +98,7 @@ def accuracy_bars_figure(results: Mapping[str, pd.DataFrame], names: Mapping[str
     rows), stacked, with horizontal bars: the measure names sit on the y axis, where they
     never overlap, and each panel has the page's whole width. The colour key is in the
     subtitle (a legend would sit on the panels at small widths)."""
-    from normshape_core.stats import Proportion
+    from normshape_core.base.stats import Proportion
 
     chosen = list(results)
     rows = {cid: measures(results[cid]) for cid in chosen}

@@ -7,7 +7,7 @@ from typing import Mapping, Optional, Tuple
 import pandas as pd
 import plotly.graph_objects as go
 
-from normshape_core.names import INFERENCE_RATIOS
+from normshape_core.base.names import INFERENCE_RATIOS
 # The paper's Table IV (CIFAR-10, PGD+shaping, PGD crafted with PN, classified with BN+shaping).
 PAPER_TABLE_IV = pd.DataFrame(
     [[0.477, 0.478, 0.476, 0.476, 0.477, 0.476],
@@ -26,7 +26,7 @@ def grid_heatmap(table: pd.DataFrame, title: str, n: Optional[pd.DataFrame] = No
     Clopper-Pearson interval and n. ``pending``: {(row, column): (short, long)} for cells
     still being computed: ``short`` written in the (blank) cell, ``long`` on hover (e.g. an
     anytime bound "<= 0.460" and "<= 0.460 after apgd; apgd_t, square to go")."""
-    from normshape_core.stats import interval_text
+    from normshape_core.base.stats import interval_text
 
     z = table.values.astype(float)
     text = [[("" if pd.isna(v) else f"{v:.3f}") for v in row] for row in z]

@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, Ratio
-from .models import NORM_LABELS, WSConv2d
-from .norms import ADV, CLEAN, NormMode, bn_modules, dual_route, has_dual_bn, norm_mode
+from ..settings.config import ConfigError, Ratio
+from ..blocks.models import NORM_LABELS, WSConv2d
+from ..blocks.norms import ADV, CLEAN, NormMode, bn_modules, dual_route, has_dual_bn, norm_mode
 from .shaping import Classifier, cpu_layout, parse_classifier
 
 #: Benz et al. (WACV 2021) adapt BN statistics on 32 samples

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from . import projections as P
-from .attacks import make_attack
+from ..attacks import make_attack
 from .diagnostics import moving_target
-from .shaping import PNClassifier, ShapedClassifier, make_reference_pool
+from ..inference.shaping import PNClassifier, ShapedClassifier, make_reference_pool
 
 
 def decision_regions_2d(model, data, ratio: str = "1:3", craft: str = "own norms",

@@ -20,11 +20,11 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from . import files
-from .config import MAX_MODEL_DEPTH, MAX_MODEL_WIDTH, MAX_PARAMETERS
-from .faults import fault_point
-from .files import MAX_META_BYTES
-from .names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
+from ..base import files
+from ..settings.config import MAX_MODEL_DEPTH, MAX_MODEL_WIDTH, MAX_PARAMETERS
+from ..base.faults import fault_point
+from ..base.files import MAX_META_BYTES
+from ..base.names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
 
 FORMAT = "normshape-checkpoint"
 FORMAT_VERSION = 1
@@ -181,7 +181,7 @@ def package_versions() -> Dict[str, str]:
     import numpy
     import safetensors
 
-    from ._version import __version__
+    from .._version import __version__
 
     return {"normshape": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "safetensors": safetensors.__version__, "python": platform.python_version()}
@@ -299,7 +299,7 @@ def _config_types() -> Dict[str, Tuple[str, bool]]:
     """TrainConfig's fields: name -> (base type, None allowed), from the annotations."""
     from dataclasses import fields
 
-    from .config import TrainConfig
+    from ..settings.config import TrainConfig
 
     out = {}
     for f in fields(TrainConfig):
@@ -369,9 +369,9 @@ def validate_meta(meta: Any, path: str | Path = META_NAME) -> Dict[str, Any]:
     of a run stopped early. Nothing is built, loaded or downloaded."""
     import re
 
-    from .config import METHODS, SHAPING_MODES, ConfigError, Ratio, TrainConfig
-    from .data import DATASETS
-    from .models import MODELS, NORMS
+    from ..settings.config import METHODS, SHAPING_MODES, ConfigError, Ratio, TrainConfig
+    from ..blocks.data import DATASETS
+    from ..blocks.models import MODELS, NORMS
 
     def bad(field: str, problem: str):
         raise CheckpointError(path, f"{field}: {problem}")
@@ -511,11 +511,11 @@ def _short(value: Any, n: int = 60) -> str:
 def build_from_meta(meta: Dict[str, Any], path: str | Path = META_NAME) -> nn.Module:
     """The model a checkpoint's metadata describes (weights not loaded), after
     ``validate_meta``: a model too large or unfit for its dataset is never built."""
-    from .config import TrainConfig
+    from ..settings.config import TrainConfig
 
     validate_meta(meta, path)
-    from .config import model_kwargs
-    from .models import build_model
+    from ..settings.config import model_kwargs
+    from ..blocks.models import build_model
 
     cfg = TrainConfig.from_dict(meta["config"])
     return build_model(cfg.model, tuple(meta["input_shape"]), meta["num_classes"],

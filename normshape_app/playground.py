@@ -1,7 +1,7 @@
 """The Playground's core: 2-D models that train a few steps at a time while their decision
 regions under PN and under shaped inference are drawn, TensorFlow-Playground style.
 
-Each run is a :class:`~normshape_core.training.Trainer` whose own loop (``Trainer.fit``, the
+Each run is a :class:`~normshape_core.training.trainer.Trainer` whose own loop (``Trainer.fit``, the
 same loop as the CLI and the background jobs: same batches, same crafting, same epoch-end
 checks) runs in a thread of its own, held by an ``on_step`` callback: the loop waits in that
 callback until it is granted more steps (:meth:`LiveRun.advance`). While it waits the model
@@ -37,12 +37,13 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import projections as P
-from .attacks import pgd_linf
-from .config import METHODS, SHAPING_MODES, ConfigError, Ratio, TrainConfig  # noqa: F401
-from .data import DATASETS_2D, Dataset, load_dataset
-from .shaping import PNClassifier, make_reference_pool
-from .training import StopTraining, Trainer
+from normshape_core.measuring import projections as P
+from normshape_core.attacks import pgd_linf
+from normshape_core.settings.config import (METHODS, SHAPING_MODES, ConfigError, Ratio,
+                                            TrainConfig)  # noqa: F401
+from normshape_core.blocks.data import DATASETS_2D, Dataset, load_dataset
+from normshape_core.inference.shaping import PNClassifier, make_reference_pool
+from normshape_core.training.trainer import StopTraining, Trainer
 
 SHAPINGS = SHAPING_MODES  # the Playground page's name for config.SHAPING_MODES
 #: the MLP's norm layers a run can have: BN, dual BN (a clean and an adversarial set; the

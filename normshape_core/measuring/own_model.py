@@ -40,10 +40,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import files
-from .config import ConfigError
-from .data import MAX_DATA_FILE_BYTES, Dataset
-from .norms import NormMode, bn_modules, norm_mode
+from ..base import files
+from ..settings.config import ConfigError
+from ..blocks.data import MAX_DATA_FILE_BYTES, Dataset
+from ..blocks.norms import NormMode, bn_modules, norm_mode
 
 #: ``package.module:factory`` (the factory may be an attribute path: ``module:Class.build``)
 FACTORY_SPEC = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
@@ -131,7 +131,7 @@ def _state_dict_of(obj: Any, where: str) -> Dict[str, torch.Tensor]:
 def read_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
     """The tensors of a weights file: safetensors, or ``.pt`` / ``.pth`` through
     ``torch.load(weights_only=True)``."""
-    from .checkpoints import MAX_WEIGHTS_BYTES, CheckpointError, _bytes_to_tensors
+    from ..training.checkpoints import MAX_WEIGHTS_BYTES, CheckpointError, _bytes_to_tensors
 
     path = Path(path)
     where = f"--weights {path.name}"
@@ -160,7 +160,7 @@ def read_weights(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
 def load_weights(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     """Load a weights file into ``model``: names and shapes must fit exactly, every weight and
     running statistic floating-point and finite (``checkpoints.check_weight_values``)."""
-    from .checkpoints import CheckpointError, check_weight_values
+    from ..training.checkpoints import CheckpointError, check_weight_values
 
     path = Path(path)
     tensors = read_weights(path)

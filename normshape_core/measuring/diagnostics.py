@@ -28,10 +28,10 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .attacks import ShapingBatchView, pgd_linf
-from .config import ConfigError, Ratio
-from .norms import NormMode, capture_bn_stats, norm_mode, pn_stats
-from .shaping import BNClassifier, PNClassifier
+from ..attacks import ShapingBatchView, pgd_linf
+from ..settings.config import ConfigError, Ratio
+from ..blocks.norms import NormMode, capture_bn_stats, norm_mode, pn_stats
+from ..inference.shaping import BNClassifier, PNClassifier
 
 _EPS = 1e-5
 
@@ -369,7 +369,7 @@ def batch_worst_case(model, x, y, spec: str, *, eps: float, seed: int = 0
     """Worst case per sample of an ensemble on one batch, through PN and through the
     batch's own BN (frozen BN): the robustness figure beside the diagnostics."""
     from .evaluation import ensemble_label
-    from .shaping import BNClassifier, PNClassifier
+    from ..inference.shaping import BNClassifier, PNClassifier
     from .worst_case import (SQUARE_QUERIES, crafted_label, ensemble_members, make_ensemble,
                              worst_case)
 

@@ -19,7 +19,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from . import files as _files
+from ..base import files as _files
 
 
 class DatasetUnavailable(RuntimeError):

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError, Ratio
-from .norms import NormMode, bn_modules, norm_mode
+from ..settings.config import ConfigError, Ratio
+from ..blocks.norms import NormMode, bn_modules, norm_mode
 
 # The paper evaluates with batches of 100 samples (section VI), e.g. 10 test samples + 90
 # references at 1:9. ``default_group_size`` keeps that batch size for any ratio.

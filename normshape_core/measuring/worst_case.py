@@ -51,9 +51,9 @@ from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Un
 
 import torch
 
-from .attacks import ADAPTIVE_ATTACKS, ATTACKS, Attack, budget_settings, make_attack
-from .attacks.transfer import Transfer
-from .config import ConfigError
+from ..attacks import ADAPTIVE_ATTACKS, ATTACKS, Attack, budget_settings, make_attack
+from ..attacks.transfer import Transfer
+from ..settings.config import ConfigError
 
 #: ensembles by name; members that do not exist in the registry are left out
 ENSEMBLES: Dict[str, tuple] = {
@@ -76,7 +76,7 @@ SQUARE_QUERIES = 5000
 def ensemble_members(name_or_list: Union[str, Sequence[str]]) -> List[str]:
     """``"default"`` -> its registered members; a spec ``"apgd+square"`` or a list ->
     the members checked against the registry."""
-    from .attacks import parse_attack_names
+    from ..attacks import parse_attack_names
 
     if isinstance(name_or_list, str):
         key = name_or_list.strip().lower()
@@ -142,7 +142,7 @@ def transfer_sources(defender) -> Tuple[str, ...]:
 def applicable(name: str, defender) -> bool:
     """Adaptive attacks target shaped inference only; transfer needs a source other than the
     defender's own norms."""
-    from .shaping import ShapedClassifier
+    from ..inference.shaping import ShapedClassifier
 
     if name in ADAPTIVE_ATTACKS:
         return isinstance(defender, ShapedClassifier)
@@ -153,7 +153,7 @@ def applicable(name: str, defender) -> bool:
 
 def source_label(spec: str) -> str:
     """A transfer source in words: "PN", "BN", "dual BN [clean norms]"."""
-    from .alternatives import describe_spec
+    from ..inference.alternatives import describe_spec
 
     return {"pn": "PN", "bn": "BN"}.get(spec) or describe_spec(spec)
 
@@ -196,7 +196,7 @@ class Cost:
 @contextlib.contextmanager
 def counting_rows(model: torch.nn.Module) -> Iterator[Cost]:
     """Inside the block, every forward of ``model`` adds its rows to the yielded ``Cost``."""
-    from .norms import bn_modules
+    from ..blocks.norms import bn_modules
 
     cost = Cost()
     bns = bn_modules(model)
@@ -230,7 +230,7 @@ def row_seconds(model: torch.nn.Module, x: torch.Tensor, repeats: int = 5) -> Di
     (``fb``), with PN and with batch statistics (frozen BN), on the batch ``x`` (the
     evaluation's batch size): the unit costs of ``Cost``, measured beside the work they
     price (the median of ``repeats`` calls after one warm-up)."""
-    from .shaping import BNClassifier, PNClassifier
+    from ..inference.shaping import BNClassifier, PNClassifier
 
     out: Dict[str, float] = {}
     rows = len(x)
@@ -397,7 +397,7 @@ def accept(view, groups: torch.Tensor, st: BatchState, free: torch.Tensor,
 def _source_view(defender, spec: str, st: BatchState, free: torch.Tensor):
     """The view a transfer source crafts the free rows through: PN directly; BN (or any
     coupled view) over the whole test batch with the other rows pinned at their examples."""
-    from .alternatives import make_classifier
+    from ..inference.alternatives import make_classifier
 
     base = make_classifier(spec, defender.model, getattr(defender, "pool", None))
     view = defender_view(base, len(st.x))

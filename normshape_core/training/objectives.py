@@ -34,8 +34,8 @@ from typing import Callable, Dict, Optional
 import torch
 import torch.nn.functional as F
 
-from .config import TrainConfig
-from .norms import ADV, CLEAN, NormMode, dual_route, norm_mode
+from ..settings.config import TrainConfig
+from ..blocks.norms import ADV, CLEAN, NormMode, dual_route, norm_mode
 
 #: ``attack(fn, x, y, target_probs) -> x_adv``: the training attack with the run's settings
 AttackFn = Callable[..., torch.Tensor]

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .config import ConfigError
-from .names import META_NAME, METRICS_NAME, WEIGHTS_NAME
+from ..settings.config import ConfigError
+from ..base.names import META_NAME, METRICS_NAME, WEIGHTS_NAME
 from .reproduce import MAX_RESULTS_BYTES, REPRO_SETTINGS, RunSpec, _fmt, train_set
 
 SWEEP_VERSION = 1
@@ -163,7 +163,7 @@ def load_results(path: str | Path) -> Dict[str, Any]:
     """A sweep's results file, read safely (``files``) and checked: a JSON object whose
     ``cells`` are objects with the fields a report reads. Anything else raises one
     ``ConfigError`` line naming the file and what is wrong."""
-    from .files import UnreadableFile, read_json
+    from ..base.files import UnreadableFile, read_json
 
     try:
         results = read_json(path, MAX_RESULTS_BYTES, "results file")
@@ -224,7 +224,7 @@ def check_merge(old: Dict[str, Any], results_path: Path, *, seed: int,
 
 
 #: the source tree whose shipped results ``--ship`` rewrites (a checkout)
-SOURCE_ROOT = Path(__file__).resolve().parents[1]
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
 MAX_THREADS = 1024
 MAX_EPOCHS = 100_000
 
@@ -257,7 +257,7 @@ class SweepSettings:
 
     def resolved(self) -> "SweepSettings":
         """The paths filled in (user's folder, or the checkout with ``ship``)."""
-        from .userdata import data_home
+        from ..base.userdata import data_home
 
         if self.ship:
             if not ((SOURCE_ROOT / "CONFOUNDINGS.md").is_file() and
@@ -284,7 +284,8 @@ class SweepSettings:
     def validate(self) -> "SweepSettings":
         """Every check that needs no training, in the order a user would fix them; returns
         the resolved settings. Datasets are loaded (``datasets()``) only by ``run``."""
-        from .config import MAX_SEED, check_writable_dir, check_writable_file, parse_device
+        from ..settings.config import (MAX_SEED, check_writable_dir, check_writable_file,
+                                       parse_device)
 
         if self.grid not in ("full", "tiny"):
             raise ConfigError(f"--grid must be full or tiny, got {self.grid!r}")
@@ -311,8 +312,8 @@ class SweepSettings:
         defaults = [self.out, self.doc] + ([] if self.report_only else [self.lessons])
         if (self.work is None and not self.report_only) or (
                 not self.ship and None in defaults):
-            from .config import check_user_folder
-            from .userdata import data_home
+            from ..settings.config import check_user_folder
+            from ..base.userdata import data_home
 
             check_user_folder(data_home() / "sweep", " or give --work, --out, --doc and "
                               "--lessons")
@@ -340,7 +341,7 @@ class SweepSettings:
     def datasets_checked(self) -> Dict[str, Any]:
         """Each dataset loaded once (a missing one is an error before any training), and
         ``n_test`` checked against each test set."""
-        from .data import load_dataset
+        from ..blocks.data import load_dataset
 
         loaded = {d: load_dataset(d, seed=self.seed) for d in self.datasets}
         for d, data in loaded.items():
@@ -373,7 +374,8 @@ def diagnostics_of(model, x, y, *, eps: float, step_size: float, steps: int, bat
                    seed: int = 0) -> Dict[str, float]:
     """The confounding diagnostics on ``x`` split into batches of ``batch`` (the BN batch
     size), averaged over the batches."""
-    from .diagnostics import logit_error_experiment, moving_target, perturbation_experiment
+    from ..measuring.diagnostics import (logit_error_experiment, moving_target,
+                                         perturbation_experiment)
 
     acc: Dict[str, List[float]] = {}
 
@@ -425,9 +427,9 @@ def measure_cell(cell: Cell, runs: Dict[str, Path], *, n_test: int, seed: int = 
     """Every measurement of one cell (JSON-ready)."""
     import torch
 
-    from .checkpoints import load_checkpoint
-    from .data import load_dataset
-    from .evaluation import BESIDE, evaluate_checkpoint, rows_of
+    from ..training.checkpoints import load_checkpoint
+    from ..blocks.data import load_dataset
+    from ..measuring.evaluation import BESIDE, evaluate_checkpoint, rows_of
 
     settings = cell.settings()
     batch = int(settings.get("batch_size", 64))
@@ -485,8 +487,8 @@ def run_sweep(cells: Sequence[Cell], work: Path, results_path: Path, *, seed: in
     cells are kept (a cell is only ever replaced by a new measurement of itself), and the
     file is rewritten (atomically) after each cell, so a killed sweep resumes where it
     stopped. A file of another seed, epochs or test size is refused (``check_merge``)."""
-    from .checkpoints import atomic_write_json
-    from .data import load_dataset
+    from ..training.checkpoints import atomic_write_json
+    from ..blocks.data import load_dataset
 
     old = load_results(results_path) if results_path.exists() else {}
     check_merge(old, results_path, seed=seed, epochs=epochs, n_test=n_test)
@@ -560,7 +562,7 @@ def ship_lessons(results: Dict[str, Any], work: Path, out: Path, *, seed: int = 
     """Train (or reuse) the chosen cell of each lesson and copy its two checkpoints to
     ``out/lesson-<I|II|III>-<plain|shaped>/``; ``out/lessons.json`` says what was chosen
     and why."""
-    from .checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     choices = lesson_choices(results)
     cells = {c["id"]: c for c in results["cells"]}
@@ -713,7 +715,7 @@ def report_block(results: Dict[str, Any], where: str = "the results") -> str:
 def read_document(md_path: Path) -> str:
     """The document whose generated block is rewritten (``files``: a regular file of at most
     MAX_DOC_BYTES), or a new one's title when there is none."""
-    from .files import UnreadableFile, read_text
+    from ..base.files import UnreadableFile, read_text
 
     try:
         return read_text(md_path, MAX_DOC_BYTES, "document")
@@ -724,7 +726,7 @@ def read_document(md_path: Path) -> str:
 
 
 def update_document(md_path: Path, results: Dict[str, Any]) -> str:
-    from .checkpoints import atomic_write_bytes
+    from ..training.checkpoints import atomic_write_bytes
 
     text = read_document(Path(md_path))
     block = report_block(results)

@@ -29,7 +29,7 @@ from typing import Any, Dict, Optional, Union
 
 import torch
 
-from .faults import fault_point
+from ..base.faults import fault_point
 
 WORK_FILE = "work.json"
 UNITS_FILE = "units.jsonl"
@@ -57,7 +57,7 @@ class WorkStore:
         (``fcntl.flock``, released when the process ends in any way)."""
         import fcntl
 
-        from .config import ConfigError
+        from ..settings.config import ConfigError
 
         self.folder.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.folder, os.O_RDONLY)
@@ -84,7 +84,7 @@ class WorkStore:
         if not (isinstance(info, dict) and info.get("format") == WORK_FORMAT
                 and info.get("key") == self.key):
             self._wipe()
-            from .checkpoints import atomic_write_json
+            from ..training.checkpoints import atomic_write_json
 
             atomic_write_json(work, {"format": WORK_FORMAT, "key": self.key})
             return
@@ -110,7 +110,7 @@ class WorkStore:
                 p.unlink(missing_ok=True)
 
     def _rewrite_units(self) -> None:
-        from .checkpoints import atomic_write_bytes
+        from ..training.checkpoints import atomic_write_bytes
 
         text = "".join(json.dumps(r, separators=(",", ":")) + "\n"
                        for r in self.records.values())
@@ -153,7 +153,7 @@ class WorkStore:
             return
         from safetensors.torch import save
 
-        from .checkpoints import atomic_write_bytes
+        from ..training.checkpoints import atomic_write_bytes
 
         atomic_write_bytes(self._state_path(k, b, m),
                            save({"x_adv": x_adv.detach().contiguous().cpu()}))
@@ -195,12 +195,12 @@ class WorkStore:
 
 
 def hex_mask(mask: torch.Tensor) -> str:
-    from .stats import pack_mask
+    from ..base.stats import pack_mask
 
     return pack_mask(mask.detach().cpu().tolist())
 
 
 def mask_of(text: str, n: int, device=None) -> torch.Tensor:
-    from .stats import unpack_mask
+    from ..base.stats import unpack_mask
 
     return torch.tensor(unpack_mask(text, n), dtype=torch.bool, device=device)

@@ -23,14 +23,14 @@ import numpy as np
 import torch
 
 from . import distributed
-from .attacks import pgd_linf
-from .config import MAX_PARAMETERS, ConfigError, Ratio, TrainConfig
-from .config import model_kwargs  # noqa: F401 - moved to config; this import path stays
-from .data import Dataset, load_dataset
-from .faults import FAULT_ENV, fault_point
-from .models import build_model
-from .norms import (ADV, CLEAN, NormMode, attack_norm_mode, bn_modules, dual_route,
-                    has_dual_bn, norm_mode)
+from ..attacks import pgd_linf
+from ..settings.config import MAX_PARAMETERS, ConfigError, Ratio, TrainConfig
+from ..settings.config import model_kwargs  # noqa: F401 - moved to config; this import path stays
+from ..blocks.data import Dataset, load_dataset
+from ..base.faults import FAULT_ENV, fault_point
+from ..blocks.models import build_model
+from ..blocks.norms import (ADV, CLEAN, NormMode, attack_norm_mode, bn_modules, dual_route,
+                            has_dual_bn, norm_mode)
 from .objectives import OBJECTIVES, CraftedBatch, adaptive_gradient_clip_, crafting_rule
 
 EVENTS = ("on_step", "on_epoch_end", "on_train_end")
@@ -547,10 +547,10 @@ class Trainer:
 
 
 def _stopped_record(meta_path: Path) -> Optional[Dict[str, Any]]:
-    """The ``stopped`` record of a checkpoint kept by a stopped background run (jobs.py), or
-    None (no checkpoint, a finished one, or metadata that cannot be read: treated as
-    finished, so never overwritten)."""
-    from .files import MAX_META_BYTES, read_json_or_none
+    """The ``stopped`` record of a checkpoint kept by a stopped background run
+    (``normshape_app.jobs``), or None (no checkpoint, a finished one, or metadata that cannot
+    be read: treated as finished, so never overwritten)."""
+    from ..base.files import MAX_META_BYTES, read_json_or_none
 
     meta = read_json_or_none(meta_path, MAX_META_BYTES)
     stopped = meta.get("stopped") if isinstance(meta, dict) else None

@@ -28,14 +28,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import pandas as pd
 import torch
 
-from .attacks import (ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS, L2_MINIMAL, LINF,
-                      Attack, budget_settings, make_attack, parse_attack_names,
-                      zero_gradient_fraction)
-from .config import ConfigError, Ratio, parse_device
-from .names import WORST  # the ``attack`` of a worst-case row (``ensemble`` names the members)
-from .alternatives import make_classifier
-from .shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
-                      make_reference_pool)
+from ..attacks import (ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS, L2_MINIMAL, LINF, Attack,
+                       budget_settings, make_attack, parse_attack_names, zero_gradient_fraction)
+from ..settings.config import ConfigError, Ratio, parse_device
+from ..base.names import WORST  # the ``attack`` of a worst-case row (``ensemble``: its members)
+from ..inference.alternatives import make_classifier
+from ..inference.shaping import (BNClassifier, Classifier, PNClassifier, ShapedClassifier,
+                                 make_reference_pool)
 from .eval_work import WorkStore, hex_mask, mask_of
 from .worst_case import (SQUARE_QUERIES, BatchState, Cost, applicable, counting_rows,
                          crafted_label, defender_view, ensemble_members, floor_seconds,
@@ -116,7 +115,7 @@ def _group_of(clf: Classifier) -> Optional[int]:
 def parse_classify(specs: Union[str, Sequence[str]]) -> List[str]:
     """``"pn,bn,shaped:1:9,dual:adv,own,tts"`` -> validated specs (ratios checked, repeats
     dropped): every inference mode ``alternatives.check_spec`` knows."""
-    from .alternatives import parse_classify as parse_all
+    from ..inference.alternatives import parse_classify as parse_all
 
     return parse_all(specs)
 
@@ -1081,7 +1080,7 @@ def format_table(df: pd.DataFrame, digits: int = 3, n: Optional[int] = None) -> 
 
 
 def _with_interval(v, n: int, digits: int = 3) -> str:
-    from .stats import Proportion
+    from ..base.stats import Proportion
 
     if v is None or v != v:
         return ""
@@ -1100,13 +1099,13 @@ def cache_path_for(checkpoint: Union[str, Path], cache_dir: Union[None, str, Pat
     checkpoint, ``<weights stem>.eval.json`` (the shipped results; ``reproduce``); otherwise
     ``<cache_dir>/<weights SHA-256>.eval.json``, ``cache_dir`` defaulting to the user's folder
     (``userdata.eval_cache_dir()``), so shipped checkpoints stay read-only."""
-    from .checkpoints import read_meta, resolve_paths
+    from ..training.checkpoints import read_meta, resolve_paths
 
     if cache_dir == BESIDE:
         weights, _ = resolve_paths(checkpoint)
         return weights.with_name(weights.stem + ".eval.json")
     if cache_dir is None:
-        from .userdata import eval_cache_dir
+        from ..base.userdata import eval_cache_dir
 
         cache_dir = eval_cache_dir()
     sha = weights_sha256 or read_meta(checkpoint)["weights_sha256"]
@@ -1122,7 +1121,7 @@ def _cache_key(weights_sha256: str, settings: EvalSettings) -> str:
 
 def _read_cache(path: Path, *more: Path) -> Dict[str, Any]:
     """The cache file at ``path``; with ``more``, their entries merged in (``path``'s win)."""
-    from .files import read_json_or_none
+    from ..base.files import read_json_or_none
 
     obj = read_json_or_none(path, MAX_CACHE_BYTES)  # a FIFO, device or huge file: no cache
     if not isinstance(obj, dict) or obj.get("format") != CACHE_FORMAT:
@@ -1143,7 +1142,7 @@ def update_cache(path: Path, key: str, entry: Dict[str, Any]) -> None:
     import fcntl
     import os
 
-    from .checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -1164,7 +1163,7 @@ def prune_cache(path: Path) -> int:
     import fcntl
     import os
 
-    from .checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     path = Path(path)
     if not path.is_file():
@@ -1206,7 +1205,7 @@ def _json_safe(v):
 def rows_of(df: pd.DataFrame) -> List[Dict[str, Any]]:
     """Rows as JSON-ready dicts (NaN -> null), each accuracy with its 95 % Clopper-Pearson
     interval (``clean_ci``, ``robust_ci``: [low, high] at the row's n)."""
-    from .stats import INTERVAL_NAME, Proportion
+    from ..base.stats import INTERVAL_NAME, Proportion
 
     out = []
     for r in df.to_dict(orient="records"):
@@ -1262,8 +1261,8 @@ def load_for_evaluation(checkpoint: Union[str, Path], dataset_name: Optional[str
                         device: Optional[str] = None):
     """(model, meta, dataset) for a checkpoint; the dataset is the one it was trained on,
     loaded as the trainer loads it. A different ``dataset_name`` is a ConfigError."""
-    from .checkpoints import CheckpointError, load_checkpoint
-    from .data import load_dataset
+    from ..training.checkpoints import CheckpointError, load_checkpoint
+    from ..blocks.data import load_dataset
 
     try:
         model, meta = load_checkpoint(checkpoint, device=parse_device(device or "auto"))
@@ -1296,8 +1295,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     evaluation run again with the same settings resumes where it stopped and ends with the
     same numbers; the folder goes once the results are cached. ``on_bound``: see
     ``evaluate``."""
-    from .checkpoints import (CheckpointError, read_meta, resolve_paths,
-                              sha256_file)
+    from ..training.checkpoints import CheckpointError, read_meta, resolve_paths, sha256_file
 
     # A cache hit needs neither the model nor the dataset: read the metadata only, check the
     # weights on disk are the ones the metadata (and so the cache key) describes.
@@ -1343,7 +1341,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
         if cache_dir == BESIDE:
             work_dir = cache_path_for(checkpoint, BESIDE).parent / "model.eval.work" / key
         else:
-            from .userdata import eval_cache_dir
+            from ..base.userdata import eval_cache_dir
 
             work_dir = eval_cache_dir() / "work" / key
     df = _evaluate(model, dataset, s, device=device, progress=progress,

@@ -158,8 +158,8 @@ class TrainConfig:
     def validate(self) -> None:
         """Every field checked: types, finite numbers, ranges, names from the registries,
         paths that exist. One ``ConfigError`` (one line) for the first problem found."""
-        from .data import DATASETS
-        from .models import MODELS
+        from ..blocks.data import DATASETS
+        from ..blocks.models import MODELS
 
         self._check_types()
         if self.dataset not in DATASETS:
@@ -237,7 +237,7 @@ class TrainConfig:
     def _check_norm(self) -> None:
         """The norm layer: known, one the model has, and dual BN only where there are
         adversarial rows to route and no shaped batch to mix them into."""
-        from .models import MODELS, NORMS
+        from ..blocks.models import MODELS, NORMS
 
         if self.norm not in NORMS:
             raise ConfigError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
@@ -457,7 +457,7 @@ def check_user_folder(folder: Path, hint: str = "") -> Path:
     """``folder``, in the user's normshape folder (``userdata``), is or can become a writable
     folder: a ``NORMSHAPE_HOME`` that is a file or read-only is one line here rather than a
     failure after the work is done."""
-    from .userdata import HOME_ENV, data_home
+    from ..base.userdata import HOME_ENV, data_home
 
     home = data_home()
     where = f"the user's normshape folder {home} ({HOME_ENV} or the platform's data folder)"

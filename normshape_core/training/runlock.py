@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from .config import ConfigError
+from ..settings.config import ConfigError
 
 LOCK_NAME = "run.lock"
 

@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attacks.base import LogitsFn
-from .norms import NormMode, capture_bn_stats, norm_mode
+from ..attacks.base import LogitsFn
+from ..blocks.norms import NormMode, capture_bn_stats, norm_mode
 
 
 
@@ -72,7 +72,7 @@ class BatchMemberClassifier:
         self.crafting_label = crafting_label
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        from .shaping import grouped_frozen_bn_forward
+        from ..inference.shaping import grouped_frozen_bn_forward
 
         comp = self.companions.to(x.device, x.dtype)
         batches = torch.cat([comp.unsqueeze(0).expand(len(x), *comp.shape), x.unsqueeze(1)], 1)
@@ -87,7 +87,7 @@ def fixed_references(pool: torch.Tensor, ratio: "str", seed: int = 0) -> torch.T
     adv:clean (1:9 -> 9 references): with :class:`BatchMemberClassifier` this is shaped
     inference (g = 1) with the same references for every input, so a picture of it shows one
     function instead of a different reference draw per pixel."""
-    from .config import Ratio
+    from ..settings.config import Ratio
 
     r = Ratio.parse(ratio)
     n = max(1, r.clean // r.adv)
@@ -289,8 +289,8 @@ MAP_NORMS = ("pn", "bn")
 def feature_map_samples(model: nn.Module, data, n: int = FEATURE_MAP_N, seed: int = 0,
                         eps: float = 0.1) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x, x_adv, y): ``n`` seeded test samples and their PGD-20 examples crafted with PN."""
-    from .attacks import make_attack
-    from .shaping import PNClassifier
+    from ..attacks import make_attack
+    from ..inference.shaping import PNClassifier
 
     g = torch.Generator().manual_seed(int(seed))
     idx = torch.randperm(len(data.x_test), generator=g)[:n]
@@ -340,7 +340,7 @@ MAX_PROJECTION_BYTES = 1 << 20
 
 def projection_path(checkpoint: "str | Path") -> Path:
     """``.../model.projection.json`` for a run folder or its ``model.json``."""
-    from .checkpoints import resolve_paths
+    from ..training.checkpoints import resolve_paths
 
     return resolve_paths(checkpoint)[1].with_suffix(".projection.json")
 
@@ -402,7 +402,7 @@ def read_projection(checkpoint: "str | Path", sha: str, method: str, norms: str,
     """The stored map (as :func:`feature_map` returns it) if the checkpoint has a file for
     exactly these weights (``sha``) and settings; None otherwise (no file, another model, a
     file that is not a regular file, too large or malformed: the page computes the map)."""
-    from .files import read_json_or_none
+    from ..base.files import read_json_or_none
 
     try:
         # a regular file of at most MAX_PROJECTION_BYTES, opened without blocking (a FIFO
@@ -428,8 +428,8 @@ def store_projections(checkpoints: Iterable["str | Path"], *, n: int = FEATURE_M
     """Compute and write ``model.projection.json`` beside each checkpoint whose file is
     missing or stale (other weights or settings); returns the files written. Called by
     ``reproduce`` after a dataset's evaluation and by the app's warm-up command."""
-    from .checkpoints import atomic_write_json, load_checkpoint
-    from .data import load_dataset
+    from ..training.checkpoints import atomic_write_json, load_checkpoint
+    from ..blocks.data import load_dataset
 
     written: List[Path] = []
     datasets: Dict[str, Any] = {}

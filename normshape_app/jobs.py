@@ -17,7 +17,7 @@ A job is a run folder ``RUNS/<name>`` holding:
 Nothing is held in memory by the caller, so a run survives page changes, reruns, a browser
 refresh and even a restart of the app; any number of callers (browser sessions) can start
 and watch runs at once without sharing anything but the folder. The worker is
-``python -m normshape_core.jobs run RUN_DIR``: the same ``training.train`` as the CLI, plus
+``python -m normshape_app.jobs run RUN_DIR``: the same ``training.train`` as the CLI, plus
 callbacks that write the status and honour the stop and pause requests. Until its first
 step the worker reports ``starting`` with what it is doing (importing, loading the data,
 building the model).
@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
+from normshape_core.base.names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
 
 JOB_FILE = "job.json"
 STATUS_FILE = "status.json"
@@ -83,7 +83,7 @@ MAX_JOB_FILE_BYTES = 1 << 20
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     """A job file's JSON object, or None (missing, not a regular file, too large, not JSON)."""
-    from .files import read_json_or_none
+    from normshape_core.base.files import read_json_or_none
 
     obj = read_json_or_none(path, MAX_JOB_FILE_BYTES)
     return obj if isinstance(obj, dict) else None
@@ -199,7 +199,7 @@ def job_status(run_dir: str | Path) -> JobStatus:
         if st.get(key) is not None:
             setattr(status, key, st[key])
     if status.pid is None:
-        from .files import UnreadableFile, read_text
+        from normshape_core.base.files import UnreadableFile, read_text
 
         try:
             status.pid = int(read_text(run_dir / PID_FILE, 64).strip())
@@ -223,7 +223,7 @@ def _finished_elsewhere(status: JobStatus) -> None:
     (``normshape train ... --resume`` on its folder): its checkpoint is final (no
     ``stopped`` record, no resume state left), so the run is finished, with the
     checkpoint's metrics."""
-    from .files import MAX_META_BYTES, read_json_or_none
+    from normshape_core.base.files import MAX_META_BYTES, read_json_or_none
 
     run_dir = status.run_dir
     if (run_dir / STATE_NAME).exists():
@@ -259,7 +259,7 @@ def list_jobs(runs_root: str | Path) -> List[JobStatus]:
 
 def read_metrics(run_dir: str | Path) -> List[Dict[str, Any]]:
     """The rows of ``metrics.jsonl`` (a half-written last line is skipped)."""
-    from .files import MAX_LOG_BYTES, UnreadableFile, read_text
+    from normshape_core.base.files import MAX_LOG_BYTES, UnreadableFile, read_text
 
     path = Path(run_dir) / METRICS_NAME
     rows: List[Dict[str, Any]] = []
@@ -279,7 +279,7 @@ def read_metrics(run_dir: str | Path) -> List[Dict[str, Any]]:
 
 def read_log_tail(run_dir: str | Path, max_chars: int = 4000) -> str:
     """The end of the worker's log (only its last bytes are read, whatever its size)."""
-    from .files import UnreadableFile, read_tail
+    from normshape_core.base.files import UnreadableFile, read_tail
 
     try:
         text = read_tail(Path(run_dir) / LOG_FILE, 4 * max_chars).decode("utf-8", "replace")
@@ -292,7 +292,7 @@ def read_log_tail(run_dir: str | Path, max_chars: int = 4000) -> str:
 def new_run_dir(runs_root: str | Path, label: str) -> Path:
     """A fresh, unique folder ``runs_root/<sanitised label>-<time>-<random>``, created
     exclusively, so two callers never share one even with the same label."""
-    from .config import sanitize_name
+    from normshape_core.settings.config import sanitize_name
 
     root = Path(runs_root)
     root.mkdir(parents=True, exist_ok=True)
@@ -319,7 +319,7 @@ def start_job(config: "Dict[str, Any] | Any", runs_root: str | Path = "runs", *,
     free text kept in job.json (e.g. the browser session); ``threads`` caps the worker's
     torch threads; ``max_active`` refuses a new run while that many are queued or running.
     """
-    from .config import TrainConfig
+    from normshape_core.settings.config import TrainConfig
 
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     cfg = cfg.resolved()  # raises ConfigError with a one-line message
@@ -337,7 +337,7 @@ def start_job(config: "Dict[str, Any] | Any", runs_root: str | Path = "runs", *,
 
 
 def _spawn(run_dir: Path, *, python: Optional[str] = None, cwd: Optional[str | Path] = None,
-           module: str = "normshape_core.jobs") -> int:
+           module: str = "normshape_app.jobs") -> int:
     """Start ``python -m <module> run RUN_DIR`` in its own session (the training worker; the
     evaluation worker of ``evaljobs`` too), its output appended to ``worker.log`` and its pid
     left in ``worker.pid``; returns the pid."""
@@ -507,7 +507,7 @@ class _Worker:
         return self.stop_requested or (self.run_dir / STOP_FILE).exists()
 
     def _check_stop(self) -> None:
-        from .training import StopTraining
+        from normshape_core.training.trainer import StopTraining
 
         if self._stop_wanted():
             raise StopTraining()
@@ -544,7 +544,7 @@ class _Worker:
         """Write the checkpoint of the last completed epoch (the saved training state),
         marked ``"stopped": {"epoch": k, "epochs": N}``; its metrics are the ones measured at
         that epoch's end. Returns k, or None when no epoch had ended (nothing to keep)."""
-        from .checkpoints import load_training_state, save_checkpoint
+        from normshape_core.training.checkpoints import load_training_state, save_checkpoint
 
         if not (self.run_dir / STATE_NAME).exists():
             return None
@@ -568,9 +568,9 @@ class _Worker:
         try:
             import torch
 
-            from .config import TrainConfig
-            from .data import load_dataset
-            from .training import Trainer, seed_everything
+            from normshape_core.settings.config import TrainConfig
+            from normshape_core.blocks.data import load_dataset
+            from normshape_core.training.trainer import Trainer, seed_everything
 
             if self.job.get("threads"):
                 torch.set_num_threads(int(self.job["threads"]))
@@ -590,7 +590,7 @@ class _Worker:
             result = trainer.fit(self.run_dir, resume=resume)
             stopped = result.stopped
         except BaseException as e:  # noqa: BLE001 - the run's error is reported, not raised
-            from .training import StopTraining
+            from normshape_core.training.trainer import StopTraining
 
             if not isinstance(e, StopTraining):
                 traceback.print_exc()
@@ -624,7 +624,7 @@ class _Worker:
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] != "run":
-        print("usage: python -m normshape_core.jobs run RUN_DIR", file=sys.stderr)
+        print("usage: python -m normshape_app.jobs run RUN_DIR", file=sys.stderr)
         return 2
     return _Worker(Path(argv[1])).run()
 

@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from .config import ConfigError
-from .names import META_NAME
+from ..settings.config import ConfigError
+from ..base.names import META_NAME
 
 RESULTS_NAME = "alternatives.json"
 REPORT_NAME = "ALTERNATIVES.md"
@@ -51,7 +51,7 @@ class Alternative:
 
     def norm_for(self, model: str) -> Optional[str]:
         """The norm this run takes on ``model``; None if the model has no such variant."""
-        from .models import MODELS
+        from ..blocks.models import MODELS
 
         norms = MODELS[model].norms
         if self.norm == "no_batch_stats":
@@ -80,7 +80,7 @@ class Row:
 def table_rows(norms: Dict[str, str]) -> List[Row]:
     """The table of one dataset; ``norms``: alternative key -> the norm it trained with
     (keys missing for this dataset's model are left out)."""
-    from .models import NORM_LABELS
+    from ..blocks.models import NORM_LABELS
 
     rows = [Row("PGD-AT", "pgd/adv-only", "pn")]
     rows += [Row("PGD-AT + test-time statistics", "pgd/adv-only", s) for s in TTS_SPECS]
@@ -128,9 +128,9 @@ class AlternativesSettings:
         return {"epochs": self.epochs} if self.epochs is not None else {}
 
     def validate(self) -> "AlternativesSettings":
-        from .config import check_writable_dir, parse_device
-        from .data import DATASETS
-        from .evaluation import ensemble_spec
+        from ..settings.config import check_writable_dir, parse_device
+        from ..blocks.data import DATASETS
+        from ..measuring.evaluation import ensemble_spec
 
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
@@ -160,7 +160,7 @@ class AlternativesSettings:
 
 
 def _dataset_model(dataset: str) -> str:
-    from .config import dataset_preset
+    from ..settings.config import dataset_preset
 
     return dataset_preset(dataset)["model"]
 
@@ -185,10 +185,10 @@ def train_alternatives(settings: AlternativesSettings, *, progress: bool = True,
                        log=print) -> Dict[str, Path]:
     """Train every run of the set that is not finished yet (interrupted ones resume);
     return key -> run folder."""
-    from .checkpoints import read_meta
-    from .config import TrainConfig
-    from .data import load_dataset
-    from .training import train
+    from ..training.checkpoints import read_meta
+    from ..settings.config import TrainConfig
+    from ..blocks.data import load_dataset
+    from ..training.trainer import train
 
     s = settings
     data = load_dataset(s.dataset, seed=s.seed)
@@ -256,9 +256,9 @@ def evaluate_alternatives(settings: AlternativesSettings, runs: Dict[str, Path],
     """Every row of the table evaluated: the worst case of the ensemble through the row's own
     norms and clean accuracy, on the same test samples (the first n of the seeded subset);
     returns the results (``RESULTS_NAME``)."""
-    from .alternatives import describe_spec
-    from .checkpoints import read_meta
-    from .evaluation import BESIDE, WORST, ensemble_label, evaluate_checkpoint, rows_of
+    from ..inference.alternatives import describe_spec
+    from ..training.checkpoints import read_meta
+    from ..measuring.evaluation import BESIDE, WORST, ensemble_label, evaluate_checkpoint, rows_of
     from .reproduce import worst_case_settings
 
     s = settings
@@ -297,14 +297,14 @@ def evaluate_alternatives(settings: AlternativesSettings, runs: Dict[str, Path],
 
 
 def write_results(path: Path, results: Dict[str, Any]) -> None:
-    from .checkpoints import atomic_write_json
+    from ..training.checkpoints import atomic_write_json
 
     atomic_write_json(path, results)
 
 
 # ====================================================================== the report
 def _prop(acc, n) -> str:
-    from .stats import interval_text
+    from ..base.stats import interval_text
 
     return interval_text(acc, n) or "-"
 
@@ -312,7 +312,7 @@ def _prop(acc, n) -> str:
 def _mask(row: Dict[str, Any], which: str) -> Optional[List[bool]]:
     """A row's per-sample outcomes (``clean_mask`` / ``robust_mask``, ``stats.pack_mask``
     hex), or None when the results do not carry them."""
-    from .stats import unpack_mask
+    from ..base.stats import unpack_mask
 
     text = row.get(f"{which}_mask")
     if not isinstance(text, str):
@@ -337,7 +337,7 @@ def _row_name(r: Dict[str, Any]) -> str:
 def paired(a: Dict[str, Any], b: Dict[str, Any], which: str) -> str:
     """The claim "a above b" on ``which`` (clean / robust) accuracy, decided by the exact
     McNemar test on the per-sample outcomes (same samples), in words."""
-    from .stats import paired_verdict
+    from ..base.stats import paired_verdict
 
     ma, mb = _mask(a, which), _mask(b, which)
     if ma is None or mb is None:
@@ -348,7 +348,7 @@ def paired(a: Dict[str, Any], b: Dict[str, Any], which: str) -> str:
 
 
 def _verdict_word(a, b, which) -> Optional[str]:
-    from .stats import paired_verdict
+    from ..base.stats import paired_verdict
 
     ma, mb = _mask(a, which), _mask(b, which)
     if ma is None or mb is None or a["n"] != b["n"]:
@@ -365,7 +365,7 @@ def _find(results, method_prefix: str, spec: str) -> Optional[Dict[str, Any]]:
 
 def dataset_section(results: Dict[str, Any]) -> str:
     """One dataset's part of the report: its table, its paired verdicts, its words."""
-    from .stats import INTERVAL_NAME
+    from ..base.stats import INTERVAL_NAME
 
     ds = results["dataset"]
     rows = results["rows"]
@@ -412,7 +412,7 @@ def one_norm_words(results: Dict[str, Any]) -> str:
             f"with its adversarial norms {acc(adv, 'clean_acc')} clean, "
             f"{acc(adv, 'robust_acc')} robust. Shaping is one: {acc(shaped, 'clean_acc')} clean, "
             f"{acc(shaped, 'robust_acc')} robust. ")
-    from .stats import HOLDS, REVERSED
+    from ..base.stats import HOLDS, REVERSED
 
     words = [_verdict_word(clean, adv, "clean"), _verdict_word(adv, clean, "robust"),
              _verdict_word(shaped, clean, "clean"), _verdict_word(shaped, adv, "robust")]
@@ -542,7 +542,7 @@ def results_paths(checkpoints: Path) -> List[Path]:
 
 def update_report(md_path: Path, paths: Sequence[Path]) -> str:
     """Write the report from the results files (atomically); returns its text."""
-    from .checkpoints import atomic_write_bytes
+    from ..training.checkpoints import atomic_write_bytes
 
     if not paths:
         raise ConfigError(f"no results files ({RESULTS_NAME}) given: run alternatives first")
@@ -562,7 +562,7 @@ class AlternativesReportSettings:
     paths: List[Path] = field(default_factory=list)
 
     def validate(self) -> "AlternativesReportSettings":
-        from .config import check_existing_dir, check_writable_file
+        from ..settings.config import check_existing_dir, check_writable_file
 
         check_existing_dir(self.checkpoints, "--checkpoints")
         check_writable_file(self.out, "--out")

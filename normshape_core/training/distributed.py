@@ -48,7 +48,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .config import ConfigError, Ratio, parse_device
+from ..settings.config import ConfigError, Ratio, parse_device
 
 BACKENDS = ("auto", "nccl", "gloo")
 

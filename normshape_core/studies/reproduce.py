@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config import ConfigError, Ratio, TrainConfig
+from ..settings.config import ConfigError, Ratio, TrainConfig
 
 # Per-dataset reproduction settings (overrides of the dataset presets), chosen so that the
 # accuracy-robustness trade-off is visible: PGD-AT must lose clean accuracy against natural
@@ -39,7 +39,7 @@ REPRO_WORST: Dict[str, Dict[str, int]] = {
     "fashion_mnist": dict(n_test=1000, others_n_test=200, table_iv_n_test=200),
 }
 #: the ensemble of every worst-case number in the report
-from .worst_case import DEFAULT_ENSEMBLE as WORST_ENSEMBLE  # noqa: E402
+from ..measuring.worst_case import DEFAULT_ENSEMBLE as WORST_ENSEMBLE  # noqa: E402
 
 
 def is_headline(config: Dict[str, Any]) -> bool:
@@ -128,9 +128,9 @@ def train_set(dataset: str, out: Path, *, seed: int = 0, specs: Optional[List[Ru
               overrides: Optional[Dict[str, Any]] = None, device: str = "auto",
               progress: bool = True, log=print) -> Dict[str, Path]:
     """Train every run of the set that is not finished yet; return key -> run folder."""
-    from .checkpoints import read_meta
-    from .data import load_dataset
-    from .training import train
+    from ..training.checkpoints import read_meta
+    from ..blocks.data import load_dataset
+    from ..training.trainer import train
 
     specs = specs or PAPER_SET
     data = load_dataset(dataset, seed=seed)
@@ -177,7 +177,7 @@ def evaluation_plan(runs: Dict[str, Path], dataset: str, *, n_test: int,
     """(run key, attacks, classify, n) of every evaluation of the report, in order: the
     paper's protocol on all ``n_test`` samples, then the worst case of each model through
     its own norms (``worst_n``), then Table IV's worst case (``table_iv_worst_settings``)."""
-    from .checkpoints import read_meta
+    from ..training.checkpoints import read_meta
 
     iv_classify = [f"shaped:{r}" for r in TABLE_IV_INFERENCE]
     plan = ([(k, table_attacks or TABLE_ATTACKS, TABLE_CLASSIFY, n_test) for k in MAIN_KEYS]
@@ -213,7 +213,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
     a long run's finished evaluations are on disk as it goes. ``worst_budget``: the
     ensemble's budgets other than the defaults (``apgd_steps``, ``square_queries``,
     ``n_target_classes``; the tests' small runs), recorded in ``worst_settings``."""
-    from .evaluation import BESIDE, EvalSettings, evaluate_checkpoint, rows_of
+    from ..measuring.evaluation import BESIDE, EvalSettings, evaluate_checkpoint, rows_of
 
     n_test = n_test or REPRO_N_TEST.get(dataset, 1000)
     d = EvalSettings()
@@ -230,7 +230,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
     plan = evaluation_plan(runs, dataset, n_test=n_test, table_attacks=table_attacks,
                            worst_case=worst_case, worst=worst)
     results["planned_evaluations"] = len(plan)
-    from .evaluation import cache_path_for, prune_cache
+    from ..measuring.evaluation import cache_path_for, prune_cache
 
     for key in {p[0] for p in plan}:  # results of an earlier engine go from the shipped files
         gone = prune_cache(cache_path_for(runs[key], BESIDE))
@@ -263,7 +263,7 @@ def evaluate_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0,
     if diagnostics:
         results["diagnostics"] = diagnose_set(runs, dataset, seed=seed, device=device)
         log("[diagnostics] done")
-    from .projections import store_projections; store_projections(runs.values(), log=log)  # noqa: E702,E501
+    from ..measuring.projections import store_projections; store_projections(runs.values(), log=log)  # noqa: E702,E501
     results["complete"] = True
     return results
 
@@ -274,9 +274,9 @@ def diagnose_set(runs: Dict[str, Path], dataset: str, *, seed: int = 0, n: int =
     trained (adv only) model, FGSM / PGD on training inputs."""
     import torch
 
-    from .checkpoints import load_checkpoint
-    from .data import load_dataset
-    from .diagnostics import diagnose
+    from ..training.checkpoints import load_checkpoint
+    from ..blocks.data import load_dataset
+    from ..measuring.diagnostics import diagnose
 
     out: Dict[str, Any] = {}
     data = load_dataset(dataset, seed=seed)
@@ -309,7 +309,7 @@ MAX_RESULTS_BYTES = 64 << 20
 
 def load_results(path: Path) -> Dict[str, Any]:
     """A reproduce results file (a regular file of bounded size, ``files``)."""
-    from .files import read_json
+    from ..base.files import read_json
 
     return read_json(path, MAX_RESULTS_BYTES, "results file")
 
@@ -336,8 +336,8 @@ class ReproduceSettings:
         return {"epochs": self.epochs} if self.epochs is not None else {}
 
     def validate(self) -> "ReproduceSettings":
-        from .config import check_writable_dir, parse_device
-        from .data import DATASETS
+        from ..settings.config import check_writable_dir, parse_device
+        from ..blocks.data import DATASETS
 
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "

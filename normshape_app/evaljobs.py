@@ -54,7 +54,7 @@ def normalized(meta: Dict[str, Any], settings: Dict[str, Any]):
     """The ``EvalSettings`` that ``evaluation.evaluate_checkpoint`` makes of ``settings`` for
     a checkpoint with metadata ``meta`` (eps defaults to the training eps; attack names split
     into single attacks and ensembles; inference modes and crafting norms parsed)."""
-    from . import evaluation as E
+    from normshape_core.measuring import evaluation as E
 
     settings = dict(settings)
     if settings.get("eps") is None:  # as evaluate_checkpoint: the training eps, else 8/255
@@ -84,7 +84,7 @@ def cells_of(s) -> List[Cell]:
 
 def _base(d: Dict[str, Any]) -> Dict[str, Any]:
     """The settings every cell of an entry shares (missing keys: the defaults)."""
-    from .evaluation import EvalSettings
+    from normshape_core.measuring.evaluation import EvalSettings
 
     out = EvalSettings().to_dict()
     out.update(d)
@@ -95,7 +95,7 @@ def _base(d: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _ratio_text(spec: str) -> Optional[str]:
-    from .config import Ratio
+    from normshape_core.settings.config import Ratio
 
     return str(Ratio.parse(spec.split(":", 1)[1])) if spec.startswith("shaped:") else None
 
@@ -104,7 +104,7 @@ def classifier_label(spec: str, group_size: Optional[int] = None, norm: str = "b
     """What the evaluation's rows say in ``classified_with`` for inference mode ``spec``
     (``"shaped:1:9"`` -> ``"shaped 1:9 (g=10)"``; ``norm``: the model's), before anything is
     computed."""
-    from .alternatives import describe_spec
+    from normshape_core.inference.alternatives import describe_spec
 
     r = _ratio_text(spec)
     if r is not None and group_size:
@@ -125,7 +125,8 @@ def cache_entries(checkpoint: Union[str, Path], weights_sha256: str) -> List[Dic
     shipped results) first, then the user's folder; only entries of these weights whose key
     is the one ``evaluate_checkpoint`` gives their settings now (an entry of another engine
     version, ``evaluation.ENGINE_VERSION`` in the key, is not read)."""
-    from .evaluation import BESIDE, EvalSettings, _cache_key, _read_cache, cache_path_for
+    from normshape_core.measuring.evaluation import (BESIDE, EvalSettings, _cache_key, _read_cache,
+                                                     cache_path_for)
 
     paths = [cache_path_for(checkpoint, BESIDE)]
     try:
@@ -154,8 +155,8 @@ def stored(checkpoint: Union[str, Path], settings: Dict[str, Any],
     """The rows of ``settings`` (as given to ``evaluate_checkpoint``) that the stored results
     already hold, cell by cell, and the cells still missing. The weights on disk must be the
     ones the metadata names (else nothing is found)."""
-    from .checkpoints import read_meta
-    from .evaluation import ROW_KEYS, _df_from_rows, ensemble_label
+    from normshape_core.training.checkpoints import read_meta
+    from normshape_core.measuring.evaluation import ROW_KEYS, _df_from_rows, ensemble_label
 
     meta = meta or read_meta(checkpoint)
     sha = meta["weights_sha256"]
@@ -214,7 +215,7 @@ def combined(found: pd.DataFrame, computed: pd.DataFrame) -> pd.DataFrame:
 
 @functools.lru_cache(maxsize=256)
 def _sha_of(path: str, size: int, mtime_ns: int) -> str:
-    from .checkpoints import sha256_file
+    from normshape_core.training.checkpoints import sha256_file
 
     return sha256_file(Path(path))
 
@@ -222,7 +223,7 @@ def _sha_of(path: str, size: int, mtime_ns: int) -> str:
 def weights_match(checkpoint: Union[str, Path], sha: str) -> bool:
     """Whether the weights file on disk has SHA-256 ``sha`` (each file hashed once per size
     and modification time)."""
-    from .checkpoints import resolve_paths
+    from normshape_core.training.checkpoints import resolve_paths
 
     weights = resolve_paths(checkpoint)[0]
     try:
@@ -234,7 +235,7 @@ def weights_match(checkpoint: Union[str, Path], sha: str) -> bool:
 
 # ====================================================================== background jobs
 # An evaluation that is not stored runs as a background job, like a training run
-# (``normshape_core.jobs``: a worker process per job, its state on disk, status.json rewritten
+# (``normshape_app.jobs``: a worker process per job, its state on disk, status.json rewritten
 # atomically; the helpers are that module's). One job per evaluation: its folder is named by
 # the evaluation's cache key (the weights' SHA-256 and the settings' fingerprint) and created
 # exclusively, so two sessions asking for the same evaluation find the same job. Its folder:
@@ -255,7 +256,7 @@ MAX_EVAL_JOBS = 2
 
 def jobs_root() -> Path:
     """Where the evaluation jobs live: ``evaluations/jobs/`` in the user's folder."""
-    from .userdata import eval_cache_dir
+    from normshape_core.base.userdata import eval_cache_dir
 
     return eval_cache_dir() / "jobs"
 
@@ -298,8 +299,8 @@ def job_key(checkpoint: Union[str, Path], settings: Dict[str, Any],
             meta: Optional[Dict[str, Any]] = None) -> str:
     """The evaluation's cache key: weights SHA-256 + the settings' fingerprint (as
     ``evaluate_checkpoint`` keys its results)."""
-    from .checkpoints import read_meta
-    from .evaluation import _cache_key
+    from normshape_core.training.checkpoints import read_meta
+    from normshape_core.measuring.evaluation import _cache_key
 
     meta = meta or read_meta(checkpoint)
     return _cache_key(meta["weights_sha256"], normalized(meta, settings))
@@ -389,7 +390,7 @@ def ensure_job(checkpoint: Union[str, Path], settings: Dict[str, Any], *,
                 _atomic_json(job_dir / STATUS_FILE, {
                     "state": "queued", "updated": _now(), "bounds": before.get("bounds", {}),
                     "resumes": int(before.get("resumes", 0)) + (j.state != "queued")})
-                _spawn(job_dir, module="normshape_core.evaljobs")
+                _spawn(job_dir, module="normshape_app.evaljobs")
         finally:
             os.close(fd)  # releases the lock
         j = read_job(job_dir)
@@ -466,7 +467,7 @@ def engine_resumes() -> bool:
     engine with anytime bounds)."""
     import inspect
 
-    from .evaluation import evaluate_checkpoint
+    from normshape_core.measuring.evaluation import evaluate_checkpoint
 
     params = inspect.signature(evaluate_checkpoint).parameters
     return "work_dir" in params and "on_bound" in params
@@ -476,7 +477,7 @@ def evaluate_in_job(checkpoint: Path, settings: Dict[str, Any], work_dir: Path, 
                     on_bound) -> pd.DataFrame:
     """The job's evaluation: ``evaluate_checkpoint`` into the user's cache, resumable from
     ``work_dir`` and reporting bounds when the engine supports it."""
-    from .evaluation import evaluate_checkpoint
+    from normshape_core.measuring.evaluation import evaluate_checkpoint
 
     extra = dict(work_dir=work_dir, on_bound=on_bound) if engine_resumes() else {}
     df, _ = evaluate_checkpoint(checkpoint, progress=progress, **extra, **settings)
@@ -488,7 +489,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) != 2 or argv[0] != "run":
-        print("usage: python -m normshape_core.evaljobs run JOB_DIR", file=sys.stderr)
+        print("usage: python -m normshape_app.evaljobs run JOB_DIR", file=sys.stderr)
         return 2
     return _EvalWorker(Path(argv[1])).run()
 

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from .config import ConfigError
-from .names import WORST
+from ..settings.config import ConfigError
+from ..base.names import WORST
 from .reproduce import (ATTACK_LABELS, MAIN_KEYS, POLLUTED_KEY, SHAPED_KEYS, TABLE_ATTACKS,
-                        TABLE_IV_INFERENCE, TABLE_IV_TRAINING, WORST_ENSEMBLE, _fmt,
-                        load_results)
-from .stats import (HOLDS, INCONCLUSIVE, INTERVAL_NAME, REVERSED, PairedVerdict, Proportion,
-                    paired_verdict, unpack_mask)
+                        TABLE_IV_INFERENCE, TABLE_IV_TRAINING, WORST_ENSEMBLE, _fmt, load_results)
+from ..base.stats import (HOLDS, INCONCLUSIVE, INTERVAL_NAME, REVERSED, PairedVerdict, Proportion,
+                          paired_verdict, unpack_mask)
 
 #: the largest report read and rewritten
 MAX_REPORT_BYTES = 16 << 20
@@ -577,7 +576,7 @@ def summary_markdown(all_results: List[Dict[str, Any]]) -> str:
 def update_report(md_path: Path, results_paths: List[Path]) -> str:
     """Replace (or append) each dataset's generated block and the summary in
     REPRODUCTION.md."""
-    from .files import read_text
+    from ..base.files import read_text
 
     text = (read_text(md_path, MAX_REPORT_BYTES, "report") if md_path.exists()
             else "# Reproduction\n")
@@ -591,7 +590,7 @@ def update_report(md_path: Path, results_paths: List[Path]) -> str:
             text = pattern.sub(lambda _: block, text)
         else:
             text = text.rstrip("\n") + "\n\n" + block + "\n"
-    from .checkpoints import atomic_write_bytes
+    from ..training.checkpoints import atomic_write_bytes
 
     atomic_write_bytes(md_path, text.encode())
     return text
@@ -605,7 +604,7 @@ class ReportSettings:
     out: Path
 
     def validate(self) -> "ReportSettings":
-        from .config import check_existing_dir, check_writable_file
+        from ..settings.config import check_existing_dir, check_writable_file
 
         check_existing_dir(self.checkpoints, "--checkpoints")
         check_writable_file(self.out, "--out")
