@@ -218,7 +218,6 @@ KNOWN_LONG: Dict[str, int] = {
     "normshape_core.figures.playground:_panel": 82,
     "normshape_core.measuring.evaluation:evaluate_checkpoint": 91,
     "normshape_core.measuring.worst_case:accept": 82,
-    "normshape_core.training.checkpoints:validate_meta": 139,
 }
 
 

@@ -36,7 +36,21 @@ _KIND_TEXT = {"int": "a whole number", "float": "a number", "str": "text", "bool
 
 
 class ConfigError(ValueError):
-    """An invalid setting; the message is one line meant for the user."""
+    """An invalid setting; the message is one line meant for the user. ``field``: the
+    ``TrainConfig`` field it is about, when it is about one (``checkpoints.validate_meta``
+    names it, ``config.<field>``)."""
+
+    def __init__(self, message: str = "", *, field: Optional[str] = None):
+        super().__init__(message)
+        self.field = field
+
+
+def _about(field_name: str, check, *args, **kwargs):
+    """``check(*args, **kwargs)``, its ``ConfigError`` said to be about ``field_name``."""
+    try:
+        return check(*args, **kwargs)
+    except ConfigError as e:
+        raise ConfigError(str(e), field=e.field or field_name) from None
 
 
 def _f(default, help: str, **kw):
@@ -158,81 +172,107 @@ class TrainConfig:
     def validate(self) -> None:
         """Every field checked: types, finite numbers, ranges, names from the registries,
         paths that exist. One ``ConfigError`` (one line) for the first problem found."""
+        self._check_types()
+        self._check_names()
+        ratio = self._check_ratio()
+        self._check_numbers()
+        self._check_choices(ratio)
+
+    def _check_names(self) -> None:
+        """Dataset, model, method and shaping mode from their registries, and the norm."""
         from ..blocks.data import DATASETS
         from ..blocks.models import MODELS
 
-        self._check_types()
         if self.dataset not in DATASETS:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
-                              f"{', '.join(DATASETS)}")
+                              f"{', '.join(DATASETS)}", field="dataset")
         if self.model is not None and self.model not in MODELS:
-            raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}")
+            raise ConfigError(f"unknown model {self.model!r}; choose one of: {', '.join(MODELS)}",
+                              field="model")
         if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}")
+            raise ConfigError(f"unknown method {self.method!r}; choose one of: {', '.join(METHODS)}",
+                              field="method")
         if self.shaping not in SHAPING_MODES:
             raise ConfigError(f"unknown shaping mode {self.shaping!r}; choose one of: "
-                              f"{', '.join(SHAPING_MODES)}")
+                              f"{', '.join(SHAPING_MODES)}", field="shaping")
         if self.method == "natural" and self.shaping != "none":
-            raise ConfigError("natural training has no attack to shape: use --shaping none")
+            raise ConfigError("natural training has no attack to shape: use --shaping none",
+                              field="shaping")
         self._check_norm()
-        ratio = Ratio.parse(self.ratio, allow_zero_clean=self.shaping == "none")
+
+    def _check_ratio(self) -> Ratio:
+        """The ratio adv:clean, parsed and bounded."""
+        ratio = _about("ratio", Ratio.parse, self.ratio, allow_zero_clean=self.shaping == "none")
         if ratio.parts > MAX_RATIO_PARTS:
             raise ConfigError(f"ratio {ratio} has {ratio.parts} parts; at most "
-                              f"{MAX_RATIO_PARTS}")
+                              f"{MAX_RATIO_PARTS}", field="ratio")
+        return ratio
+
+    def _check_numbers(self) -> None:
+        """Finite numbers in range, counts and sizes bounded, the seed in range."""
         for name in ("eps", "step_size", "lr", "weight_decay", "momentum", "trades_beta",
                      "agc_clip"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v < 0):
                 raise ConfigError(f"{name.replace('_', '-')} must be >= 0 and finite, "
-                                  f"got {v}")
+                                  f"got {v}", field=name)
         if self.eps is not None and self.eps > 1:
-            raise ConfigError(f"eps {self.eps} is larger than the whole [0, 1] input range")
+            raise ConfigError(f"eps {self.eps} is larger than the whole [0, 1] input range",
+                              field="eps")
         if self.step_size is not None and self.step_size > 1:
             raise ConfigError(f"step-size {self.step_size} is larger than the whole [0, 1] "
-                              f"input range")
+                              f"input range", field="step_size")
         if self.method != "natural" and self.eps is not None and self.eps == 0:
-            raise ConfigError(f"method {self.method} needs eps > 0")
+            raise ConfigError(f"method {self.method} needs eps > 0", field="eps")
         if self.method != "natural" and self.step_size is not None and self.step_size == 0:
-            raise ConfigError(f"method {self.method} needs step-size > 0")
+            raise ConfigError(f"method {self.method} needs step-size > 0", field="step_size")
         if self.lr is not None and self.lr == 0:
-            raise ConfigError("lr must be > 0 (with lr 0 nothing is learnt)")
+            raise ConfigError("lr must be > 0 (with lr 0 nothing is learnt)", field="lr")
         if self.agc_clip is not None and self.agc_clip == 0:
-            raise ConfigError("agc-clip must be > 0 (leave it unset for no clipping)")
+            raise ConfigError("agc-clip must be > 0 (leave it unset for no clipping)",
+                              field="agc_clip")
         if self.momentum >= 1:
-            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}", field="momentum")
         for name in ("steps", "batch_size", "epochs", "max_steps", "n_train", "eval_samples",
                      "model_width", "model_depth"):
             v = getattr(self, name)
             least = 0 if name == "eval_samples" else 1
             if v is not None and v < least:
-                raise ConfigError(f"{name.replace('_', '-')} must be >= {least}, got {v}")
+                raise ConfigError(f"{name.replace('_', '-')} must be >= {least}, got {v}",
+                                  field=name)
         for name, most in (("model_width", MAX_MODEL_WIDTH), ("model_depth", MAX_MODEL_DEPTH),
                            ("steps", MAX_COUNT), ("batch_size", MAX_COUNT),
                            ("epochs", MAX_COUNT), ("max_steps", MAX_COUNT),
                            ("n_train", MAX_COUNT), ("eval_samples", MAX_COUNT)):
             v = getattr(self, name)
             if v is not None and v > most:
-                raise ConfigError(f"{name.replace('_', '-')} {v} is too large (at most {most})")
+                raise ConfigError(f"{name.replace('_', '-')} {v} is too large (at most {most})",
+                                  field=name)
         if self.batch_size is not None and self.batch_size < 2:
             raise ConfigError(f"batch-size must be >= 2: batch norm in training needs more "
-                              f"than one sample per batch, got {self.batch_size}")
+                              f"than one sample per batch, got {self.batch_size}",
+                              field="batch_size")
         if not 0 <= self.seed <= MAX_SEED:
-            raise ConfigError(f"seed must be a whole number in [0, {MAX_SEED}], got {self.seed}")
+            raise ConfigError(f"seed must be a whole number in [0, {MAX_SEED}], got {self.seed}",
+                              field="seed")
+
+    def _check_choices(self, ratio: Ratio) -> None:
+        """Optimizer, schedule, the batch against the ratio's parts, device and backend."""
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of: "
-                              f"{', '.join(OPTIMIZERS)}")
+                              f"{', '.join(OPTIMIZERS)}", field="optimizer")
         if self.lr_schedule is not None and self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose one of: "
-                              f"{', '.join(LR_SCHEDULES)}")
+                              f"{', '.join(LR_SCHEDULES)}", field="lr_schedule")
         if self.batch_size is not None and self.shaping != "none":
             if self.batch_size < ratio.parts:
                 raise ConfigError(f"batch size {self.batch_size} is smaller than the {ratio.parts} "
-                                  f"parts of ratio {ratio}")
-            ratio.split(self.batch_size)
-        parse_device(self.device)
+                                  f"parts of ratio {ratio}", field="batch_size")
+            _about("ratio", ratio.split, self.batch_size)
+        _about("device", parse_device, self.device)
         if self.dist_backend not in ("auto", "nccl", "gloo"):
             raise ConfigError(f"unknown dist backend {self.dist_backend!r}; choose one of: "
-                              f"auto, nccl, gloo")
+                              f"auto, nccl, gloo", field="dist_backend")
 
     def _check_norm(self) -> None:
         """The norm layer: known, one the model has, and dual BN only where there are
@@ -240,19 +280,20 @@ class TrainConfig:
         from ..blocks.models import MODELS, NORMS
 
         if self.norm not in NORMS:
-            raise ConfigError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}")
+            raise ConfigError(f"unknown norm {self.norm!r}; choose one of: {', '.join(NORMS)}",
+                              field="norm")
         if self.model is not None and self.model in MODELS and (
                 self.norm not in MODELS[self.model].norms):
             raise ConfigError(f"model {self.model} has no {self.norm} variant; its norms: "
-                              f"{', '.join(MODELS[self.model].norms)}")
+                              f"{', '.join(MODELS[self.model].norms)}", field="norm")
         if self.norm == "dual_bn":
             if self.method == "natural":
                 raise ConfigError("dual BN routes adversarial rows through their own set: it "
-                                  "needs an adversarial method (pgd or trades)")
+                                  "needs an adversarial method (pgd or trades)", field="norm")
             if self.shaping != "none":
                 raise ConfigError("dual BN trains clean rows through the clean set and "
                                   "adversarial rows through the adversarial set; a shaped batch "
-                                  "mixes them in one set: use --shaping none")
+                                  "mixes them in one set: use --shaping none", field="norm")
 
     def check_paths(self) -> None:
         """The paths this machine must have for a run (not part of ``validate``: a checkpoint
@@ -280,8 +321,8 @@ class TrainConfig:
                 ok = isinstance(v, str)
             if not ok:
                 kind = typ.replace("Optional[", "").rstrip("]")
-                raise ConfigError(f"{f.name.replace('_', '-')} must be {_KIND_TEXT.get(kind, kind)}"
-                                  f", got {v!r}")
+                raise ConfigError(f"{f.name.replace('_', '-')} must be "
+                                  f"{_KIND_TEXT.get(kind, kind)}, got {v!r}", field=f.name)
 
     @property
     def ratio_obj(self) -> Ratio:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..base import files
-from ..settings.config import MAX_MODEL_DEPTH, MAX_MODEL_WIDTH, MAX_PARAMETERS
+from ..settings.config import MAX_PARAMETERS
 from ..base.faults import fault_point
 from ..base.files import MAX_META_BYTES
 from ..base.names import META_NAME, METRICS_NAME, STATE_NAME, WEIGHTS_NAME
@@ -269,9 +269,10 @@ DATASET_SHAPES: Dict[str, Tuple[Tuple[int, ...], int]] = {
     "blobs": ((2,), 2), "digits": ((1, 8, 8), 10),
     "fashion_mnist": ((1, 28, 28), 10), "mnist": ((1, 28, 28), 10),
     "cifar10": ((3, 32, 32), 10)}
-#: Bounds checked before any model is built are the trainer's own (``config``): depth and
-#: width first (``MAX_MODEL_DEPTH``, ``MAX_MODEL_WIDTH``), so that counting stays cheap, then
-#: the parameter count (``MAX_PARAMETERS``); ``MAX_META_BYTES`` is ``files``'.
+#: Bounds checked before any model is built are the trainer's own (``config``, through
+#: ``TrainConfig.validate``): depth and width first (``MAX_MODEL_DEPTH``,
+#: ``MAX_MODEL_WIDTH``), so that counting stays cheap, then the parameter count
+#: (``MAX_PARAMETERS``); ``MAX_META_BYTES`` is ``files``'.
 #: The largest files read from a run folder, checked before reading (``files``): weights of
 #: MAX_PARAMETERS parameters in float64 with as many buffers, plus the header; the resume
 #: state adds the optimizer's moments; the metrics log of a long run is tens of MB.
@@ -293,20 +294,6 @@ def _is_number(v: Any) -> bool:
     import math
 
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _config_types() -> Dict[str, Tuple[str, bool]]:
-    """TrainConfig's fields: name -> (base type, None allowed), from the annotations."""
-    from dataclasses import fields
-
-    from ..settings.config import TrainConfig
-
-    out = {}
-    for f in fields(TrainConfig):
-        t = str(f.type)
-        optional = t.startswith("Optional[")
-        out[f.name] = (t[len("Optional["):-1] if optional else t, optional)
-    return out
 
 
 def parameter_count(model: str, input_shape: Tuple[int, ...], num_classes: int,
@@ -360,28 +347,32 @@ def parameter_count(model: str, input_shape: Tuple[int, ...], num_classes: int,
 
 def validate_meta(meta: Any, path: str | Path = META_NAME) -> Dict[str, Any]:
     """Check a checkpoint's metadata against the schema and return it; the first problem
-    raises ``CheckpointError(path, "<field>: <problem>")``. Checked: format and version;
-    the keys the pages read, with their types; a known dataset, model, method and shaping;
-    a parseable ratio; a finite eps in range; every training setting of the right type;
-    bounded depth, width and parameter count, computed before any model is built; the
-    norm layer (``config.norm``, absent in checkpoints older than it: BatchNorm), one the
-    model has; the dataset's input shape and class count; the optional ``stopped`` record
-    of a run stopped early. Nothing is built, loaded or downloaded."""
-    import re
-
-    from ..settings.config import METHODS, SHAPING_MODES, ConfigError, Ratio, TrainConfig
-    from ..blocks.data import DATASETS
-    from ..blocks.models import MODELS, NORMS
-
+    raises ``CheckpointError(path, "<field>: <problem>")``. Checked, in this order: the
+    envelope (format and version; the keys the pages read, with their types; the optional
+    ``stopped`` record of a run stopped early); the training settings, by
+    ``TrainConfig.validate`` itself (types, known dataset, model, method, shaping and norm,
+    a parseable ratio, finite numbers in range, bounded depth and width; the message names
+    the field, ``config.<field>``), after the rules of a recorded run (every setting a
+    checkpoint records, no unknown one); then the model against the data: the dataset's
+    input shape and class count, and the parameter count, computed before any model is
+    built. Nothing is built, loaded or downloaded."""
     def bad(field: str, problem: str):
         raise CheckpointError(path, f"{field}: {problem}")
 
-    def one_of(field: str, value: Any, choices) -> None:
-        if not isinstance(value, str) or value not in choices:
-            bad(field, f"{_short(value)} is not one of {', '.join(choices)}")
-
     if not isinstance(meta, dict):
         bad("metadata", f"a JSON {type(meta).__name__}, not an object: not a normshape checkpoint")
+    _check_envelope(meta, bad)
+    cfg = meta["config"]
+    _check_recorded_settings(cfg, bad)
+    _check_settings(cfg, bad)
+    _check_model_fits(meta, cfg, bad)
+    return meta
+
+
+def _check_envelope(meta: Dict[str, Any], bad) -> None:
+    """The format, the keys the pages read and their types, the ``stopped`` record."""
+    import re
+
     if meta.get("format") != FORMAT:
         bad("format", f"not \"{FORMAT}\": not a normshape checkpoint")
     if meta.get("format_version") != FORMAT_VERSION:
@@ -419,62 +410,55 @@ def validate_meta(meta: Any, path: str | Path = META_NAME) -> Dict[str, Any]:
             bad("stopped", "not {\"epoch\": k, \"epochs\": n} with whole numbers 0 <= k <= n, "
                            "n >= 1")
 
-    cfg = meta["config"]
+
+def _check_recorded_settings(cfg: Any, bad) -> None:
+    """What a recorded run has beyond a valid ``TrainConfig``: an object of known settings,
+    every one of ``REQUIRED_CONFIG`` present and set (eps may be null for natural training
+    only), texts of at most 1000 characters (the pages show them)."""
+    from dataclasses import fields
+
+    from ..settings.config import TrainConfig
+
     if not isinstance(cfg, dict):
         bad("config", f"a JSON {type(cfg).__name__}, not an object of training settings")
-    types = _config_types()
+    known = {f.name for f in fields(TrainConfig)}
     for key in cfg:
-        if key not in types:
+        if key not in known:
             bad(f"config.{json.dumps(str(key))[1:-1][:60]}", "unknown training setting")
     for key in REQUIRED_CONFIG:
         if key not in cfg:
             bad(f"config.{key}", "missing")
+    for key in REQUIRED_CONFIG:
+        if cfg[key] is None and key != "eps":
+            bad(f"config.{key}", "null, but a checkpoint records the value it trained with")
+    if cfg["eps"] is None and cfg["method"] != "natural":
+        bad("config.eps", f"null, but method {_short(cfg['method'])} needs eps")
     for key, value in cfg.items():
-        base, optional = types[key]
-        if value is None:
-            if not optional:
-                bad(f"config.{key}", "null, but this setting needs a value")
-            continue
-        ok = {"str": lambda v: isinstance(v, str) and len(v) <= 1000,
-              "int": _is_int, "float": _is_number,
-              "bool": lambda v: isinstance(v, bool)}[base](value)
-        if not ok:
-            what = {"str": "a text", "int": "a whole number", "float": "a finite number",
-                    "bool": "true or false"}[base]
-            bad(f"config.{key}", f"{_short(value)} is not {what}")
-    one_of("config.dataset", cfg["dataset"], list(DATASETS))
-    one_of("config.model", cfg["model"], list(MODELS))
-    one_of("config.method", cfg["method"], list(METHODS))
-    one_of("config.shaping", cfg["shaping"], list(SHAPING_MODES))
-    norm = cfg.get("norm", "bn")
-    one_of("config.norm", norm, list(NORMS))
-    if norm not in MODELS[cfg["model"]].norms:
-        bad("config.norm", f"model {cfg['model']} has no {norm} variant (its norms: "
-                           f"{', '.join(MODELS[cfg['model']].norms)})")
+        if isinstance(value, str) and len(value) > 1000:
+            bad(f"config.{key}", f"{_short(value)} is not a text of at most 1000 characters")
+
+
+def _check_settings(cfg: Dict[str, Any], bad) -> None:
+    """Every rule of a training run (types, names, ranges, batch size and ratio, ...), by
+    ``TrainConfig.validate``; its message names the field."""
+    from ..settings.config import ConfigError, TrainConfig
+
     try:
-        Ratio.parse(cfg["ratio"], allow_zero_clean=cfg["shaping"] == "none")
+        TrainConfig.from_dict({**cfg, "device": "auto"}).validate()
     except ConfigError as e:
-        bad("config.ratio", str(e))
-    eps, natural = cfg["eps"], cfg["method"] == "natural"
-    if eps is None and not natural:
-        bad("config.eps", f"null, but method {cfg['method']} needs eps")
-    if eps is not None and not ((eps >= 0 if natural else eps > 0) and eps <= 1):
-        bad("config.eps", f"{eps} is outside {'[0' if natural else '(0'}, 1], the input range")
-    for key in ("model_depth", "model_width", "steps", "batch_size", "epochs", "max_steps",
-                "n_train"):
-        if cfg.get(key) is not None and cfg[key] < 1:
-            bad(f"config.{key}", f"{cfg[key]} is not >= 1")
-    depth, width = cfg.get("model_depth"), cfg.get("model_width")
-    if depth is not None and depth > MAX_MODEL_DEPTH:
-        bad("config.model_depth", f"{depth} is larger than {MAX_MODEL_DEPTH}")
-    if width is not None and width > MAX_MODEL_WIDTH:
-        bad("config.model_width", f"{width} is larger than {MAX_MODEL_WIDTH}")
-    model = cfg["model"]
+        bad(f"config.{e.field}" if e.field else "config", str(e))
+
+
+def _check_model_fits(meta: Dict[str, Any], cfg: Dict[str, Any], bad) -> None:
+    """The model's depth rules, the dataset's input shape and class count, and the parameter
+    count (before any model is built)."""
+    from ..blocks.models import MODELS
+
+    model, depth, width = cfg["model"], cfg.get("model_depth"), cfg.get("model_width")
     if depth is not None and model not in ("mlp", "wide_resnet"):
         bad("config.model_depth", f"model {model} has a fixed depth")
     if model == "wide_resnet" and depth is not None and (depth - 4) % 6:
         bad("config.model_depth", f"{depth}: a wide ResNet's depth is 6k+4 (16, 28, 34, ...)")
-
     shape, classes = DATASET_SHAPES[cfg["dataset"]]
     if meta.get("dataset") is not None and meta["dataset"] != cfg["dataset"]:
         bad("dataset", f"{_short(meta['dataset'])} differs from config.dataset "
@@ -488,15 +472,10 @@ def validate_meta(meta: Any, path: str | Path = META_NAME) -> Dict[str, Any]:
                            f"{cfg['dataset']}")
     if MODELS[model].input_kind == "images" and len(shape) != 3:
         bad("config.model", f"{model} needs images; {cfg['dataset']} has 2-D points (use mlp)")
-    n = parameter_count(model, shape, classes, width, depth, norm)
+    n = parameter_count(model, shape, classes, width, depth, cfg.get("norm", "bn"))
     if n > MAX_PARAMETERS:
         bad("config", f"model {model} with these settings has {n:,} parameters, more than "
                       f"the {MAX_PARAMETERS:,} a checkpoint may have")
-    try:  # the remaining rules (ranges, batch size and ratio, ...), as for a training run
-        TrainConfig.from_dict({**cfg, "device": "auto"}).validate()
-    except ConfigError as e:
-        bad("config", str(e))
-    return meta
 
 
 def _short(value: Any, n: int = 60) -> str:
