@@ -342,6 +342,22 @@ def _panel(frame, prob, color: str, adv, right, x_train: np.ndarray, y_train: np
            p: int, s: int) -> np.ndarray:
     """One panel's p x p pixels: regions, boundary, training points, eps-boxes, the boxed
     points and their PGD examples. Anything outside the unit square is cut off here."""
+    out = _regions_pixels(frame, prob, color, p, s)
+    _blend_training_points(out, x_train, y_train, p, s)
+    img = Image.fromarray(out, "RGB")
+    draw = ImageDraw.Draw(img)
+
+    def px(pt):
+        return float(pt[0]) * p, (1.0 - float(pt[1])) * p
+
+    _draw_eps_boxes(draw, frame, px, p, s)
+    _draw_boxed_points(draw, frame, adv, right, color, px, s)
+    return np.asarray(img)
+
+
+def _regions_pixels(frame, prob, color: str, p: int, s: int) -> np.ndarray:
+    """The class regions (nearest-neighbour upscaled) and the boundary, s px deep on each
+    side, as p x p RGB pixels."""
     centres = (np.arange(p) + 0.5) / p
     ix = _pixel_index(frame.grid_x, centres)
     iy = _pixel_index(frame.grid_y, 1.0 - centres)  # row 0 of the image is the top: y up
@@ -359,30 +375,32 @@ def _panel(frame, prob, color: str, adv, right, x_train: np.ndarray, y_train: np
     idx[edge] = 2
     lut = np.array([_rgb(REGION_COLORS[0]), _rgb(REGION_COLORS[1]), _rgb(color)],
                    dtype=np.uint8)
-    out = lut.take(idx, 0)
-    # the training points: small dots blended over what lies below
+    return lut.take(idx, 0)
+
+
+def _blend_training_points(out: np.ndarray, x_train: np.ndarray, y_train: np.ndarray,
+                           p: int, s: int) -> None:
+    """The training points: small dots blended over what lies below (in place)."""
     x_train = np.asarray(x_train, dtype=np.float64).reshape(-1, 2)
     y_train = np.asarray(y_train).reshape(-1)
-    if len(x_train):
-        col = np.floor(x_train[:, 0] * p).astype(np.int64)
-        row = np.floor((1.0 - x_train[:, 1]) * p).astype(np.int64)
-        off = _dot_offsets(1.5 * s)
-        rr = (row[:, None] + off[None, :, 0]).ravel()
-        cc = (col[:, None] + off[None, :, 1]).ravel()
-        cls_of = np.repeat(y_train.astype(np.int64), len(off))
-        ok = (rr >= 0) & (rr < p) & (cc >= 0) & (cc < p)
-        rr, cc, cls_of = rr[ok], cc[ok], cls_of[ok]
-        palette = np.array([_rgb(c) for c in CLASS_COLORS], dtype=np.float32)
-        src = palette[cls_of % len(CLASS_COLORS)]
-        below = out[rr, cc].astype(np.float32)
-        out[rr, cc] = np.rint(below + POINT_ALPHA * (src - below)).astype(np.uint8)
-    img = Image.fromarray(out, "RGB")
-    draw = ImageDraw.Draw(img)
+    if not len(x_train):
+        return
+    col = np.floor(x_train[:, 0] * p).astype(np.int64)
+    row = np.floor((1.0 - x_train[:, 1]) * p).astype(np.int64)
+    off = _dot_offsets(1.5 * s)
+    rr = (row[:, None] + off[None, :, 0]).ravel()
+    cc = (col[:, None] + off[None, :, 1]).ravel()
+    cls_of = np.repeat(y_train.astype(np.int64), len(off))
+    ok = (rr >= 0) & (rr < p) & (cc >= 0) & (cc < p)
+    rr, cc, cls_of = rr[ok], cc[ok], cls_of[ok]
+    palette = np.array([_rgb(c) for c in CLASS_COLORS], dtype=np.float32)
+    src = palette[cls_of % len(CLASS_COLORS)]
+    below = out[rr, cc].astype(np.float32)
+    out[rr, cc] = np.rint(below + POINT_ALPHA * (src - below)).astype(np.uint8)
 
-    def px(pt):
-        return float(pt[0]) * p, (1.0 - float(pt[1])) * p
 
-    # the eps-boxes: dotted black outlines, s px wide, 2 s px on, 2 s px off
+def _draw_eps_boxes(draw, frame, px, p: int, s: int) -> None:
+    """The eps-boxes: dotted black outlines, s px wide, 2 s px on, 2 s px off."""
     eps = float(frame.eps) * p
     dots = []
     for pt in np.asarray(frame.box_x, dtype=np.float64).reshape(-1, 2):
@@ -403,13 +421,16 @@ def _panel(frame, prob, color: str, adv, right, x_train: np.ndarray, y_train: np
         xy = xy[(xy[:, 0] >= 0) & (xy[:, 0] < p) & (xy[:, 1] >= 0) & (xy[:, 1] < p)]
         if len(xy):
             draw.point(xy.ravel().tolist(), fill="black")
-    # the boxed points (bigger, class colour, black outline)
+
+
+def _draw_boxed_points(draw, frame, adv, right, color: str, px, s: int) -> None:
+    """The boxed points (bigger, class colour, black outline) and their PGD examples: x
+    when it fools the model, o otherwise."""
     r = 4 * s
     for pt, c in zip(np.asarray(frame.box_x).reshape(-1, 2), np.asarray(frame.box_y)):
         cx, cy = px(pt)
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=class_color(int(c)),
                      outline="black", width=s)
-    # their PGD examples: x when it fools the model, o otherwise
     r = 5 * s
     a = 4 * s
     for pt, ok in zip(np.asarray(adv).reshape(-1, 2), np.asarray(right, dtype=bool)):
@@ -419,7 +440,6 @@ def _panel(frame, prob, color: str, adv, right, x_train: np.ndarray, y_train: np
         else:
             draw.line([cx - a, cy - a, cx + a, cy + a], fill=color, width=2 * s)
             draw.line([cx - a, cy + a, cx + a, cy - a], fill=color, width=2 * s)
-    return np.asarray(img)
 
 
 def regions_image(frame, x_train: np.ndarray, y_train: np.ndarray, title: str, *,

@@ -6,13 +6,12 @@ unit in ``objectives.py`` (which says what each does). In every mode the trainin
 the only forward that updates running statistics (unless ``polluted_running_stats``
 reproduces the original TensorFlow behaviour).
 
-The loop knows nothing of who watches it: ``trainer.add_callback("on_step", fn)``.
+The loop knows nothing of who watches it: ``trainer.add_callback("on_step", fn)``, nor of
+how its folder is checked, resumed and written: ``run_folder.RunFolder``.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -27,11 +26,11 @@ from ..attacks import pgd_linf
 from ..settings.config import MAX_PARAMETERS, ConfigError, Ratio, TrainConfig
 from ..settings.config import model_kwargs  # noqa: F401 - moved to config; this import path stays
 from ..blocks.data import Dataset, load_dataset
-from ..base.faults import FAULT_ENV, fault_point
 from ..blocks.models import build_model
 from ..blocks.norms import (ADV, CLEAN, NormMode, attack_norm_mode, bn_modules, dual_route,
                             has_dual_bn, norm_mode)
 from .objectives import OBJECTIVES, CraftedBatch, adaptive_gradient_clip_, crafting_rule
+from .run_folder import RunFolder
 
 EVENTS = ("on_step", "on_epoch_end", "on_train_end")
 
@@ -166,6 +165,7 @@ class Trainer:
         self.history: List[Dict[str, Any]] = []
         self.callbacks: Dict[str, List[Callable]] = {e: [] for e in EVENTS}
         self._prev_running: Optional[List[Tuple[torch.Tensor, torch.Tensor]]] = None
+        self.folder: Optional[RunFolder] = None  # the run's folder, while fit runs with one
 
     # ------------------------------------------------------------------ callbacks
     def add_callback(self, event: str, fn: Callable[["Trainer", Dict[str, Any]], None]) -> None:
@@ -325,48 +325,22 @@ class Trainer:
         settings. Stale ``.tmp`` files of killed writes are removed first."""
         from .runlock import RunLock
 
-        run_dir = Path(out_dir) if out_dir is not None else None
+        folder = RunFolder(Path(out_dir), self.dist) if out_dir is not None else None
         # The holder text is written once the folder passed its checks: a refused run leaves
         # the run.lock of the run it refused as it was.
-        lock = (RunLock(run_dir).acquire(announce=False)
-                if run_dir is not None and self.dist.is_main else None)
+        lock = (RunLock(folder.path).acquire(announce=False)
+                if folder is not None and self.dist.is_main else None)
         try:
-            return self._fit(run_dir, resume, progress, lock)
+            return self._fit(folder, resume, progress, lock)
         finally:
             if lock is not None:
                 lock.release()
 
-    def _check_run_folder(self, run_dir: Path, resume: bool) -> None:
-        from .checkpoints import (META_NAME, STATE_NAME, WEIGHTS_NAME, remove_orphan_states,
-                                  remove_stale_files, saved_state_summary, state_files)
-
-        if self.dist.is_main:
-            remove_stale_files(run_dir)
-        stopped = _stopped_record(run_dir / META_NAME)
-        if stopped is not None and saved_state_summary(run_dir) is not None:
-            if not resume:  # the checkpoint of a run stopped at epoch k, with its state
-                raise ConfigError(f"{run_dir} holds a run stopped at epoch "
-                                  f"{stopped.get('epoch')}/{stopped.get('epochs')}; continue "
-                                  f"it with --resume, or choose another --name or --out")
-        elif (run_dir / META_NAME).exists():
-            if self.dist.is_main:  # a kill after the final commit left the resume state
-                for leftover in [run_dir / STATE_NAME] + state_files(run_dir):
-                    leftover.unlink(missing_ok=True)
-            raise ConfigError(f"{run_dir} already holds a finished checkpoint "
-                              f"({run_dir / WEIGHTS_NAME}), left as it is; "
-                              + ("--resume continues only an interrupted run; " if resume else "")
-                              + "to train a new run choose another --name or --out")
-        saved = saved_state_summary(run_dir)
-        if saved is not None and not resume:
-            raise ConfigError(f"{run_dir} holds an interrupted run (saved at epoch "
-                              f"{saved.get('epoch')}); continue it with --resume, or choose "
-                              f"another --name or --out for a new run")
-        if self.dist.is_main:
-            remove_orphan_states(run_dir)
-
-    def _fit(self, run_dir: Optional[Path], resume: bool, progress: bool,
+    def _fit(self, folder: Optional[RunFolder], resume: bool, progress: bool,
              lock=None) -> "TrainResult":
-        metrics_path, rank_log = self._open_run(run_dir, resume, lock)
+        if folder is not None:
+            folder.open(self, resume, lock)  # checked, or resumed from
+        self.folder = folder
         bar = self._progress_bar(progress)
         t0 = time.time()
         stopped = False
@@ -374,43 +348,14 @@ class Trainer:
             while self.step < self.total_steps:
                 for x, y, rows in self._epoch_batches():  # data (this rank's rows)
                     m = self.train_step(x, y)  # craft, loss, step
-                    self._after_step(m, rows, t0, metrics_path, rank_log, bar)  # log, on_step
-                self._end_epoch(run_dir, t0, metrics_path, bar)  # eval, state, on_epoch_end
+                    self._after_step(m, rows, t0, bar)  # log, on_step
+                self._end_epoch(t0, bar)  # eval, state, on_epoch_end
         except StopTraining:
             stopped = True
         finally:
             if bar is not None:
                 bar.close()
-        return self._finish(run_dir, stopped, t0)  # final metrics, checkpoint, on_train_end
-
-    def _open_run(self, run_dir: Optional[Path], resume: bool, lock=None):
-        """The run folder checked (or resumed from), the lock's holder written; returns
-        (metrics path, rank log)."""
-        from .checkpoints import METRICS_NAME, STATE_NAME, load_training_state
-
-        if run_dir is None:
-            return None, None
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fault_point("lock.acquired", 1)
-        self._check_run_folder(run_dir, resume)
-        if lock is not None:
-            lock.announce()
-        metrics_path = run_dir / METRICS_NAME
-        resumed = resume and (run_dir / STATE_NAME).exists()
-        self.dist.same_on_all_ranks(resumed, f"not every rank sees the saved state in "
-                                    f"{run_dir}: put --out on a filesystem all nodes share")
-        if resumed:
-            load_training_state(run_dir, self)  # every rank loads the same state
-            # the running statistics the first resumed step's drift is measured from: those
-            # the saved epoch ended with, as in a run never interrupted
-            self._prev_running = self._running_snapshot()
-            self._truncate_metrics(metrics_path)
-        elif metrics_path.exists() and self.dist.is_main:
-            metrics_path.unlink()
-        # under torchrun: rank{r}.jsonl, each rank's own shaped-batch composition per step
-        rank_log = distributed.prepare_rank_logs(run_dir, self.dist,
-                                                 self.step if resumed else None)
-        return metrics_path, rank_log
+        return self._finish(stopped, t0)  # final metrics, checkpoint, on_train_end
 
     def _progress_bar(self, progress: bool):
         if not (progress and self.dist.is_main):
@@ -433,63 +378,45 @@ class Trainer:
             idx = idx[lo:hi]
             yield x_all[idx].to(self.device), y_all[idx].to(self.device), (lo, hi)
 
-    def _after_step(self, m: Dict[str, Any], rows, t0: float, metrics_path, rank_log,
-                    bar) -> None:
+    def _after_step(self, m: Dict[str, Any], rows, t0: float, bar) -> None:
         lo, hi = rows
-        distributed.append_jsonl(rank_log, {
+        distributed.append_jsonl(self.folder.rank_log if self.folder else None, {
             "step": self.step, "epoch": self.epoch, "rank": self.dist.rank,
             "world_size": self.dist.world_size, "rows": [lo, hi],
             "n_clean": self.last_composition[0], "n_adv": self.last_composition[1],
             "train/loss": m["train/loss"]})
         m = self.dist.reduce_metrics(m)  # metrics of the global batch
         m["time/elapsed_s"] = time.time() - t0
-        self._log(metrics_path, m)
+        self._log(m)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{m['train/loss']:.3f}",
                             acc=f"{m.get('train/adv_acc', m.get('train/clean_acc', 0)):.2f}")
         self._fire("on_step", m)
 
-    def _end_epoch(self, run_dir: Optional[Path], t0: float, metrics_path, bar) -> None:
-        from .checkpoints import save_training_state
-
+    def _end_epoch(self, t0: float, bar) -> None:
         self.epoch += 1
         self.dist.average_running_stats(self.model)  # one PN for all ranks
         e = {"step": self.step, "epoch": self.epoch, "time/elapsed_s": time.time() - t0}
         e.update(self.quick_eval())
-        self._log(metrics_path, e)
+        self._log(e)
         if bar is not None:
             bar.write(f"epoch {self.epoch}: " + ", ".join(
                 f"{k}={v:.3f}" for k, v in e.items() if k.startswith("test/")))
-        if run_dir is not None:
-            self._check_finite_weights()
-            if self.dist.is_main:
-                save_training_state(run_dir, self)
-            self.dist.barrier()
+        if self.folder is not None:
+            self.folder.save_state(self)
         self._fire("on_epoch_end", e)
 
-    def _finish(self, run_dir: Optional[Path], stopped: bool, t0: float) -> "TrainResult":
+    def _finish(self, stopped: bool, t0: float) -> "TrainResult":
         """The final metrics and (with a run folder, unless stopped) the checkpoint."""
-        from .checkpoints import STATE_NAME, WEIGHTS_NAME, save_checkpoint, state_files
-
         self.dist.average_running_stats(self.model)
         final = self.history[-1] if self.history and any(
             k.startswith("test/") for k in self.history[-1]) else {**self.quick_eval()}
         final = {k: v for k, v in final.items() if k.startswith("test/")}
         final["train/seconds"] = time.time() - t0
         final["train/steps"] = self.step
-        path = None
-        if run_dir is not None and not stopped:
-            self._check_finite_weights()
-            if self.dist.is_main:
-                save_checkpoint(run_dir, self.model, self.checkpoint_meta(final))
-            self.dist.barrier()
-            path = run_dir / WEIGHTS_NAME
-            if self.dist.is_main:  # the resume state: done with it (state.json first, so a
-                (run_dir / STATE_NAME).unlink(missing_ok=True)  # kill never leaves it
-                fault_point("final.cleanup", 1)  # naming a missing file)
-                for leftover in state_files(run_dir):
-                    leftover.unlink(missing_ok=True)
+        path = (self.folder.write_final(self, final)
+                if self.folder is not None and not stopped else None)
         result = TrainResult(self.model, final, path, stopped, self.history)
         self._fire("on_train_end", {"final": final, "checkpoint": str(path) if path else None,
                                     "stopped": stopped})
@@ -519,43 +446,10 @@ class Trainer:
                     f"(now {self.cfg.lr:g}) or --weight-decay (now {self.cfg.weight_decay:g}); "
                     f"no checkpoint was written")
 
-    def _log(self, path: Optional[Path], m: Dict[str, Any]) -> None:
+    def _log(self, m: Dict[str, Any]) -> None:
         self.history.append(m)
-        if path is not None and self.dist.is_main:
-            line = json.dumps(m) + "\n"
-            with open(path, "a") as f:
-                if os.environ.get(FAULT_ENV):  # fault injection: die with half a line written
-                    f.write(line[:len(line) // 2])
-                    f.flush()
-                    fault_point("metrics.line", len(self.history))
-                    line = line[len(line) // 2:]
-                f.write(line)
-
-    def _truncate_metrics(self, path: Path) -> None:
-        """After a resume, drop log lines of the steps that will be redone."""
-        if not path.exists():
-            return
-        from .checkpoints import read_jsonl
-
-        kept = read_jsonl(path, max_step=self.step)
-        self.history = kept
-        if self.dist.is_main:  # every rank keeps the history; rank 0 rewrites the file, atomically
-            from .checkpoints import atomic_write_bytes
-
-            atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in kept).encode(),
-                               fault=("metrics.truncate", 1))
-
-
-def _stopped_record(meta_path: Path) -> Optional[Dict[str, Any]]:
-    """The ``stopped`` record of a checkpoint kept by a stopped background run
-    (``normshape_app.jobs``), or None (no checkpoint, a finished one, or metadata that cannot
-    be read: treated as finished, so never overwritten)."""
-    from ..base.files import MAX_META_BYTES, read_json_or_none
-
-    meta = read_json_or_none(meta_path, MAX_META_BYTES)
-    stopped = meta.get("stopped") if isinstance(meta, dict) else None
-    return stopped if isinstance(stopped, dict) else None
-
+        if self.folder is not None:
+            self.folder.append_metrics(m, len(self.history))
 
 @dataclass
 class TrainResult:
