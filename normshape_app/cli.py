@@ -16,7 +16,7 @@ APP_HELP = """usage: normshape app [STREAMLIT FLAGS ...]
 Start the normshape lab in Streamlit (by default at http://localhost:8501, reachable from
 this machine only). Every flag is passed to `streamlit run`, for example:
   --server.port 8502           another port
-  --server.address 0.0.0.0     serve a class on the local network (see the README)
+  --server.address 0.0.0.0     serve a class on the local network (docs/teaching.md)
   --server.headless true       do not open a browser
 Defaults: .streamlit/config.toml beside app.py; `streamlit run --help` lists every flag.
 Each flag is checked before the server starts (a known flag with a value of its type, a

@@ -1,5 +1,5 @@
 """The app's shared code, one import away: ``from normshape_app import ui; ui.X`` for every
-name the pages and tests use. The code lives in files by concern (see the README):
+name the pages and tests use. The code lives in files by concern (docs/contributing.md):
 
 - ``inventory``: checkpoint folders, the cached scan (``Ckpt``), model loading, the picker
 - ``uploads``: importing an uploaded checkpoint, the upload box

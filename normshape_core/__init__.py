@@ -1,6 +1,6 @@
 """normshape_core: Batch-Norm Shaping in adversarial training (Zhang & Ma, ICTAI 2022).
 
-The Python API for notebooks and scripts (README, "Python API"): every public name below is
+The Python API for notebooks and scripts (docs/python-api.md): every public name below is
 importable from the package, ``from normshape_core import load_for_evaluation, evaluate``.
 Importing the package is light: each name's module (torch, pandas, ...) is imported on first
 use of the name. Each subpackage is one layer, lowest first (docs/architecture.md,

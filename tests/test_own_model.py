@@ -228,15 +228,15 @@ def test_the_upload_box_says_how_to_evaluate_your_own_model():
 
 
 def test_the_readmes_own_model_example_runs(capsys):
-    """README, "Your own model in a notebook": torchvision's ResNet-18 on CIFAR-10-shaped
+    """docs/python-api.md, "Your own model in a notebook": torchvision's ResNet-18 on CIFAR-10-shaped
     tensors, PN, BN and shaped inference, the worst case."""
     import re
 
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "python-api.md").read_text()
     section = text.split("\n### Your own model in a notebook", 1)[1].split("\n## ", 1)[0]
     (block,) = re.findall(r"```python\n(.*?)```", section, re.S)
     namespace: dict = {}
-    exec(compile(block, "README.md (your own model)", "exec"), namespace)
+    exec(compile(block, "docs/python-api.md (your own model)", "exec"), namespace)
     df = namespace["df"]
     assert set(df["classified_with"]) == {"PN", "BN", "shaped 1:9 (g=10)"}
     assert set(df[df["attack"] == "worst_case"]["classified_with"]) == {

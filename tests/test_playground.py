@@ -267,7 +267,7 @@ def test_the_page_steps_redraws_on_a_new_ratio_and_refuses_bad_settings_in_one_m
 
 
 def test_reset_keeps_playing_and_a_settings_change_pauses(tmp_path, monkeypatch):
-    """The page's decision (README, Playground): Reset starts both runs again and goes on
+    """The page's decision (docs/app.md, Playground): Reset starts both runs again and goes on
     playing if it was playing; a change of data or model builds new runs and pauses."""
     from _apptest import open_app
 

@@ -68,7 +68,7 @@ def test_every_bound_widget_is_in_the_table():
     found = set().union(*PAGE_KEYS.values())
     missing = {p for p in found if not table_keys({p})}
     assert not missing, (f"widgets bound to the URL but not in ui.URL_PARAMS: {missing}; "
-                         "add them there (README, 'Add a page')")
+                         "add them there (docs/contributing.md, 'A page')")
     stale = set(ui.URL_PARAMS) - table_keys(found)
     assert not stale, f"ui.URL_PARAMS names keys no page binds: {stale}"
 

@@ -86,11 +86,11 @@ def _sha256_of_shipped():
 
 def test_the_readme_smoke_command_from_a_checkout_leaves_the_shipped_results_alone(
         tmp_path, capsys, monkeypatch):
-    """The README's smoke command, run from the checkout's root, writes to the user's
+    """The smoke command of docs/reproduction.md, run from the checkout's root, writes to the user's
     folder: the shipped results, CONFOUNDINGS.md and the lessons keep their SHA-256. Run
     again into the same results file, it merges: its cells come from the cache, and a cell
     of another run already in the file is kept."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "reproduction.md").read_text()
     (cmd,) = re.findall(r"^normshape (sweep-confoundings --grid tiny[^#\n]*?)\s*#", readme,
                         re.M)
     argv = cmd.split()

@@ -100,8 +100,10 @@ def test_reproduce_writes_its_results_beside_the_checkpoints(tmp_path, monkeypat
 
 
 def test_the_user_folder_is_documented():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert "NORMSHAPE_HOME" in readme and "~/.local/share/normshape" in readme
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "install.md").read_text()
+    assert "NORMSHAPE_HOME" in doc and "~/.local/share/normshape" in doc
+    assert "](docs/install.md)" in (root / "README.md").read_text()
 
 
 def test_error_logs_rotate_and_never_follow_a_file_already_there(monkeypatch, tmp_path):
