@@ -413,8 +413,9 @@ def _check_envelope(meta: Dict[str, Any], bad) -> None:
 
 def _check_recorded_settings(cfg: Any, bad) -> None:
     """What a recorded run has beyond a valid ``TrainConfig``: an object of known settings,
-    every one of ``REQUIRED_CONFIG`` present and set (eps may be null for natural training
-    only), texts of at most 1000 characters (the pages show them)."""
+    every one of ``REQUIRED_CONFIG`` present and set (eps: after the settings' own checks,
+    null for natural training only), texts of at most 1000 characters (the pages show
+    them)."""
     from dataclasses import fields
 
     from ..settings.config import TrainConfig
@@ -429,10 +430,8 @@ def _check_recorded_settings(cfg: Any, bad) -> None:
         if key not in cfg:
             bad(f"config.{key}", "missing")
     for key in REQUIRED_CONFIG:
-        if cfg[key] is None and key != "eps":
+        if cfg[key] is None and key != "eps":  # eps: checked with the settings
             bad(f"config.{key}", "null, but a checkpoint records the value it trained with")
-    if cfg["eps"] is None and cfg["method"] != "natural":
-        bad("config.eps", f"null, but method {_short(cfg['method'])} needs eps")
     for key, value in cfg.items():
         if isinstance(value, str) and len(value) > 1000:
             bad(f"config.{key}", f"{_short(value)} is not a text of at most 1000 characters")
@@ -440,13 +439,16 @@ def _check_recorded_settings(cfg: Any, bad) -> None:
 
 def _check_settings(cfg: Dict[str, Any], bad) -> None:
     """Every rule of a training run (types, names, ranges, batch size and ratio, ...), by
-    ``TrainConfig.validate``; its message names the field."""
+    ``TrainConfig.validate``, whose message names the field; then eps, which a checkpoint
+    records (a run takes it from the dataset's preset)."""
     from ..settings.config import ConfigError, TrainConfig
 
     try:
         TrainConfig.from_dict({**cfg, "device": "auto"}).validate()
     except ConfigError as e:
         bad(f"config.{e.field}" if e.field else "config", str(e))
+    if cfg["eps"] is None and cfg["method"] != "natural":  # a run's eps comes from its preset
+        bad("config.eps", f"null, but method {cfg['method']} needs eps")
 
 
 def _check_model_fits(meta: Dict[str, Any], cfg: Dict[str, Any], bad) -> None:
