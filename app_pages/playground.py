@@ -1,6 +1,5 @@
-"""Playground: watch the decision regions under PN and under shaped inference move while two
-2-D models train side by side; play, pause, step, reset. At 1024x768 the controls and both
-runs' panels fit the first screen (settings in an expander, the sidebar closed)."""
+"""Playground: decision regions under PN and shaped inference move as two 2-D models train;
+play, pause, step, reset; controls and panels in one 1024x768 screen (settings in an expander)."""
 from __future__ import annotations
 
 import time
@@ -10,15 +9,13 @@ import streamlit as st
 from normshape_app import experiments as X
 from normshape_app import ui
 from normshape_app import playground as PG
-from normshape_core.settings.config import MAX_SEED, ConfigError
+from normshape_core.base.names import SHAPING_LABELS
 from normshape_core.blocks.data import DATASETS_2D
+from normshape_core.settings.config import MAX_SEED, ConfigError
 from normshape_core.figures.playground import (REGIONS_KEY, curves_pair_figure,
                                                disagreement_sentence, run_title)
 
 TRAIN_RATIOS = ["1:1", "1:2", "1:3", "1:5", "1:9"]
-SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES)",
-                  "train": "shaping in training",
-                  "attack+train": "shaping in attack + training (the method)"}
 # both runs' images side by side at 1024 px: narrower page margins than Streamlit's wide ones
 PAGE_CSS = ("<style>[data-testid=stMainBlockContainer] {padding: 3.5rem 1.5rem 2rem 1.5rem; "
             "max-width: 100%;} [data-testid=stMain] h1 {padding-top: 0;}</style>")

@@ -91,7 +91,7 @@ if worst:  # the headline above the paper's protocol on the same cells, each pag
                                    "classified with shaped inference</sup>",
                                    "ratios_pgd_heatmap")
     table = view.grid(DEFAULT_ENSEMBLE, None)[0]
-    gap = (pgd_table - table).stack().astype(float)
+    gap = (pgd_table - table).stack().astype(float).dropna()  # cells still to come: none
     if len(gap):
         st.markdown(f"PGD-{steps} crafted with PN overstates the worst case by "
                     f"**{gap.mean():.3f}** on average over these cells (at most "
@@ -112,7 +112,7 @@ else:
                           "ratios_heatmap")
     st.caption(CELLS)
 
-best = table.stack().astype(float)
+best = table.stack().astype(float).dropna()  # cells still being computed are not cells
 if len(best):
     (tr, inf), val = best.idxmax(), best.max()
     st.markdown(f"Here the best cell is training **{ui.md_escape(tr)}**, inference "

@@ -188,8 +188,14 @@ def test_without_a_stored_map_the_page_shows_progress_and_pca_until_umap_is_done
     monkeypatch.setattr(P, "embed_2d", slow_umap)
     at = app(PAGE)
     assert not at.exception and not at.error
-    (bar,) = at.get("progress")
-    assert "epoch 100 of 500" in bar.proto.text and bar.proto.value == 20
+    end = time.time() + 60  # the job's thread may not have reached the UMAP layout yet
+    while time.time() < end:
+        (bar,) = at.get("progress")
+        if "epoch 100 of 500" in bar.proto.text:
+            break
+        time.sleep(0.2)
+        at.run()
+    assert "epoch 100 of 500" in bar.proto.text and bar.proto.value == 20, bar.proto.text
     assert any("PCA of the same features stands in" in c.value for c in at.caption)
     (fm,) = [f for f in figures(at) if "penultimate" in f["layout"]["title"]["text"]]
     assert fm["layout"]["title"]["text"].startswith("PCA of penultimate features")

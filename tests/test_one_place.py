@@ -22,9 +22,8 @@ SOURCES = ["normshape_core", "normshape_app", "app_pages", "benchmarks", "app.py
 KNOWN_NAMES: Dict[str, Set[str]] = {
     # normshape_app/results.py: import names.INFERENCE_RATIOS
     "INFERENCE_RATIOS": {"normshape_core/base/names.py", "normshape_app/results.py"},
-    # the Playground and Train pages: their option texts from names.SHAPING_LABELS
-    "SHAPING_LABELS": {"normshape_core/base/names.py", "app_pages/playground.py",
-                       "app_pages/train.py"},
+    # the Train page: its option texts from names.SHAPING_LABELS
+    "SHAPING_LABELS": {"normshape_core/base/names.py", "app_pages/train.py"},
     # normshape_app/uploads.py: import files.MAX_META_BYTES (uploads allow 1 MiB today)
     "MAX_META_BYTES": {"normshape_core/base/files.py", "normshape_app/uploads.py"},
     # the Playground's norms and their labels (its page reads PG.NORMS, PG.NORM_LABELS):
