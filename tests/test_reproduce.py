@@ -197,3 +197,15 @@ def test_reproduction_md_tables_match_the_results_files():
                                  f"regenerate with python -m normshape_core report")
     summary = summary_markdown([load_results(p) for p in COMMITTED])
     assert summary in text, "REPRODUCTION.md's summary is out of date: run report"
+
+
+def test_table_iv_worst_case_budget_zero_skips_it_and_none_takes_every_sample():
+    """``--table-iv-worst-n-test 0`` skips Table IV's worst case (it once meant 'every
+    sample': 0 read as unset); unset: the dataset's default."""
+    from normshape_core.studies.reproduce import REPRO_N_TEST, REPRO_WORST, worst_n
+
+    assert worst_n("digits", table_iv=True, budget={"table_iv_n_test": 0}) == 0
+    assert worst_n("digits", table_iv=True, budget={"table_iv_n_test": 50}) == 50
+    default = REPRO_WORST.get("digits", {}).get("table_iv_n_test")
+    assert worst_n("digits", table_iv=True) == min(REPRO_N_TEST["digits"],
+                                                   default or REPRO_N_TEST["digits"])

@@ -61,8 +61,9 @@ def worst_n(dataset: str, config: Optional[Dict[str, Any]] = None,
     entries (``n_test``, ``others_n_test``, ``table_iv_n_test``)."""
     budget = {**REPRO_WORST.get(dataset, {}), **(budget or {})}
     n = REPRO_N_TEST.get(dataset, 1000)
-    if table_iv:
-        return min(n, budget.get("table_iv_n_test") or n)
+    if table_iv:  # 0: Table IV's worst case skipped
+        v = budget.get("table_iv_n_test")
+        return 0 if v == 0 else min(n, v or n)
     if config is not None and not is_headline(config):
         return min(n, budget.get("others_n_test") or budget.get("n_test") or n)
     return min(n, budget.get("n_test") or n)
