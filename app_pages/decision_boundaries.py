@@ -6,9 +6,9 @@ import streamlit as st
 
 from normshape_app import experiments as X
 from normshape_app import ui
+from normshape_app import playground as PG
 from normshape_core.figures import decision_boundaries as F
 
-SHAPED_RATIOS = ["1:1", "1:3", "1:9", "1:19"]
 CRAFT = {"own norms": "each panel's own norms: PN on the left, BN with the exact references "
                       "on the right (the strongest attack on each)",
          "PN": "PN for both panels (transfer, as in the paper's Tables I-II)"}
@@ -26,7 +26,7 @@ with ui.settings_block():
     cfg = ck.config
     c1, c2, c3 = st.columns(3)
     if ck.is_2d:
-        ratio = c1.selectbox("Shaped inference ratio adv:clean", SHAPED_RATIOS, index=2,
+        ratio = c1.selectbox("Shaped inference ratio adv:clean", PG.INFER_RATIOS, index=2,
                              key="db_ratio", bind="query-params")
         craft = c2.selectbox("Adversarial examples crafted with", list(CRAFT), key="db_craft",
                              bind="query-params", help="; ".join(f"{k}: {v}"

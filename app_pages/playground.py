@@ -59,8 +59,9 @@ def settings_form():
             method = c[0].selectbox(f"Run {side.upper()}: method", PG.METHODS,
                                     index=PG.METHODS.index(default.method),
                                     key=f"pg_{side}_method", bind="query-params")
-            norm = c[3].selectbox(f"Run {side.upper()}: norms", PG.NORMS, key=f"pg_{side}_norm",
-                                  format_func=PG.NORM_LABELS.get, bind="query-params")
+            norm = c[3].selectbox(f"Run {side.upper()}: norms", PG.PLAYGROUND_NORMS,
+                                  key=f"pg_{side}_norm", bind="query-params",
+                                  format_func=PG.PLAYGROUND_NORM_LABELS.get)
             shaping = c[1].selectbox(f"Run {side.upper()}: shaping", PG.SHAPINGS,
                                      index=PG.SHAPINGS.index(default.shaping),
                                      format_func=SHAPING_LABELS.get, key=f"pg_{side}_shaping",
@@ -70,8 +71,7 @@ def settings_form():
                                    index=TRAIN_RATIOS.index(default.ratio),
                                    key=f"pg_{side}_ratio", bind="query-params",
                                    disabled=method == "natural" or shaping == "none")
-            specs.append(PG.RunSpec(method, "none" if method == "natural" else shaping, ratio,
-                                    norm))
+            specs.append(PG.RunSpec(method, "none" if method == "natural" else shaping, ratio, norm))
         c = st.columns(2)
         spf = c[0].number_input("Training steps per frame", 1, 200, 5, key="pg_spf",
                                 bind="query-params", help="Each frame (and each Step) trains "

@@ -9,6 +9,7 @@ import streamlit as st
 from normshape_app import runs as X
 from normshape_app import ui
 from normshape_app import jobs
+from normshape_core.base.names import SHAPING_LABELS
 from normshape_core.settings.config import MAX_SEED, ConfigError, TrainConfig
 from normshape_core.blocks.data import DATASETS, dataset_status
 from normshape_core.figures import train as F
@@ -16,9 +17,9 @@ from normshape_core.blocks.models import MODELS
 from normshape_core.settings.presets import DATASET_PRESETS
 
 HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}
-SHAPING_LABELS = {"none": "adv only (plain PGD / TRADES, the whole batch adversarial)",
-                  "train": "shaping in training (whole batch attacked, trained as a shaped batch)",
-                  "attack+train": "shaping in attack + training (the method, Eq. 5)"}
+SHAPING_HELP = (f"{SHAPING_LABELS['none']}: plain PGD / TRADES, the whole batch adversarial; "
+                f"{SHAPING_LABELS['train']}: the whole batch attacked, trained as a shaped "
+                f"batch; {SHAPING_LABELS['attack+train']}: the method, Eq. 5")
 
 st.title("Train")
 ui.explain("Start a run: it trains in its own process, so it goes on while you change pages, "
@@ -40,7 +41,7 @@ def run_form() -> None:
                           bind="query-params", help=HELP["method"])
     shaping = c3.selectbox("Shaping mode", list(SHAPING_LABELS), index=2, key="train_shaping",
                            bind="query-params", disabled=method == "natural",
-                           help="; ".join(f"{k}: {v}" for k, v in SHAPING_LABELS.items()))
+                           format_func=SHAPING_LABELS.get, help=SHAPING_HELP)
     if not DATASETS[dataset].offline:
         st.caption(dataset_status(dataset))
     p = DATASET_PRESETS[dataset]
@@ -63,8 +64,7 @@ def run_form() -> None:
         steps = c[0].number_input("Attack steps K", 1, 100, int(p["steps"]), key="train_k" + k,
                                   bind="query-params", help=HELP["steps"])
         epochs = c[1].number_input("Epochs", 1, 500, int(p.get("epochs") or 1),
-                                   key="train_epochs" + k, bind="query-params",
-                                   help=HELP["epochs"])
+                                   key="train_epochs" + k, bind="query-params", help=HELP["epochs"])
         batch = c[2].number_input("Batch size", 2, 4096, int(p["batch_size"]),
                                   key="train_bs" + k, bind="query-params",
                                   help=HELP["batch_size"])

@@ -48,9 +48,9 @@ from normshape_core.training.trainer import StopTraining, Trainer
 SHAPINGS = SHAPING_MODES  # the Playground page's name for config.SHAPING_MODES
 #: the MLP's norm layers a run can have: BN, dual BN (a clean and an adversarial set; the
 #: regions are drawn with its adversarial set), LayerNorm (no batch statistics)
-NORMS = ("bn", "dual_bn", "ln")
-NORM_LABELS = {"bn": "BN", "dual_bn": "dual BN [adv norms]",
-               "ln": "LayerNorm (no batch statistics)"}
+PLAYGROUND_NORMS = ("bn", "dual_bn", "ln")
+PLAYGROUND_NORM_LABELS = {"bn": "BN", "dual_bn": "dual BN [adv norms]",
+                          "ln": "LayerNorm (no batch statistics)"}
 INFER_RATIOS = ("1:1", "1:3", "1:9", "1:19")
 GRID = 80  # decision regions on a GRID x GRID grid over the unit square (80: 25% less time
 #            per frame than 100 on two CPU cores; a step of 0.0125 input units)
@@ -107,7 +107,7 @@ class RunSpec:
     norm: str = "bn"
 
     def label(self) -> str:
-        norms = f", {NORM_LABELS[self.norm]}" if self.norm != "bn" else ""
+        norms = f", {PLAYGROUND_NORM_LABELS[self.norm]}" if self.norm != "bn" else ""
         if self.method == "natural":
             return "natural training" + norms
         if self.norm == "dual_bn":

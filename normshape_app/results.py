@@ -12,6 +12,7 @@ import streamlit as st
 from normshape_app.inventory import (Ckpt, load_dataset, require_dataset_here,
                                      shipped_checkpoints_dir)
 from normshape_app.style import md_escape
+from normshape_core.base.names import INFERENCE_RATIOS
 
 
 def _user_errors() -> Tuple[type, ...]:
@@ -394,7 +395,6 @@ def grid_worst_settings(dataset: str, n_test: int) -> Dict:
 # ``python -m normshape_app.ui warm`` can compute them beside the shipped checkpoints (the
 # evaluation module's disk cache, keyed by weights' SHA-256 and settings, read-only for the
 # app) and a first view reads numbers instead of computing them.
-INFERENCE_RATIOS = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
 #: Compare's attacks beside the worst case (which is always there), by default
 COMPARE_ATTACKS = ["pgd", "fgsm", "shaping"]
 #: Compare's sample count that reads the shipped results: each checkpoint's shipped worst case

@@ -27,7 +27,7 @@ from normshape_app.inventory import (  # noqa: F401
     table_iv_rows,
 )
 from normshape_app.uploads import (  # noqa: F401
-    max_upload_mb, MAX_META_BYTES, Upload, import_checkpoint, upload_section,
+    max_upload_mb, MAX_UPLOAD_META_BYTES, Upload, import_checkpoint, upload_section,
 )
 from normshape_app.results import (  # noqa: F401
     USER_ERRORS, ResultStore, result_store, cached_result, Part, compute_parts, evaluation,

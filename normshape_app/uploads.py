@@ -10,6 +10,7 @@ from typing import Dict, Optional
 
 import streamlit as st
 
+from normshape_core.base.names import META_NAME, WEIGHTS_NAME
 from normshape_app.inventory import checkpoints, dataset_here, uploads_dir
 from normshape_app.style import md_code, md_escape, message_text
 
@@ -21,7 +22,10 @@ def max_upload_mb() -> int:
     return int(st.get_option("server.maxUploadSize"))
 
 
-MAX_META_BYTES = 1 << 20
+#: the largest uploaded model.json accepted (a normshape one is a few kB); smaller than
+#: ``files.MAX_META_BYTES`` (what the core reads from disk, resume states included), since
+#: it comes from anyone who can reach the page and is parsed in the server's memory
+MAX_UPLOAD_META_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,7 @@ class Upload:
 
 def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
                       known: Optional[Dict[str, str]] = None,
-                      meta_filename: str = "model.json") -> Upload:
+                      meta_filename: str = META_NAME) -> Upload:
     """Validate an uploaded checkpoint and store it under the uploads folder, unless its
     weights (SHA-256) are those of a checkpoint already known (``known``: SHA-256 -> id), which
     is then used as is. Raises ValueError (CheckpointError included) with a one-line reason
@@ -58,7 +62,7 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
     def label(name: str, default: str) -> str:  # an uploaded file's name, on one line
         return re.sub(r"[\x00-\x1f\x7f]", "?", Path(str(name)).name)[:80] or default
 
-    meta_name, weights_name = label(meta_filename, "model.json"), label(filename, "weights")
+    meta_name, weights_name = label(meta_filename, META_NAME), label(filename, "weights")
     if len(weights) > max_upload_mb() * (1 << 20):
         raise ValueError(f"weights file is larger than {max_upload_mb()} MB")
     if weights[:2] == b"PK" or weights[:1] == b"\x80":
@@ -67,8 +71,9 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
     sha = sha256_bytes(weights)
     if known and sha in known:
         return Upload(known[sha], stored=False)
-    if len(meta) > MAX_META_BYTES:
-        raise ValueError(f"{meta_name}: larger than 1 MB, not a normshape model.json")
+    if len(meta) > MAX_UPLOAD_META_BYTES:
+        raise ValueError(f"{meta_name}: larger than {MAX_UPLOAD_META_BYTES >> 20} MB, not a "
+                         f"normshape {META_NAME}")
     try:
         meta_obj = _json.loads(meta.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -87,14 +92,14 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
                          "or a corrupt file")
     meta_obj["config"]["data_root"] = None  # never follow a path that came with an upload
     meta_obj["config"]["device"] = "auto"
-    meta_obj["weights_file"] = "model.safetensors"
+    meta_obj["weights_file"] = WEIGHTS_NAME
     root = uploads_dir()
     root.mkdir(parents=True, exist_ok=True)
     incoming = root / f".incoming-{secrets.token_hex(4)}"
     incoming.mkdir()
     try:
-        (incoming / "model.safetensors").write_bytes(weights)
-        atomic_write_json(incoming / "model.json", meta_obj)
+        (incoming / WEIGHTS_NAME).write_bytes(weights)
+        atomic_write_json(incoming / META_NAME, meta_obj)
         try:
             load_checkpoint(incoming)  # format, SHA-256, shapes
         except CheckpointError as e:  # the uploaded file's name, not the temporary folder
@@ -105,7 +110,7 @@ def import_checkpoint(weights: bytes, meta: bytes, filename: str = "upload",
                              f"({type(e).__name__})") from None
         name = sanitize_name(str(meta_obj.get("run_name") or Path(filename).stem))[:80]
         dest = root / f"{name}-{sha[:8]}"
-        if (dest / "model.json").exists():  # the same weights were uploaded before
+        if (dest / META_NAME).exists():  # the same weights were uploaded before
             shutil.rmtree(incoming)
             return Upload(dest.name, stored=False)
         os.replace(incoming, dest)

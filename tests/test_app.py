@@ -636,7 +636,7 @@ def test_ratios_worst_case_at_its_defaults_is_the_shipped_grid(app, monkeypatch,
     shipped = table_iv_values(results, worst=True)
     heat = figures(at)[0]["data"][0]
     z = array(heat["z"]).reshape(len(heat["y"]), len(heat["x"]))
-    assert heat["y"] == list(shipped) and heat["x"] == ui.INFERENCE_RATIOS
+    assert heat["y"] == list(shipped) and heat["x"] == list(ui.INFERENCE_RATIOS)
     missing = [(tr, inf) for tr in shipped for inf in shipped[tr] if shipped[tr][inf] is None]
     if missing:  # being regenerated: the cells shipped so far are shown, the others wait
         for i, training in enumerate(heat["y"]):

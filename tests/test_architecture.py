@@ -211,14 +211,9 @@ def test_pages_do_not_import_torch():
     assert not bad, f"pages that import torch: {bad}"
 
 
-# A function should read in one screen. These are longer today: each may only shrink (the
-# test fails when one grows past its count, or once it fits, until its line here goes).
+# A function should read in one screen: every function or method of the core, nested ones
+# included, has at most this many lines.
 MAX_FUNCTION_LINES = 80
-KNOWN_LONG: Dict[str, int] = {
-    "normshape_core.attacks.apgd:apgd_run": 85,
-    "normshape_core.measuring.evaluation:evaluate_checkpoint": 91,
-    "normshape_core.measuring.worst_case:accept": 82,
-}
 
 
 def _long_functions(path: Path, limit: int = MAX_FUNCTION_LINES) -> Dict[str, int]:
@@ -259,12 +254,5 @@ def test_the_length_check_sees_methods_and_nested_functions(tmp_path):
 def test_no_function_longer_than_a_screen():
     found = {f"{_label(_module_name(p))}:{name}": n
              for p in sorted(CORE.rglob("*.py")) for name, n in _long_functions(p).items()}
-    new = {k: n for k, n in found.items() if k not in KNOWN_LONG}
-    assert not new, (f"functions longer than {MAX_FUNCTION_LINES} lines (split them into named "
-                     f"steps): {new}")
-    grew = {k: (KNOWN_LONG[k], n) for k, n in found.items() if k in KNOWN_LONG
-            and n > KNOWN_LONG[k]}
-    assert not grew, f"known long functions that grew (was, now): {grew}"
-    fixed = sorted(set(KNOWN_LONG) - set(found))
-    assert not fixed, (f"these fit in {MAX_FUNCTION_LINES} lines now: remove them from "
-                       f"KNOWN_LONG: {fixed}")
+    assert not found, (f"functions longer than {MAX_FUNCTION_LINES} lines (split them into "
+                       f"named steps): {found}")

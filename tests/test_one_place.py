@@ -3,9 +3,8 @@ out twice, and no run-folder file name is spelled out where ``normshape_core.bas
 
 The scan reads the source (AST) of the core, the app and the benchmarks. A module-level
 UPPER_CASE name assigned a value (not an import, not another name) counts as a definition.
-The duplicates that remain sit in files other work owns right now; each is listed below with
-the change that removes it. The lists must match exactly: a new duplicate fails, and so does
-one that is gone (then delete its line), so they only shrink."""
+The one duplicate left is on purpose and listed below with its reason. The lists must match
+exactly: a new duplicate fails, and so does one that is gone (then delete its line)."""
 from __future__ import annotations
 
 import ast
@@ -18,41 +17,16 @@ from normshape_core.base import names
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ["normshape_core", "normshape_app", "app_pages", "benchmarks", "app.py"]
 
-#: name -> the modules defining it, still (and what removes the duplicate)
-KNOWN_NAMES: Dict[str, Set[str]] = {
-    # normshape_app/results.py: import names.INFERENCE_RATIOS
-    "INFERENCE_RATIOS": {"normshape_core/base/names.py", "normshape_app/results.py"},
-    # the Train page: its option texts from names.SHAPING_LABELS
-    "SHAPING_LABELS": {"normshape_core/base/names.py", "app_pages/train.py"},
-    # normshape_app/uploads.py: import files.MAX_META_BYTES (uploads allow 1 MiB today)
-    "MAX_META_BYTES": {"normshape_core/base/files.py", "normshape_app/uploads.py"},
-    # the Playground's norms and their labels (its page reads PG.NORMS, PG.NORM_LABELS):
-    # rename to PLAYGROUND_NORMS / PLAYGROUND_NORM_LABELS with the page
-    "NORMS": {"normshape_core/blocks/models.py", "normshape_app/playground.py"},
-    "NORM_LABELS": {"normshape_core/blocks/models.py", "normshape_app/playground.py"},
-    # Compare's attack list: read the registry (attacks.ATTACKS) instead
-    "ATTACKS": {"normshape_core/attacks/registry.py", "app_pages/compare.py"},
-}
-#: a list of three or more names written out in two places, still
+#: name -> the modules defining it (none: each name is defined in one module)
+KNOWN_NAMES: Dict[str, Set[str]] = {}
+#: a list of three or more names written out in two places, on purpose
 KNOWN_VALUES: Dict[tuple, Set[str]] = {
-    # reproduce.TABLE_IV_INFERENCE (lead's file) and results.INFERENCE_RATIOS: import names'
-    ("1:0", "1:1", "1:3", "1:9", "1:19", "1:49"): {
-        "normshape_core/base/names.py:INFERENCE_RATIOS",
-        "normshape_core/studies/reproduce.py:TABLE_IV_INFERENCE",
-        "normshape_app/results.py:INFERENCE_RATIOS"},
     # written out so the app starts without torch; tests/test_query_params.py checks them
     ("moons", "spirals", "circles", "xor", "blobs"): {
         "normshape_core/blocks/data.py:DATASETS_2D", "normshape_app/urlparams.py:URL_DATASETS_2D"},
-    # the Decision boundaries page: import playground.INFER_RATIOS
-    ("1:1", "1:3", "1:9", "1:19"): {
-        "normshape_app/playground.py:INFER_RATIOS",
-        "app_pages/decision_boundaries.py:SHAPED_RATIOS"},
 }
-#: run-folder file names (``names``) spelled out in a path, still: file -> how many
-KNOWN_FILE_NAMES: Dict[str, int] = {
-    "normshape_app/uploads.py": 3,  # use names.META_NAME / WEIGHTS_NAME
-    "normshape_core/studies/reproduce.py": 1,  # the lead's file: names.META_NAME
-}
+#: run-folder file names (``names``) spelled out in a path: file -> how many (none)
+KNOWN_FILE_NAMES: Dict[str, int] = {}
 RUN_FILES = {names.WEIGHTS_NAME, names.META_NAME, names.STATE_NAME, names.METRICS_NAME}
 
 

@@ -52,6 +52,34 @@ def _loss_grad(fn, x_adv, y, loss_fn: LossFn, active: Optional[torch.Tensor]):
     return loss.detach(), grad.detach(), logits.detach()
 
 
+def _momentum_step(ball: LinfBall, x_adv, x_prev, grad, step, xs, a: float, keep):
+    """Alg. 1's update: the signed-gradient step of size ``step`` projected onto the ball
+    around ``xs``, then momentum ``a`` (1 at the first step) towards it from ``x_prev``; rows
+    outside ``keep`` (bool, broadcastable; None: all rows move) stay at ``x_adv``."""
+    z = ball.project(ball.step(x_adv, grad, step), xs)
+    x_new = ball.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), xs)
+    if keep is not None:
+        x_new = torch.where(keep, x_new, x_adv)
+    return x_new
+
+
+def _halve_stalled(min_increases: float, step, x_adv, grad, x_max, grad_max, increases,
+                   loss_max, loss_max_at_mark, halved_at_mark):
+    """At a checkpoint: the samples whose loss stalled (condition 1: at most
+    ``min_increases`` increases since the last checkpoint; condition 2: not halved at the last
+    checkpoint and best loss unchanged since) get half the step and restart from their
+    highest-loss point. Changes ``step``, ``x_adv``, ``grad`` in place and zeroes
+    ``increases``; returns (the rows halved, the best loss at this checkpoint)."""
+    cond1 = increases <= min_increases
+    cond2 = ~halved_at_mark & (loss_max <= loss_max_at_mark)
+    halve = cond1 | cond2
+    step[halve] /= 2.0
+    x_adv[halve] = x_max[halve]
+    grad[halve] = grad_max[halve]
+    increases.zero_()
+    return halve, loss_max.clone()
+
+
 def apgd_run(fn, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, s: APGDSettings,
              x_start: torch.Tensor, active: Optional[torch.Tensor] = None, *,
              keep_last: bool = False) -> BestIterate:
@@ -106,11 +134,7 @@ def apgd_run(fn, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, s: APGDSetti
                                      grad_max, increases, loss_max_at_mark, halved_at_mark))
         with torch.no_grad():
             a = s.momentum if i > 0 else 1.0
-            z = ball.project(ball.step(x_adv, grad, step), xs)
-            x_new = ball.project(x_adv + a * (z - x_adv) + (1 - a) * (x_adv - x_prev), xs)
-            if keep is not None:
-                x_new = torch.where(keep, x_new, x_adv)
-            x_prev, x_adv = x_adv, x_new
+            x_prev, x_adv = x_adv, _momentum_step(ball, x_adv, x_prev, grad, step, xs, a, keep)
         loss, grad, logits = _loss_grad(fn, x_adv, ys, loss_fn, active)
         with torch.no_grad():
             if shrink:
@@ -126,15 +150,9 @@ def apgd_run(fn, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn, s: APGDSetti
             loss_max = torch.where(higher, loss, loss_max)
             w = i + 1
             if w in marks:
-                cond1 = increases <= s.rho * (w - last_mark)
-                cond2 = ~halved_at_mark & (loss_max <= loss_max_at_mark)
-                halve = cond1 | cond2
-                step[halve] /= 2.0
-                x_adv[halve] = x_max[halve]
-                grad[halve] = grad_max[halve]
-                halved_at_mark = halve
-                loss_max_at_mark = loss_max.clone()
-                increases.zero_()
+                halved_at_mark, loss_max_at_mark = _halve_stalled(
+                    s.rho * (w - last_mark), step, x_adv, grad, x_max, grad_max, increases,
+                    loss_max, loss_max_at_mark, halved_at_mark)
                 last_mark = w
     return best
 

@@ -1274,6 +1274,71 @@ def load_for_evaluation(checkpoint: Union[str, Path], dataset_name: Optional[str
     return model, meta, dataset
 
 
+def _checkpoint_settings(cfg: Dict[str, Any], settings: Dict[str, Any]) -> EvalSettings:
+    """The checked ``EvalSettings`` of ``evaluate_checkpoint``'s keyword settings: ``eps``
+    defaults to the training eps (``cfg``), ``None`` means the default; the single attacks
+    and the ensembles named in ``attacks`` and ``ensembles`` are separated, each ensemble
+    once; an unknown setting is a ``TypeError``."""
+    if settings.get("eps") is None:
+        settings["eps"] = cfg.get("eps") or 8 / 255
+    values = EvalSettings().to_dict()
+    unknown = set(settings) - set(values)
+    if unknown:
+        raise TypeError(f"unknown evaluation settings: {', '.join(sorted(unknown))}")
+    values.update({k: v for k, v in settings.items() if v is not None})
+    s = EvalSettings(**values)
+    singles, found = split_attacks(s.attacks) if s.attacks else ([], [])
+    for e in s.ensembles:
+        spec = ensemble_spec(e)
+        if spec not in found:
+            found.append(spec)
+    s.attacks, s.ensembles = singles, found
+    s.classify = parse_classify(s.classify)
+    s.craft = _parse_craft(s.craft)
+    _check_settings(s)
+    return s
+
+
+def _cached_result(checkpoint: Union[str, Path], path: Path, key: str,
+                   meta: Dict[str, Any]) -> Optional[pd.DataFrame]:
+    """The cached table of ``key`` (beside the checkpoint, else in the cache file ``path``),
+    or None when there is none or the weights on disk are not the ones ``meta`` describes."""
+    from ..training.checkpoints import resolve_paths, sha256_file
+
+    entry = _read_cache(cache_path_for(checkpoint, BESIDE), path)["entries"].get(key)
+    weights = resolve_paths(checkpoint)[0]
+    if entry is None or not weights.exists() or sha256_file(weights) != meta["weights_sha256"]:
+        return None
+    df = _df_from_rows(entry["rows"])
+    df.attrs.update(warnings=list(entry.get("warnings", [])), settings=entry["settings"],
+                    cached=True, cost=entry.get("cost"), wall_s=entry.get("wall_s"),
+                    row_seconds=entry.get("row_seconds"), floor_s=entry.get("floor_s"))
+    return df
+
+
+def _default_work_dir(checkpoint: Union[str, Path], cache_dir, key: str) -> Path:
+    """Where an evaluation keeps its finished units by default: beside the cache file it
+    will fill, so the shipped results never touch the user's folder and the user's never
+    touch a checkpoint folder."""
+    if cache_dir == BESIDE:
+        return cache_path_for(checkpoint, BESIDE).parent / "model.eval.work" / key
+    from ..base.userdata import eval_cache_dir
+
+    return eval_cache_dir() / "work" / key
+
+
+def _remove_work(work_dir: Union[str, Path], default_work: bool) -> None:
+    """Remove a finished evaluation's work folder, and the default folders above it if
+    nothing else is in them."""
+    WorkStore.remove(work_dir)
+    for parent in ((Path(work_dir).parent, Path(work_dir).parent.parent)
+                   if default_work else ()):
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+
+
 def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[str] = None,
                         device: Optional[str] = None, use_cache: bool = True,
                         cache_dir: Union[None, str, Path] = None,
@@ -1295,7 +1360,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
     evaluation run again with the same settings resumes where it stopped and ends with the
     same numbers; the folder goes once the results are cached. ``on_bound``: see
     ``evaluate``."""
-    from ..training.checkpoints import CheckpointError, read_meta, resolve_paths, sha256_file
+    from ..training.checkpoints import CheckpointError, read_meta
 
     # A cache hit needs neither the model nor the dataset: read the metadata only, check the
     # weights on disk are the ones the metadata (and so the cache key) describes.
@@ -1305,45 +1370,18 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
         raise ConfigError(str(e)) from None
     cfg = _meta_config(meta, checkpoint)
     _trained_dataset(meta, checkpoint, dataset_name)  # a wrong --dataset is an error
-    if settings.get("eps") is None:
-        settings["eps"] = cfg.get("eps") or 8 / 255
-    values = EvalSettings().to_dict()
-    unknown = set(settings) - set(values)
-    if unknown:
-        raise TypeError(f"unknown evaluation settings: {', '.join(sorted(unknown))}")
-    values.update({k: v for k, v in settings.items() if v is not None})
-    s = EvalSettings(**values)
-    singles, found = split_attacks(s.attacks) if s.attacks else ([], [])
-    for e in s.ensembles:
-        spec = ensemble_spec(e)
-        if spec not in found:
-            found.append(spec)
-    s.attacks, s.ensembles = singles, found
-    s.classify = parse_classify(s.classify)
-    s.craft = _parse_craft(s.craft)
-    _check_settings(s)
+    s = _checkpoint_settings(cfg, settings)
     path = cache_path_for(checkpoint, cache_dir, meta["weights_sha256"])
     key = _cache_key(meta["weights_sha256"], s)
     if use_cache:
-        entry = _read_cache(cache_path_for(checkpoint, BESIDE), path)["entries"].get(key)
-        weights = resolve_paths(checkpoint)[0]
-        if entry is not None and weights.exists() and sha256_file(weights) == meta["weights_sha256"]:
-            df = _df_from_rows(entry["rows"])
-            df.attrs.update(warnings=list(entry.get("warnings", [])), settings=entry["settings"],
-                            cached=True, cost=entry.get("cost"), wall_s=entry.get("wall_s"),
-                            row_seconds=entry.get("row_seconds"), floor_s=entry.get("floor_s"))
+        df = _cached_result(checkpoint, path, key, meta)
+        if df is not None:
             return df, meta
     model, meta, dataset = load_for_evaluation(checkpoint, dataset_name, device)
     _validate(s, dataset)
     default_work = work_dir is None
-    if default_work:  # beside the cache file it will fill: the shipped results never touch
-        # the user's folder, the user's never touch a checkpoint folder
-        if cache_dir == BESIDE:
-            work_dir = cache_path_for(checkpoint, BESIDE).parent / "model.eval.work" / key
-        else:
-            from ..base.userdata import eval_cache_dir
-
-            work_dir = eval_cache_dir() / "work" / key
+    if default_work:
+        work_dir = _default_work_dir(checkpoint, cache_dir, key)
     df = _evaluate(model, dataset, s, device=device, progress=progress,
                    gap_threshold=gap_threshold, work_dir=work_dir or None, on_bound=on_bound,
                    key=key, keep_work=True)
@@ -1357,13 +1395,7 @@ def evaluate_checkpoint(checkpoint: Union[str, Path], *, dataset_name: Optional[
                                  "floor_s": df.attrs["floor_s"],
                                  "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     if work_dir:
-        WorkStore.remove(work_dir)
-        for parent in ((Path(work_dir).parent, Path(work_dir).parent.parent)
-                       if default_work else ()):
-            try:  # the default folders, if nothing else is in them
-                parent.rmdir()
-            except OSError:
-                break
+        _remove_work(work_dir, default_work)
     return df, meta
 
 

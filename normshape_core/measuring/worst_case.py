@@ -309,6 +309,35 @@ def _project(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 # ====================================================================== acceptance
+def _cut(view, groups: torch.Tensor, sel_groups: torch.Tensor, n: int, dev):
+    """(rows of ``sel_groups`` in order, the defender's view on exactly those rows); for a
+    view that cannot be cut, every one of the ``n`` rows and the whole view."""
+    rows = torch.isin(groups, sel_groups).nonzero().squeeze(1)
+    try:
+        return rows, _restricted(view, sel_groups.cpu())
+    except ValueError:  # a view that cannot be cut: every row goes through
+        return torch.arange(n, device=dev), view
+
+
+def _breaks_and_undoes_none(was: torch.Tensor, now: torch.Tensor, where: torch.Tensor,
+                            n_groups: int, dev) -> torch.Tensor:
+    """[n_groups] bool: the groups (``where``: each row's group) where going from ``was`` to
+    ``now`` (right per row) makes some row wrong and no row right."""
+    def per_group(mask: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_groups, device=dev).index_add_(0, where, mask.float()) > 0
+
+    return per_group(was & ~now) & ~per_group(~was & now)
+
+
+def _accept_independent(view, st: BatchState, free: torch.Tensor, cand: torch.Tensor) -> None:
+    """``accept`` through a row-independent view: each candidate that fools is taken."""
+    with torch.no_grad():
+        fooled = view(cand).argmax(1) != st.y[free]
+    take = free[fooled]
+    st.x_adv[take] = cand[fooled]
+    st.right[take] = False
+
+
 def accept(view, groups: torch.Tensor, st: BatchState, free: torch.Tensor,
            cand: torch.Tensor) -> None:
     """Fold the candidates ``cand`` for rows ``free`` (rows the defender classifies right)
@@ -320,25 +349,12 @@ def accept(view, groups: torch.Tensor, st: BatchState, free: torch.Tensor,
         return
     y = st.y
     if getattr(view, "rows_independent", False):
-        with torch.no_grad():
-            fooled = view(cand).argmax(1) != y[free]
-        take = free[fooled]
-        st.x_adv[take] = cand[fooled]
-        st.right[take] = False
+        _accept_independent(view, st, free, cand)
         return
     dev = y.device
     all_groups = torch.unique(groups)
     active = torch.unique(groups[free])
-
-    def cut(sel_groups: torch.Tensor):
-        """(rows of ``sel_groups`` in order, the defender's view on exactly those rows)."""
-        rows = torch.isin(groups, sel_groups).nonzero().squeeze(1)
-        try:
-            return rows, _restricted(view, sel_groups.cpu())
-        except ValueError:  # a view that cannot be cut: every row goes through
-            return torch.arange(len(y), device=dev), view
-
-    rows, sub = cut(active)
+    rows, sub = _cut(view, groups, active, len(y), dev)
     if len(rows) == len(y):
         active = all_groups
     local = torch.searchsorted(active, groups[rows])  # group of each row: 0..len(active)-1
@@ -351,12 +367,7 @@ def accept(view, groups: torch.Tensor, st: BatchState, free: torch.Tensor,
     proposal[free_local] = cand
     with torch.no_grad():
         new_right = sub(proposal).argmax(1) == y[rows]
-    n_groups = len(active)
-
-    def per_group(mask: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(n_groups, device=dev).index_add_(0, where, mask.float()) > 0
-
-    ok = per_group(right & ~new_right, local) & ~per_group(~right & new_right, local)
+    ok = _breaks_and_undoes_none(right, new_right, local, len(active), dev)
     take = ok[local]
     template[take] = proposal[take]
     right[take] = new_right[take]
@@ -366,31 +377,45 @@ def accept(view, groups: torch.Tensor, st: BatchState, free: torch.Tensor,
     changed = (todo_cand != template[todo_rows]).flatten(1).any(1)
     todo_rows, todo_cand = todo_rows[changed], todo_cand[changed]
     if len(todo_rows):
-        g_of = local[todo_rows]
-        order = torch.argsort(g_of, stable=True)
-        todo_rows, todo_cand, g_of = todo_rows[order], todo_cand[order], g_of[order]
-        rank = torch.arange(len(g_of), device=dev) - torch.searchsorted(g_of, g_of)
-        for k in range(int(rank.max()) + 1):
-            pick = rank == k
-            t_rows, t_cand, t_g = todo_rows[pick], todo_cand[pick], g_of[pick]
-            r_rows, r_sub = cut(active[t_g])  # only the groups tried in this round
-            if bool((pos[r_rows] < 0).any()):  # that cut fell back to the whole batch
-                r_rows, r_sub = rows, sub
-            r_pos = pos[r_rows]
-            trial = template[r_pos].clone()
-            back = torch.full((len(rows),), -1, dtype=torch.long, device=dev)
-            back[r_pos] = torch.arange(len(r_pos), device=dev)
-            trial[back[t_rows]] = t_cand
-            with torch.no_grad():
-                t_right = r_sub(trial).argmax(1) == y[rows][r_pos]
-            r_local = local[r_pos]
-            was = right[r_pos]
-            good = per_group(was & ~t_right, r_local) & ~per_group(~was & t_right, r_local)
-            keep = good[r_local]
-            template[r_pos[keep]] = trial[keep]
-            right[r_pos[keep]] = t_right[keep]
+        _accept_singly(view, groups, y, active, rows, sub, local, pos, template, right,
+                       todo_rows, todo_cand)
     st.x_adv[rows] = template
     st.right[rows] = right
+
+
+def _accept_singly(view, groups: torch.Tensor, y: torch.Tensor, active: torch.Tensor,
+                   rows: torch.Tensor, sub, local: torch.Tensor, pos: torch.Tensor,
+                   template: torch.Tensor, right: torch.Tensor, todo_rows: torch.Tensor,
+                   todo_cand: torch.Tensor) -> None:
+    """``accept``'s second step: the candidates ``todo_cand`` (at the positions ``todo_rows``
+    of ``rows``) one at a time per group. Round k tries every group's k-th candidate in one
+    forward, through the view cut to the groups tried (or ``sub``, the view on ``rows``,
+    where that cut falls back to the whole batch), and keeps it in the groups where it
+    breaks a row and undoes none. Updates ``template`` and ``right`` (per position of
+    ``rows``) in place."""
+    dev = y.device
+    g_of = local[todo_rows]
+    order = torch.argsort(g_of, stable=True)
+    todo_rows, todo_cand, g_of = todo_rows[order], todo_cand[order], g_of[order]
+    rank = torch.arange(len(g_of), device=dev) - torch.searchsorted(g_of, g_of)
+    for k in range(int(rank.max()) + 1):
+        pick = rank == k
+        t_rows, t_cand, t_g = todo_rows[pick], todo_cand[pick], g_of[pick]
+        r_rows, r_sub = _cut(view, groups, active[t_g], len(y), dev)  # the groups tried
+        if bool((pos[r_rows] < 0).any()):  # that cut fell back to the whole batch
+            r_rows, r_sub = rows, sub
+        r_pos = pos[r_rows]
+        trial = template[r_pos].clone()
+        back = torch.full((len(rows),), -1, dtype=torch.long, device=dev)
+        back[r_pos] = torch.arange(len(r_pos), device=dev)
+        trial[back[t_rows]] = t_cand
+        with torch.no_grad():
+            t_right = r_sub(trial).argmax(1) == y[rows][r_pos]
+        r_local = local[r_pos]
+        good = _breaks_and_undoes_none(right[r_pos], t_right, r_local, len(active), dev)
+        keep = good[r_local]
+        template[r_pos[keep]] = trial[keep]
+        right[r_pos[keep]] = t_right[keep]
 
 
 # ====================================================================== one member

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from ..base.names import INFERENCE_RATIOS, META_NAME
 from ..settings.config import ConfigError, Ratio, TrainConfig
 
 # Per-dataset reproduction settings (overrides of the dataset presets), chosen so that the
@@ -140,7 +141,7 @@ def train_set(dataset: str, out: Path, *, seed: int = 0, specs: Optional[List[Ru
         cfg = run_config(dataset, spec, seed, device=device, **(overrides or {}))
         run_dir = out / cfg.run_name()
         runs[spec.key] = run_dir
-        if (run_dir / "model.json").exists():
+        if (run_dir / META_NAME).exists():
             meta = read_meta(run_dir)
             if TrainConfig.from_dict(meta["config"]).fingerprint() == cfg.fingerprint():
                 log(f"[{i}/{len(specs)}] {spec.key}: done already ({run_dir})")
@@ -165,7 +166,8 @@ TABLE_IV_TRAINING = {"1:1": "pgd/shaping-in-attack+training@1:1",
                      "1:2": "pgd/shaping-in-attack+training@1:2",
                      "1:3": "pgd/shaping-in-attack+training",
                      "1:7": "pgd/shaping-in-attack+training@1:7"}
-TABLE_IV_INFERENCE = ["1:0", "1:1", "1:3", "1:9", "1:19", "1:49"]
+#: Table IV's columns: the paper's inference ratios adv:clean
+TABLE_IV_INFERENCE = INFERENCE_RATIOS
 SHAPED_KEYS = {"PGD+Shaping": "pgd/shaping-in-attack+training",
                "TRADES+Shaping": "trades/shaping-in-attack+training"}
 POLLUTED_KEY = "pgd/shaping-in-attack+training/polluted"
