@@ -100,18 +100,20 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     assert frame_of(pg)[0] == 0
     t0 = time.time()
     pg.get_by_role("button", name="Play", exact=True).click()
-    first = wait_frame(pg, lambda f: f[0] >= 1, timeout=10)
+    first = wait_frame(pg, lambda f: f[0] >= 1, timeout=60)
     t_first = time.time() - t0
     frames, pictures = {first[0]}, {first[1]}
-    end = t0 + 10.0
-    while time.time() < end:
+    # playing: frames follow and the pictures change (how fast is the benchmark's, section 8;
+    # here a generous bound only, the machine is shared)
+    end = t0 + 60.0
+    while time.time() < end and not (len(frames) >= 5 and len(pictures) >= 5):
         f = frame_of(pg)
         if f:
             frames.add(f[0])
             pictures.add(f[1])
         time.sleep(0.03)
     print(f"first frame {t_first:.2f} s after play; {len(frames)} frames, {len(pictures)} "
-          f"distinct pictures in 10 s")
+          f"distinct pictures in {time.time() - t0:.1f} s")
     assert len(frames) >= 5 and len(pictures) >= 5, (frames, pictures)
     pg.get_by_role("button", name="Pause", exact=True).click()
     wait_for_play(pg)
