@@ -128,20 +128,11 @@ class AlternativesSettings:
         return {"epochs": self.epochs} if self.epochs is not None else {}
 
     def validate(self) -> "AlternativesSettings":
-        from ..settings.config import check_writable_dir, parse_device
-        from ..blocks.data import DATASETS
         from ..measuring.evaluation import ensemble_spec
+        from ..settings.config import check_writable_dir, parse_device
+        from .reproduce import check_study_numbers
 
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
-                              f"{', '.join(DATASETS)}")
-        if not 0 <= self.seed < 2 ** 31 - 2:
-            raise ConfigError(f"--seed must be a whole number in [0, 2**31 - 2), got {self.seed}")
-        for name, v in (("n-test", self.n_test), ("epochs", self.epochs)):
-            if v is not None and not 1 <= v <= 10 ** 9:
-                raise ConfigError(f"--{name} must be a whole number >= 1, got {v}")
-        if not 1 <= self.threads <= 1024:
-            raise ConfigError(f"--threads must be in [1, 1024], got {self.threads}")
+        check_study_numbers(self)
         if self.only is not None:
             keys = [a.key for a in ALTERNATIVE_SET]
             unknown = [k for k in self.only if k not in keys]

@@ -317,6 +317,23 @@ def load_results(path: Path) -> Dict[str, Any]:
     return read_json(path, MAX_RESULTS_BYTES, "results file")
 
 
+def check_study_numbers(s: Any) -> None:
+    """The checks a study's settings share (``reproduce``, ``alternatives``): a known dataset,
+    seed, test samples, epochs and threads in range; one ConfigError naming the flag."""
+    from ..blocks.data import DATASETS
+
+    if s.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {s.dataset!r}; choose one of: "
+                          f"{', '.join(DATASETS)}")
+    if not 0 <= s.seed < 2 ** 31 - 2:
+        raise ConfigError(f"--seed must be a whole number in [0, 2**31 - 2), got {s.seed}")
+    for name, v in (("n-test", s.n_test), ("epochs", s.epochs)):
+        if v is not None and not 1 <= v <= 10 ** 9:
+            raise ConfigError(f"--{name} must be a whole number >= 1, got {v}")
+    if not 1 <= s.threads <= 1024:
+        raise ConfigError(f"--threads must be in [1, 1024], got {s.threads}")
+
+
 @dataclass
 class ReproduceSettings:
     """The settings of ``reproduce``, checked in one place (``validate``) before any run is
@@ -340,18 +357,8 @@ class ReproduceSettings:
 
     def validate(self) -> "ReproduceSettings":
         from ..settings.config import check_writable_dir, parse_device
-        from ..blocks.data import DATASETS
 
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of: "
-                              f"{', '.join(DATASETS)}")
-        if not 0 <= self.seed < 2 ** 31 - 2:
-            raise ConfigError(f"--seed must be a whole number in [0, 2**31 - 2), got {self.seed}")
-        for name, v in (("n-test", self.n_test), ("epochs", self.epochs)):
-            if v is not None and not 1 <= v <= 10 ** 9:
-                raise ConfigError(f"--{name} must be a whole number >= 1, got {v}")
-        if not 1 <= self.threads <= 1024:
-            raise ConfigError(f"--threads must be in [1, 1024], got {self.threads}")
+        check_study_numbers(self)
         if self.only is not None:
             if not self.only:
                 raise ConfigError("--only names no run key")
