@@ -7,10 +7,9 @@ import streamlit as st
 from normshape_app import tables, ui
 from normshape_app import jobs
 from normshape_core.figures import compare as F
-from normshape_core.attacks import ATTACKS, ENSEMBLE_ONLY_ATTACKS
+from normshape_core.attacks import single_attacks
 from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
 
-SINGLE_ATTACKS = [a for a in ATTACKS if a not in ENSEMBLE_ONLY_ATTACKS]  # the registry's
 ATTACK_HELP = ("Beside the worst case (always there), single attacks: pgd/fgsm/apgd/apgd_dlr/"
                "apgd_t/fab_t/square: L-inf, crafted with PN (and BN when asked); cw, deepfool: "
                "minimal L2 attacks; shaping: the paper's shaping attack (BN, 1:3 batches of test "
@@ -31,7 +30,7 @@ with ui.settings_block():
     chosen = st.multiselect(
         "Checkpoints (two to four)", list(by_id), max_selections=4, key="cmp",
         bind="query-params", default=ui.default_comparison(ckpts, ui.shipped_worst_n))
-    attacks = st.multiselect("Attacks beside the worst case", SINGLE_ATTACKS, key="cmp_attacks",
+    attacks = st.multiselect("Attacks beside the worst case", single_attacks(), key="cmp_attacks",
                              bind="query-params", default=ui.COMPARE_ATTACKS, help=ATTACK_HELP)
     c2, c3, c4 = st.columns(3)
     ratio = c2.selectbox("Shaped inference ratio adv:clean", ["1:3", "1:9", "1:19"], index=1,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
@@ -139,6 +140,10 @@ def test_play_pause_step_reset_and_the_url_opens_the_same_experiment(server, bro
     url = pg.url
     ctx.close()
     assert url.startswith(base + "/playground?")
+    # every setting changed from its default is in the URL (a run under load once reopened
+    # with Noise 0.10: this tells a URL that lost it from a page that did not read it)
+    q = parse_qs(urlsplit(url).query)
+    assert float(q["pg_noise"][0]) == 0.05 and q["pg_data"] == ["circles"], url
     ctx2, pg2 = open_playground(browser, base, url[len(base + "/playground"):])
     open_settings(pg2)
     assert pg2.get_by_role("spinbutton", name="Seed").input_value() == "7"

@@ -60,7 +60,7 @@ from .fgsm import FGSM, FGSMSettings
 from .pgd import PGD, PGDSettings, pgd_linf, pgd_with_restarts
 from .registry import (ADAPTIVE_ATTACKS, ATTACK_ALIASES, ATTACKS, ENSEMBLE_ONLY_ATTACKS,
                        LINF_ATTACKS, budget_settings, make_attack, parse_attack_names,
-                       zero_gradient_fraction)
+                       single_attacks, zero_gradient_fraction)
 from .shaping_attack import ShapingAttack, ShapingAttackSettings, ShapingBatchView
 from .square import Square, SquareSettings, square_fraction
 from .transfer import Transfer, TransferSettings
@@ -78,6 +78,7 @@ __all__ = [
     "budget_settings", "check_settings", "dlr_loss", "fab_run", "linf_bounds",
     "linf_to_hyperplane", "make_attack", "margin", "parse_attack_names", "per_sample_ce",
     "pgd_linf", "pgd_with_restarts", "project_linf", "random_start_linf", "rows_independent",
+    "single_attacks",
     "square_fraction", "targeted_dlr_loss", "top_other_classes", "until_fooled",
     "zero_gradient_fraction",
 ]

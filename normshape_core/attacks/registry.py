@@ -43,6 +43,12 @@ ADAPTIVE_ATTACKS = ("adaptive_exact", "adaptive_eot")
 LINF_ATTACKS = tuple(n for n, a in ATTACKS.items() if a.threat_model == LINF)
 
 
+def single_attacks() -> List[str]:
+    """The registry's attacks a user may run on their own, in its order: every one but the
+    ensemble-only members (read when called, so an attack registered later is in it)."""
+    return [n for n in ATTACKS if n not in ENSEMBLE_ONLY_ATTACKS]
+
+
 def parse_attack_names(names: "str | Sequence[str]") -> List[str]:
     """``"fgsm,pgd,adaptive"`` -> registry keys, aliases expanded, order kept, no repeats."""
     items = names.split(",") if isinstance(names, str) else list(names)

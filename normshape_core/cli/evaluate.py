@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Sequence
 
 import pandas as pd
 
-from ..attacks import ADAPTIVE_ATTACKS, ATTACKS, ENSEMBLE_ONLY_ATTACKS
+from ..attacks import ADAPTIVE_ATTACKS, single_attacks
 from ..settings.config import ConfigError, parse_device
 from ..measuring.evaluation import (DEFAULT_GAP_THRESHOLD, WORST, EvalSettings, _check_settings,
                                     _parse_craft, ensemble_label, ensemble_log,
@@ -91,7 +91,7 @@ def add_evaluate_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                           "sub-folders give the pool and the test samples); or --dataset NAME")
     parser.add_argument("--attacks", default=f"pgd,{DEFAULT_ENSEMBLE}",
                         help="comma-separated attacks (" + ", ".join(
-                            [a for a in ATTACKS if a not in ENSEMBLE_ONLY_ATTACKS] +
+                            single_attacks() +
                             ["adaptive"]) +
                         ") and ensembles: default (APGD-CE, transfer from other norms, "
                         "APGD-DLR, APGD-T, Square), full (+ FAB-T), autoattack (APGD-CE, "
