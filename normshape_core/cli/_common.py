@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Optional
 
-from ..settings.config import ConfigError
+from ..settings.config import MAX_THREADS, ConfigError
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -35,8 +35,8 @@ def set_threads(threads: Optional[int]) -> None:
     if threads is None and (os.cpu_count() or 1) <= 4:
         threads = 1
     if threads is not None:
-        if not 1 <= threads <= 1024:
-            raise ConfigError(f"threads must be in [1, 1024], got {threads}")
+        if not 1 <= threads <= MAX_THREADS:
+            raise ConfigError(f"threads must be in [1, {MAX_THREADS}], got {threads}")
         torch.set_num_threads(threads)
 
 

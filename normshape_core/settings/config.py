@@ -24,6 +24,7 @@ OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "cosine", "multistep")
 #: bounds of the settings (checked before anything is built or loaded)
 MAX_SEED = 2 ** 31 - 3  # the trainer seeds generators with seed, seed + 1 and seed + 2
+MAX_THREADS = 1024  # the most CPU threads any command accepts
 MAX_MODEL_WIDTH = 4096
 MAX_MODEL_DEPTH = 1000
 #: the largest model normshape trains and reads back, counted before it is built (the

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from ..base.names import INFERENCE_RATIOS, META_NAME
-from ..settings.config import ConfigError, Ratio, TrainConfig
+from ..settings.config import MAX_SEED, MAX_THREADS, ConfigError, Ratio, TrainConfig
 
 # Per-dataset reproduction settings (overrides of the dataset presets), chosen so that the
 # accuracy-robustness trade-off is visible: PGD-AT must lose clean accuracy against natural
@@ -325,13 +325,13 @@ def check_study_numbers(s: Any) -> None:
     if s.dataset not in DATASETS:
         raise ConfigError(f"unknown dataset {s.dataset!r}; choose one of: "
                           f"{', '.join(DATASETS)}")
-    if not 0 <= s.seed < 2 ** 31 - 2:
-        raise ConfigError(f"--seed must be a whole number in [0, 2**31 - 2), got {s.seed}")
+    if not 0 <= s.seed <= MAX_SEED:
+        raise ConfigError(f"--seed must be a whole number in [0, {MAX_SEED}], got {s.seed}")
     for name, v in (("n-test", s.n_test), ("epochs", s.epochs)):
         if v is not None and not 1 <= v <= 10 ** 9:
             raise ConfigError(f"--{name} must be a whole number >= 1, got {v}")
-    if not 1 <= s.threads <= 1024:
-        raise ConfigError(f"--threads must be in [1, 1024], got {s.threads}")
+    if not 1 <= s.threads <= MAX_THREADS:
+        raise ConfigError(f"--threads must be in [1, {MAX_THREADS}], got {s.threads}")
 
 
 @dataclass

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..settings.config import ConfigError
+from ..settings.config import MAX_THREADS, ConfigError
 from ..base.names import META_NAME, METRICS_NAME, WEIGHTS_NAME
 from .reproduce import MAX_RESULTS_BYTES, REPRO_SETTINGS, RunSpec, _fmt, train_set
 
@@ -225,7 +225,6 @@ def check_merge(old: Dict[str, Any], results_path: Path, *, seed: int,
 
 #: the source tree whose shipped results ``--ship`` rewrites (a checkout)
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-MAX_THREADS = 1024
 MAX_EPOCHS = 100_000
 
 
