@@ -144,6 +144,22 @@ def test_penultimate_features_and_pca():
         P.embed_2d(f, "tsne")
 
 
+def test_umap_leaves_torchs_thread_count_as_it_was():
+    """UMAP's fit sets OpenMP's threads to the core count; a seeded run at 1 thread that
+    stores its feature maps must train its next model at 1 thread still (reproduce trains
+    and maps dataset after dataset in one process)."""
+    rng = np.random.default_rng(0)
+    f = rng.normal(0, 1, (40, 8)).astype(np.float32)
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            P.embed_2d(f, "umap", seed=0)
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_umap_map_is_seeded():
     rng = np.random.default_rng(0)
     f = np.concatenate([rng.normal(0, 1, (40, 16)), rng.normal(6, 1, (40, 16))])

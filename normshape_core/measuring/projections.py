@@ -261,6 +261,18 @@ def embed_2d(features: np.ndarray, method: str = "umap", seed: int = 0,
         return pca_2d(features)[0]
     if method != "umap":
         raise ValueError(f"unknown map method {method!r}; use umap or pca")
+    threads = torch.get_num_threads()
+    try:
+        return _umap_2d(features, seed, n_neighbors, progress)
+    finally:
+        # UMAP's fit sets the process's OpenMP threads to the core count, which torch's
+        # intra-op pool follows: a seeded run (1 thread) would train its next model with
+        # another thread count, so other floats. Put back what the caller had.
+        torch.set_num_threads(threads)
+
+
+def _umap_2d(features: np.ndarray, seed: int, n_neighbors: int,
+             progress: Optional[Progress]) -> np.ndarray:
     import warnings
 
     with warnings.catch_warnings():
