@@ -6,11 +6,17 @@
 - with the cap reached (``NORMSHAPE_MAX_PLAYGROUNDS=2``, two sessions playing), a third
   session sees the message saying so, and Home still loads.
 
-"Before" is measured once two sessions have played briefly, opened Home and closed, and the
-thread count has settled: the first use of a page imports its modules and fills
-process-wide caches (the checkpoint scan, datasets), and the server's worker pools grow to
-their size (asyncio's executor keeps its idle threads); all that is kept by design. What
-must come back is everything a session's playground takes.
+"Before" is measured after a first round of the same load (two sessions play 30 s with the
+cap reached and a third session refused, then close) once the thread count has settled. The
+first use of a page imports its modules and fills process-wide caches (the checkpoint scan,
+datasets), the server's worker pools grow to their size (asyncio's executor keeps its idle
+threads), and the allocators keep the high-water mark of the first full load: measured on
+this machine (issue 26, eight rounds on one server), the first such round left +25 MB, all
+of it free memory the allocators keep (CPython's object arenas 189 -> 204 MiB while the live
+objects' bytes grew 0.4 MB; glibc's bytes in use +0.2 MB), the second +10 MB, and the six
+after that stayed between 952 and 962 MB with the arenas at 205 MiB. That is reused, not
+leaked; what must come back, round after round, is everything a session's playground takes,
+so a leak shows as growth over the warmed level.
 The issue's acceptance number for Home with the cap reached is 3 s; on this shared two-core
 machine, with the two playgrounds and the browser's three tabs competing for the cores, the
 assertion allows ``HOME_BOUND_S`` and the test prints the time measured.
@@ -150,11 +156,17 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
         browser = launch_chromium(p)
         try:
             # warm-up: the pages' first use in the process (imports, caches, the server's
-            # pooled worker threads), two sessions at once, then closed
+            # pooled worker threads, the allocators' high-water mark): one round of the load
+            # measured below, then closed
             warm = [open_playground(browser, base) for _ in range(2)]
             for _, pg in warm:
                 pg.get_by_role("button", name="Play", exact=True).click()
-            time.sleep(5.0)
+            for _, pg in warm:
+                wait_playing(pg)
+            warm.append(open_playground(browser, base))
+            warm[-1][1].get_by_role("button", name="Play", exact=True).click()
+            warm[-1][1].get_by_text("at most 2 playgrounds at once").first.wait_for(timeout=30_000)
+            time.sleep(PLAY_S)
             for ctx, pg in warm:
                 pg.goto(base + "/")
                 pg.locator("[data-testid=stTable]").first.wait_for(timeout=60_000)
@@ -210,9 +222,9 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
             print(f"RSS {status(pid)[1]:.0f} MB once the closed sessions' time-out has passed")
             print(f"RSS {rss2:.0f} MB after closing ({rss0:.0f} MB before, {rss1:.0f} MB "
                   f"while playing)")
-            # issue 26, open: the memory a closed playground leaves is not reliably returned
-            # (+23 to +39 MB measured): reported at the end as an expected failure, the threads,
-            # the cap and the free slot still asserted
+            # issue 26, open: measured over a warmed server, six runs left +1 to +19 MB, so a
+            # miss is reported at the end as an expected failure (the threads, the cap and the
+            # free slot still asserted) until the allocators' retained memory is bounded
             rss_missed = None if rss_ok else f"RSS {rss2:.0f} MB, {rss0:.0f} MB before (+20 MB)"
             # and a slot is free again: a new session plays
             ctx5, again = open_playground(browser, base)
