@@ -150,6 +150,15 @@ def open_playground(browser, base):
     return ctx, pg
 
 
+def open_refused(browser, base):
+    """A third session while two play: it is told so, and Play is refused."""
+    ctx, pg = open_playground(browser, base)
+    pg.get_by_text("No playground for you right now").first.wait_for(timeout=30_000)
+    pg.get_by_role("button", name="Play", exact=True).click()
+    pg.get_by_text("at most 2 playgrounds at once").first.wait_for(timeout=30_000)
+    return ctx, pg
+
+
 def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served(capped):
     base, pid = capped
     with playwright.sync_playwright() as p:
@@ -163,9 +172,7 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
                 pg.get_by_role("button", name="Play", exact=True).click()
             for _, pg in warm:
                 wait_playing(pg)
-            warm.append(open_playground(browser, base))
-            warm[-1][1].get_by_role("button", name="Play", exact=True).click()
-            warm[-1][1].get_by_text("at most 2 playgrounds at once").first.wait_for(timeout=30_000)
+            warm.append(open_refused(browser, base))
             time.sleep(PLAY_S)
             for ctx, pg in warm:
                 pg.goto(base + "/")
@@ -187,10 +194,7 @@ def test_playgrounds_end_with_their_sessions_and_the_cap_keeps_the_server_served
             assert threads1 >= threads0 + 4  # two runs' threads per playground
 
             # the cap: a third session is told, and Play does not start a third playground
-            ctx3, third = open_playground(browser, base)
-            third.get_by_text("No playground for you right now").first.wait_for(timeout=30_000)
-            third.get_by_role("button", name="Play", exact=True).click()
-            third.get_by_text("at most 2 playgrounds at once").first.wait_for(timeout=30_000)
+            ctx3, third = open_refused(browser, base)
             time.sleep(2.0)
             counter = third.get_by_text(re.compile(r"^Frame \d+ ·")).first.inner_text()
             assert counter.startswith("Frame 0 ·"), counter  # nothing trained for it

@@ -146,8 +146,8 @@ def test_penultimate_features_and_pca():
 
 def test_umap_leaves_torchs_thread_count_as_it_was():
     """UMAP's fit sets OpenMP's threads to the core count; a seeded run at 1 thread that
-    stores its feature maps must train its next model at 1 thread still (reproduce trains
-    and maps dataset after dataset in one process)."""
+    stores its feature maps (reproduce, the app's warm-up) must train its next model at 1
+    thread still, else with other floats."""
     rng = np.random.default_rng(0)
     f = rng.normal(0, 1, (40, 8)).astype(np.float32)
     before = torch.get_num_threads()
