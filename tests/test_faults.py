@@ -114,6 +114,26 @@ def test_resume_on_a_finished_run_refuses_and_leaves_it_unchanged(tmp_path, caps
         assert {f: _sha(run / f) for f in before} == before
 
 
+def test_the_kill_driver_sees_a_refused_resume_end_without_waiting_for_the_lock(tmp_path, capsys):
+    """A kill that lands after the final commit leaves a finished run; the driver's next
+    --resume is refused (status 2) without taking the lock, so the driver must notice the
+    process ended rather than wait for its pid in the lock file (this waited 120 s and failed
+    CI once)."""
+    from normshape_core.cli.kill_drivers import _wait_for_lock, exit_status
+
+    base = ["train", *TRAIN, "--out", str(tmp_path), "--name", "done", "--quiet"]
+    assert _run(base, capsys)[0] == 0
+    child = subprocess.Popen([sys.executable, "-m", "normshape_core", *base, "--resume"],
+                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    try:
+        _, status = _wait_for_lock(tmp_path / "done", child.pid, timeout=300)
+    finally:
+        if child.poll() is None and status is None:
+            child.kill()
+    assert status is not None and exit_status(status) == 2
+
+
 def test_resume_with_other_settings_is_refused_naming_them(tmp_path, capsys):
     from normshape_core.base.faults import FAULT_ENV
 

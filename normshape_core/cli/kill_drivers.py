@@ -158,8 +158,9 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
     _prepare_driver(base + ["--name", "warm-up"])
     t0 = time.time()
     pid = fork_cli(base + ["--name", "full"])
-    started = _wait_for_lock(workdir / "full", pid)
-    _, status = os.waitpid(pid, 0)
+    started, status = _wait_for_lock(workdir / "full", pid)
+    if status is None:
+        _, status = os.waitpid(pid, 0)
     if exit_status(status) != 0:
         raise RuntimeError("the uninterrupted run failed")
     duration = time.time() - started  # the training itself: kills land in [0, 1.1 x] of it
@@ -174,9 +175,12 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
             had_state = (workdir / name / STATE_NAME).exists()
             pid = fork_cli(base + ["--name", name, "--resume"])
             resumes += had_state
-            _wait_for_lock(workdir / name, pid)
-            time.sleep(rng.uniform(0.0, duration * 1.1))
-            done, status = os.waitpid(pid, os.WNOHANG)
+            _, ended = _wait_for_lock(workdir / name, pid)
+            if ended is not None:  # ended before taking the lock: refused (e.g. finished)
+                done, status = pid, ended
+            else:
+                time.sleep(rng.uniform(0.0, duration * 1.1))
+                done, status = os.waitpid(pid, os.WNOHANG)
             if done == 0 and made < kills:
                 os.kill(pid, rng.choice([signal.SIGKILL, signal.SIGTERM]))
                 _, status = os.waitpid(pid, 0)
@@ -200,9 +204,11 @@ def random_kill_loop(workdir, train_args, *, kills: int = 30, seed: int = 0) -> 
             "seconds": round(time.time() - t0, 1)}
 
 
-def _wait_for_lock(run_dir, pid: int, timeout: float = 120.0) -> float:
-    """Wait until process ``pid`` holds the run folder's lock (its training has started);
-    returns the time then."""
+def _wait_for_lock(run_dir, pid: int, timeout: float = 120.0) -> tuple:
+    """Wait until process ``pid`` holds the run folder's lock (its training has started) or
+    has ended without taking it (a resume refused because the run had finished: a refused
+    run leaves the lock's holder text as it was). Returns (time, None) in the first case,
+    (time, its waitpid status) in the second (the child is then reaped)."""
     import json
     import time
 
@@ -213,9 +219,12 @@ def _wait_for_lock(run_dir, pid: int, timeout: float = 120.0) -> float:
     while time.time() < deadline:
         try:
             if json.loads(read_text(run_dir / LOCK_NAME, 4096)).get("pid") == pid:
-                return time.time()
+                return time.time(), None
         except (UnreadableFile, ValueError, AttributeError):
             pass
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return time.time(), status
         time.sleep(0.002)
     raise RuntimeError(f"process {pid} did not start training in {run_dir} in {timeout:.0f} s")
 
