@@ -29,7 +29,7 @@ if not candidates:
     st.stop()
 
 with ui.settings_block():
-    c1, c2, c3 = st.columns(3)
+    c1, c2, c4, c3 = st.columns([1, 1, 0.7, 1.3])
     # Default: the dataset with the most training ratios to compare.
     datasets = sorted({c.dataset for c in candidates},
                       key=lambda d: (-sum(c.dataset == d and c.config["shaping"] == "attack+train"
@@ -41,7 +41,14 @@ with ui.settings_block():
                            bind="query-params",
                            help="; ".join(f"{k}: {v}" for k, v in CRAFTING.items()))
     worst = crafted == "worst case"
-    rows = ui.table_iv_rows(candidates, dataset, method)  # label -> checkpoint, in order
+    # One eps per grid (cells at other eps are not comparable): the reproduction's first.
+    eps_options = [f"{e:g}" for e in ui.table_iv_eps(candidates, dataset, method)]
+    eps_text = c4.selectbox("Attack eps", eps_options, key="ratios_eps", bind="query-params",
+                            disabled=len(eps_options) < 2,
+                            help="The eps the models were trained and are attacked at (the "
+                                 "first: the reproduction's). A grid holds the models of one "
+                                 "eps: cells at other eps are not comparable.")
+    rows = ui.table_iv_rows(candidates, dataset, method, float(eps_text))  # label -> checkpoint
     labels = list(rows)
     c1, c2 = st.columns(2)
     train_sel = c1.multiselect("Training ratios (one checkpoint each)", labels,
@@ -61,7 +68,7 @@ with ui.settings_block():
                             "computed; a number: that many (or the whole test set)")
     steps = c2.select_slider("PGD steps", [10, 20, 50], value=20, key="ratios_steps",
                              bind="query-params")
-    show_paper = c3.toggle("Show the paper's Table IV", value=True, key="ratios_paper",
+    show_paper = c3.toggle("Paper's Table IV", value=True, key="ratios_paper",
                            bind="query-params", disabled=worst)
 
 train_sel = [t for t in labels if t in train_sel]

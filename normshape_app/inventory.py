@@ -382,20 +382,46 @@ def no_checkpoints_message(what: str = "checkpoints") -> None:
             "about ten seconds), or point `NORMSHAPE_CHECKPOINT_DIRS` at a folder of run folders.")
 
 
-def table_iv_rows(ckpts: Sequence[Ckpt], dataset: str, method: str) -> Dict[str, Ckpt]:
+def _table_iv_candidates(ckpts: Sequence[Ckpt], dataset: str, method: str) -> List[Ckpt]:
+    """Table IV's models: BN, ``dataset``, ``method``, shaping in attack and training or none;
+    the listed checkpoints (shipped) before your runs and uploads, the reproduction's before
+    the lessons'."""
+    mine = [d.resolve() for d in (runs_dir(), uploads_dir())]
+
+    def rank(c: Ckpt):
+        return (any(d in Path(c.path).resolve().parents for d in mine),
+                c.id.startswith("lesson-"), c.id)
+
+    return sorted((c for c in ckpts if c.dataset == dataset and c.config["method"] == method
+                   and c.config["shaping"] in ("attack+train", "none")
+                   and c.config.get("norm", "bn") == "bn"), key=rank)
+
+
+def table_iv_eps(ckpts: Sequence[Ckpt], dataset: str, method: str) -> List[float]:
+    """The attack eps of the Ratios page's possible grids on ``dataset`` / ``method``, the
+    reproduction's first (the first listed checkpoint's), then ascending: only cells at one
+    eps are comparable, so a grid holds one."""
+    found = [round(c.attack_eps, 6) for c in _table_iv_candidates(ckpts, dataset, method)]
+    return found[:1] + sorted(set(found) - set(found[:1]))
+
+
+def table_iv_rows(ckpts: Sequence[Ckpt], dataset: str, method: str,
+                  eps: Optional[float] = None) -> Dict[str, Ckpt]:
     """The Ratios page's rows: {training label: checkpoint} of ``dataset`` trained with
     ``method`` + shaping in attack and training (by ratio), then adv only ("adv only (1:0)");
-    polluted runs and stopped runs said in the label, after their normal twin."""
+    polluted runs and stopped runs said in the label, after their normal twin. Only models
+    attacked at ``eps`` (None: ``table_iv_eps``'s first); of two with one label, the listed
+    (shipped) one, the reproduction's before a lesson's."""
     from normshape_core.measuring.evaluation import training_label
 
+    found = table_iv_eps(ckpts, dataset, method)
+    want = found[0] if eps is None and found else eps
     rows: Dict[str, Ckpt] = {}
-    for c in ckpts:
-        cfg = c.config
-        if c.dataset != dataset or cfg["method"] != method or \
-                cfg["shaping"] not in ("attack+train", "none") or cfg.get("norm", "bn") != "bn":
-            continue  # Table IV: BN models
+    for c in _table_iv_candidates(ckpts, dataset, method):
+        if want is None or abs(c.attack_eps - want) > 1e-6:
+            continue
         label = training_label(c.meta).replace("adv only", "adv only (1:0)", 1)
-        if cfg.get("polluted_running_stats"):
+        if c.config.get("polluted_running_stats"):
             label += " (polluted PN)"
         if c.stopped_text():
             label += f", {c.stopped_text()}"

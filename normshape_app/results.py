@@ -354,7 +354,7 @@ def grid_table(dfs: Dict[str, Any], rows: Sequence[str], ratios: Sequence[str], 
     return acc, n
 
 
-#: the PGD grids' test samples that ``warm`` computes beside the shipped checkpoints
+#: the Ratios grids' test samples on a dataset the reproduction does not cover
 GRID_N = 200
 
 
@@ -368,11 +368,23 @@ def shipped_grid_worst_n(dataset: str) -> Optional[int]:
     return min(int(n), test_set_size(dataset)) if n else None
 
 
+def shipped_grid_pgd_n(dataset: str) -> Optional[int]:
+    """The test samples of the reproduction's Table IV under PGD-20 crafted with PN on
+    ``dataset`` (``reproduce.REPRO_N_TEST``: every evaluated sample), at most the test set;
+    None for a dataset the reproduction does not cover."""
+    from normshape_core.studies.reproduce import REPRO_N_TEST
+
+    n = REPRO_N_TEST.get(dataset)
+    return min(int(n), test_set_size(dataset)) if n else None
+
+
 def grid_n(dataset: str, choice, worst: bool) -> int:
-    """The Ratios grid's test samples: ``SHIPPED_N``: the shipped grid's (the worst case's
-    for ``worst``, else ``GRID_N``); a number: that many (at most the test set)."""
+    """The Ratios grid's test samples: ``SHIPPED_N``: the shipped grid's (the reproduction's
+    Table IV worst case for ``worst``, else its PGD-20 grid; ``GRID_N`` for a dataset it does
+    not cover), so the default grid is read, not computed; a number: that many (at most the
+    test set)."""
     if str(choice) == SHIPPED_N:
-        n = (shipped_grid_worst_n(dataset) if worst else None) or GRID_N
+        n = (shipped_grid_worst_n(dataset) if worst else shipped_grid_pgd_n(dataset)) or GRID_N
     else:
         n = int(choice)
     return min(n, test_set_size(dataset))
@@ -492,8 +504,9 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
     normshape_app.ui warm [DIR ...]``, default: the shipped checkpoints); results land beside
     each checkpoint, in its ``model.eval.json``, where the app reads them. Only the cells
     the stored results do not hold yet are computed: Compare's default attacks on the samples
-    of the checkpoint's shipped worst case, and the Ratios page's PGD grid (on ``GRID_N``
-    samples and, for its worst-case mode, on those of the shipped Table IV worst case). The
+    of the checkpoint's shipped worst case, and the Ratios page's PGD grid (on the samples of
+    the reproduction's PGD-20 grid and, for its worst-case mode, on those of the shipped
+    Table IV worst case; ``GRID_N`` for a dataset the reproduction does not cover). The
     worst cases themselves are the reproduction's (``normshape reproduce``)."""
     import sys
 
@@ -520,7 +533,7 @@ def warm(dirs: Optional[Sequence[str]] = None) -> None:
         jobs_ = [compare_settings(COMPARE_ATTACKS, "1:9", n_cmp, False)]
         if cfg["method"] != "natural" and cfg["shaping"] in ("none", "attack+train"):
             grid = [f"shaped:{r}" for r in INFERENCE_RATIOS]
-            for n in {min(GRID_N, sizes[ds]), shipped_grid_worst_n(ds) or GRID_N}:
+            for n in {shipped_grid_pgd_n(ds) or GRID_N, shipped_grid_worst_n(ds) or GRID_N}:
                 jobs_.append(dict(attacks=["pgd"], classify=grid,
                                   **grid_settings(min(n, sizes[ds]), 20)))
         for settings in jobs_:

@@ -24,7 +24,7 @@ from normshape_app.inventory import (  # noqa: F401
     load_dataset, device_text,
     warm_umap_in_background, checkpoint_picker, prefer_2d_adversarial, prefer_2d_shaped,
     no_checkpoints_message, default_comparison, comparable_groups, PREFERRED_DATASETS,
-    table_iv_rows,
+    table_iv_rows, table_iv_eps,
 )
 from normshape_app.uploads import (  # noqa: F401
     max_upload_mb, MAX_UPLOAD_META_BYTES, Upload, import_checkpoint, upload_section,

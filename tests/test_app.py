@@ -626,6 +626,57 @@ def test_a_stopped_run_is_marked_on_every_page_that_lists_it(app, ckpt_root, tmp
     assert not any(mark in o for o in at.multiselect(key="ratios_train").value)
 
 
+def test_ratios_grid_holds_one_eps_the_listed_checkpoints_first(app, ckpt_root, tmp_path):
+    """A run of yours at another eps (like the lessons' moons models at 0.24 beside the
+    reproduction's at 0.12) never takes a row of the listed checkpoints' grid: one eps per
+    grid, the listed one's first, the other eps a choice of its own; of two runs with one
+    label, the listed one."""
+    src = ckpt_root / "moons-pgd-shaped-1-3"
+    listed_eps = json.loads((src / "model.json").read_text())["config"]["eps"]
+    other = listed_eps * 2
+    for name, eps in (("a-other-eps", other), ("a-same-eps", listed_eps)):
+        run = tmp_path / "runs" / name  # named to sort before the listed one
+        shutil.copytree(src, run)
+        meta = json.loads((run / "model.json").read_text())
+        meta["config"]["eps"] = eps
+        (run / "model.json").write_text(json.dumps(meta))
+    at = app("app_pages/ratios.py", query={"ratios_dataset": "moons", "ratios_method": "pgd"})
+    eps = at.selectbox(key="ratios_eps")
+    assert eps.options == [f"{listed_eps:g}", f"{other:g}"] and eps.value == f"{listed_eps:g}"
+    cks = [c for c in ui.checkpoints() if c.dataset == "moons"]
+    rows = ui.table_iv_rows(cks, "moons", "pgd")
+    assert rows and all(abs(c.attack_eps - listed_eps) < 1e-9 for c in rows.values())
+    assert all(not c.id.startswith("a-") for c in rows.values()), {k: c.id for k, c in rows.items()}
+    assert f"eps {listed_eps:g}" in figures(at)[0]["layout"]["title"]["text"]
+    at.selectbox(key="ratios_eps").set_value(f"{other:g}").run()
+    assert not at.exception
+    rows = ui.table_iv_rows(cks, "moons", "pgd", other)
+    assert [c.id for c in rows.values()] == ["a-other-eps"]
+    assert at.multiselect(key="ratios_train").options == list(rows)
+    assert f"eps {other:g}" in figures(at)[0]["layout"]["title"]["text"]
+
+
+def test_ratios_pgd_grid_at_its_defaults_is_the_shipped_one(app, monkeypatch):
+    """Ratios at its default (PGD-20 crafted with PN) on the shipped checkpoints: every cell
+    is the reproduction's Table IV (results.json, on all its samples), read, not a smaller
+    grid computed again."""
+    from normshape_core.studies.report import table_iv_values
+
+    monkeypatch.setenv("NORMSHAPE_CHECKPOINT_DIRS", str(ROOT / "checkpoints"))
+    at = app("app_pages/ratios.py")
+    dataset = at.selectbox(key="ratios_dataset").value
+    results = json.loads((ROOT / "checkpoints" / dataset / "results.json").read_text())
+    shipped = table_iv_values(results)
+    heat = figures(at)[0]["data"][0]
+    z = array(heat["z"]).reshape(len(heat["y"]), len(heat["x"]))
+    assert heat["y"] == list(shipped) and heat["x"] == list(ui.INFERENCE_RATIOS)
+    n = min(results["n_test"], ui.test_set_size(dataset))
+    for i, training in enumerate(heat["y"]):
+        for j, inf in enumerate(heat["x"]):
+            assert z[i, j] == pytest.approx(shipped[training][inf]), (training, inf)
+            assert f"n={n}" in heat["customdata"][i][j]
+
+
 def test_ratios_worst_case_at_its_defaults_is_the_shipped_grid(app, monkeypatch,
                                                                no_worst_case_computed):
     """Ratios in worst-case mode at its default settings: every cell of the worst-case grid
