@@ -64,6 +64,11 @@ def test_paired_verdict_on_a_constructed_pair():
     d = [False] * 3 + [True] + [True] * 6
     assert stats.paired_verdict(c, d).verdict == stats.INCONCLUSIVE
     assert "McNemar" in v.text() and "p = 0.039" in v.text()
+    # a small p keeps one relation: "p < 0.001", never "p = < 0.001"
+    e = [True] * 20 + [True] * 30
+    f = [True] * 20 + [False] * 30
+    small = stats.paired_verdict(e, f).text()
+    assert "p < 0.001" in small and "= <" not in small, small
     with pytest.raises(ValueError):
         stats.paired_verdict([True], [True, False])
 

@@ -131,13 +131,14 @@ class PairedVerdict:
     """accuracy of A minus accuracy of B (same samples)"""
 
     def text(self) -> str:
-        return (f"{self.verdict}, {self.diff * 100:+.1f} points (McNemar exact p = "
-                f"{_p_text(self.p_value)}; {self.a_only} vs {self.b_only} discordant of "
+        return (f"{self.verdict}, {self.diff * 100:+.1f} points (McNemar exact p "
+                f"{p_text(self.p_value)}; {self.a_only} vs {self.b_only} discordant of "
                 f"n={self.n})")
 
 
-def _p_text(p: float) -> str:
-    return f"{p:.2g}" if p >= 0.001 else "< 0.001"
+def p_text(p: float) -> str:
+    """A p-value with its relation, as the reports print it: "= 0.031" or "< 0.001"."""
+    return f"= {p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 def paired_verdict(a_right: Sequence[bool], b_right: Sequence[bool],

@@ -487,6 +487,10 @@ def related_work_markdown(all_results: Sequence[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+#: the datasets the report is meant to cover (each with shipped alternatives' checkpoints)
+REPORT_DATASETS = ("moons", "digits", "fashion_mnist")
+
+
 def report_markdown(all_results: Sequence[Dict[str, Any]]) -> str:
     """The whole report (``REPORT_NAME``) from every dataset's results, in dataset order."""
     order = {"moons": 0, "spirals": 1, "digits": 2, "fashion_mnist": 3}
@@ -506,6 +510,12 @@ def report_markdown(all_results: Sequence[Dict[str, Any]]) -> str:
              "inputs, optimised to do the most harm). Every model is trained at the "
              "reproduction's settings and seed (REPRODUCTION.md); every row is classified and "
              "attacked through its own norms.", ""]
+    have = [r["dataset"] for r in all_results]
+    missing = [d for d in REPORT_DATASETS if d not in have]
+    if missing:
+        parts += [f"Evaluated so far: {', '.join(have)}. Not yet: {', '.join(missing)} (their "
+                  "checkpoints ship; `python -m normshape_core alternatives --dataset D` "
+                  "evaluates them, then `alternatives-report`).", ""]
     parts += [dataset_section(r) + "\n" for r in all_results]
     parts += ["## The related work's measurable claims", "",
               "Each claim as \"A above B\" on the same samples, decided by the exact McNemar "

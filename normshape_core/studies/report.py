@@ -23,7 +23,7 @@ from ..base.names import WORST
 from .reproduce import (ATTACK_LABELS, MAIN_KEYS, POLLUTED_KEY, SHAPED_KEYS, TABLE_ATTACKS,
                         TABLE_IV_INFERENCE, TABLE_IV_TRAINING, WORST_ENSEMBLE, _fmt, load_results)
 from ..base.stats import (HOLDS, INCONCLUSIVE, INTERVAL_NAME, REVERSED, PairedVerdict, Proportion,
-                          paired_verdict, unpack_mask)
+                          p_text, paired_verdict, unpack_mask)
 
 #: the largest report read and rewritten
 MAX_REPORT_BYTES = 16 << 20
@@ -172,13 +172,9 @@ def worst_case_markdown(results: Dict[str, Any], method: Optional[str]) -> str:
                 gaps.append(_pair(p, w))
         over = max(gaps, key=lambda v: v.diff) if gaps else None
         lines.append(f"| {label} | {n_w or '-'} | " + " | ".join(cells) + " | " +
-                     (f"{over.diff * 100:+.1f} pts (p {_p(over.p_value)})" if over else "-")
+                     (f"{over.diff * 100:+.1f} pts (p {p_text(over.p_value)})" if over else "-")
                      + " |")
     return "\n".join(lines)
-
-
-def _p(p: float) -> str:
-    return f"= {p:.2g}" if p >= 0.001 else "< 0.001"
 
 
 def table_iii_markdown(results: Dict[str, Any]) -> str:
@@ -351,8 +347,8 @@ def _claim(claim: str, a: Optional[Dict[str, Any]], b: Optional[Dict[str, Any]],
     pa, pb = _prop(a, which, v.n), _prop(b, which, v.n)
     word = _word(v)
     numbers = (f"{_cell(pa)} vs {_cell(pb)}, {v.diff * 100:+.1f} points, n={v.n}; McNemar "
-               f"exact p {_p(v.p_value)} ({v.a_only} vs {v.b_only} discordant); paper {paper}")
-    return Verdict(claim, word, numbers, f"{word}, {v.diff * 100:+.1f} pts (p {_p(v.p_value)})")
+               f"exact p {p_text(v.p_value)} ({v.a_only} vs {v.b_only} discordant); paper {paper}")
+    return Verdict(claim, word, numbers, f"{word}, {v.diff * 100:+.1f} pts (p {p_text(v.p_value)})")
 
 
 def verdicts(results: Dict[str, Any]) -> List[Verdict]:
@@ -394,8 +390,8 @@ def verdicts(results: Dict[str, Any]) -> List[Verdict]:
                 f"no gradient masking on {label} + shaping [BN+Shaping 1:9]: PGD-20 crafted "
                 f"with PN not above the worst case", word,
                 f"PGD-20 {_cell(_prop(s, m=v.n))} vs worst case {_cell(_prop(ws, m=v.n))}: "
-                f"{v.diff * 100:+.1f} points, n={v.n}, McNemar exact p {_p(v.p_value)}",
-                f"{word}: PGD-20 {v.diff * 100:+.1f} pts (p {_p(v.p_value)})"))
+                f"{v.diff * 100:+.1f} points, n={v.n}, McNemar exact p {p_text(v.p_value)}",
+                f"{word}: PGD-20 {v.diff * 100:+.1f} pts (p {p_text(v.p_value)})"))
     out += _table_iv_verdicts(table_iv_rows(results), "PGD-20 crafted with PN")
     out += _table_iv_verdicts(table_iv_rows(results, worst=True),
                               "worst case through the exact shaped batches")
@@ -420,8 +416,8 @@ def _table_iv_verdicts(iv, protocol: str) -> List[Verdict]:
         out.append(Verdict(
             f"Table IV ({protocol}): training 1:1 flat across inference ratios", word,
             f"best cell {_cell(_prop(hi))} vs worst {_cell(_prop(lo))}, n={v.n}, McNemar "
-            f"exact p {_p(v.p_value)} (paper: spread 0.002)",
-            f"{word} (spread {v.diff * 100:.1f} pts, p {_p(v.p_value)})"))
+            f"exact p {p_text(v.p_value)} (paper: spread 0.002)",
+            f"{word} (spread {v.diff * 100:.1f} pts, p {p_text(v.p_value)})"))
     pooled = {t: [r for r in row.values() if r is not None] for t, row in iv.items()}
     pooled = {t: rs for t, rs in pooled.items() if rs}
     if "1:3" in pooled and len(pooled) > 1:
@@ -437,8 +433,8 @@ def _table_iv_verdicts(iv, protocol: str) -> List[Verdict]:
             f"next best training ratio, {rival})", word,
             ", ".join(f"{t}: {mm:.3f}" for t, mm in means.items()) + f" (mean over inference "
             f"ratios); 1:3 vs {rival}: {v.diff * 100:+.1f} points over {m} (sample, ratio) "
-            f"pairs, McNemar exact p {_p(v.p_value)} (paper: 1:3 best, mean 0.706)",
-            f"{word} ({v.diff * 100:+.1f} pts vs {rival}, p {_p(v.p_value)})"))
+            f"pairs, McNemar exact p {p_text(v.p_value)} (paper: 1:3 best, mean 0.706)",
+            f"{word} ({v.diff * 100:+.1f} pts vs {rival}, p {p_text(v.p_value)})"))
     seven = {i: r for i, r in iv.get("1:7", {}).items() if r is not None}
     if "1:0" in seven and len(seven) > 1:
         best = max(seven.values(), key=lambda r: r["robust_acc"])
@@ -448,8 +444,8 @@ def _table_iv_verdicts(iv, protocol: str) -> List[Verdict]:
             f"Table IV ({protocol}): training 1:7 weak at inference 1:0 (its best inference "
             f"ratio above 1:0)", word,
             f"1:0 {_cell(_prop(seven['1:0']))} vs best {_cell(_prop(best))}, n={v.n}, McNemar "
-            f"exact p {_p(v.p_value)} (paper: 0.039 vs 0.781)",
-            f"{word} ({v.diff * 100:+.1f} pts, p {_p(v.p_value)})"))
+            f"exact p {p_text(v.p_value)} (paper: 0.039 vs 0.781)",
+            f"{word} ({v.diff * 100:+.1f} pts, p {p_text(v.p_value)})"))
     return out
 
 
