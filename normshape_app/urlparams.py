@@ -69,6 +69,7 @@ URL_PARAMS: Dict[str, UrlParam] = {
     "train_shaping": url_one(),
     # app_pages/ratios.py
     "ratios_dataset": url_one(), "ratios_method": url_one(), "ratios_crafted": url_one(),
+    "ratios_eps": url_one(),
     "ratios_train": url_many(), "ratios_infer": url_many(*INFERENCE_RATIOS),
     "ratios_n": url_one("shipped", 100, 200, 500, 1000), "ratios_steps": url_one(10, 20, 50),
     "ratios_paper": url_bool(),
