@@ -18,7 +18,9 @@ Prints, measured in one run, as ratios (BENCHMARKS.md records a run and what the
    cases; its time over its floor (PN and shaped 1:9) and over torchattacks' same members
    at equal steps; the reproduction's recorded Fashion-MNIST times and floors. ``6x`` (not in
    the default list; hours): every shipped checkpoint's PN, BN and shaped worst case against
-   torchattacks, and the member table;
+   torchattacks, and the member table; ``6alt`` (not in the default list): the BN fixes'
+   worst cases on digits (dual BN, GroupNorm, normalizer-free, test-time statistics), each
+   against torchattacks through its own view;
 7. kill-safety: training runs killed (SIGKILL / SIGTERM) at random moments and resumed, 30
    kills (``--quick``: 10), weights compared with an uninterrupted run's;
 8. the Playground: PN + shaped decision regions per frame, the server's frame round trip,
@@ -56,7 +58,8 @@ from playground import section_playground  # noqa: E402
 from scaling import child_rss, child_umap, section_scaling  # noqa: E402
 from shaped import section_shaped  # noqa: E402
 from training_step import section_training, try_compile  # noqa: E402
-from worst_case import section_every_checkpoint, section_worst_case  # noqa: E402
+from worst_case import (section_alternatives, section_every_checkpoint,  # noqa: E402
+                        section_worst_case)
 
 SECTIONS = {  # key: the section's function (its file beside this one)
     "1": section_training,
@@ -66,6 +69,7 @@ SECTIONS = {  # key: the section's function (its file beside this one)
     "5": section_app,
     "6": section_worst_case,
     "6x": section_every_checkpoint,
+    "6alt": section_alternatives,
     "7": section_kill_safety,
     "8": section_playground,
     "compile": try_compile,

@@ -10,6 +10,10 @@ against its floor.
   shipped checkpoint's PN, BN and shaped 1:9 worst case at n = 200 (100 for Fashion-MNIST
   shaped), ours with the ``full`` ensemble (the default, then FAB-T) so that the member table
   (what each member broke after the ones before it) comes from the same runs.
+- **6alt, the BN fixes** (``--sections 6alt``): the same rule for every shipped alternative
+  on digits (dual BN with each set, GroupNorm, normalizer-free, the PGD-AT model with
+  test-time statistics: clean, mixed, poisoned), all 397 test samples, the external attacks
+  through the defender's own view (``_View``).
 - **6c, cost.** The worst case's time over its floor (each member's rows forwarded, the
   shaped references included, at one row's forward + backward measured in the same run),
   PN and shaped 1:9, digits and Fashion-MNIST; ours over torchattacks' same members at the
@@ -176,8 +180,22 @@ def external_attacks(ta, model, n_classes: int, eps: float, vector: bool, couple
     return out
 
 
+class _View(torch.nn.Module):
+    """A classifier whose rows are independent (PN, dual BN's chosen set, GroupNorm,
+    re-estimated statistics) as an ``nn.Module``: ``forward`` is the defender's own view."""
+
+    def __init__(self, view, model: torch.nn.Module):
+        super().__init__()
+        self.model = model  # registered: torchattacks takes its device and calls eval()
+        self.view = view
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.view(x)
+
+
 def _pn_craft(atk, model, x, y):
-    """torchattacks' own ``perturb`` (restarts, targets, robust rows only) through PN."""
+    """torchattacks' own ``perturb`` (restarts, targets, robust rows only) through ``model``
+    (an ``nn.Module``: the model in PN, or a ``_View``)."""
     net = _Images(model, x.shape[1:]).eval() if x.dim() == 2 else model.eval()
     atk.set_model(net)
     x4 = x.reshape(len(x), -1, 1, 1) if x.dim() == 2 else x
@@ -205,8 +223,10 @@ def external_worst(ta, model, clf, batches, n_classes: int, eps: float, quick: b
             clean_right = view(xb).argmax(1) == yb
         counts = []
         for label, atk, runs, mode in attacks:
-            if mode == "pn" or not coupled:
+            if mode == "pn":
                 xa = _pn_craft(atk, model, xb, yb)
+            elif not coupled:  # through the defender's own view (PN for a PN classifier)
+                xa = _pn_craft(atk, _View(view, model), xb, yb)
             elif mode == "batch":  # forwards every row at every step: the whole batch at once
                 xa = whole_batch(atk, view, model, xb, yb, clean_right)
             else:
@@ -247,7 +267,8 @@ def _setup(ck_path, n: int, classify: str, device):
     """(model, data, batches of the seeded subset, classifier, eps) as the evaluation has them."""
     from normshape_core.training.checkpoints import load_checkpoint
     from normshape_core.blocks.data import load_dataset
-    from normshape_core.inference.shaping import make_reference_pool, parse_classifier
+    from normshape_core.inference.alternatives import make_classifier
+    from normshape_core.inference.shaping import make_reference_pool
 
     model, meta = load_checkpoint(ck_path, device=device)
     cfg = meta["config"]
@@ -257,7 +278,7 @@ def _setup(ck_path, n: int, classify: str, device):
     x, y = sub.x_test.to(device), sub.y_test.to(device)
     batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, n, BATCH)]
     pool = make_reference_pool(data, 1000, 0).to(device)
-    clf = parse_classifier(classify, model, pool, seed=0)
+    clf = make_classifier(classify, model, pool, seed=0)
     return model.eval(), data, batches, clf, float(cfg["eps"])
 
 
@@ -380,6 +401,55 @@ def section_every_checkpoint(args, device) -> None:
     summary("6x. shipped checkpoint x classifier cases above external + 0.5 point",
             float(len(fails)), 0.0, fmt="{:.0f}", note=f"of {len(results)}")
     RESULTS["worst_case_every_checkpoint"] = results
+
+
+def alternative_rows(dataset: str = "digits") -> List[Tuple[Any, str]]:
+    """(checkpoint, classify) of every shipped alternative on ``dataset`` as ``alternatives``
+    evaluates it: dual BN with each set, GroupNorm / LayerNorm / normalizer-free with its own
+    norms, and the PGD-AT model with test-time statistics (clean, mixed, poisoned)."""
+    from normshape_core.base.names import META_NAME
+    from normshape_core.studies import bn_fixes as bf
+    from normshape_core.training.checkpoints import read_meta
+
+    repro = ROOT / "checkpoints" / dataset
+    settings = bf.AlternativesSettings(dataset=dataset, out=repro, repro=repro)
+    runs = {**bf.shipped_runs(dataset, repro),
+            **{a.key: repro / bf.run_config(dataset, a).run_name()
+               for a in settings.alternatives()}}
+    runs = {k: v for k, v in runs.items() if (v / META_NAME).exists()}
+    norms = {k: read_meta(p)["config"].get("norm", "bn") for k, p in runs.items()}
+    out = []
+    for r in bf.table_rows(norms):
+        if r.key in runs and (r.spec.startswith(("dual:", "tts")) or r.spec == "own"):
+            out.append((runs[r.key], r.spec))
+    return out
+
+
+def section_alternatives(args, device) -> None:
+    """6alt: the BN fixes' worst cases (``alternatives``: each through its own norms) against
+    torchattacks through the same views, digits, every test sample (--quick: 50)."""
+    header("6alt. The BN fixes (dual BN, GroupNorm, normalizer-free, test-time statistics): "
+           "ours against torchattacks")
+    ta = import_torchattacks("worst_case_alternatives")
+    if ta is None:
+        return
+    from normshape_core.measuring.worst_case import DEFAULT_ENSEMBLE
+
+    results = []
+    for path, spec in alternative_rows("digits"):
+        row = dict(dataset="digits", classify=spec, n=50 if args.quick else 397)
+        r = cross_check(ta, path, row, device, args.quick, DEFAULT_ENSEMBLE)
+        if r is not None:
+            results.append(r)
+            say(_xcheck_table([r]).splitlines()[-1])
+    say(_xcheck_table(results))
+    fails = [r for r in results if not r["ok"]]
+    summary("6alt. digits BN-fix cases above external + 0.5 point", float(len(fails)), 0.0,
+            fmt="{:.0f}", note=f"of {len(results)}")
+    for r in fails:
+        say(f"note: {r['checkpoint']} {r['classified_with']}: robust for ours, broken by the "
+            f"external: samples {r['ours_only_robust']} of the seeded subset")
+    RESULTS["worst_case_alternatives"] = results
 
 
 def member_table(results: List[Dict[str, Any]]) -> str:

@@ -211,3 +211,32 @@ def test_a_shipped_run_regenerates(key):
     model, meta = load_checkpoint(folder)
     again = train(TrainConfig.from_dict(meta["config"]))
     print(assert_regenerates(folder, model, again, key))
+
+
+def test_the_benchmarks_cross_check_attacks_each_alternative_through_its_own_view():
+    """Benchmark section 6alt: every BN fix the report has on digits, and torchattacks is
+    handed the defender's own view (dual BN's chosen set, GroupNorm, the re-estimated
+    statistics), not the model in its default mode."""
+    import sys
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import worst_case as W
+    from normshape_core.measuring.worst_case import defender_view
+
+    rows = W.alternative_rows("digits")
+    assert sorted(spec for _, spec in rows) == sorted(
+        ["tts", "tts:mix=0.5", "tts:poison=0.125", "dual:clean", "dual:adv", "dual:clean",
+         "dual:adv", "own", "own"])
+    seen_differ = False
+    for path, spec in rows:
+        if spec not in ("dual:clean", "tts"):
+            continue
+        model, _, batches, clf, _ = W._setup(path, 20, spec, torch.device("cpu"))
+        x = batches[0][0]
+        with torch.no_grad():
+            ext = W._View(defender_view(clf, len(x)), model).eval()(x)
+            assert torch.equal(ext, clf(x)), (path.name, spec)
+            seen_differ |= not torch.equal(ext, model.eval()(x))
+    assert seen_differ  # a view that is not the model's default forward was exercised
