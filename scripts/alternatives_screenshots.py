@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))  # the checkout's normshape_app, also when not ins
 from normshape_app.serve import launch_chromium, serving  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
-from playground_screenshots import FRAME, frame_no, shot  # noqa: E402
+from playground_screenshots import play_then_pause, shot  # noqa: E402
 
 COMPARED = ["digits-small_cnn-pgd-shape-attack-train-r1-3-eps0.3-s0",
             "digits-small_cnn-dualbn-pgd-clean-adv-eps0.3-s0",
@@ -68,16 +68,8 @@ def take(base: str, out: Path) -> int:
             page.close()
         page = b.new_page(viewport={"width": 1400, "height": 1000})
         # a selectbox with a format_func is bound to the URL by its label
-        page.goto(f"{base}/playground?" + urlencode({"pg_a_norm": "dual BN [adv norms]"}))
-        page.get_by_text(FRAME).first.wait_for(timeout=120_000)
-        page.get_by_role("button", name="Play", exact=True).click()
-        end = time.time() + 90
-        while frame_no(page) < 25 and time.time() < end:
-            time.sleep(0.2)
-        page.get_by_role("button", name="Pause", exact=True).click()
-        page.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
-        time.sleep(2.5)
-        page.mouse.move(5, 5)
+        play_then_pause(page, f"{base}/playground?" +
+                        urlencode({"pg_a_norm": "dual BN [adv norms]"}), timeout=90)
         shot(page, out / "playground-dual-bn.png", True)
         b.close()
     return 0

@@ -28,6 +28,22 @@ def frame_no(page) -> int:
     return int(m.group(1)) if m else -1
 
 
+def play_then_pause(page, url: str, frames: int = 25, timeout: float = 60.0) -> None:
+    """Open the Playground at ``url``, play until ``frames`` frames (or ``timeout`` s), pause,
+    and move the mouse off the charts (no toolbar, no tooltip)."""
+    page.goto(url)
+    page.get_by_text(FRAME).first.wait_for(timeout=120_000)
+    page.get_by_role("button", name="Play", exact=True).click()
+    end = time.time() + timeout
+    while frame_no(page) < frames and time.time() < end:
+        time.sleep(0.2)
+    page.get_by_role("button", name="Pause", exact=True).click()
+    page.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
+    time.sleep(2.5)
+    page.mouse.move(5, 5)
+    time.sleep(0.5)
+
+
 def shot(page, path: Path, whole: bool) -> None:
     """The whole page (the viewport stretched to the app's height, as tests/test_browser.py
     does: Streamlit scrolls inside its own container), else the window as it is."""
@@ -52,17 +68,7 @@ def main() -> int:
             for name, size, whole in (("playground", (1400, 1000), True),
                                       ("playground-1024", (1024, 768), False)):
                 page = b.new_page(viewport={"width": size[0], "height": size[1]})
-                page.goto(base + "/playground")
-                page.get_by_text(FRAME).first.wait_for(timeout=120_000)
-                page.get_by_role("button", name="Play", exact=True).click()
-                end = time.time() + 60
-                while frame_no(page) < 25 and time.time() < end:
-                    time.sleep(0.2)
-                page.get_by_role("button", name="Pause", exact=True).click()
-                page.get_by_role("button", name="Play", exact=True).wait_for(timeout=10_000)
-                time.sleep(2.5)
-                page.mouse.move(5, 5)  # off the charts: no toolbar, no tooltip
-                time.sleep(0.5)
+                play_then_pause(page, base + "/playground")
                 # at 1024x768 the first screen as it is: the controls and all four panels
                 shot(page, out / f"{name}.png", whole)
                 page.close()
